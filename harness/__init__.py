@@ -1,0 +1,1 @@
+"""harness: launches real chat servers and clients and checks what they deliver."""

@@ -1,0 +1,101 @@
+"""What a host is: a place where the harness can start a process, and an address there.
+
+A host never starts processes itself. Like pexpect's transports, a host kind only
+decides *how* a command reaches its machine (directly, through `ip netns exec`, through
+`ssh`); `harness.processes` starts the resulting local command, owns its process group and
+lifeline, and reaps it. So a new kind of host is one small module over this base.
+
+A `Network` is the set of hosts for one run: one for the server and one or more for the
+clients, plus the addresses they use to reach each other.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from types import TracebackType
+
+
+class HostError(Exception):
+    """A host or network could not be set up; the message says why, in one line."""
+
+
+class Host(abc.ABC):
+    """One place to run processes.
+
+    Attributes:
+        kind: the host kind (``loopback``, ``netns``, ``ssh``).
+        label: where this is, for reports (``loopback``, ``netns cbx12-c1``, ``bob@10.0.0.2``).
+        address: the address other hosts of the same network reach this host at.
+    """
+
+    kind: str
+    label: str
+    address: str
+
+    @abc.abstractmethod
+    def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        """Return the local argv that runs ``argv`` on this host.
+
+        ``tty`` says the process will be given a pseudo-terminal locally and needs one
+        on the far side too (ssh's ``-tt``); local kinds ignore it.
+        """
+
+    def describe(self) -> dict[str, str]:
+        """Where processes on this host run, for the report."""
+        return {"kind": self.kind, "host": self.label, "address": self.address}
+
+
+class Network(abc.ABC):
+    """The hosts of one run. Use as a context manager: leaving it removes everything it made.
+
+    Resource handling: ``close`` must remove every namespace, link, key file or remote
+    process the network created, and be safe to call twice; it also runs when the
+    harness is killed, through the lifeline in ``harness.processes`` where the kind needs it.
+    """
+
+    kind: str
+    server: Host
+    clients: list[Host]
+
+    def client_host(self, index: int) -> Host:
+        """The host for client party number ``index`` (parties spread round-robin)."""
+        return self.clients[index % len(self.clients)]
+
+    @property
+    @abc.abstractmethod
+    def listen_address(self) -> str:
+        """The address the server binds to on its host."""
+
+    @property
+    @abc.abstractmethod
+    def connect_address(self) -> str:
+        """The address clients use to reach the server."""
+
+    def round_trip_ms(self) -> float | None:
+        """Measured round-trip time between a client host and the server host, if known."""
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "server": self.server.describe(),
+            "clients": [h.describe() for h in self.clients],
+            "connect_address": self.connect_address,
+            "round_trip_ms": self.round_trip_ms(),
+        }
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove everything this network created. Idempotent."""
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
