@@ -1,0 +1,321 @@
+"""The hub: the server's parent process, which moves bytes between workers and the room.
+
+It never blocks. One `selectors` loop multiplexes the listening socket, every worker's
+channel and a signal wakeup socket. Each worker has a bounded outbound queue here (its
+SendQ); a worker that falls behind past the bound is cut off alone, so the room never
+waits for anybody. Lines from workers go to the `Room`, which decides who gets what and
+calls back `post` and `dismiss`; the hub only queues and flushes, once per recipient per
+loop turn.
+
+Lifecycle of a client, as the hub sees it::
+
+    accept -> start worker -> in the room -> dismissed (queue flushes, then the channel
+    is half-closed) -> the worker closes its channel end -> client socket closed, reaped
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from chatbox import protocol
+from chatbox.launcher import Launcher
+from chatbox.room import Room
+
+log = logging.getLogger("chatbox.hub")
+
+# One recv from a channel takes up to this much: a worker batches many lines per send,
+# and reading them in one call is what keeps the per-line cost low.
+CHANNEL_RECV_SIZE = 262144
+
+# New connections taken per loop turn, so a connection storm cannot starve the relaying.
+ACCEPTS_PER_TURN = 64
+
+# Time the hub gives its workers to flush "server shutting down" and end on their own;
+# the server must be gone within 2 s of SIGTERM, so this leaves room for forcing.
+SHUTDOWN_GRACE = 1.5
+
+DEFAULT_SENDQ = 1 << 20
+DEFAULT_MAX_CLIENTS = 1024
+
+
+@dataclass
+class HubConfig:
+    max_line: int = protocol.DEFAULT_MAX_LINE
+    sendq: int = DEFAULT_SENDQ
+    max_clients: int = DEFAULT_MAX_CLIENTS
+
+
+@dataclass(eq=False)
+class Link:
+    """The hub's side of one worker: its channel, its client socket, its queue."""
+
+    id: int
+    client: socket.socket
+    channel: socket.socket
+    sendq: bytearray = field(default_factory=bytearray)
+    partial: bytes = b""
+    dismissed: bool = False  # out of the room: flush, then half-close the channel
+    half_closed: bool = False
+    cut: bool = False  # over its SendQ bound: nothing more is queued for it
+    want_write: bool = False
+
+
+class Hub:
+    def __init__(self, listener: socket.socket, launcher: Launcher, config: HubConfig) -> None:
+        self._listener = listener
+        self._launcher = launcher
+        self._config = config
+        self._room = Room(self, config.max_line)
+        self._links: dict[int, Link] = {}
+        self._ids = itertools.count(1)
+        self._selector = selectors.DefaultSelector()
+        self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
+        self._too_slow: list[int] = []
+        self._stopping = False
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Relay until SIGINT or SIGTERM, then shut down within `SHUTDOWN_GRACE`.
+
+        Resource handling: on return every worker has ended and been reaped, every
+        socket the hub opened is closed, and the signal handlers are restored.
+        """
+        previous = self._install_signals()
+        try:
+            while not self._stopping:
+                self._turn(None)
+            self._shutdown()
+        finally:
+            self._restore_signals(previous)
+            self._selector.close()
+            self._wakeup_r.close()
+            self._wakeup_w.close()
+
+    def stop(self) -> None:
+        """Ask the loop to shut down (from a signal handler or another thread)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
+
+    def _turn(self, timeout: float | None) -> None:
+        for key, events in self._selector.select(timeout):
+            obj = key.data
+            if isinstance(obj, Link):
+                if events & selectors.EVENT_READ:
+                    self._read(obj)
+                if events & selectors.EVENT_WRITE and obj.id in self._links:
+                    self._dirty[obj.id] = obj
+            elif key.fileobj is self._listener:
+                self._accept()
+            else:
+                self._drain_wakeup()
+        self._launcher.reap()
+        self._flush()
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: %d clients", len(self._room))
+        self._selector.unregister(self._listener)
+        self._listener.close()
+        self._room.close()
+        self._flush()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self._links or self._launcher.pending():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._turn(remaining)
+        for link in list(self._links.values()):
+            # Still here after the grace: its client is not reading. Shutting the
+            # socket down ends the worker's blocked send.
+            with contextlib.suppress(OSError):
+                link.client.shutdown(socket.SHUT_RDWR)
+            self._forget(link)
+        self._launcher.finish(time.monotonic() + 0.3)
+
+    # --- signals ------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, object]:
+        previous: dict[int, object] = {}
+        handled = [signal.SIGINT, signal.SIGTERM]
+        if hasattr(signal, "SIGCHLD"):
+            handled.append(signal.SIGCHLD)  # wakes the loop so ended workers get reaped
+        for signum in handled:
+            previous[signum] = signal.signal(signum, self._on_signal)
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, object]) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum in (signal.SIGINT, signal.SIGTERM) and not self._stopping:
+            log.info("got %s", signal.Signals(signum).name)
+            self._stopping = True
+
+    def _drain_wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wakeup_r.recv(4096):
+                pass
+
+    # --- connections --------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                client, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: the connection stays in the backlog; say so and
+                # keep relaying for everyone already here.
+                log.error("cannot accept: %s", exc)
+                return
+            if len(self._links) >= self._config.max_clients:
+                log.warning("refused %s: server full", address)
+                with contextlib.suppress(OSError):
+                    client.send(protocol.server_full(self._config.max_clients), socket.MSG_DONTWAIT)
+                client.close()
+                continue
+            self._admit(client)
+
+    def _admit(self, client: socket.socket) -> None:
+        try:
+            hub_end, worker_end = socket.socketpair()
+        except OSError as exc:
+            log.error("cannot start a worker: %s", exc)
+            client.close()
+            return
+        hub_end.setblocking(False)
+        link = Link(next(self._ids), client, hub_end)
+        self._links[link.id] = link
+        self._selector.register(hub_end, selectors.EVENT_READ, link)
+        try:
+            self._launcher.start(client, worker_end)
+        except OSError as exc:
+            log.error("cannot start a worker: %s", exc)
+            worker_end.close()
+            self._forget(link)
+            return
+        self._room.join(link.id)
+
+    def _read(self, link: Link) -> None:
+        try:
+            data = link.channel.recv(CHANNEL_RECV_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            # The worker has ended: whatever it was doing, this client is gone.
+            self._room.leave(link.id, "connection lost")
+            self._forget(link)
+            return
+        if link.partial:
+            data = link.partial + data
+        last = data.rfind(b"\n")
+        if last < 0:
+            link.partial = data
+            return
+        link.partial = data[last + 1 :]
+        self._room.receive(link.id, data[: last + 1])
+        self._cut_slow()
+
+    def _forget(self, link: Link) -> None:
+        """Drop every trace of a worker whose channel has ended."""
+        self._links.pop(link.id, None)
+        self._dirty.pop(link.id, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(link.channel)
+        link.channel.close()
+        link.client.close()
+
+    # --- Postbox: what the room calls ---------------------------------------------------
+
+    def post(self, member_ids: Iterable[int], data: bytes) -> None:
+        limit = self._config.sendq
+        links = self._links
+        dirty = self._dirty
+        for member_id in member_ids:
+            link = links[member_id]
+            if link.cut:
+                continue
+            if len(link.sendq) + len(data) > limit:
+                # Cutting it off here would post its departure in the middle of this
+                # delivery, and recipients would disagree on the order; do it after.
+                link.cut = True
+                self._too_slow.append(member_id)
+                continue
+            link.sendq += data
+            dirty[member_id] = link
+
+    def dismiss(self, member_id: int) -> None:
+        link = self._links.get(member_id)
+        if link is not None:
+            link.dismissed = True
+            self._dirty[member_id] = link
+
+    def _cut_slow(self) -> None:
+        while self._too_slow:
+            link = self._links.get(self._too_slow.pop())
+            if link is None:
+                continue
+            log.warning("%s is too slow: disconnecting", self._room_name(link))
+            self._room.leave(link.id, "too slow")
+            link.sendq.clear()
+            # Best effort: the client's socket buffer is usually full by now. The
+            # leading LF ends whatever partial line the worker was writing.
+            with contextlib.suppress(OSError):
+                link.client.send(b"\n" + protocol.TOO_SLOW, socket.MSG_DONTWAIT)
+            with contextlib.suppress(OSError):
+                link.client.shutdown(socket.SHUT_RDWR)
+
+    def _room_name(self, link: Link) -> str:
+        return self._room.name_of(link.id) if link.id in self._room else f"client {link.id}"
+
+    # --- flushing -----------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """One send per recipient that has something queued; whatever does not fit
+        waits for the channel to become writable again."""
+        self._cut_slow()
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty.values():
+            if link.sendq:
+                try:
+                    sent = link.channel.send(link.sendq)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    # The worker is gone; its channel's end will be read next turn.
+                    link.sendq.clear()
+                    continue
+                del link.sendq[:sent]
+            if link.sendq:
+                self._watch_writable(link, True)
+                continue
+            self._watch_writable(link, False)
+            if link.dismissed and not link.half_closed:
+                link.half_closed = True
+                with contextlib.suppress(OSError):
+                    link.channel.shutdown(socket.SHUT_WR)
+
+    def _watch_writable(self, link: Link, want: bool) -> None:
+        if link.want_write != want:
+            link.want_write = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self._selector.modify(link.channel, events, link)

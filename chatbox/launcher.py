@@ -1,0 +1,185 @@
+"""How a worker starts: in a forked process or in a thread. The one concurrency switch.
+
+Like `socketserver`'s ``process_request``, this is the only place where the two modes
+differ. Everything else - the channel, its framing, the hub, the room, the worker's
+loop - is the same code, so thread mode on Linux exercises the path Windows takes.
+"""
+
+from __future__ import annotations
+
+import abc
+import gc
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+from chatbox.worker import serve_connection
+
+log = logging.getLogger("chatbox.launcher")
+
+MODES = ("fork", "thread")
+
+# Worker threads need little stack (a loop, a decoder, a few frames); the default 8 MiB
+# of address space each would make thousands of threads look huge.
+THREAD_STACK_SIZE = 256 * 1024
+
+
+def default_mode() -> str:
+    return "fork" if hasattr(os, "fork") else "thread"
+
+
+class Launcher(abc.ABC):
+    """Starts workers and, at the end, makes sure none of them is left."""
+
+    mode: str
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+
+    @abc.abstractmethod
+    def start(self, client: socket.socket, channel: socket.socket) -> None:
+        """Serve ``client`` in a new worker talking to the hub over ``channel``.
+
+        Resource handling: the worker owns ``channel`` from here on (the launcher closes
+        the hub's copy where the mode makes one). The hub keeps ``client`` and closes it
+        when the worker's channel reports the end.
+        """
+
+    def reap(self) -> None:  # noqa: B027 - threads need no reaping
+        """Collect workers that have ended. Never blocks."""
+
+    def pending(self) -> int:
+        """Workers that ended or are ending but whose end the hub must still wait for."""
+        return 0
+
+    @abc.abstractmethod
+    def finish(self, deadline: float) -> None:
+        """Make sure no worker is left: wait until ``deadline`` (monotonic), force the rest."""
+
+
+class ForkLauncher(Launcher):
+    mode = "fork"
+
+    def __init__(self, max_line: int) -> None:
+        super().__init__(max_line)
+        self._children: set[int] = set()
+
+    def start(self, client: socket.socket, channel: socket.socket) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                _become_worker(client, channel)
+                serve_connection(client, channel, self.max_line)
+                status = 0
+            except BaseException:  # the child must reach os._exit, whatever happened
+                log.exception("worker failed")
+            finally:
+                os._exit(status)
+        self._children.add(pid)
+        channel.close()
+
+    def reap(self) -> None:
+        while self._children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._children.clear()
+                return
+            if pid == 0:
+                return
+            self._children.discard(pid)
+
+    def pending(self) -> int:
+        return len(self._children)
+
+    def finish(self, deadline: float) -> None:
+        # The hub has already waited (woken by SIGCHLD) until the deadline; whatever is
+        # still running now is stuck, and is killed so that nothing outlives the server.
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self._children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self._children.discard(pid)
+
+
+def _become_worker(client: socket.socket, channel: socket.socket) -> None:
+    """Turn a fresh fork of the hub into a worker that owns only its two sockets.
+
+    Every inherited descriptor it does not own is closed: the listening socket, the
+    hub's selector, other workers' channels and client sockets. A leaked copy of another
+    client's socket would keep that client's connection open after it left.
+    """
+    signal.set_wakeup_fd(-1)
+    # Ctrl-C in a terminal reaches the whole process group; the hub orchestrates the
+    # shutdown, so workers must not die of it on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    keep = sorted({0, 1, 2, client.fileno(), channel.fileno()})
+    low = 0
+    for fd in keep:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _max_fd())
+    # The hub's objects are shared copy-on-write; the collector walking them would
+    # touch (and so copy) their pages in every worker. The worker allocates little.
+    gc.freeze()
+
+
+def _max_fd() -> int:
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 65536
+
+
+class ThreadLauncher(Launcher):
+    mode = "thread"
+
+    def __init__(self, max_line: int) -> None:
+        super().__init__(max_line)
+        self._threads: set[threading.Thread] = set()
+        threading.stack_size(THREAD_STACK_SIZE)
+
+    def start(self, client: socket.socket, channel: socket.socket) -> None:
+        thread = threading.Thread(
+            target=serve_connection,
+            args=(client, channel, self.max_line),
+            name=f"worker-{client.fileno()}",
+            daemon=True,  # a worker stuck on a dead client must not hold up the exit
+        )
+        thread.start()
+        self._threads.add(thread)
+
+    def reap(self) -> None:
+        self._threads = {t for t in self._threads if t.is_alive()}
+
+    def finish(self, deadline: float) -> None:
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.reap()
+        if self._threads:
+            log.warning("%d worker threads did not end in time", len(self._threads))
+
+
+def make_launcher(mode: str, max_line: int) -> Launcher:
+    if mode == "fork":
+        if not hasattr(os, "fork"):
+            raise ValueError("fork mode needs os.fork, which this platform lacks")
+        return ForkLauncher(max_line)
+    if mode == "thread":
+        return ThreadLauncher(max_line)
+    raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")

@@ -1,0 +1,327 @@
+"""The chatbox line protocol, sans-IO: bytes in, events out; events in, bytes out.
+
+Everything a client can send and everything the server says lives here: line framing
+and its limit, the UTF-8 and control-character rules, names, command parsing and the
+text of every server line. No sockets: the worker feeds received bytes to a
+`LineDecoder`, the hub's `Room` parses commands and formats replies with the functions
+below, and all of it is unit-tested without a network. docs/protocol.md is the reference.
+
+Speed matters here (every relayed byte passes through `LineDecoder.feed`), so the common
+case - printable ASCII lines - is handled by whole-chunk bytes operations that run in C,
+and only chunks that contain something unusual are decoded and scanned line by line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_MAX_LINE = 4096
+MAX_NAME = 24
+
+# Bytes that never need a second look: printable ASCII, TAB and the LF that frames lines.
+# A chunk made only of these is relayed as it is.
+_PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
+
+# C0 controls except TAB, DEL and C1 controls: never relayed raw, so no client can drive
+# another client's terminal (ESC sequences, bell, backspace tricks, NUL).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+REPLACEMENT = "\ufffd"
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")
+
+# A marker no sanitised line can contain (NUL is replaced), so the worker can put its
+# own notes to the hub in the same line stream as the client's lines.
+CONTROL_PREFIX = b"\x00"
+
+
+class ProtocolError(Exception):
+    """Base of the errors this module reports."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Complete, sanitised lines, each ending in LF, ready to relay as one block."""
+
+    block: bytes
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """A line longer than the limit was received and discarded."""
+
+    limit: int
+
+
+Event = Lines | LineTooLong
+
+
+def sanitize(text: str) -> str:
+    """Replace every control character (but TAB) with U+FFFD."""
+    return _CONTROL.sub(REPLACEMENT, text)
+
+
+def clean_line(raw: bytes) -> bytes:
+    """One received line (no LF) made safe to relay: valid UTF-8, no control characters."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if not raw.translate(None, _PLAIN_BYTES):
+        return raw
+    return sanitize(raw.decode("utf-8", "replace")).encode()
+
+
+def _clean_block(block: bytes) -> bytes:
+    """Complete lines (each ending in LF) made safe; empty lines dropped."""
+    if b"\r\n" in block:
+        block = block.replace(b"\r\n", b"\n")
+    if block.translate(None, _PLAIN_BYTES):
+        # Something unusual: decode as a whole (valid UTF-8 never spans a LF, so this
+        # equals decoding line by line) and replace controls, keeping the LF framing.
+        text = block.decode("utf-8", "replace")
+        block = "\n".join(sanitize(part) for part in text.split("\n")).encode()
+    if block.startswith(b"\n") or b"\n\n" in block:
+        block = b"".join(line + b"\n" for line in block.split(b"\n") if line)
+    return block
+
+
+class LineDecoder:
+    """Splits a byte stream into sanitised lines and enforces the line length limit.
+
+    ``feed`` takes whatever ``recv`` returned and gives back events in stream order.
+    Bytes after the last LF wait for the next call. A line longer than ``max_line``
+    bytes (line ending not counted) yields one `LineTooLong` and is discarded up to and
+    including its LF - also when it never gets an LF and just keeps growing.
+    """
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.max_line = max_line
+        self._partial = b""
+        self._discarding = False  # inside an overlong line already reported
+
+    def feed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return events
+            self._discarding = False
+            data = data[end + 1 :]
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._hold(data, events)
+            return events
+        complete, rest = data[: last + 1], data[last + 1 :]
+        # Fast path: no line can be too long if the whole block is short enough (+1 for
+        # the LF, +1 for an optional CR).
+        if len(complete) <= self.max_line + 2 or not self._has_long_line(complete):
+            block = _clean_block(complete)
+            if block:
+                events.append(Lines(block))
+        else:
+            self._split_long(complete, events)
+        self._hold(rest, events)
+        return events
+
+    def _has_long_line(self, complete: bytes) -> bool:
+        limit = self.max_line
+        return any(len(line.removesuffix(b"\r")) > limit for line in complete.split(b"\n"))
+
+    def _split_long(self, complete: bytes, events: list[Event]) -> None:
+        good: list[bytes] = []
+        for line in complete[:-1].split(b"\n"):
+            if len(line.removesuffix(b"\r")) > self.max_line:
+                if good:
+                    self._emit(good, events)
+                    good = []
+                events.append(LineTooLong(self.max_line))
+            else:
+                good.append(line)
+        if good:
+            self._emit(good, events)
+
+    @staticmethod
+    def _emit(lines: list[bytes], events: list[Event]) -> None:
+        block = _clean_block(b"\n".join(lines) + b"\n")
+        if block:
+            events.append(Lines(block))
+
+    def _hold(self, rest: bytes, events: list[Event]) -> None:
+        # +1: a CR may be waiting for its LF and does not count towards the limit.
+        if len(rest) > self.max_line + 1:
+            events.append(LineTooLong(self.max_line))
+            self._discarding = True
+        else:
+            self._partial = rest
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def name_error(name: str) -> str | None:
+    """Why ``name`` is not a valid name, or None if it is (uniqueness is the room's job)."""
+    if len(name) <= MAX_NAME and _NAME.match(name):
+        return None
+    return (
+        f"invalid name {name!r}: use 1-{MAX_NAME} letters, digits or _-.[]{{}}| "
+        "starting with a letter"
+    )
+
+
+def name_key(name: str) -> str:
+    """The form in which names are compared: unique case-insensitively."""
+    return name.casefold()
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chat:
+    text: str
+
+
+@dataclass(frozen=True)
+class Nick:
+    name: str
+
+
+@dataclass(frozen=True)
+class Who:
+    pass
+
+
+@dataclass(frozen=True)
+class Private:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Action:
+    text: str
+
+
+@dataclass(frozen=True)
+class Quit:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A line the room answers with an error line only to its sender."""
+
+    message: str
+
+
+Command = Chat | Nick | Who | Private | Action | Quit | Help | Invalid
+
+COMMAND_HELP = (
+    ("/nick NAME", "change your name"),
+    ("/who", "list who is here"),
+    ("/msg NAME TEXT", "send TEXT to NAME only"),
+    ("/me ACTION", "say what you are doing: * you ACTION"),
+    ("/quit [REASON]", "leave the chat"),
+    ("/help", "show this help"),
+    ("//TEXT", "send a line that starts with /"),
+)
+
+
+def parse_line(line: str) -> Command:
+    """What one sanitised, non-empty line asks for."""
+    if not line.startswith("/"):
+        return Chat(line)
+    if line.startswith("//"):
+        return Chat(line[1:])
+    word, _, rest = line[1:].partition(" ")
+    verb = word.lower()
+    rest = rest.strip()
+    if verb == "nick":
+        return Nick(rest) if rest else Invalid("usage: /nick NAME")
+    if verb == "who":
+        return Who()
+    if verb == "msg":
+        name, _, text = rest.partition(" ")
+        text = text.strip()
+        return Private(name, text) if name and text else Invalid("usage: /msg NAME TEXT")
+    if verb == "me":
+        return Action(rest) if rest else Invalid("usage: /me ACTION")
+    if verb == "quit":
+        return Quit(rest or "quit")
+    if verb == "help":
+        return Help()
+    return Invalid(f"unknown command '/{word}' (try /help)")
+
+
+# --- what the server says ----------------------------------------------------------------
+
+
+def chat_prefix(name: str) -> bytes:
+    """What precedes each of NAME's chat lines: ``<NAME> ``."""
+    return f"<{name}> ".encode()
+
+
+def prefix_block(prefix: bytes, block: bytes) -> bytes:
+    """Prefix every line of a block (lines ending in LF) in one C-level pass."""
+    return prefix + block[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
+
+
+def notice(text: str) -> bytes:
+    return f"* {text}\n".encode()
+
+
+def error(text: str) -> bytes:
+    return f"! {text}\n".encode()
+
+
+def private_line(sender: str, text: str) -> bytes:
+    return f"[private] <{sender}> {text}\n".encode()
+
+
+def welcome(name: str, others: list[str]) -> bytes:
+    if others:
+        return notice(f"welcome {name}; also here: {', '.join(others)}")
+    return notice(f"welcome {name}; nobody else is here yet")
+
+
+def help_lines() -> bytes:
+    return b"".join(notice(f"{usage:<16} {what}") for usage, what in COMMAND_HELP)
+
+
+def line_too_long(limit: int) -> bytes:
+    return error(f"line too long (max {limit} bytes)")
+
+
+SERVER_SHUTTING_DOWN = notice("server shutting down")
+TOO_SLOW = error("disconnected: too slow")
+
+
+def server_full(limit: int) -> bytes:
+    return error(f"server full (max {limit} clients)")
+
+
+# --- the worker's notes to the hub -------------------------------------------------------
+
+# Why a worker's connection ended, or what it rejected, told to the hub in-band.
+NOTE_TOO_LONG = b"toolong"
+NOTE_CLOSED = b"closed"
+NOTE_RESET = b"reset"
+
+NOTE_REASONS = {NOTE_CLOSED: "connection closed", NOTE_RESET: "connection reset"}
+
+
+def note(kind: bytes) -> bytes:
+    return CONTROL_PREFIX + kind + b"\n"

@@ -1,0 +1,202 @@
+"""The room: who is here, what they are called, and who gets which line.
+
+This is the only owner of state shared between clients (names, roster, routing) and the
+one sequencer of messages: every delivery goes through `Postbox.post` in one global
+order, so all recipients see the same order. It lives in the hub, in the server's parent
+process; in fork mode a copy of it in a worker would silently diverge, so workers never
+touch it.
+
+Like the protocol module it does no I/O: the hub hands it lines and implements
+`Postbox`, so every rule here is testable with a list standing in for the sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chatbox import protocol
+
+log = logging.getLogger("chatbox.room")
+
+
+class Postbox(Protocol):
+    """What the room needs from whoever moves bytes (the hub)."""
+
+    def post(self, member_ids: Iterable[int], data: bytes) -> None:
+        """Queue ``data`` for each member, in call order."""
+
+    def dismiss(self, member_id: int) -> None:
+        """The member has left the room: flush what is queued for it, then disconnect it."""
+
+
+@dataclass
+class Member:
+    id: int
+    name: str
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = protocol.chat_prefix(self.name)
+
+
+class Room:
+    def __init__(self, postbox: Postbox, max_line: int = protocol.DEFAULT_MAX_LINE) -> None:
+        self._postbox = postbox
+        self._max_line = max_line
+        self._members: dict[int, Member] = {}  # insertion order = joining order
+        self._by_key: dict[str, Member] = {}
+        # The id lists recipients are drawn from, rebuilt only when the roster changes,
+        # because fan-out reads them for every relayed block.
+        self._everyone: list[int] = []
+        self._guest_numbers = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, member_id: int) -> bool:
+        return member_id in self._members
+
+    def names(self) -> list[str]:
+        return [m.name for m in self._members.values()]
+
+    def name_of(self, member_id: int) -> str:
+        return self._members[member_id].name
+
+    # --- arrivals and departures ------------------------------------------------------
+
+    def join(self, member_id: int) -> str:
+        """Admit a new member under a fresh guest name; returns the name."""
+        name = self._free_guest_name()
+        others = self.names()
+        member = Member(member_id, name)
+        self._members[member_id] = member
+        self._by_key[protocol.name_key(name)] = member
+        self._postbox.post(self._everyone, protocol.notice(f"{name} joined"))
+        self._everyone = list(self._members)
+        self._postbox.post((member_id,), protocol.welcome(name, others))
+        log.info("%s joined (%d here)", name, len(self._members))
+        return name
+
+    def leave(self, member_id: int, reason: str) -> None:
+        """Remove a member and tell everyone else why; a no-op if it already left."""
+        member = self._members.pop(member_id, None)
+        if member is None:
+            return
+        del self._by_key[protocol.name_key(member.name)]
+        self._everyone = list(self._members)
+        self._postbox.dismiss(member_id)
+        self._postbox.post(self._everyone, protocol.notice(f"{member.name} left ({reason})"))
+        log.info("%s left (%s)", member.name, reason)
+
+    def close(self) -> None:
+        """The server is shutting down: tell everyone, and dismiss them all."""
+        everyone = self._everyone
+        self._postbox.post(everyone, protocol.SERVER_SHUTTING_DOWN)
+        self._members.clear()
+        self._by_key.clear()
+        self._everyone = []
+        for member_id in everyone:
+            self._postbox.dismiss(member_id)
+
+    def _free_guest_name(self) -> str:
+        while True:
+            name = f"guest{next(self._guest_numbers)}"
+            if protocol.name_key(name) not in self._by_key:
+                return name
+
+    # --- what members say -------------------------------------------------------------
+
+    def receive(self, member_id: int, block: bytes) -> None:
+        """Handle complete lines from a member's worker (each ends in LF).
+
+        The common case - a block of plain chat lines - is relayed as one prefixed
+        block, without looking at each line. Lines from a member that has left are
+        ignored: its worker may still be sending what was already on the way.
+        """
+        member = self._members.get(member_id)
+        if member is None:
+            return
+        if not (
+            block.startswith((b"/", protocol.CONTROL_PREFIX))
+            or b"\n/" in block
+            or b"\n\x00" in block
+        ):
+            self._relay(member, block)
+            return
+        chat: list[bytes] = []
+        for line in block[:-1].split(b"\n"):
+            if line.startswith((b"/", protocol.CONTROL_PREFIX)) and not line.startswith(b"//"):
+                if chat:
+                    self._relay(member, b"\n".join(chat) + b"\n")
+                    chat = []
+                self._special(member, line)
+                if member.id not in self._members:
+                    return
+            else:
+                chat.append(line[1:] if line.startswith(b"//") else line)
+        if chat:
+            self._relay(member, b"\n".join(chat) + b"\n")
+
+    def _relay(self, member: Member, block: bytes) -> None:
+        recipients = [i for i in self._everyone if i != member.id]
+        if recipients:
+            self._postbox.post(recipients, protocol.prefix_block(member.prefix, block))
+
+    def _special(self, member: Member, line: bytes) -> None:
+        if line.startswith(protocol.CONTROL_PREFIX):
+            self._worker_note(member, line[1:])
+            return
+        command = protocol.parse_line(line.decode("utf-8", "replace"))
+        if isinstance(command, protocol.Nick):
+            self._rename(member, command.name)
+        elif isinstance(command, protocol.Who):
+            names = self.names()
+            text = f"here ({len(names)}): {', '.join(names)}"
+            self._postbox.post((member.id,), protocol.notice(text))
+        elif isinstance(command, protocol.Private):
+            target = self._by_key.get(protocol.name_key(command.name))
+            if target is None:
+                self._postbox.post((member.id,), protocol.error(f"no such user {command.name!r}"))
+            else:
+                self._postbox.post((target.id,), protocol.private_line(member.name, command.text))
+        elif isinstance(command, protocol.Action):
+            recipients = [i for i in self._everyone if i != member.id]
+            self._postbox.post(recipients, protocol.notice(f"{member.name} {command.text}"))
+        elif isinstance(command, protocol.Quit):
+            self.leave(member.id, command.reason)
+        elif isinstance(command, protocol.Help):
+            self._postbox.post((member.id,), protocol.help_lines())
+        elif isinstance(command, protocol.Invalid):
+            self._postbox.post((member.id,), protocol.error(command.message))
+        else:  # Chat never reaches here: receive() relays chat lines itself.
+            raise AssertionError(f"unexpected command {command!r}")
+
+    def _worker_note(self, member: Member, kind: bytes) -> None:
+        if kind == protocol.NOTE_TOO_LONG:
+            self._postbox.post((member.id,), protocol.line_too_long(self._max_line))
+        else:
+            self.leave(member.id, protocol.NOTE_REASONS.get(kind, "connection lost"))
+
+    def _rename(self, member: Member, new: str) -> None:
+        problem = protocol.name_error(new)
+        if problem is None and new == member.name:
+            problem = f"you are already {new}"
+        key = protocol.name_key(new)
+        if problem is None and key in self._by_key and self._by_key[key] is not member:
+            problem = f"name {new!r} is taken"
+        if problem is not None:
+            self._postbox.post((member.id,), protocol.error(problem))
+            return
+        old = member.name
+        del self._by_key[protocol.name_key(old)]
+        member.name = new
+        member.prefix = protocol.chat_prefix(new)
+        self._by_key[key] = member
+        others = [i for i in self._everyone if i != member.id]
+        self._postbox.post(others, protocol.notice(f"{old} is now known as {new}"))
+        self._postbox.post((member.id,), protocol.notice(f"you are now known as {new}"))
+        log.info("%s is now known as %s", old, new)

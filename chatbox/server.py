@@ -1,0 +1,180 @@
+"""`python -m chatbox.server`: the chat server's command line.
+
+Parses arguments, raises the descriptor limit, binds, announces the address on stdout
+(the first line, `listening on HOST:PORT`, is what scripts wait for) and hands over to
+the hub. Every condition a user can cause - a port in use, a bad address, a bad option -
+ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from chatbox import protocol
+from chatbox.hub import DEFAULT_MAX_CLIENTS, DEFAULT_SENDQ, Hub, HubConfig
+from chatbox.launcher import MODES, default_mode, make_launcher
+
+DEFAULT_PORT = 4242
+
+# Descriptors the hub needs per client: the client socket and its channel end (plus, in
+# thread mode, the worker's channel end, which lives in the same process).
+FDS_PER_CLIENT = {"fork": 2, "thread": 3}
+FDS_SPARE = 64  # stdio, the listener, the selector, wakeup sockets, logging, imports
+
+log = logging.getLogger("chatbox.server")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatbox-server",
+        description="Relay chat lines between any number of TCP clients "
+        "(nc, telnet and chatbox-client all work).",
+        epilog="The first line on stdout is 'listening on HOST:PORT'. Protocol: docs/protocol.md.",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"TCP port to listen on; 0 picks a free one (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to listen on (default 0.0.0.0, all interfaces; 127.0.0.1 for "
+        "this machine only; :: for IPv6)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=default_mode(),
+        help=f"serve each client in a forked process or a thread (default here: {default_mode()})",
+    )
+    parser.add_argument(
+        "--max-line",
+        type=_positive,
+        default=protocol.DEFAULT_MAX_LINE,
+        help=f"longest accepted line in bytes (default {protocol.DEFAULT_MAX_LINE})",
+    )
+    parser.add_argument(
+        "--sendq",
+        type=_positive,
+        default=DEFAULT_SENDQ,
+        help="bytes queued for one client before it is disconnected as too slow "
+        f"(default {DEFAULT_SENDQ})",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=_positive,
+        default=DEFAULT_MAX_CLIENTS,
+        help=f"clients served at once; one more is told the server is full "
+        f"(default {DEFAULT_MAX_CLIENTS})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="what to log on stderr (default warning)",
+    )
+    return parser
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``needed``; return what we now have.
+
+    Error handling: where the hard limit is lower, the soft one is raised to it and the
+    caller decides what to say; on platforms without `resource` nothing is done.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6, by what ``host`` resolves to)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        # A restarted server must be able to take its port back while old connections
+        # linger in TIME_WAIT.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(socket.SOMAXCONN)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    needed = args.max_clients * FDS_PER_CLIENT[args.mode] + FDS_SPARE
+    have = raise_fd_limit(needed)
+    max_clients = args.max_clients
+    if have < needed:
+        max_clients = max(1, (have - FDS_SPARE) // FDS_PER_CLIENT[args.mode])
+        print(
+            f"chatbox-server: the descriptor limit (RLIMIT_NOFILE {have}) allows only "
+            f"{max_clients} of --max-clients {args.max_clients}; raise it with 'ulimit -n'",
+            file=sys.stderr,
+        )
+    try:
+        listener = bind(args.host, args.port)
+    except socket.gaierror as exc:
+        print(f"chatbox-server: cannot use address {args.host!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"chatbox-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    host, port = listener.getsockname()[:2]
+    print(f"listening on {host}:{port}", flush=True)
+    launcher = make_launcher(args.mode, args.max_line)
+    config = HubConfig(max_line=args.max_line, sendq=args.sendq, max_clients=max_clients)
+    Hub(listener, launcher, config).serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
