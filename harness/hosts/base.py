@@ -12,6 +12,7 @@ clients, plus the addresses they use to reach each other.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -27,11 +28,14 @@ class Host(abc.ABC):
         kind: the host kind (``loopback``, ``netns``, ``ssh``).
         label: where this is, for reports (``loopback``, ``netns cbx12-c1``, ``bob@10.0.0.2``).
         address: the address other hosts of the same network reach this host at.
+        python: the Python interpreter to name in argv for this host (ours for hosts on
+            this machine; what the far side calls it, e.g. ``python3``, for ssh hosts).
     """
 
     kind: str
     label: str
     address: str
+    python: str = sys.executable
 
     @abc.abstractmethod
     def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:

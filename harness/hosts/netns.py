@@ -1,0 +1,212 @@
+"""The netns host kind: a private test network of network namespaces on this machine.
+
+Topology (a star, like hosts on one switch)::
+
+    server ns (198.18.0.1) --veth--+
+    client ns 0 (198.18.0.2) --veth--+-- bridge in its own namespace
+    client ns 1 (198.18.0.3) --veth--+
+
+Every veth is created directly inside the namespaces it joins, never in the machine's own
+namespace, so deleting the namespaces deletes every link with them. Traffic stays inside
+the namespaces this run made; addresses come from 198.18.0.0/15, the range reserved for
+network test beds (RFC 2544), so they can never be somebody's real service.
+
+Names: namespaces are ``cbx<pid>-<random>-<role>`` (unique per run and per xdist worker,
+and recognisable in ``ip netns list``); interface names must fit the kernel's 15
+characters, so they are ``cb`` + base36(pid) + 3 random hex + role.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Sequence
+
+from harness.hosts.base import Host, HostError, Network
+from harness.hosts.namespaces import Namespaces, open_namespaces
+from harness.hosts.roundtrip import measure_round_trip_ms
+
+# Client namespaces when the caller does not say: two already prove traffic between
+# hosts and round-robin spreading; more cost a veth and ~10 ms each and prove nothing new.
+DEFAULT_CLIENT_HOSTS = 2
+MAX_CLIENT_HOSTS = 64  # keeps interface names within 15 characters (role "c63")
+
+ALLOWED_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+NAMESPACE_PREFIX = "cbx"
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if number == 0:
+            return out
+
+
+def check_subnet(text: str, hosts: int) -> ipaddress.IPv4Network:
+    """Parse ``text`` as the test subnet and check it holds ``hosts`` addresses.
+
+    Error handling: raises `HostError` for a bad network, one outside 198.18.0.0/15, or
+    one too small.
+    """
+    try:
+        subnet = ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise HostError(f"bad --subnet {text!r}: {exc}") from None
+    if not isinstance(subnet, ipaddress.IPv4Network) or not subnet.subnet_of(ALLOWED_RANGE):
+        raise HostError(f"--subnet {text} must lie inside {ALLOWED_RANGE} (network test range)")
+    if subnet.num_addresses - 2 < hosts:
+        raise HostError(f"--subnet {text} is too small for {hosts} hosts")
+    return subnet
+
+
+class NetnsHost(Host):
+    """A host that is a network namespace on this machine."""
+
+    kind = "netns"
+
+    def __init__(self, namespaces: Namespaces, namespace: str, interface: str, address: str):
+        self._namespaces = namespaces
+        self.namespace = namespace
+        self.interface = interface
+        self.label = f"netns {namespaces.label(namespace)}"
+        self.address = address
+
+    def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        # The pty (if any) is made locally by the caller and simply inherited: a namespace
+        # changes the network, not the terminal.
+        return [*self._namespaces.prefix(self.namespace), *argv]
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        info["namespace"] = self.namespace
+        info["interface"] = self.interface
+        return info
+
+
+class NetnsNetwork(Network):
+    """One server namespace and ``client_hosts`` client namespaces joined by a bridge.
+
+    Resource handling: every namespace is recorded with the janitor before it exists;
+    ``close`` (also on failure, Ctrl-C, or harness death via the janitor's pipe) kills any
+    process left inside and deletes the namespaces, and with them every link.
+
+    Error handling: raises `HostError` with the reason when the network cannot be built;
+    whatever was already made is removed first.
+    """
+
+    kind = "netns"
+
+    def __init__(
+        self,
+        subnet: str = "198.18.0.0/24",
+        client_hosts: int = DEFAULT_CLIENT_HOSTS,
+        *,
+        mode: str = "auto",
+    ) -> None:
+        if not 1 <= client_hosts <= MAX_CLIENT_HOSTS:
+            raise HostError(f"netns client hosts must be 1-{MAX_CLIENT_HOSTS}, not {client_hosts}")
+        net = check_subnet(subnet, client_hosts + 1)
+        self.subnet = net
+        pid = os.getpid()
+        rand = secrets.token_hex(2)
+        self.run_id = f"{NAMESPACE_PREFIX}{pid}-{rand}"
+        self.link_tag = f"cb{_base36(pid)}{rand[:3]}"
+        self._rtt: float | None = None
+        self._closed = False
+        self.bridge_namespace = ""
+        self.hosts: list[NetnsHost] = []  # server first, then the clients
+        self.namespaces = open_namespaces(mode)
+        try:
+            self._build(net, client_hosts)
+        except BaseException:
+            self.close_quietly()
+            raise
+
+    def _build(self, net: ipaddress.IPv4Network, client_hosts: int) -> None:
+        ns = self.namespaces
+        bridge_ns = f"{self.run_id}-br"
+        bridge = f"{self.link_tag}br"
+        roles = ["s", *(f"c{i}" for i in range(client_hosts))]
+        addresses = list(net.hosts())
+        self.bridge_namespace = bridge_ns
+        ns.create(bridge_ns)
+        hosts = self.hosts
+        for role, address in zip(roles, addresses, strict=False):
+            name = f"{self.run_id}-{role}"
+            ns.create(name)
+            hosts.append(NetnsHost(ns, name, f"{self.link_tag}{role}", str(address)))
+        bridge_cmds = [
+            "link set lo up",
+            f"link add {bridge} type bridge",
+            f"link set {bridge} up",
+        ]
+        for host in hosts:
+            port = f"{host.interface}p"
+            bridge_cmds += [
+                f"link add {port} type veth peer name {host.interface} "
+                f"netns {ns.reference(host.namespace)}",
+                f"link set {port} master {bridge}",
+                f"link set {port} up",
+            ]
+        ns.ip_batch(bridge_ns, bridge_cmds)
+        for host in hosts:
+            ns.ip_batch(
+                host.namespace,
+                [
+                    "link set lo up",
+                    f"addr add {host.address}/{net.prefixlen} dev {host.interface}",
+                    f"link set {host.interface} up",
+                ],
+            )
+        self.server = hosts[0]
+        self.clients = list(hosts[1:])
+
+    @property
+    def listen_address(self) -> str:
+        return self.server.address
+
+    @property
+    def connect_address(self) -> str:
+        return self.server.address
+
+    @property
+    def namespace_names(self) -> list[str]:
+        """Every namespace of this run (bridge first)."""
+        return [self.bridge_namespace, *(h.namespace for h in self.hosts)]
+
+    def round_trip_ms(self) -> float | None:
+        """Median TCP round trip (ms) between client host 0 and the server host, measured
+        once with a one-byte echo between the two namespaces and then cached."""
+        if self._rtt is None and not self._closed:
+            self._rtt = measure_round_trip_ms(
+                self.server, self.clients[0], bind=self.server.address, connect=self.connect_address
+            )
+        return self._rtt
+
+    def describe(self) -> dict[str, object]:
+        info = super().describe()
+        info["namespace_mode"] = self.namespaces.mode
+        info["subnet"] = str(self.subnet)
+        info["bridge_namespace"] = self.bridge_namespace
+        return info
+
+    def close(self) -> None:
+        """Remove every namespace (and so every link) of this run. Idempotent.
+
+        Error handling: raises `HostError` if the janitor reports something it could not
+        remove (a real leak worth failing on).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.namespaces.close()
+
+    def close_quietly(self) -> None:
+        try:
+            self.close()
+        except HostError:
+            pass
