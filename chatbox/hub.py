@@ -1,11 +1,17 @@
 """The hub: the server's parent process, which moves bytes between workers and the room.
 
 It never blocks. One `selectors` loop multiplexes the listening socket, every worker's
-channel and a signal wakeup socket. Each worker has a bounded outbound queue here (its
-SendQ); a worker that falls behind past the bound is cut off alone, so the room never
-waits for anybody. Lines from workers go to the `Room`, which decides who gets what and
-calls back `post` and `dismiss`; the hub only queues and flushes, once per recipient per
-loop turn.
+channel and a signal wakeup socket. Lines from workers go to the `Room`, which decides who
+gets what and calls back `post` and `dismiss`; the hub only queues and flushes, once per
+recipient per loop turn.
+
+Each worker has an outbound queue here (its SendQ), bounded by ``sendq`` bytes. When a
+queue is over its bound the hub stops reading new lines (TCP holds them back in the
+senders' sockets), so a busy room waits for readers that are catching up instead of
+dropping them. A client whose queue stays over the bound for ``slow_timeout`` seconds is
+not catching up: it is cut off alone, and the room goes on. So nobody is disconnected
+for being momentarily behind a burst, and nobody can hold the room for longer than
+``slow_timeout``.
 
 Lifecycle of a client, as the hub sees it::
 
@@ -44,6 +50,10 @@ SHUTDOWN_GRACE = 1.5
 
 DEFAULT_SENDQ = 1 << 20
 DEFAULT_MAX_CLIENTS = 1024
+# Long enough that a reader going at full speed on a loaded machine (a GC pause, a busy
+# CI box) always drains its queue in time; short enough that a reader that stopped
+# holds the room up only briefly.
+DEFAULT_SLOW_TIMEOUT = 2.0
 
 
 @dataclass
@@ -51,6 +61,7 @@ class HubConfig:
     max_line: int = protocol.DEFAULT_MAX_LINE
     sendq: int = DEFAULT_SENDQ
     max_clients: int = DEFAULT_MAX_CLIENTS
+    slow_timeout: float = DEFAULT_SLOW_TIMEOUT
 
 
 @dataclass(eq=False)
@@ -64,7 +75,9 @@ class Link:
     partial: bytes = b""
     dismissed: bool = False  # out of the room: flush, then half-close the channel
     half_closed: bool = False
-    cut: bool = False  # over its SendQ bound: nothing more is queued for it
+    cut: bool = False  # too slow: nothing more is queued for it
+    over_since: float | None = None  # when its queue went over the bound, if it is
+    reading: bool = True  # its channel is watched for input (not paused)
     want_write: bool = False
 
 
@@ -78,7 +91,8 @@ class Hub:
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
-        self._too_slow: list[int] = []
+        self._over: dict[int, Link] = {}  # queues over their bound
+        self._paused: dict[int, Link] = {}  # inputs not read while a queue is over
         self._stopping = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
@@ -98,7 +112,7 @@ class Hub:
         previous = self._install_signals()
         try:
             while not self._stopping:
-                self._turn(None)
+                self._turn(self._next_deadline())
             self._shutdown()
         finally:
             self._restore_signals(previous)
@@ -117,7 +131,10 @@ class Hub:
             obj = key.data
             if isinstance(obj, Link):
                 if events & selectors.EVENT_READ:
-                    self._read(obj)
+                    if self._over and not self._stopping:
+                        self._pause(obj)
+                    else:
+                        self._read(obj)
                 if events & selectors.EVENT_WRITE and obj.id in self._links:
                     self._dirty[obj.id] = obj
             elif key.fileobj is self._listener:
@@ -126,6 +143,14 @@ class Hub:
                 self._drain_wakeup()
         self._launcher.reap()
         self._flush()
+        self._check_slow()
+
+    def _next_deadline(self) -> float | None:
+        """How long the loop may wait: until the oldest over-full queue times out."""
+        if not self._over:
+            return None
+        oldest = min(link.over_since or 0.0 for link in self._over.values())
+        return max(0.0, oldest + self._config.slow_timeout - time.monotonic())
 
     def _shutdown(self) -> None:
         log.info("shutting down: %d clients", len(self._room))
@@ -133,6 +158,11 @@ class Hub:
         self._listener.close()
         self._room.close()
         self._flush()
+        # Ending workers must be seen ending: read every channel again.
+        for link in self._paused.values():
+            link.reading = True
+            self._watch(link)
+        self._paused.clear()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self._links or self._launcher.pending():
             remaining = deadline - time.monotonic()
@@ -233,12 +263,13 @@ class Hub:
             return
         link.partial = data[last + 1 :]
         self._room.receive(link.id, data[: last + 1])
-        self._cut_slow()
 
     def _forget(self, link: Link) -> None:
         """Drop every trace of a worker whose channel has ended."""
         self._links.pop(link.id, None)
         self._dirty.pop(link.id, None)
+        self._paused.pop(link.id, None)
+        self._not_over(link)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(link.channel)
         link.channel.close()
@@ -254,14 +285,11 @@ class Hub:
             link = links[member_id]
             if link.cut:
                 continue
-            if len(link.sendq) + len(data) > limit:
-                # Cutting it off here would post its departure in the middle of this
-                # delivery, and recipients would disagree on the order; do it after.
-                link.cut = True
-                self._too_slow.append(member_id)
-                continue
             link.sendq += data
             dirty[member_id] = link
+            if link.over_since is None and len(link.sendq) > limit:
+                link.over_since = time.monotonic()
+                self._over[member_id] = link
 
     def dismiss(self, member_id: int) -> None:
         link = self._links.get(member_id)
@@ -269,20 +297,45 @@ class Hub:
             link.dismissed = True
             self._dirty[member_id] = link
 
-    def _cut_slow(self) -> None:
-        while self._too_slow:
-            link = self._links.get(self._too_slow.pop())
-            if link is None:
-                continue
-            log.warning("%s is too slow: disconnecting", self._room_name(link))
-            self._room.leave(link.id, "too slow")
-            link.sendq.clear()
-            # Best effort: the client's socket buffer is usually full by now. The
-            # leading LF ends whatever partial line the worker was writing.
-            with contextlib.suppress(OSError):
-                link.client.send(b"\n" + protocol.TOO_SLOW, socket.MSG_DONTWAIT)
-            with contextlib.suppress(OSError):
-                link.client.shutdown(socket.SHUT_RDWR)
+    def _pause(self, link: Link) -> None:
+        """Stop reading a channel until no queue is over its bound any more."""
+        link.reading = False
+        self._paused[link.id] = link
+        self._watch(link)
+
+    def _check_slow(self) -> None:
+        """Cut off whoever stayed over the bound too long; resume input when none is over."""
+        if self._over:
+            expired = time.monotonic() - self._config.slow_timeout
+            for link in list(self._over.values()):
+                if link.over_since is not None and link.over_since <= expired:
+                    self._cut(link)
+        if not self._over and self._paused:
+            paused, self._paused = self._paused, {}
+            for link in paused.values():
+                if link.id in self._links:
+                    link.reading = True
+                    self._watch(link)
+
+    def _cut(self, link: Link) -> None:
+        log.warning("%s is too slow: disconnecting", self._room_name(link))
+        link.cut = True
+        link.sendq.clear()
+        self._not_over(link)
+        self._room.leave(link.id, "too slow")
+        # Best effort: the client's socket buffer is usually full by now. The leading
+        # LF ends whatever partial line the worker was in the middle of writing.
+        with contextlib.suppress(OSError):
+            link.client.send(b"\n" + protocol.TOO_SLOW, socket.MSG_DONTWAIT)
+        # Ends the worker's blocked send; the worker then ends and closes its channel.
+        with contextlib.suppress(OSError):
+            link.client.shutdown(socket.SHUT_RDWR)
+        self._flush()
+
+    def _not_over(self, link: Link) -> None:
+        if link.over_since is not None:
+            link.over_since = None
+            del self._over[link.id]
 
     def _room_name(self, link: Link) -> str:
         return self._room.name_of(link.id) if link.id in self._room else f"client {link.id}"
@@ -292,30 +345,41 @@ class Hub:
     def _flush(self) -> None:
         """One send per recipient that has something queued; whatever does not fit
         waits for the channel to become writable again."""
-        self._cut_slow()
-        dirty, self._dirty = self._dirty, {}
-        for link in dirty.values():
-            if link.sendq:
-                try:
-                    sent = link.channel.send(link.sendq)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    # The worker is gone; its channel's end will be read next turn.
-                    link.sendq.clear()
-                    continue
-                del link.sendq[:sent]
-            if link.sendq:
-                self._watch_writable(link, True)
-                continue
-            self._watch_writable(link, False)
-            if link.dismissed and not link.half_closed:
-                link.half_closed = True
-                with contextlib.suppress(OSError):
-                    link.channel.shutdown(socket.SHUT_WR)
+        limit = self._config.sendq
+        while self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for link in dirty.values():
+                if link.sendq:
+                    try:
+                        sent = link.channel.send(link.sendq)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        # The worker is gone; its channel's end is read next turn.
+                        link.sendq.clear()
+                        sent = 0
+                    del link.sendq[:sent]
+                    if link.over_since is not None and len(link.sendq) <= limit:
+                        self._not_over(link)
+                want_write = bool(link.sendq)
+                if link.want_write != want_write:
+                    link.want_write = want_write
+                    self._watch(link)
+                if link.dismissed and not link.sendq and not link.half_closed:
+                    link.half_closed = True
+                    with contextlib.suppress(OSError):
+                        link.channel.shutdown(socket.SHUT_WR)
 
-    def _watch_writable(self, link: Link, want: bool) -> None:
-        if link.want_write != want:
-            link.want_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self._selector.modify(link.channel, events, link)
+    def _watch(self, link: Link) -> None:
+        """Tell the selector what this link is waiting for now."""
+        events = (selectors.EVENT_READ if link.reading else 0) | (
+            selectors.EVENT_WRITE if link.want_write else 0
+        )
+        try:
+            if events:
+                self._selector.modify(link.channel, events, link)
+            else:
+                self._selector.unregister(link.channel)
+        except KeyError:
+            if events:
+                self._selector.register(link.channel, events, link)

@@ -14,7 +14,13 @@ import socket
 import sys
 
 from chatbox import protocol
-from chatbox.hub import DEFAULT_MAX_CLIENTS, DEFAULT_SENDQ, Hub, HubConfig
+from chatbox.hub import (
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_SENDQ,
+    DEFAULT_SLOW_TIMEOUT,
+    Hub,
+    HubConfig,
+)
 from chatbox.launcher import MODES, default_mode, make_launcher
 
 DEFAULT_PORT = 4242
@@ -34,6 +40,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {value}")
     return value
 
 
@@ -85,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SENDQ,
         help="bytes queued for one client before it is disconnected as too slow "
         f"(default {DEFAULT_SENDQ})",
+    )
+    parser.add_argument(
+        "--slow-timeout",
+        type=_seconds,
+        default=DEFAULT_SLOW_TIMEOUT,
+        help="seconds a client's queue may stay over --sendq before it is disconnected "
+        f"as too slow; meanwhile the room waits for it (default {DEFAULT_SLOW_TIMEOUT})",
     )
     parser.add_argument(
         "--max-clients",
@@ -171,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
     launcher = make_launcher(args.mode, args.max_line)
-    config = HubConfig(max_line=args.max_line, sendq=args.sendq, max_clients=max_clients)
+    config = HubConfig(
+        max_line=args.max_line,
+        sendq=args.sendq,
+        max_clients=max_clients,
+        slow_timeout=args.slow_timeout,
+    )
     Hub(listener, launcher, config).serve_forever()
     return 0
 

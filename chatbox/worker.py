@@ -27,7 +27,7 @@ RECV_SIZE = 65536
 
 
 class _Waiter:
-    """Waits until the client or the channel is readable.
+    """Waits until the client or the channel is ready.
 
     `select.poll` where it exists: it needs no descriptor of its own, which matters with
     thousands of worker threads, and has no FD_SETSIZE limit. `select.select` on
@@ -39,31 +39,54 @@ class _Waiter:
         self._channel = channel
         self._client_fd = client.fileno()
         self._channel_fd = channel.fileno()
-        self._watch_client = True
         self._poll = select.poll() if hasattr(select, "poll") else None
+        self._interest = (False, False)
         if self._poll is not None:
-            flags = select.POLLIN | select.POLLPRI
-            self._poll.register(self._client_fd, flags)
-            self._poll.register(self._channel_fd, flags)
+            self._poll.register(self._channel_fd, select.POLLIN)
 
-    def ignore_client(self) -> None:
-        if self._watch_client:
-            self._watch_client = False
-            if self._poll is not None:
-                self._poll.unregister(self._client_fd)
+    def wait(self, client_in: bool, channel_out: bool) -> tuple[bool, bool, bool]:
+        """(channel readable, channel writable, client readable).
 
-    def wait(self) -> tuple[bool, bool]:
-        """(channel readable, client readable); errors and hang-ups count as readable."""
+        Errors and hang-ups count as ready: the next call on that socket reports them.
+        """
         if self._poll is not None:
-            ready = {fd for fd, _ in self._poll.poll()}
-            return self._channel_fd in ready, self._client_fd in ready
-        watched = [self._channel, self._client] if self._watch_client else [self._channel]
-        readable, _, _ = select.select(watched, [], [])
-        return self._channel in readable, self._client in readable
+            if self._interest != (client_in, channel_out):
+                self._interest = (client_in, channel_out)
+                flags = select.POLLIN | (select.POLLOUT if channel_out else 0)
+                self._poll.modify(self._channel_fd, flags)
+                if client_in:
+                    self._poll.register(self._client_fd, select.POLLIN)
+                else:
+                    try:
+                        self._poll.unregister(self._client_fd)
+                    except KeyError:
+                        pass
+            channel_events = client_events = 0
+            for fd, events in self._poll.poll():
+                if fd == self._channel_fd:
+                    channel_events = events
+                else:
+                    client_events = events
+            return (
+                bool(channel_events & ~select.POLLOUT),
+                bool(channel_events & (select.POLLOUT | select.POLLERR | select.POLLHUP)),
+                bool(client_events),
+            )
+        readers = [self._channel, self._client] if client_in else [self._channel]
+        writers = [self._channel] if channel_out else []
+        readable, writable, _ = select.select(readers, writers, [])
+        return self._channel in readable, self._channel in writable, self._client in readable
 
 
 def serve_connection(client: socket.socket, channel: socket.socket, max_line: int) -> None:
     """Relay between one client and the hub until the hub closes the channel.
+
+    The client socket is blocking: a client that does not read blocks this worker in
+    `sendall`, which is what lets the hub see it falling behind. The channel is
+    non-blocking: lines for the hub that do not fit wait here, and meanwhile the worker
+    stops reading the client (TCP holds the client back) but keeps writing to it what
+    the hub sends. Blocking on the hub instead would deadlock the two when the hub
+    pauses its input while waiting for this very client to catch up.
 
     Resource handling: on return the client socket is shut down (so the client sees the
     end at once even if the hub still holds it) and the channel is closed; the client
@@ -74,27 +97,31 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
     the line stream; the hub decides what the room hears. Nothing the client sends can
     raise out of here.
     """
+    channel.setblocking(False)
     decoder = protocol.LineDecoder(max_line)
     waiter = _Waiter(client, channel)
+    upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
     writable = True  # the client can still be written to
     try:
         while True:
-            channel_ready, client_ready = waiter.wait()
-            if channel_ready:
-                data = channel.recv(RECV_SIZE)
-                if not data:
+            channel_in, channel_out, client_in = waiter.wait(reading and not upward, bool(upward))
+            if channel_in:
+                try:
+                    data = channel.recv(RECV_SIZE)
+                except BlockingIOError:
+                    data = None
+                if data == b"":
                     return  # the hub is done with this client
-                if writable:
+                if data and writable:
                     try:
                         client.sendall(data)
                     except OSError:
                         writable = False
                         if reading:
                             reading = False
-                            waiter.ignore_client()
-                            channel.sendall(protocol.note(protocol.NOTE_RESET))
-            if client_ready and reading:
+                            upward += protocol.note(protocol.NOTE_RESET)
+            if client_in and reading and not upward:
                 try:
                     data = client.recv(RECV_SIZE)
                 except OSError:
@@ -103,17 +130,20 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
                     end = protocol.NOTE_CLOSED
                 if not data:
                     reading = False
-                    waiter.ignore_client()
-                    channel.sendall(protocol.note(end))
-                    continue
-                out = []
-                for event in decoder.feed(data):
-                    if isinstance(event, protocol.Lines):
-                        out.append(event.block)
-                    else:
-                        out.append(protocol.note(protocol.NOTE_TOO_LONG))
-                if out:
-                    channel.sendall(b"".join(out))
+                    upward += protocol.note(end)
+                else:
+                    for event in decoder.feed(data):
+                        if isinstance(event, protocol.Lines):
+                            upward += event.block
+                        else:
+                            upward += protocol.note(protocol.NOTE_TOO_LONG)
+                channel_out = True
+            if upward and channel_out:
+                try:
+                    sent = channel.send(upward)
+                except BlockingIOError:
+                    sent = 0
+                del upward[:sent]
     except OSError as exc:
         # Only the channel can get here: the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)

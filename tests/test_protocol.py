@@ -1,0 +1,159 @@
+"""The protocol's rules, without a network: framing, limits, sanitising, names, commands."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatbox import protocol
+from chatbox.protocol import LineDecoder, Lines, LineTooLong
+
+
+def lines_of(events: list[protocol.Event]) -> list[bytes]:
+    out: list[bytes] = []
+    for event in events:
+        if isinstance(event, Lines):
+            out.extend(event.block[:-1].split(b"\n"))
+    return out
+
+
+# (chunks fed one after another, lines expected out)
+FRAMING_CASES = [
+    ([b"hello\n"], [b"hello"]),
+    ([b"one\ntwo\nthree\n"], [b"one", b"two", b"three"]),
+    ([b"crlf\r\n"], [b"crlf"]),
+    ([b"hel", b"lo\n"], [b"hello"]),
+    ([b"no newline yet"], []),
+    ([b"a\n\n\nb\n"], [b"a", b"b"]),
+    ([b"\r\n\n"], []),
+    ([b"caf\xc3", b"\xa9\n"], ["café".encode()]),
+    ([b"\xff\xfe\n"], ["\ufffd\ufffd".encode()]),
+    ([b"\x1b[31mred\n"], ["\ufffd[31mred".encode()]),
+    ([b"nul\x00here\n"], ["nul\ufffdhere".encode()]),
+    ([b"tab\tkept\n"], [b"tab\tkept"]),
+    ([b"del\x7f\n"], ["del\ufffd".encode()]),
+    (["c1\u009b31m".encode() + b"\n"], ["c1\ufffd31m".encode()]),
+    ([b"bare\rcr\n"], ["bare\ufffdcr".encode()]),
+]
+
+
+@pytest.mark.parametrize(("chunks", "expected"), FRAMING_CASES)
+def test_LineDecoder_frames_and_sanitises(chunks: list[bytes], expected: list[bytes]) -> None:
+    decoder = LineDecoder(100)
+    events: list[protocol.Event] = []
+    for chunk in chunks:
+        events += decoder.feed(chunk)
+    assert lines_of(events) == expected
+
+
+def test_LineDecoder_accepts_a_line_of_exactly_the_limit() -> None:
+    decoder = LineDecoder(10)
+    assert lines_of(decoder.feed(b"x" * 10 + b"\r\n")) == [b"x" * 10]
+
+
+def test_LineDecoder_rejects_overlong_line_and_keeps_the_next() -> None:
+    decoder = LineDecoder(10)
+    events = decoder.feed(b"before\n" + b"x" * 11 + b"\nafter\n")
+    assert events == [Lines(b"before\n"), LineTooLong(10), Lines(b"after\n")]
+
+
+def test_LineDecoder_rejects_overlong_line_without_newline_once() -> None:
+    decoder = LineDecoder(10)
+    events: list[protocol.Event] = []
+    for _ in range(5):
+        events += decoder.feed(b"y" * 7)
+    assert events == [LineTooLong(10)]
+    # The rest of the overlong line is discarded up to its newline; then normal again.
+    assert decoder.feed(b"yyy\nnext\n") == [Lines(b"next\n")]
+
+
+def test_LineDecoder_rejects_overlong_line_split_across_chunks() -> None:
+    decoder = LineDecoder(10)
+    assert decoder.feed(b"x" * 6) == []
+    assert decoder.feed(b"x" * 6 + b"\nok\n") == [LineTooLong(10), Lines(b"ok\n")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=20), st.integers(1, 64))
+def test_LineDecoder_survives_any_bytes(chunks: list[bytes], limit: int) -> None:
+    decoder = LineDecoder(limit)
+    for chunk in chunks:
+        for event in decoder.feed(chunk):
+            if isinstance(event, Lines):
+                assert event.block.endswith(b"\n")
+                text = event.block.decode("utf-8")  # always valid UTF-8
+                for line in text[:-1].split("\n"):
+                    assert line, "empty lines are never relayed"
+                    assert protocol.sanitize(line) == line, "no control character survives"
+            else:
+                assert event == LineTooLong(limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1)))
+def test_LineDecoder_relays_clean_text_unchanged_however_it_is_split(lines: list[str]) -> None:
+    stream = "".join(line + "\n" for line in lines).encode()
+    decoder = LineDecoder(1 << 20)
+    events: list[protocol.Event] = []
+    for i in range(0, len(stream), 7):
+        events += decoder.feed(stream[i : i + 7])
+    assert lines_of(events) == [line.encode() for line in lines]
+
+
+NAME_CASES = [
+    ("alice", True),
+    ("Bob_2", True),
+    ("a", True),
+    ("x" * 24, True),
+    ("x" * 25, False),
+    ("2fast", False),
+    ("", False),
+    ("with space", False),
+    ("émile", False),
+    ("[bracket]", False),
+    ("b[ra]{c}|e.t-s", True),
+]
+
+
+@pytest.mark.parametrize(("name", "valid"), NAME_CASES)
+def test_name_error_follows_the_documented_rules(name: str, valid: bool) -> None:
+    assert (protocol.name_error(name) is None) == valid
+
+
+def test_name_key_makes_names_case_insensitive() -> None:
+    assert protocol.name_key("Alice") == protocol.name_key("aLICE")
+
+
+COMMAND_CASES: list[tuple[str, protocol.Command]] = [
+    ("hello", protocol.Chat("hello")),
+    ("//etc/passwd", protocol.Chat("/etc/passwd")),
+    ("/nick bob", protocol.Nick("bob")),
+    ("/NICK bob", protocol.Nick("bob")),
+    ("/nick", protocol.Invalid("usage: /nick NAME")),
+    ("/who", protocol.Who()),
+    ("/msg bob hi there", protocol.Private("bob", "hi there")),
+    ("/msg bob", protocol.Invalid("usage: /msg NAME TEXT")),
+    ("/me waves", protocol.Action("waves")),
+    ("/me", protocol.Invalid("usage: /me ACTION")),
+    ("/quit", protocol.Quit("quit")),
+    ("/quit gone fishing", protocol.Quit("gone fishing")),
+    ("/help", protocol.Help()),
+    ("/frob x", protocol.Invalid("unknown command '/frob' (try /help)")),
+]
+
+
+@pytest.mark.parametrize(("line", "command"), COMMAND_CASES)
+def test_parse_line(line: str, command: protocol.Command) -> None:
+    assert protocol.parse_line(line) == command
+
+
+def test_prefix_block_prefixes_every_line() -> None:
+    assert protocol.prefix_block(b"<a> ", b"1\n2\n3\n") == b"<a> 1\n<a> 2\n<a> 3\n"
+
+
+def test_help_names_every_command() -> None:
+    text = protocol.help_lines().decode()
+    for command in ("/nick", "/who", "/msg", "/me", "/quit", "/help"):
+        assert command in text
+    assert all(line.startswith("* ") for line in text.splitlines())

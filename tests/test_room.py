@@ -1,0 +1,162 @@
+"""The room's rules - names, routing, notices, order - with a recording postbox, no sockets."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import pytest
+
+from chatbox.protocol import CONTROL_PREFIX, NOTE_RESET, NOTE_TOO_LONG
+from chatbox.room import Room
+
+
+class Recorder:
+    """Stands in for the hub: remembers what each member would have been sent."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, bytearray] = defaultdict(bytearray)
+        self.dismissed: list[int] = []
+
+    def post(self, member_ids: Iterable[int], data: bytes) -> None:
+        for member_id in member_ids:
+            self.sent[member_id] += data
+
+    def dismiss(self, member_id: int) -> None:
+        self.dismissed.append(member_id)
+
+    def take(self, member_id: int) -> list[str]:
+        lines = self.sent.pop(member_id, bytearray()).decode().splitlines()
+        return lines
+
+
+@pytest.fixture
+def room() -> tuple[Room, Recorder]:
+    box = Recorder()
+    return Room(box, max_line=50), box
+
+
+def joined(room: Room, box: Recorder, count: int) -> None:
+    for member_id in range(1, count + 1):
+        room.join(member_id)
+    for member_id in range(1, count + 1):
+        box.take(member_id)
+
+
+def test_Room_welcomes_newcomer_and_announces_it(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    r.join(1)
+    assert box.take(1) == ["* welcome guest1; nobody else is here yet"]
+    r.join(2)
+    assert box.take(2) == ["* welcome guest2; also here: guest1"]
+    assert box.take(1) == ["* guest2 joined"]
+
+
+def test_Room_relays_chat_to_everyone_else_only(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 3)
+    r.receive(1, b"hi\nthere\n")
+    assert box.take(2) == ["<guest1> hi", "<guest1> there"]
+    assert box.take(3) == ["<guest1> hi", "<guest1> there"]
+    assert box.take(1) == []
+
+
+def test_Room_handles_commands_between_chat_lines_in_order(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.receive(1, b"a\n/nick alice\nb\n//c\n/me waves\n")
+    assert box.take(2) == [
+        "<guest1> a",
+        "* guest1 is now known as alice",
+        "<alice> b",
+        "<alice> /c",
+        "* alice waves",
+    ]
+    assert box.take(1) == ["* you are now known as alice"]
+
+
+NICK_ERRORS = [
+    ("/nick 9lives", "! invalid name '9lives'"),
+    ("/nick GUEST2", "! name 'GUEST2' is taken"),
+    ("/nick guest1", "! you are already guest1"),
+    ("/nick", "! usage: /nick NAME"),
+]
+
+
+@pytest.mark.parametrize(("line", "error"), NICK_ERRORS)
+def test_Room_refuses_bad_nick_to_the_sender_only(
+    room: tuple[Room, Recorder], line: str, error: str
+) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.receive(1, line.encode() + b"\n")
+    [reply] = box.take(1)
+    assert reply.startswith(error)
+    assert box.take(2) == []
+    assert r.names() == ["guest1", "guest2"]
+
+
+def test_Room_private_message_reaches_only_its_target(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 3)
+    r.receive(1, b"/msg GUEST3 psst\n/msg nobody hi\n")
+    assert box.take(3) == ["[private] <guest1> psst"]
+    assert box.take(2) == []
+    assert box.take(1) == ["! no such user 'nobody'"]
+
+
+def test_Room_who_lists_in_joining_order(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 3)
+    r.receive(3, b"/who\n")
+    assert box.take(3) == ["* here (3): guest1, guest2, guest3"]
+
+
+def test_Room_quit_announces_reason_and_ignores_what_follows(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.receive(1, b"/quit gone fishing\nafter\n")
+    assert box.take(2) == ["* guest1 left (gone fishing)"]
+    assert box.dismissed == [1]
+    r.receive(1, b"late\n")
+    assert box.take(2) == []
+
+
+def test_Room_worker_notes_become_errors_or_departures(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.receive(1, CONTROL_PREFIX + NOTE_TOO_LONG + b"\n")
+    assert box.take(1) == ["! line too long (max 50 bytes)"]
+    r.receive(1, CONTROL_PREFIX + NOTE_RESET + b"\n")
+    assert box.take(2) == ["* guest1 left (connection reset)"]
+
+
+def test_Room_unknown_command_points_to_help(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 1)
+    r.receive(1, b"/frob\n/help\n")
+    lines = box.take(1)
+    assert lines[0] == "! unknown command '/frob' (try /help)"
+    assert any("/msg NAME TEXT" in line for line in lines[1:])
+
+
+def test_Room_freed_name_can_be_taken_and_guest_names_skip_taken_ones(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 1)
+    r.receive(1, b"/nick guest2\n")
+    r.join(2)
+    assert r.names() == ["guest2", "guest3"]
+
+
+def test_Room_close_tells_everyone_and_dismisses_them(room: tuple[Room, Recorder]) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.close()
+    assert box.take(1) == ["* server shutting down"]
+    assert box.take(2) == ["* server shutting down"]
+    assert sorted(box.dismissed) == [1, 2]
+    assert len(r) == 0
