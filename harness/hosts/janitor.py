@@ -71,15 +71,21 @@ class _Janitor:
             return "ok"
         if verb == "hold":
             try:
+                # The pid is only a handle on the new namespace once unshare has made it:
+                # the holder says so ("in") from inside, then becomes `cat` (same pid).
                 holder = subprocess.Popen(
-                    ["unshare", "--net", "--", "cat"],
+                    ["unshare", "--net", "--", "sh", "-c", "echo in && exec cat"],
                     stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
             except OSError as exc:
                 return f"error cannot start unshare: {exc}"
             self.records.append(_Record("held", name, holder))
+            assert holder.stdout is not None and holder.stderr is not None
+            if holder.stdout.readline().strip() != b"in":
+                why = holder.stderr.read().decode(errors="replace").strip()
+                return f"error unshare --net failed: {why or 'no reason given'}"
             return f"held {holder.pid}"
         return f"error unknown request {verb!r}"
 

@@ -1,0 +1,162 @@
+"""Shared pieces for tests that build namespace networks: skip reasons, process helpers,
+and the leak check (no namespace, link, janitor or process of ours left)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.hosts.base import Host, HostError
+from harness.hosts.namespaces import list_named, run_checked
+from harness.hosts.netns import NAMESPACE_PREFIX, NetnsNetwork
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 20.0  # generous: a loaded 2-core CI box starting Python in a namespace
+
+
+def _netns_skip_reason() -> str | None:
+    if os.geteuid() == 0:
+        try:
+            run_checked(["ip", "netns", "list"], what="ip netns list")
+        except HostError as exc:
+            return str(exc)
+        return None
+    try:
+        run_checked(
+            ["unshare", "--user", "--map-root-user", "--net", "--", "true"],
+            what="unshare --user --net",
+        )
+    except HostError as exc:
+        return f"netns needs root or unprivileged user namespaces: {exc}"
+    return None
+
+
+NETNS_SKIP = _netns_skip_reason()
+needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=NETNS_SKIP or "")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns, sshd)")
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def read_line(stream: object, timeout: float = WAIT_S) -> str:
+    """One line from a child's text pipe, or AssertionError after ``timeout``."""
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, f"no line within {timeout}s"
+    return str(stream.readline())  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def started(argv: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[str]]:
+    """Start a child with text pipes; on exit kill and reap it, whatever happened."""
+    proc: subprocess.Popen[str] = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        **kwargs,  # type: ignore[call-overload]
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@contextlib.contextmanager
+def chat_server(host: Host, address: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`python -m chatbox.server` on ``host``, bound to ``address``; yields (process, port)."""
+    argv = host.command([sys.executable, "-m", "chatbox.server", "0", "--host", address])
+    with started(argv) as proc:
+        line = read_line(proc.stdout)
+        assert line.startswith("listening on "), line or proc.stderr.read()  # type: ignore[union-attr]
+        yield proc, int(line.rsplit(":", 1)[1])
+
+
+def wait_pid_gone(pid: int, timeout: float = WAIT_S) -> bool:
+    """Wait for a process that may not be our child to exit (pidfd: an event, no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by whoever adopted it) is not running anything.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def root_links(tag: str) -> list[str]:
+    out = run_checked(["ip", "-o", "link", "show"], what="ip link show")
+    return [line.split(":")[1].strip() for line in out.splitlines() if tag in line]
+
+
+@dataclass
+class Traces:
+    """What a network leaves behind if cleanup failed; empty lists mean no leak."""
+
+    namespaces: list[str]
+    links: list[str]
+    janitor_alive: bool
+
+    @property
+    def clean(self) -> bool:
+        return not self.namespaces and not self.links and not self.janitor_alive
+
+
+def traces(run_id: str, link_tag: str, janitor_pid: int) -> Traces:
+    return Traces(
+        namespaces=list_named(run_id),
+        links=root_links(link_tag),
+        janitor_alive=pid_alive(janitor_pid),
+    )
+
+
+def network_traces(net: NetnsNetwork) -> Traces:
+    return traces(net.run_id, net.link_tag, net.namespaces.janitor.pid)
+
+
+def worker_namespaces() -> list[str]:
+    """Namespaces named for this test process (this xdist worker) still present."""
+    return list_named(f"{NAMESPACE_PREFIX}{os.getpid()}-")
+
+
+def kill_and_reap(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    proc.communicate(timeout=WAIT_S)
+
+
+def deadline_passed(start: float, limit: float = WAIT_S) -> bool:
+    return time.monotonic() - start > limit
