@@ -1,0 +1,324 @@
+"""A party: one real client process in a pseudo-terminal, driven like a person would.
+
+The client runs under pexpect in a pty (echo off), started on its host's command line.
+A drain thread reads its output *continuously* - an unread pty blocks the client at
+about 17 KiB, which would turn a slow harness into a false deadlock - and records each
+line, timestamped, in the party's `PartyLog`. Scenario threads write lines and wait for
+tokens; nothing here sleeps to synchronise.
+
+Only the slow-reader scenario stops the drain on purpose (`pause_reading`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import pexpect
+
+from harness.processes import Lifeline, end_group, preexec
+from harness.tokens import MESSAGE, Token
+from harness.transcript import PartyLog
+
+# Wide enough that no token wraps: a line-editing client redraws long lines with cursor
+# movements that would cut a token in two.
+PTY_SIZE = (50, 4000)
+READ_SIZE = 65536
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+EOF_BYTE = b"\x04"
+
+
+class PartyError(Exception):
+    """A party's process could not be started or driven; the message says why."""
+
+
+def visible_lines(text: str) -> list[str]:
+    """Split terminal output into the lines a person would see (escapes removed).
+
+    A carriage return starts a new visible segment: line editors redraw the input line
+    with ``\\r``, and each redraw is judged on its own.
+    """
+    text = _ESCAPES.sub("", text)
+    out: list[str] = []
+    for segment in text.split("\r"):
+        segment = _CONTROLS.sub("", segment)
+        if segment.strip():
+            out.append(segment)
+    return out
+
+
+class Party:
+    """One client process and its transcript.
+
+    Resource handling: `start` spawns the process in its own session (process group),
+    registered with the lifeline; `close` asks it to leave (quit line, then EOF), then
+    ends its group (SIGTERM, SIGKILL) and reaps it. Safe to call twice.
+
+    Error handling: `start` raises `PartyError` when the command cannot be run; writes to
+    a dead party return False instead of raising, and the checks report the consequence.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: PartyLog,
+        clock: Callable[[], float],
+        *,
+        env: dict[str, str],
+        known_crcs: dict[str, tuple[str, int]],
+        quit_line: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log = log
+        self.clock = clock
+        self.env = env
+        self.known_crcs = known_crcs
+        self.quit_line = quit_line
+        self.child: pexpect.spawn | None = None
+        self.pid = 0
+        self.cond = threading.Condition()
+        self.eof = False
+        self._reading = threading.Event()
+        self._reading.set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self._received_keys: set[tuple[str, int]] = set()
+        self._senders: set[str] = set()
+        self._messages_from: dict[str, int] = {}
+        self._text_seen: list[str] = []
+        self.closed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            child = pexpect.spawn(
+                self.argv[0],
+                self.argv[1:],
+                env=self.env,
+                echo=False,
+                dimensions=PTY_SIZE,
+                preexec_fn=preexec(),
+            )
+        except (pexpect.ExceptionPexpect, OSError) as exc:
+            raise PartyError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
+        self.child = child
+        self.pid = child.pid
+        Lifeline.get().register(self.pid)
+        os.set_blocking(child.child_fd, False)
+        self.log.add_note(self.clock(), "started: " + " ".join(self.argv))
+        self._thread = threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.child is not None and self.child.isalive()
+
+    def kill(self) -> None:
+        """kill -9 the party's whole process group, as a crash would."""
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, 9)
+            self.log.add_note(self.clock(), "killed with SIGKILL")
+
+    def close(self, grace: float = 3.0) -> None:
+        if self.closed or self.child is None:
+            return
+        self.closed = True
+        child = self.child
+        self._reading.set()  # a paused reader must drain so the client can act on /quit
+        if child.isalive():
+            deadline = time.monotonic() + grace
+            if self.quit_line:
+                self.send_text(self.quit_line, deadline)
+            self._write_raw(EOF_BYTE, deadline)
+            self.wait_exit(deadline)
+        end_group(self.pid, lambda: not child.isalive())
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            child.close(force=True)
+        Lifeline.get().unregister(self.pid)
+        status = (
+            f"exit {child.exitstatus}"
+            if child.exitstatus is not None
+            else f"signal {child.signalstatus}"
+        )
+        self.log.exit_status = status
+        self.log.add_note(self.clock(), f"ended: {status}")
+
+    def wait_exit(self, deadline: float) -> bool:
+        """Wait until the process has closed its terminal (the drain sees EOF)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.eof, timeout=max(0.0, deadline - time.monotonic()))
+        # EOF on the pty comes as the process exits; reap it (bounded).
+        while self.child is not None and self.child.isalive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.child is not None and not self.child.isalive()
+
+    # -- reading -------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+        self.log.add_note(self.clock(), "stopped reading")
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+        self.log.add_note(self.clock(), "reading again")
+
+    def _drain(self) -> None:
+        assert self.child is not None
+        fd = self.child.child_fd
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        while not self._stop.is_set():
+            if not self._reading.wait(timeout=0.2):
+                continue
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: the process closed its terminal
+                data = b""
+            t = self.clock()
+            if not data:
+                if pending:
+                    self._record(t, pending)
+                with self.cond:
+                    self.eof = True
+                    self.cond.notify_all()
+                return
+            pending += decoder.decode(data)
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                self._record(t, line)
+
+    def _record(self, t: float, raw: str) -> None:
+        fresh: list[Token] = []
+        shown = visible_lines(raw)
+        for text in shown:
+            fresh.extend(self.log.add_received(t, text, self.known_crcs))
+        with self.cond:
+            self._received_keys.update(tok.key for tok in fresh)
+            self._senders.update(tok.sender for tok in fresh)
+            for tok in fresh:
+                if tok.kind == MESSAGE:
+                    self._messages_from[tok.sender] = self._messages_from.get(tok.sender, 0) + 1
+            self._text_seen.extend(shown)
+            self.cond.notify_all()
+
+    def heard_from(self, sender: str) -> bool:
+        with self.cond:
+            return sender in self._senders
+
+    def wait_messages(self, sender: str, count: int, deadline: float) -> bool:
+        """Wait until ``count`` counted messages from ``sender`` have arrived."""
+        with self.cond:
+            return (
+                bool(
+                    self.cond.wait_for(
+                        lambda: self._messages_from.get(sender, 0) >= count or self.eof,
+                        timeout=max(0.0, deadline - time.monotonic()),
+                    )
+                )
+                and self._messages_from.get(sender, 0) >= count
+            )
+
+    def heard_messages(self, sender: str) -> int:
+        with self.cond:
+            return self._messages_from.get(sender, 0)
+
+    def has(self, key: tuple[str, int]) -> bool:
+        with self.cond:
+            return key in self._received_keys
+
+    def count_from(self, keys: set[tuple[str, int]]) -> int:
+        with self.cond:
+            return len(keys & self._received_keys)
+
+    def wait_tokens(self, keys: set[tuple[str, int]], deadline: float) -> bool:
+        """Wait until every token in ``keys`` has arrived (or the deadline passes)."""
+        with self.cond:
+            return (
+                self.cond.wait_for(
+                    lambda: keys <= self._received_keys or self.eof,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                and keys <= self._received_keys
+            )
+
+    def wait_text(self, needle: str, deadline: float) -> bool:
+        """Wait until a visible line contains ``needle`` (project-specific expectations)."""
+        with self.cond:
+            return bool(
+                self.cond.wait_for(
+                    lambda: any(needle in s for s in self._text_seen) or self.eof,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+            ) and any(needle in s for s in self._text_seen)
+
+    def seen_text(self, needle: str) -> bool:
+        with self.cond:
+            return any(needle in s for s in self._text_seen)
+
+    # -- writing -------------------------------------------------------------------
+
+    def _write_raw(self, data: bytes, deadline: float) -> bool:
+        """Write all of ``data`` to the terminal; False if the party died or time ran out.
+
+        Error handling: a client that stops reading its terminal makes the pty buffer
+        fill; the write then waits (select) until the deadline instead of blocking forever.
+        """
+        if self.child is None:
+            return False
+        fd = self.child.child_fd
+        view = memoryview(data)
+        with self._write_lock:
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.eof:
+                    return False
+                try:
+                    _, ready, _ = select.select([], [fd], [], min(remaining, 0.5))
+                    if not ready:
+                        continue
+                    n = os.write(fd, view)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return False
+                view = view[n:]
+        return True
+
+    def send(self, token: Token, deadline: float) -> bool:
+        """Type one token as a line; record when the line was handed over."""
+        ok = self._write_raw(token.encode().encode() + b"\n", deadline)
+        if ok:
+            self.log.add_sent(self.clock(), token)
+        return ok
+
+    def send_text(self, text: str, deadline: float) -> bool:
+        ok = self._write_raw(text.encode() + b"\n", deadline)
+        if ok:
+            self.log.add_sent_raw(self.clock(), text)
+        return ok
+
+    def send_bytes(self, data: bytes, deadline: float, label: str) -> bool:
+        ok = self._write_raw(data, deadline)
+        if ok:
+            self.log.add_sent_raw(self.clock(), label)
+        return ok

@@ -1,0 +1,73 @@
+"""The outcome of one scenario run, as every report format sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.checks import FAIL, NOT_APPLICABLE, PASS, CheckResult
+from harness.transcript import RunRecord
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    iteration: int  # 1-based, for --repeat
+    record: RunRecord
+    checks: list[CheckResult] = field(default_factory=list)
+    server_exit: str = ""  # how the server ended when the harness stopped it
+    server_stderr: str = ""
+    error: str = ""  # a setup error that prevented the run (exit code 2)
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(c.status != FAIL for c in self.checks)
+
+    def status_of(self, name: str) -> str:
+        for c in self.checks:
+            if c.name == name:
+                return c.status
+        return NOT_APPLICABLE
+
+    def to_dict(self) -> dict[str, object]:
+        rec = self.record
+        return {
+            "scenario": self.scenario,
+            "iteration": self.iteration,
+            "seed": rec.seed,
+            "passed": self.passed,
+            "error": self.error,
+            "duration_s": round(rec.duration, 4),
+            "network": rec.network,
+            "server": {
+                "command": rec.server_command,
+                "exit": self.server_exit,
+                "died_during_run": rec.server_exit,
+                "stderr_tail": self.server_stderr,
+            },
+            "deliveries": rec.deliveries(),
+            "checks": [
+                {
+                    "name": c.name,
+                    "status": c.status,
+                    "detail": c.detail,
+                    "offender": c.offender,
+                    "context": c.context,
+                }
+                for c in self.checks
+            ],
+            "parties": {
+                name: {
+                    "where": log.where,
+                    "command": log.command,
+                    "sent": len(log.sent),
+                    "received": len(log.received),
+                    "damaged": len(log.damage),
+                    "exit": log.exit_status,
+                }
+                for name, log in rec.parties.items()
+            },
+            "notes": rec.notes,
+        }
+
+
+__all__ = ["FAIL", "NOT_APPLICABLE", "PASS", "RunResult"]

@@ -1,0 +1,82 @@
+"""The summary printed at the end: one table of checks, failures with their context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.checks import FAIL, NOT_APPLICABLE, PASS
+from harness.report.result import RunResult
+
+MARKS = {PASS: "PASS", FAIL: "FAIL", NOT_APPLICABLE: "n/a"}
+
+
+def _where(result: RunResult) -> list[str]:
+    net = result.record.network
+    lines = []
+    server = net.get("server")
+    if isinstance(server, dict):
+        lines.append(
+            f"server: {server.get('host')} ({server.get('kind')}) at {net.get('connect_address')}"
+        )
+    clients = net.get("clients")
+    if isinstance(clients, list):
+        hosts = sorted(
+            {f"{c.get('host')} ({c.get('kind')})" for c in clients if isinstance(c, dict)}
+        )
+        lines.append("clients: " + ", ".join(hosts))
+    rtt = net.get("round_trip_ms")
+    lines.append(
+        f"round trip: {rtt:.3f} ms" if isinstance(rtt, float) else "round trip: not measured"
+    )
+    if net.get("impair"):
+        lines.append(f"impairment: {net.get('impair')}")
+    return lines
+
+
+def summary(results: Sequence[RunResult]) -> str:
+    """The end-of-run text: where things ran, a row per check, then every failure."""
+    if not results:
+        return "no runs\n"
+    out: list[str] = []
+    first = results[0]
+    out.append(f"scenario {first.scenario}, seed {first.record.seed}, {len(results)} run(s)")
+    out.extend("  " + w for w in _where(first))
+    out.append(f"  server command: {first.record.server_command}")
+    names = [c.name for c in first.checks]
+    width = max([len(n) for n in names] + [5])
+    out.append("")
+    out.append(f"  {'check':<{width}}  result  detail")
+    out.append(f"  {'-' * width}  ------  ------")
+    for name in names:
+        statuses = [r.status_of(name) for r in results]
+        fails = statuses.count(FAIL)
+        if len(results) == 1:
+            mark = MARKS[statuses[0]]
+        elif fails == 0:
+            mark = MARKS[statuses[0]] if NOT_APPLICABLE in statuses else "PASS"
+        else:
+            mark = "FLAKY" if fails < len(results) else "FAIL"
+        detail = next(
+            (c.detail for r in results for c in r.checks if c.name == name and c.status == FAIL),
+            next((c.detail for c in first.checks if c.name == name), ""),
+        )
+        if len(results) > 1:
+            detail = f"{len(results) - fails}/{len(results)} runs pass; {detail}"
+        out.append(f"  {name:<{width}}  {mark:<6}  {detail[:150]}")
+    for r in results:
+        if r.record.notes:
+            out.append(f"\nnotes (run {r.iteration}):")
+            out.extend(f"  - {n}" for n in r.record.notes)
+        for c in r.checks:
+            if c.status == FAIL:
+                out.append(f"\nFAIL {c.name} (run {r.iteration}): {c.detail}")
+                if c.offender:
+                    out.append(f"  first offending message: {c.offender}")
+                out.extend(c.context)
+        if r.server_exit and r.server_stderr and not r.passed:
+            out.append(f"\nserver stderr (run {r.iteration}, {r.server_exit}):")
+            out.extend("  " + line for line in r.server_stderr.splitlines()[-10:])
+    failed = sum(1 for r in results if not r.passed)
+    verdict = "PASS" if failed == 0 else ("FLAKY" if failed < len(results) else "FAIL")
+    out.append(f"\n{verdict}: {len(results) - failed}/{len(results)} runs passed")
+    return "\n".join(out) + "\n"

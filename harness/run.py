@@ -1,0 +1,298 @@
+"""`python -m harness.run` (also `chatbox-harness`): run a scenario against a chat box.
+
+The runner is the only place that knows about everything at once: it parses options,
+opens the network of hosts, starts the target (server, and impairment proxy), lets the
+scenario drive its parties, ends every process, runs the checks and writes the reports.
+
+Exit codes: 0 every check passed in every run; 1 a check failed (in any run of
+``--repeat``); 2 a usage or setup error (bad option, server that does not start - its
+stderr is shown - or a client command that cannot run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from harness.checks import run_checks
+from harness.hosts import NETWORK_KINDS, HostError, NetworkOptions, open_network
+from harness.party import PartyError
+from harness.processes import wait_gone
+from harness.report import Progress, RunResult, summary, to_json, to_junit, write, write_artifacts
+from harness.scenarios import SCENARIOS, Context, Options, Scenario
+from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, Target, is_ours
+from harness.transcript import RunRecord
+
+EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    kinds = sorted(NETWORK_KINDS)
+    parser = argparse.ArgumentParser(
+        prog="chatbox-harness",
+        description="Start a real chat server and real clients, script a conversation, and "
+        "check that every line arrives whole, once, in order, in full duplex.",
+        epilog="Exit codes: 0 all checks pass, 1 a check failed, 2 usage or setup error. "
+        "Templates take {port} and {host} (and {python}). Docs: docs/harness.md.",
+    )
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--scenario", default="duplex", metavar="NAME", help="what to run (default duplex; --list)"
+    )
+    parser.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="parties for broadcast; joiners+2 for churn (default 3)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=_positive_int,
+        default=200,
+        metavar="M",
+        help="lines each talking party sends (default 200)",
+    )
+    parser.add_argument("--seed", type=int, default=1, metavar="S", help="payload seed (default 1)")
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="bound on one run; passing it fails 'bounded time' (default 60)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="once all sending is done, how long nothing may arrive before the missing "
+        "lines count as lost (default 2)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N times; any run failing fails, a mix is reported as FLAKY",
+    )
+    parser.add_argument("--script", metavar="FILE", help="conversation script (default: sample)")
+    parser.add_argument(
+        "--server-cmd",
+        default=DEFAULT_SERVER,
+        metavar="TEMPLATE",
+        help=f"server command (default {DEFAULT_SERVER!r})",
+    )
+    parser.add_argument(
+        "--client-cmd",
+        default=DEFAULT_CLIENT,
+        metavar="TEMPLATE",
+        help=f"client command, run in a pty (default {DEFAULT_CLIENT!r})",
+    )
+    hosts = parser.add_argument_group("where processes run")
+    hosts.add_argument(
+        "--hosts", choices=kinds, default="loopback", help="host kind (default loopback)"
+    )
+    hosts.add_argument("--server-host", metavar="USER@HOST", help="ssh: the server's machine")
+    hosts.add_argument(
+        "--client-host",
+        action="append",
+        default=[],
+        metavar="USER@HOST",
+        help="ssh: a client machine (repeatable; parties spread round-robin)",
+    )
+    hosts.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="ssh: extra -o option (repeatable)",
+    )
+    hosts.add_argument(
+        "--subnet", default="198.18.0.0/24", help="netns: test network (default 198.18.0.0/24)"
+    )
+    hosts.add_argument(
+        "--impair",
+        metavar="SPEC",
+        help="put the impairment proxy in front of the server, e.g. delay=50ms,slice=1",
+    )
+    out = parser.add_argument_group("reports")
+    out.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    out.add_argument("--junit", metavar="FILE", help="write JUnit XML (for CI systems)")
+    out.add_argument(
+        "--artifacts", metavar="DIR", help="write transcripts and a sequence diagram per run"
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress line")
+    return parser
+
+
+def list_scenarios() -> str:
+    width = max(len(n) for n in SCENARIOS)
+    return "".join(f"{name:<{width}}  {cls.summary}\n" for name, cls in SCENARIOS.items())
+
+
+def _leftovers(ctx: Context | None, target: Target) -> list[str]:
+    groups: dict[int, str] = {}
+    if ctx is not None:
+        groups.update({p.pid: f"party {n}" for n, p in ctx.parties.items() if p.pid})
+    for daemon in (target.server, target.proxy):
+        if daemon is not None and daemon.pid:
+            groups[daemon.pid] = daemon.label
+    return [f"{groups[g]} (process group {g})" for g in wait_gone(list(groups))]
+
+
+def run_once(
+    scenario: Scenario, options: Options, args: argparse.Namespace, iteration: int
+) -> RunResult:
+    """One run: network, target, scenario, cleanup, checks.
+
+    Resource handling: the network, the target and every party are closed in `finally`
+    blocks, in reverse order of creation, whatever happens (a failed check, Ctrl-C).
+    Error handling: setup problems become `RunResult.error` (exit 2), never a traceback.
+    """
+    record = RunRecord(
+        scenario.name,
+        timeout=options.timeout,
+        seed=options.seed,
+        server_command=args.server_cmd,
+        specific={} if options.ours else None,
+    )
+    result = RunResult(scenario.name, iteration, record)
+    net_options = NetworkOptions(
+        kind=args.hosts,
+        clients=options.clients,
+        server_host=args.server_host,
+        client_hosts=list(args.client_host),
+        subnet=args.subnet,
+        ssh_options=list(args.ssh_option),
+    )
+    try:
+        network = open_network(net_options)
+    except HostError as exc:
+        result.error = str(exc)
+        return result
+    with network:
+        record.network = dict(network.describe())
+        record.network["impair"] = args.impair or ""
+        target = Target(network, args.server_cmd, impair=args.impair, timeout=options.timeout)
+        ctx: Context | None = None
+        progress: Progress | None = None
+        try:
+            target.start()
+            if target.server is not None:
+                record.server_command = " ".join(target.server.argv)
+            ctx = Context(scenario.name, options, network, target, record)
+            if not args.quiet:
+                progress = Progress(f"{scenario.name} run {iteration}", record)
+                progress.start()
+            scenario.run(ctx)
+        except (SetupError, PartyError) as exc:
+            result.error = str(exc)
+        finally:
+            if ctx is not None:
+                record.duration = ctx.clock()
+                if target.server is not None:
+                    record.server_exit = target.server.exit_status()
+                ctx.close_all()
+            if progress is not None:
+                progress.stop()
+            result.server_exit, result.server_stderr = target.stop()
+            record.leftovers = _leftovers(ctx, target)
+    if not result.error:
+        result.checks = run_checks(record)
+    return result
+
+
+class _Terminated(Exception):
+    """SIGTERM/SIGHUP arrived: unwind through every `finally` so children are ended."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        sys.stdout.write(list_scenarios())
+        return EXIT_PASS
+    if args.scenario not in SCENARIOS:
+        parser.error(f"unknown scenario {args.scenario!r} (known: {', '.join(SCENARIOS)})")
+    scenario = SCENARIOS[args.scenario]()
+    options = Options(
+        clients=max(args.clients, scenario.min_clients),
+        messages=args.messages,
+        seed=args.seed,
+        timeout=args.timeout,
+        settle=args.settle,
+        client_template=args.client_cmd,
+        ours=is_ours(args.server_cmd),
+        script=args.script,
+    )
+    try:
+        scenario.check_options(options)
+    except ValueError as exc:
+        print(f"chatbox-harness: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    results: list[RunResult] = []
+    try:
+        for i in range(1, args.repeat + 1):
+            result = run_once(scenario, options, args, i)
+            results.append(result)
+            if args.artifacts:
+                write_artifacts(args.artifacts, result)
+            if result.error:
+                break
+    except (KeyboardInterrupt, _Terminated) as exc:
+        print(
+            f"\nchatbox-harness: interrupted ({exc or 'SIGINT'}); everything was stopped",
+            file=sys.stderr,
+        )
+        return EXIT_SETUP
+    except OSError as exc:
+        print(f"chatbox-harness: cannot write report: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    errors = [r for r in results if r.error]
+    code = EXIT_SETUP if errors else (EXIT_PASS if all(r.passed for r in results) else EXIT_FAIL)
+    for r in errors:
+        print(f"chatbox-harness: setup failed: {r.error}", file=sys.stderr)
+    if results and not errors:
+        sys.stdout.write(summary(results))
+    try:
+        if args.json:
+            write(args.json, to_json(results, code))
+        if args.junit:
+            write(args.junit, to_junit(results))
+    except OSError as exc:
+        print(f"chatbox-harness: cannot write report: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""What every scenario stands on: options, the run context, and the moves parties make.
+
+A scenario talks only to parties (through a `Context`); the context starts them on the
+network's client hosts, keeps the run's `RunRecord`, and provides the few moves all
+scenarios share: *sync* (everyone provably in the room), *stream* (send lines on a thread),
+and *settle* (wait until everything sent has arrived, or provably never will).
+
+Synchronisation is always on tokens arriving. The one timed wait is `settle`: loss has no
+event, so once every sender is done and nothing has moved for ``settle`` seconds, the
+missing messages are declared lost and the checks say which.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.hosts import Network
+from harness.party import Party
+from harness.processes import child_env
+from harness.target import SetupError, Target, expand, python_for
+from harness.tokens import HELLO, MESSAGE, Token, make, random_payload
+from harness.transcript import COUNTED, Expectation, PartyLog, RunRecord
+
+SYNC_ROUND = 1.0  # first wait for a hello before sending another (late joiners miss some)
+CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --messages
+
+
+@dataclass
+class Options:
+    clients: int = 2
+    messages: int = 50
+    seed: int = 1
+    timeout: float = 60.0
+    settle: float = 2.0
+    client_template: str = ""
+    ours: bool = True  # the server under test is this project's
+    script: str | None = None  # conversation script file
+
+
+class Context:
+    """One run of one scenario: its parties, its record, its deadline.
+
+    Resource handling: every party started through `party`/`raw_party` is closed by
+    `close_all`, which the runner calls whatever happens.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        options: Options,
+        network: Network,
+        target: Target,
+        record: RunRecord,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.network = network
+        self.target = target
+        self.record = record
+        self.rng = random.Random(options.seed)
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + options.timeout
+        self.parties: dict[str, Party] = {}
+        self.known_crcs: dict[str, tuple[str, int]] = {}
+        self._seq: dict[str, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self.failed_threads: list[str] = []
+
+    def clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    # -- parties -------------------------------------------------------------------
+
+    def _start(self, name: str, argv: list[str], quit_line: str | None) -> Party:
+        host = self.network.client_host(self._count)
+        self._count += 1
+        command = host.command(argv, tty=True)
+        log = PartyLog(name, where=host.label, command=" ".join(argv))
+        self.record.parties[name] = log
+        party = Party(
+            name,
+            command,
+            log,
+            self.clock,
+            env=child_env(),
+            known_crcs=self.known_crcs,
+            quit_line=quit_line,
+        )
+        self.parties[name] = party
+        party.start()
+        return party
+
+    def party(self, name: str) -> Party:
+        """Start a client party (the client command template) on the next client host."""
+        host = self.network.client_host(self._count)
+        argv = expand(
+            self.options.client_template,
+            host=self.target.connect_address,
+            port=self.target.client_port,
+            python=python_for(host),
+        )
+        return self._start(name, argv, "/quit" if self.options.ours else None)
+
+    def raw_party(self, name: str) -> Party:
+        """Start a byte-exact party (`harness.rawclient`) for input no client would type."""
+        host = self.network.client_host(self._count)
+        argv = [
+            python_for(host),
+            "-m",
+            "harness.rawclient",
+            self.target.connect_address,
+            str(self.target.client_port),
+        ]
+        return self._start(name, argv, None)
+
+    def close_all(self) -> None:
+        for party in list(self.parties.values()):
+            party.close()
+
+    # -- tokens --------------------------------------------------------------------
+
+    def token(self, sender: str, payload: str | None = None, kind: str = MESSAGE) -> Token:
+        with self._lock:
+            seq = self._seq.get(sender, 0) + 1
+            self._seq[sender] = seq
+        tok = make(sender, seq, payload if payload is not None else random_payload(self.rng), kind)
+        self.known_crcs[tok.crc] = tok.key
+        return tok
+
+    # -- moves ---------------------------------------------------------------------
+
+    def sync(self, speaker: Party, listeners: list[Party]) -> bool:
+        """Prove ``speaker`` and ``listeners`` are all in the room.
+
+        ``speaker`` says hello until one hello reaches every listener; a listener that
+        joined late misses earlier hellos, which is why hellos are never counted as loss.
+        """
+        wait = SYNC_ROUND
+        while not self.expired:
+            hello = self.token(speaker.name, "hello", HELLO)
+            if not speaker.send(hello, self.deadline):
+                return False
+            until = min(self.deadline, time.monotonic() + wait)
+            if all(p.wait_tokens({hello.key}, until) for p in listeners):
+                return True
+            if not speaker.alive:
+                return False
+            wait *= 1.5
+        return False
+
+    def sync_all(self, parties: list[Party]) -> bool:
+        """Everyone in the room: the first hears from the rest and the rest from the first."""
+        first, rest = parties[0], parties[1:]
+        if self.sync(first, rest) and all(self.sync(p, [first]) for p in rest):
+            return True
+        for p in parties:
+            if not p.alive:
+                tail = " | ".join(line.text for line in p.log.snapshot()[-4:])
+                raise SetupError(f"client {p.name} exited before joining the room: {tail}")
+        return False
+
+    def stream(
+        self,
+        party: Party,
+        count: int,
+        *,
+        prove_with: str | None = None,
+        more: Callable[[], bool] | None = None,
+    ) -> threading.Thread:
+        """Start a thread that makes ``party`` send ``count`` lines as fast as it takes them.
+
+        ``prove_with``: keep talking past ``count`` (up to CAP_FACTOR x) until a line from
+        that peer has arrived while this party still had lines to send - full duplex
+        proven, not assumed. ``more``: keep talking while it returns True (churn, crash).
+        """
+        cap = max(count * CAP_FACTOR, count + 100)
+
+        def run() -> None:
+            sent, proven = 0, False
+            while sent < cap and not self.expired:
+                wanted = sent < count
+                if prove_with is not None and not proven:
+                    wanted = True
+                if more is not None and more():
+                    wanted = True
+                if not wanted:
+                    break
+                heard = prove_with is not None and party.heard_messages(prove_with) > 0
+                if not party.send(self.token(party.name), self.deadline):
+                    if not self.expired:
+                        self.failed_threads.append(f"{party.name} could not send (it exited)")
+                    return
+                sent += 1
+                proven = proven or heard
+
+        thread = threading.Thread(target=run, name=f"stream-{party.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def join(self, threads: list[threading.Thread]) -> bool:
+        for thread in threads:
+            thread.join(timeout=max(0.0, self.deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def expect(self, receiver: str, senders: list[str]) -> None:
+        self.record.expectations.append(Expectation(receiver, senders))
+
+    def missing(self) -> list[str]:
+        out = []
+        for exp in self.record.expectations:
+            party = self.parties[exp.receiver]
+            for sender in exp.senders:
+                keys = {s.token.key for s in self.record.sent_by(sender, COUNTED)}
+                lack = len(keys) - party.count_from(keys)
+                if lack:
+                    out.append(f"{lack} of {sender}'s lines at {exp.receiver}")
+        return out
+
+    def settle(self) -> None:
+        """Wait until every expected delivery happened, or nothing moves for ``settle`` s.
+
+        Error handling: passing the run's deadline marks the record timed out, with what
+        was still awaited, so the "bounded time" check fails instead of the run hanging.
+        """
+        last = self.record.deliveries()
+        quiet_since = time.monotonic()
+        while True:
+            missing = self.missing()
+            if not missing:
+                return
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.record.timed_out = True
+                self.record.stalled = missing
+                return
+            count = self.record.deliveries()
+            if count != last:
+                last, quiet_since = count, now
+            elif now - quiet_since >= self.options.settle:
+                self.record.notes.append(
+                    f"gave up waiting after {self.options.settle:g}s without progress: "
+                    + "; ".join(missing[:3])
+                )
+                return
+            # Polling: the absence of a delivery has no event to wait on.
+            time.sleep(0.05)
+
+    def finish_streams(self, threads: list[threading.Thread]) -> None:
+        if not self.join(threads):
+            self.record.timed_out = True
+            self.record.stalled = [f"{t.name} still sending" for t in threads if t.is_alive()]
+        self.settle()
+
+    def specific(self, name: str, ok: bool, detail: str) -> None:
+        """Record an expectation only this project's server promises (n/a otherwise)."""
+        if self.record.specific is not None:
+            self.record.specific[name] = (ok, detail)
+
+
+class Scenario(abc.ABC):
+    """One behaviour to exercise. Subclasses set `name`/`summary` and implement `run`."""
+
+    name: str
+    summary: str
+    min_clients = 2
+
+    def check_options(self, options: Options) -> None:
+        """Raise ValueError (one line) for options this scenario cannot use."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: Context) -> None:
+        """Drive the parties; fill ``ctx.record`` (expectations, duplex pairs, turns)."""

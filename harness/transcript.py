@@ -1,0 +1,169 @@
+"""Transcripts: what each party sent and received, with times, and what a run expected.
+
+A transcript is plain data. Parties append to it while a scenario runs; `harness.checks`
+reads it afterwards; `harness.report` draws it. Keeping it free of processes and sockets
+is what lets the checks be unit-tested on synthetic transcripts.
+
+Times are seconds since the run started (``time.monotonic`` based), so transcripts from
+parties on the same harness are comparable.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from harness.tokens import END, HELLO, MESSAGE, Damage, Token, scan
+
+SENT = ">"
+RECEIVED = "<"
+NOTE = "#"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a party's transcript: something it sent, received, or a harness note."""
+
+    t: float
+    direction: str  # SENT, RECEIVED or NOTE
+    text: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    t: float
+    token: Token
+    index: int  # position in the sender's transcript
+
+
+@dataclass(frozen=True)
+class Receipt:
+    t: float
+    token: Token
+    index: int  # position in the receiver's transcript
+
+
+@dataclass
+class PartyLog:
+    """Everything one party did, in order. Thread-safe for one writer per direction."""
+
+    name: str
+    where: str = "loopback"
+    command: str = ""
+    lines: list[Line] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+    received: list[Receipt] = field(default_factory=list)
+    damage: list[tuple[int, Damage]] = field(default_factory=list)
+    exit_status: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_sent(self, t: float, token: Token) -> None:
+        with self._lock:
+            self.lines.append(Line(t, SENT, token.encode()))
+            self.sent.append(Sent(t, token, len(self.lines) - 1))
+
+    def add_sent_raw(self, t: float, text: str) -> None:
+        with self._lock:
+            self.lines.append(Line(t, SENT, text))
+
+    def add_note(self, t: float, text: str) -> None:
+        with self._lock:
+            self.lines.append(Line(t, NOTE, text))
+
+    def add_received(
+        self, t: float, text: str, known_crcs: dict[str, tuple[str, int]] | None = None
+    ) -> list[Token]:
+        """Record one received line; return the intact tokens of other senders in it.
+
+        A party's own tokens are ignored on the way in: a terminal client shows what its
+        user types (readline echoes and redraws the input line), which is not a delivery.
+        """
+        found = scan(text, known_crcs)
+        mine = [tok for tok in found.tokens if tok.sender != self.name]
+        with self._lock:
+            self.lines.append(Line(t, RECEIVED, text))
+            index = len(self.lines) - 1
+            for tok in mine:
+                self.received.append(Receipt(t, tok, index))
+            for dmg in found.damage:
+                if dmg.sender != self.name:
+                    self.damage.append((index, dmg))
+        return mine
+
+    def snapshot(self) -> list[Line]:
+        with self._lock:
+            return list(self.lines)
+
+
+@dataclass
+class Expectation:
+    """Receiver ``receiver`` must get every counted message of each sender in ``senders``."""
+
+    receiver: str
+    senders: list[str]
+
+
+@dataclass
+class Turn:
+    """One conversation turn: ``speaker`` said message ``seq`` after hearing ``after``."""
+
+    speaker: str
+    seq: int
+    after: tuple[str, int] | None  # the message it answers, None for the opening line
+
+
+@dataclass
+class RunRecord:
+    """One scenario run, as the checks and reports see it."""
+
+    scenario: str
+    parties: dict[str, PartyLog] = field(default_factory=dict)
+    expectations: list[Expectation] = field(default_factory=list)
+    # pairs (party, peer): party must be shown to receive peer's lines while sending.
+    duplex_pairs: list[tuple[str, str]] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    # Parties whose order among common messages must agree (defaults to all receivers).
+    order_group: list[str] | None = None
+    duration: float = 0.0
+    timeout: float = 0.0
+    timed_out: bool = False
+    stalled: list[str] = field(default_factory=list)  # what was still waited for at the end
+    leftovers: list[str] = field(default_factory=list)  # processes still alive after cleanup
+    server_exit: str = ""  # how the server ended *during* the run; empty if it survived
+    # name -> (ok, detail) for expectations that hold only for this project's server;
+    # None when the server under test is another implementation.
+    specific: dict[str, tuple[bool, str]] | None = None
+    notes: list[str] = field(default_factory=list)
+    network: dict[str, object] = field(default_factory=dict)
+    server_command: str = ""
+    seed: int = 0
+
+    def party(self, name: str) -> PartyLog:
+        return self.parties[name]
+
+    def sent_by(self, sender: str, kinds: tuple[str, ...] = (MESSAGE, END)) -> list[Sent]:
+        return [s for s in self.parties[sender].sent if s.token.kind in kinds]
+
+    def deliveries(self) -> int:
+        return sum(len(p.received) for p in self.parties.values())
+
+    def expected_deliveries(self) -> int:
+        return sum(len(self.sent_by(s)) for e in self.expectations for s in e.senders)
+
+
+COUNTED = (MESSAGE, END)
+__all__ = [
+    "COUNTED",
+    "END",
+    "HELLO",
+    "NOTE",
+    "RECEIVED",
+    "SENT",
+    "Expectation",
+    "Line",
+    "PartyLog",
+    "Receipt",
+    "RunRecord",
+    "Sent",
+    "Turn",
+]
