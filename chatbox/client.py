@@ -1,0 +1,339 @@
+"""The chat client: one connection to a chat box, typed at and shown on a console.
+
+Full duplex with plain blocking I/O, so it behaves the same everywhere (Windows has no
+select() on standard input): a receiving thread reads the socket and hands complete lines
+to the console, while the main thread reads what the user types and sends it. Neither
+ever waits for the other. How lines are read and drawn is `chatbox.terminal`'s business;
+this module owns the connection and how a session ends.
+
+Ending is the delicate part, because a line must never be lost and the exit code must
+say what happened:
+
+- the user ends it (`/quit`, end of input, Ctrl-C): everything read so far is sent, then
+  `/quit`, then our half of the connection is closed, and the client waits for the server
+  to close its half - proof that the server has taken every line. Exit 0.
+- the server ends it, or the network does: one line saying so, exit 1. The receiving
+  thread notices first and interrupts the main thread's blocking read (`Console.hang_up`).
+
+Which of the two happened is decided under one lock (`Session._lock`), so a server that
+closes right as the user quits is never reported as a failure, nor the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chatbox.terminal import Console, Hangup, open_console
+
+PROG = "chatbox-client"
+DEFAULT_HOST = "127.0.0.1"
+
+# A server that neither answers nor refuses within this time is unreachable for a person.
+CONNECT_TIMEOUT = 10.0
+# How long --name waits for the server to accept or refuse the name before going on
+# anyway: a server that does not speak this protocol's /nick never answers.
+NICK_TIMEOUT = 5.0
+# How long to wait, after /quit, for the server to close: it has to take every line we
+# sent first (10,000 from a pipe), so be generous; only a broken server takes this long.
+QUIT_TIMEOUT = 30.0
+RECV_SIZE = 65536
+# A server that sends bytes without ever a newline must not grow our memory without bound:
+# past this much, what has arrived is shown as a line of its own.
+MAX_PARTIAL = 1 << 20
+
+QUIT_LINE = b"/quit\n"
+# A line that ends the session; commands are case-insensitive on the wire.
+_QUIT = re.compile(rb"^/quit(?:[ \t\r].*)?$", re.MULTILINE | re.IGNORECASE)
+
+COMMANDS_HELP = """\
+commands (type them at the prompt; anything else is said to everyone):
+  /nick NAME        change your name (1-24 letters, digits or _-.[]{}|, starting with a letter)
+  /who              list who is here
+  /msg NAME TEXT    send TEXT to NAME only
+  /me ACTION        say what you are doing: * NAME ACTION
+  /quit [REASON]    leave the chat (so do Ctrl-D and Ctrl-C)
+  /help             ask the server for its list of commands
+  //TEXT            say a line that starts with /
+
+On a terminal you get line editing and history; received lines appear above what you
+are typing. Through pipes the client reads and writes plain lines, so it can be scripted:
+  seq 1 3 | chatbox-client 5000 chat.example.org
+
+exit status: 0 after you quit, 1 if the connection failed or the server closed it,
+2 for a usage error. Colour is off when NO_COLOR is set or output is not a terminal.
+"""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for."""
+
+    port: int
+    host: str
+    name: str | None
+    timestamps: bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chat with everyone connected to a chatbox server (full duplex).",
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("port", metavar="PORT", help="the server's TCP port (1-65535)")
+    parser.add_argument(
+        "host",
+        metavar="IP",
+        nargs="?",
+        default=DEFAULT_HOST,
+        help=f"the server's address: IPv4, IPv6 or a host name (default {DEFAULT_HOST})",
+    )
+    parser.add_argument("--name", metavar="NAME", help="your name, set with /nick on connect")
+    parser.add_argument(
+        "--timestamps", action="store_true", help="show the local time of each received line"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """The options in ARGV. Error handling: usage errors print usage and exit 2 (argparse)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    port = _port(args.port)
+    if port is None:
+        hint = " (the port comes first: PORT [IP])" if ":" in args.port or "." in args.port else ""
+        parser.error(f"invalid port {args.port!r}: expected a number from 1 to 65535{hint}")
+    host = args.host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1], as in URLs
+    if not host:
+        parser.error("empty server address")
+    name = args.name
+    if name is not None and (not name or any(c.isspace() or not c.isprintable() for c in name)):
+        # A space or newline would turn `/nick NAME` into something else on the wire.
+        parser.error(f"invalid name {name!r}: a name is one word")
+    return Options(port=port, host=host, name=name, timestamps=args.timestamps)
+
+
+def _port(text: str) -> int | None:
+    if not text.isdigit():
+        return None
+    port = int(text)
+    return port if 1 <= port <= 65535 else None
+
+
+class ConnectError(Exception):
+    """The server could not be reached; the message is one line naming host and port."""
+
+
+def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """A connected, blocking TCP socket to HOST:PORT (every address HOST resolves to is tried).
+
+    Error handling: every failure - unknown host, refused, unreachable, no answer - is one
+    `ConnectError` whose message names host and port.
+    """
+    where = f"cannot connect to {host} port {port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise ConnectError(f"{where}: unknown host ({exc.strerror})") from None
+    except TimeoutError:
+        raise ConnectError(f"{where}: no answer within {timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise ConnectError(f"{where}: connection refused (is the server running?)") from None
+    except OSError as exc:
+        raise ConnectError(f"{where}: {describe(exc)}") from None
+    sock.settimeout(None)
+    # Each typed line should leave at once; pipes are batched by the caller instead.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def describe(exc: OSError) -> str:
+    """An OSError as a short lower-case phrase: 'connection reset by peer'."""
+    text = exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or str(exc)
+    return text[:1].lower() + text[1:] if text else type(exc).__name__
+
+
+class Session:
+    """One connection from connect to exit code.
+
+    Resource handling: owns the socket and closes it in `run`, whatever happens; the
+    receiving thread is a daemon, so a wedged read can never keep the process alive.
+    """
+
+    def __init__(self, sock: socket.socket, console: Console, name: str | None) -> None:
+        self.sock = sock
+        self.console = console
+        self.name = name
+        # Guards the choice between "we quit" and "the server closed on us".
+        self._lock = threading.Lock()
+        self._quitting = False
+        self._ended = threading.Event()
+        self._end_reason = "connection closed by server"
+        self._end_clean = True
+        self._nick_pending = False
+        self._nick_answered = threading.Event()
+        self._nick_refusal: str | None = None
+        self._receiver = threading.Thread(target=self._receive, name="receive", daemon=True)
+
+    def run(self) -> int:
+        """Chat until the user or the server ends it; the process's exit status."""
+        self._receiver.start()
+        try:
+            return self._run()
+        finally:
+            self.sock.close()
+
+    def _run(self) -> int:
+        try:
+            if self.name is not None and not self._claim_name(self.name):
+                self._quit(QUIT_LINE)
+                return 1
+            quit_line = self._pump()
+        except KeyboardInterrupt:
+            quit_line = QUIT_LINE
+        except Hangup:
+            return self._report_end()
+        except OSError as exc:
+            return self._report_end(exc)
+        try:
+            return self._quit(quit_line)
+        except KeyboardInterrupt:
+            return 130  # a second Ctrl-C: stop waiting for the server
+
+    def _claim_name(self, name: str) -> bool:
+        """Send /nick NAME and wait for the verdict; False (reported) if it was refused."""
+        self._nick_pending = True
+        self._send(b"/nick " + name.encode("utf-8", "surrogateescape") + b"\n")
+        self._nick_answered.wait(NICK_TIMEOUT)
+        refusal = self._nick_refusal
+        if refusal is None:
+            if self._ended.is_set():
+                raise Hangup
+            return True
+        self.console.status(f"cannot use the name {name!r}: {refusal}")
+        return False
+
+    def _pump(self) -> bytes | None:
+        """Send what the user types until they quit; the quit line still to send, if any."""
+        while True:
+            lines = self.console.read_line()
+            if lines is None:
+                return QUIT_LINE
+            match = _QUIT.search(lines)
+            if match is None:
+                self._send(lines)
+                continue
+            # Everything before /quit is said; /quit itself goes out in `_quit`, and the
+            # rest of the input is not read, as a person typing /quit would expect.
+            end = match.end() + 1
+            self._send(lines[: match.start()])
+            return lines[match.start() : end]
+
+    def _send(self, data: bytes) -> None:
+        if data:
+            self.sock.sendall(data)
+
+    def _quit(self, quit_line: bytes | None) -> int:
+        """Say goodbye and wait until the server has closed; the exit status."""
+        with self._lock:
+            self._quitting = not self._ended.is_set()
+        if not self._quitting:
+            return self._report_end()
+        try:
+            self._send(quit_line or b"")
+            # Our half closed: a server that ignores /quit still sees the end of input.
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            return self._report_end(exc)
+        if not self._ended.wait(QUIT_TIMEOUT):
+            self.console.status(
+                f"the server did not close the connection within {QUIT_TIMEOUT:g} s"
+            )
+            return 1
+        if not self._end_clean:
+            self.console.status(self._end_reason)
+            return 1
+        return 0
+
+    def _report_end(self, exc: OSError | None = None) -> int:
+        """The server or the network ended the session: say so once; exit status 1."""
+        # A failed send usually means the receiver is about to see why; let it tell.
+        if not self._ended.wait(1.0 if exc is not None else 0) and exc is not None:
+            self._end_reason = f"connection lost: {describe(exc)}"
+        self.console.status(self._end_reason)
+        return 1
+
+    # --- the receiving thread ---------------------------------------------------------
+
+    def _receive(self) -> None:
+        partial = b""
+        try:
+            while True:
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    break
+                partial += data
+                cut = partial.rfind(b"\n") + 1
+                if cut == 0 and len(partial) > MAX_PARTIAL:
+                    partial += b"\n"
+                    cut = len(partial)
+                if cut:
+                    block, partial = partial[:cut], partial[cut:]
+                    self._deliver(block)
+        except OSError as exc:
+            self._end_reason = f"connection lost: {describe(exc)}"
+            self._end_clean = False
+        if partial:
+            self._deliver(partial + b"\n")  # the server's last words, even without a newline
+        with self._lock:
+            self._ended.set()
+            self._nick_answered.set()
+            expected = self._quitting
+        if not expected and not self.console.hang_up():
+            # The main thread's read cannot be interrupted on this platform: end here.
+            self.console.status(self._end_reason)
+            os._exit(1)
+
+    def _deliver(self, block: bytes) -> None:
+        self.console.show(block)
+        if self._nick_pending:
+            self._watch_nick(block)
+
+    def _watch_nick(self, block: bytes) -> None:
+        for line in block.decode("utf-8", "replace").split("\n"):
+            if line.startswith("! ") and "name" in line:
+                self._nick_refusal = line[2:]
+            elif not (line.startswith("* ") and "known as" in line):
+                continue
+            self._nick_pending = False
+            self._nick_answered.set()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`chatbox-client PORT [IP]`: the process's exit status (0 quit, 1 failed, 2 usage)."""
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        sock = connect(options.host, options.port)
+    except ConnectError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    console = open_console(timestamps=options.timestamps, environ=os.environ)
+    return Session(sock, console, options.name).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
