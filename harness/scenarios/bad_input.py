@@ -40,7 +40,7 @@ class BadInput(Scenario):
         ctx.expect("p2", ["p1", "bad"])
         ctx.record.order_group = ["p1", "p2"]
         n = ctx.options.messages
-        threads = [ctx.stream(a, n), ctx.stream(b, n)]
+        threads = [ctx.stream(a, n, window_to=[b]), ctx.stream(b, n, window_to=[a])]
         for label, data in BAD_LINES:
             bad.send_bytes(data, ctx.deadline, label)
         # The bad party's connection must still carry a good line afterwards.

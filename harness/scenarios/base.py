@@ -26,7 +26,9 @@ from harness.target import SetupError, Target, expand, python_for
 from harness.tokens import HELLO, MESSAGE, Token, make, random_payload
 from harness.transcript import COUNTED, Expectation, PartyLog, RunRecord
 
-SYNC_ROUND = 1.0  # first wait for a hello before sending another (late joiners miss some)
+SYNC_BUDGET = 5  # x --settle: how long getting everyone into the room may take
+SYNC_ROUND = 0.3  # first wait for a hello before sending another (late joiners miss some)
+WINDOW = 32  # lines a talker may have in flight before it waits for them to arrive
 CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --messages
 
 
@@ -70,7 +72,6 @@ class Context:
         self._seq: dict[str, int] = {}
         self._count = 0
         self._lock = threading.Lock()
-        self.failed_threads: list[str] = []
 
     def clock(self) -> float:
         return time.monotonic() - self.t0
@@ -146,11 +147,14 @@ class Context:
         joined late misses earlier hellos, which is why hellos are never counted as loss.
         """
         wait = SYNC_ROUND
-        while not self.expired:
+        # A server that never relays (or one direction only) must not eat the whole run:
+        # give up after SYNC_BUDGET and let the checks say what is wrong.
+        budget = min(self.deadline, time.monotonic() + SYNC_BUDGET * self.options.settle)
+        while time.monotonic() < budget:
             hello = self.token(speaker.name, "hello", HELLO)
             if not speaker.send(hello, self.deadline):
                 return False
-            until = min(self.deadline, time.monotonic() + wait)
+            until = min(budget, time.monotonic() + wait)
             if all(p.wait_tokens({hello.key}, until) for p in listeners):
                 return True
             if not speaker.alive:
@@ -174,16 +178,25 @@ class Context:
         party: Party,
         count: int,
         *,
+        window_to: list[Party] | None = None,
         prove_with: str | None = None,
         more: Callable[[], bool] | None = None,
     ) -> threading.Thread:
-        """Start a thread that makes ``party`` send ``count`` lines as fast as it takes them.
+        """Start a thread that makes ``party`` send ``count`` lines.
+
+        ``window_to``: the parties that must receive this stream. The sender keeps at
+        most WINDOW lines in flight to each of them - it waits for its own lines to
+        *arrive* before typing more - so a stream lasts as long as the delivery takes,
+        not as long as the kernel takes to swallow it into a pty buffer. A line that
+        does not arrive within ``settle`` seconds is forgiven (the loss check reports it)
+        so a lossy server cannot stall the stream.
 
         ``prove_with``: keep talking past ``count`` (up to CAP_FACTOR x) until a line from
         that peer has arrived while this party still had lines to send - full duplex
         proven, not assumed. ``more``: keep talking while it returns True (churn, crash).
         """
         cap = max(count * CAP_FACTOR, count + 100)
+        peers = list(window_to or [])
 
         def run() -> None:
             sent, proven = 0, False
@@ -195,10 +208,20 @@ class Context:
                     wanted = True
                 if not wanted:
                     break
+                for peer in list(peers):
+                    need = sent - WINDOW
+                    until = min(self.deadline, time.monotonic() + self.options.settle)
+                    if need > 0 and not peer.wait_messages(party.name, need, until):
+                        # Lines are not arriving: stop pacing on this peer (the loss
+                        # check will say what went missing) rather than crawl.
+                        peers.remove(peer)
                 heard = prove_with is not None and party.heard_messages(prove_with) > 0
                 if not party.send(self.token(party.name), self.deadline):
                     if not self.expired:
-                        self.failed_threads.append(f"{party.name} could not send (it exited)")
+                        self.record.notes.append(
+                            f"{party.name} stopped taking input after {sent} lines "
+                            f"({party.log.exit_status or 'its terminal closed'})"
+                        )
                     return
                 sent += 1
                 proven = proven or heard

@@ -22,4 +22,7 @@ class Broadcast(Scenario):
         for name in names:
             ctx.expect(name, [n for n in names if n != name])
         ctx.record.order_group = names
-        ctx.finish_streams([ctx.stream(p, ctx.options.messages) for p in parties])
+        n = ctx.options.messages
+        ctx.finish_streams(
+            [ctx.stream(p, n, window_to=[q for q in parties if q is not p]) for p in parties]
+        )

@@ -28,7 +28,10 @@ class Churn(Scenario):
         done = threading.Event()
         more = lambda: not done.is_set()  # noqa: E731 - a tiny predicate
         n = ctx.options.messages
-        threads = [ctx.stream(a, n, more=more), ctx.stream(b, n, more=more)]
+        threads = [
+            ctx.stream(a, n, window_to=[b], more=more),
+            ctx.stream(b, n, window_to=[a], more=more),
+        ]
         cycles = min(MAX_CYCLES, max(3, n // 10))
         slots = max(1, ctx.options.clients - 2)
         joined = 0

@@ -37,8 +37,8 @@ class Crash(Scenario):
         done = threading.Event()
         n = ctx.options.messages
         threads = [
-            ctx.stream(a, n, more=lambda: not done.is_set()),
-            ctx.stream(b, n, more=lambda: not done.is_set()),
+            ctx.stream(a, n, window_to=[b], more=lambda: not done.is_set()),
+            ctx.stream(b, n, window_to=[a], more=lambda: not done.is_set()),
         ]
         try:
             victim.wait_messages("p1", MID_STREAM, ctx.deadline)

@@ -23,7 +23,12 @@ class Duplex(Scenario):
         ctx.expect("p2", ["p1"])
         ctx.record.duplex_pairs = [("p1", "p2"), ("p2", "p1")]
         n = ctx.options.messages
-        ctx.finish_streams([ctx.stream(a, n, prove_with="p2"), ctx.stream(b, n, prove_with="p1")])
+        ctx.finish_streams(
+            [
+                ctx.stream(a, n, window_to=[b], prove_with="p2"),
+                ctx.stream(b, n, window_to=[a], prove_with="p1"),
+            ]
+        )
         if ctx.record.specific is not None:
             for p in (a, b):
                 ctx.specific(f"{p.name} welcomed", p.seen_text("* welcome"), "saw '* welcome'")

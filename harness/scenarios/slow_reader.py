@@ -25,7 +25,7 @@ class SlowReader(Scenario):
         ctx.expect("p2", ["p1"])
         ctx.record.order_group = ["p1", "p2"]
         n = ctx.options.messages
-        ctx.finish_streams([ctx.stream(a, n), ctx.stream(b, n)])
+        ctx.finish_streams([ctx.stream(a, n, window_to=[b]), ctx.stream(b, n, window_to=[a])])
         slow.resume_reading()
         if ctx.record.specific is not None:
             cut = a.seen_text("left (too slow)")
