@@ -167,7 +167,9 @@ class NetnsNetwork(Network):
 
     @property
     def listen_address(self) -> str:
-        return self.server.address
+        # Every address of the server's own namespace: its veth (for the clients) and its
+        # loopback (for an impairment proxy beside it). Nothing else can reach in there.
+        return "0.0.0.0"
 
     @property
     def connect_address(self) -> str:

@@ -1,0 +1,232 @@
+"""The ssh host kind against a real OpenSSH server, inside the harness's own namespaces.
+
+The lab: a netns network; sshd in the server namespace (198.18.0.1) and in client
+namespace 1 (198.18.0.3); the harness side (ssh itself) runs in client namespace 0, so
+every ssh connection crosses the test network and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+from netns_fixture import WAIT_S, child_env, needs_netns, read_line, started, wait_pid_gone
+from sshd_fixture import Keys, Sshd, keygen, make_keys, needs_sshd, running_sshd
+
+from harness.hosts import NetworkOptions
+from harness.hosts.netns import NetnsNetwork
+from harness.hosts.ssh import SshHost, split_destination
+
+pytestmark = [pytest.mark.ssh, pytest.mark.netns, needs_netns, needs_sshd]
+
+
+@dataclass
+class Lab:
+    net: NetnsNetwork
+    keys: Keys
+    server: Sshd  # in the server namespace
+    other: Sshd  # in client namespace 1
+
+    @property
+    def options(self) -> list[str]:
+        return self.keys.ssh_options([self.server.address, self.other.address])
+
+    def host(self, sshd: Sshd) -> SshHost:
+        return SshHost(
+            sshd.destination,
+            identity=str(self.keys.client_key),
+            options=self.options,
+            python=sys.executable,
+        )
+
+    def local(self, argv: Sequence[str]) -> list[str]:
+        """Run ``argv`` where the harness stands: client namespace 0."""
+        return self.net.clients[0].command(argv)
+
+    def network_options(self, **overrides: object) -> NetworkOptions:
+        options = NetworkOptions(
+            kind="ssh",
+            server_host=self.server.destination,
+            client_hosts=[self.other.destination],
+            ssh_identity=str(self.keys.client_key),
+            ssh_options=self.options,
+            ssh_python=sys.executable,
+        )
+        for name, value in overrides.items():
+            setattr(options, name, value)
+        return options
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    keys = make_keys(tmp_path_factory.mktemp("ssh"))
+    with (
+        NetnsNetwork(client_hosts=2, mode="named") as net,
+        running_sshd(net.server, keys) as server,
+        running_sshd(net.clients[1], keys) as other,
+    ):
+        yield Lab(net, keys, server, other)
+
+
+WHERE_AM_I = """
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("198.18.0.2", 9))  # no packet is sent: this only picks the source address
+print(s.getsockname()[0], os.isatty(0), os.environ.get("PYTHONUNBUFFERED"))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_SshHost_runs_the_command_on_the_far_host_and_returns_its_status(lab: Lab) -> None:
+    host = lab.host(lab.server)
+    done = subprocess.run(
+        lab.local(host.command([host.python, "-c", WHERE_AM_I, "3"])),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == [lab.server.address, "False", "1"]
+
+
+def test_SshHost_tty_gives_a_terminal_without_echo(lab: Lab) -> None:
+    """-tt: the far side has a terminal, and what we type is not echoed back to us, even
+    when our own terminal had echo on (ssh copies its modes to the far pty)."""
+    host = lab.host(lab.other)
+    script = "import os; print('ready'); line = input(); print('tty', os.isatty(0), 'got', line)"
+    argv = lab.local(host.command([host.python, "-c", script], tty=True))
+    child = pexpect.spawn(argv[0], argv[1:], echo=True, timeout=WAIT_S)
+    try:
+        child.expect("ready")  # type only once the far side runs, as a user would
+        child.sendline("secret-token-42")
+        child.expect(pexpect.EOF)
+        output = child.before.decode()
+    finally:
+        child.close(force=True)
+    assert "tty True got secret-token-42" in output
+    assert output.count("secret-token-42") == 1, output
+
+
+# Far side: print our pid and a forked child's, then block until ended from outside.
+BLOCKER = """
+import os, select
+child = os.fork()
+if child == 0:
+    select.select([], [], [])
+print(os.getpid(), child, flush=True)
+select.select([], [], [])
+"""
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["notty", "tty"])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_SshHost_remote_processes_end_with_the_session(lab: Lab, tty: bool, how: int) -> None:
+    """Ending the local ssh (even by kill -9) ends the remote command and its children."""
+    host = lab.host(lab.server)
+    argv = lab.local(host.command([host.python, "-c", BLOCKER], tty=tty))
+    if tty:
+        local = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=WAIT_S)
+        local.expect(rb"(\d+) (\d+)\r?\n")
+        pids = [int(p) for p in local.match.groups()]
+        os.kill(local.pid, how)
+        local.close(force=True)
+    else:
+        with started(argv) as proc:
+            pids = [int(p) for p in read_line(proc.stdout).split()]
+            os.kill(proc.pid, how)
+    for pid in pids:
+        assert wait_pid_gone(pid), f"remote process {pid} outlived its ssh session"
+
+
+# Run where the harness stands: open the ssh network, print its report or its refusal.
+OPEN_SOURCE = """
+import json, sys
+from harness.hosts import NetworkOptions, open_network
+from harness.hosts.base import HostError
+options = NetworkOptions(**json.loads(sys.argv[1]))
+try:
+    with open_network(options) as net:
+        print(json.dumps(net.describe()))
+except HostError as exc:
+    print("refused:", exc)
+"""
+
+
+def open_from_lab(lab: Lab, options: NetworkOptions) -> str:
+    done = subprocess.run(
+        lab.local([sys.executable, "-c", OPEN_SOURCE, json.dumps(options.__dict__)]),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 2,
+        env=child_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_SshNetwork_reports_where_the_server_listens_and_the_round_trip(lab: Lab) -> None:
+    report = json.loads(open_from_lab(lab, lab.network_options()))
+    assert report["kind"] == "ssh"
+    assert report["listen_address"] == "0.0.0.0"
+    # The address the server's sshd saw us arrive at: reachable from the test network.
+    assert report["connect_address"] == lab.server.address
+    assert report["server"]["host"] == lab.server.destination
+    assert [c["address"] for c in report["clients"]] == [lab.other.address]
+    assert report["round_trip_ms"] is not None and report["round_trip_ms"] > 0
+
+
+def test_SshNetwork_refuses_an_unauthorised_key_in_one_line(lab: Lab, tmp_path: Path) -> None:
+    stranger = keygen(tmp_path / "stranger")
+    out = open_from_lab(lab, lab.network_options(ssh_identity=str(stranger)))
+    assert out.startswith(f"refused: ssh: cannot use {lab.server.destination}:")
+    assert "Permission denied" in out
+    assert len(out.splitlines()) == 1
+
+
+def test_SshNetwork_refuses_an_unknown_host_key_instead_of_asking(lab: Lab) -> None:
+    out = open_from_lab(lab, lab.network_options(ssh_options=["GlobalKnownHostsFile=/dev/null"]))
+    assert out.startswith("refused: ssh: cannot use")
+    assert "Host key verification failed" in out
+
+
+def test_chat_across_ssh_hosts(lab: Lab) -> None:
+    """The chat server on one ssh host, `nc` clients on another, both through ssh."""
+    server_host, client_host = lab.host(lab.server), lab.host(lab.other)
+    server_argv = [server_host.python, "-m", "chatbox.server", "0", "--host", "0.0.0.0"]
+    with started(lab.local(server_host.command(server_argv))) as server:
+        line = read_line(server.stdout)
+        assert line.startswith("listening on 0.0.0.0:"), line
+        port = line.strip().rsplit(":", 1)[1]
+        parties = []
+        try:
+            for _ in range(2):
+                argv = lab.local(client_host.command(["nc", lab.server.address, port], tty=True))
+                party = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=WAIT_S)
+                parties.append(party)
+                party.expect(r"\* welcome ")
+            alice, bob = parties
+            alice.sendline("over ssh")
+            bob.expect(r"<guest\d+> over ssh")
+            bob.sendline("and back")
+            alice.expect(r"<guest\d+> and back")
+        finally:
+            for party in parties:
+                party.close(force=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("root@198.18.0.1", ("root", "198.18.0.1")), ("box", (None, "box")), ("a@b@c", ("a@b", "c"))],
+)
+def test_split_destination(text: str, expected: tuple[str | None, str]) -> None:
+    assert split_destination(text) == expected
