@@ -1,22 +1,27 @@
-"""The hub: the server's parent process, which moves bytes between workers and the room.
+"""The hub: the server's parent process, the one owner of the room and of all output.
 
 It never blocks. One `selectors` loop multiplexes the listening socket, every worker's
-channel and a signal wakeup socket. Lines from workers go to the `Room`, which decides who
-gets what and calls back `post` and `dismiss`; the hub only queues and flushes, once per
-recipient per loop turn.
+channel, the client sockets that have output waiting, and a signal wakeup socket.
+Workers read and decode what their clients send and pass the lines up their channels;
+the `Room` decides who gets what and calls back `post` and `dismiss`; the hub queues the
+bytes and writes them straight to the recipients' sockets, without blocking, once per
+recipient per loop turn. Output does not pass back through the recipient's worker: that
+would cost every delivery two more process wake-ups and copies for nothing, since the
+hub already holds every client socket (it accepted them).
 
-Each worker has an outbound queue here (its SendQ), bounded by ``sendq`` bytes. When a
+Each client has an outbound queue here (its SendQ), bounded by ``sendq`` bytes. While a
 queue is over its bound the hub stops reading new lines (TCP holds them back in the
 senders' sockets), so a busy room waits for readers that are catching up instead of
 dropping them. A client whose queue stays over the bound for ``slow_timeout`` seconds is
 not catching up: it is cut off alone, and the room goes on. So nobody is disconnected
-for being momentarily behind a burst, and nobody can hold the room for longer than
+for being momentarily behind a burst, and nobody holds the room for longer than
 ``slow_timeout``.
 
 Lifecycle of a client, as the hub sees it::
 
-    accept -> start worker -> in the room -> dismissed (queue flushes, then the channel
-    is half-closed) -> the worker closes its channel end -> client socket closed, reaped
+    accept -> start worker -> in the room -> dismissed (its queue flushes, then its
+    socket and channel are shut down) -> the worker ends, closing its channel end ->
+    client socket closed, worker reaped
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ CHANNEL_RECV_SIZE = 262144
 # New connections taken per loop turn, so a connection storm cannot starve the relaying.
 ACCEPTS_PER_TURN = 64
 
-# Time the hub gives its workers to flush "server shutting down" and end on their own;
-# the server must be gone within 2 s of SIGTERM, so this leaves room for forcing.
+# Time the hub gives its clients to receive "server shutting down" and its workers to
+# end on their own; the server must be gone within 2 s of SIGTERM, so this leaves room
+# for forcing whatever is left.
 SHUTDOWN_GRACE = 1.5
 
 DEFAULT_SENDQ = 1 << 20
@@ -54,6 +60,9 @@ DEFAULT_MAX_CLIENTS = 1024
 # CI box) always drains its queue in time; short enough that a reader that stopped
 # holds the room up only briefly.
 DEFAULT_SLOW_TIMEOUT = 2.0
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
 
 
 @dataclass
@@ -66,19 +75,18 @@ class HubConfig:
 
 @dataclass(eq=False)
 class Link:
-    """The hub's side of one worker: its channel, its client socket, its queue."""
+    """The hub's side of one client: its socket, its worker's channel, its queue."""
 
     id: int
     client: socket.socket
     channel: socket.socket
     sendq: bytearray = field(default_factory=bytearray)
-    partial: bytes = b""
-    dismissed: bool = False  # out of the room: flush, then half-close the channel
-    half_closed: bool = False
-    cut: bool = False  # too slow: nothing more is queued for it
+    partial: bytes = b""  # the start of a line whose end is still in the channel
+    dismissed: bool = False  # out of the room: flush, then shut down
+    closed: bool = False  # shut down: nothing more is sent
     over_since: float | None = None  # when its queue went over the bound, if it is
-    reading: bool = True  # its channel is watched for input (not paused)
-    want_write: bool = False
+    reading: bool = True  # its channel is watched (not paused)
+    want_write: bool = False  # its client socket is watched for room to write
 
 
 class Hub:
@@ -92,14 +100,15 @@ class Hub:
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
         self._over: dict[int, Link] = {}  # queues over their bound
-        self._paused: dict[int, Link] = {}  # inputs not read while a queue is over
+        self._paused: dict[int, Link] = {}  # channels not read while a queue is over
+        self._broken: list[Link] = []  # clients whose socket failed while sending
         self._stopping = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
         listener.setblocking(False)
-        self._selector.register(listener, selectors.EVENT_READ, None)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        self._selector.register(listener, _READ, None)
+        self._selector.register(self._wakeup_r, _READ, None)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -120,27 +129,20 @@ class Hub:
             self._wakeup_r.close()
             self._wakeup_w.close()
 
-    def stop(self) -> None:
-        """Ask the loop to shut down (from a signal handler or another thread)."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wakeup_w.send(b"\0")
-
     def _turn(self, timeout: float | None) -> None:
-        for key, events in self._selector.select(timeout):
-            obj = key.data
-            if isinstance(obj, Link):
-                if events & selectors.EVENT_READ:
-                    if self._over and not self._stopping:
-                        self._pause(obj)
-                    else:
-                        self._read(obj)
-                if events & selectors.EVENT_WRITE and obj.id in self._links:
-                    self._dirty[obj.id] = obj
-            elif key.fileobj is self._listener:
-                self._accept()
+        for key, _ in self._selector.select(timeout):
+            link = key.data
+            if link is None:
+                if key.fileobj is self._listener:
+                    self._accept()
+                else:
+                    self._drain_wakeup()
+            elif key.fileobj is link.client:
+                self._dirty[link.id] = link  # room to write again
+            elif self._over and not self._stopping:
+                self._pause(link)
             else:
-                self._drain_wakeup()
+                self._read(link)
         self._launcher.reap()
         self._flush()
         self._check_slow()
@@ -157,12 +159,12 @@ class Hub:
         self._selector.unregister(self._listener)
         self._listener.close()
         self._room.close()
-        self._flush()
         # Ending workers must be seen ending: read every channel again.
         for link in self._paused.values():
             link.reading = True
             self._watch(link)
         self._paused.clear()
+        self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self._links or self._launcher.pending():
             remaining = deadline - time.monotonic()
@@ -170,10 +172,9 @@ class Hub:
                 break
             self._turn(remaining)
         for link in list(self._links.values()):
-            # Still here after the grace: its client is not reading. Shutting the
-            # socket down ends the worker's blocked send.
-            with contextlib.suppress(OSError):
-                link.client.shutdown(socket.SHUT_RDWR)
+            # Still here after the grace: its client is not reading, or its worker is
+            # stuck. Shutting both down ends the worker's wait.
+            self._close_link(link)
             self._forget(link)
         self._launcher.finish(time.monotonic() + 0.3)
 
@@ -217,12 +218,18 @@ class Hub:
                 # keep relaying for everyone already here.
                 log.error("cannot accept: %s", exc)
                 return
+            # Never blocks the hub, and a worker only reads after poll says so.
+            client.setblocking(False)
             if len(self._links) >= self._config.max_clients:
                 log.warning("refused %s: server full", address)
                 with contextlib.suppress(OSError):
-                    client.send(protocol.server_full(self._config.max_clients), socket.MSG_DONTWAIT)
+                    client.send(protocol.server_full(self._config.max_clients))
                 client.close()
                 continue
+            with contextlib.suppress(OSError):
+                # Chat is small lines that should go now, and every send here is
+                # already one batch per turn: Nagle's delay would only add latency.
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._admit(client)
 
     def _admit(self, client: socket.socket) -> None:
@@ -235,7 +242,7 @@ class Hub:
         hub_end.setblocking(False)
         link = Link(next(self._ids), client, hub_end)
         self._links[link.id] = link
-        self._selector.register(hub_end, selectors.EVENT_READ, link)
+        self._selector.register(hub_end, _READ, link)
         try:
             self._launcher.start(client, worker_end)
         except OSError as exc:
@@ -248,6 +255,8 @@ class Hub:
     def _read(self, link: Link) -> None:
         try:
             data = link.channel.recv(CHANNEL_RECV_SIZE)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
@@ -264,16 +273,31 @@ class Hub:
         link.partial = data[last + 1 :]
         self._room.receive(link.id, data[: last + 1])
 
+    def _close_link(self, link: Link) -> None:
+        """Shut the client's socket and the channel down: the worker sees the end and
+        quits, and the client sees the end of the stream."""
+        link.closed = True
+        link.sendq.clear()
+        if link.want_write:
+            link.want_write = False
+            self._watch(link)
+        with contextlib.suppress(OSError):
+            link.client.shutdown(socket.SHUT_RDWR)
+        # Only the hub's direction: the worker must be the one to close its end, so the
+        # hub closes the client socket (shared with a worker thread) only after it.
+        with contextlib.suppress(OSError):
+            link.channel.shutdown(socket.SHUT_WR)
+
     def _forget(self, link: Link) -> None:
-        """Drop every trace of a worker whose channel has ended."""
+        """Drop every trace of a client whose worker has ended."""
         self._links.pop(link.id, None)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
         self._not_over(link)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(link.channel)
-        link.channel.close()
-        link.client.close()
+        for sock in (link.channel, link.client):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+            sock.close()
 
     # --- Postbox: what the room calls ---------------------------------------------------
 
@@ -283,7 +307,7 @@ class Hub:
         dirty = self._dirty
         for member_id in member_ids:
             link = links[member_id]
-            if link.cut:
+            if link.closed:
                 continue
             link.sendq += data
             dirty[member_id] = link
@@ -296,6 +320,8 @@ class Hub:
         if link is not None:
             link.dismissed = True
             self._dirty[member_id] = link
+
+    # --- slow readers -------------------------------------------------------------------
 
     def _pause(self, link: Link) -> None:
         """Stop reading a channel until no queue is over its bound any more."""
@@ -319,17 +345,14 @@ class Hub:
 
     def _cut(self, link: Link) -> None:
         log.warning("%s is too slow: disconnecting", self._room_name(link))
-        link.cut = True
-        link.sendq.clear()
-        self._not_over(link)
         self._room.leave(link.id, "too slow")
-        # Best effort: the client's socket buffer is usually full by now. The leading
-        # LF ends whatever partial line the worker was in the middle of writing.
+        link.sendq.clear()
+        # Best effort: its socket buffer is usually full by now. The leading LF ends
+        # whatever partial line the buffer ends with.
         with contextlib.suppress(OSError):
-            link.client.send(b"\n" + protocol.TOO_SLOW, socket.MSG_DONTWAIT)
-        # Ends the worker's blocked send; the worker then ends and closes its channel.
-        with contextlib.suppress(OSError):
-            link.client.shutdown(socket.SHUT_RDWR)
+            link.client.send(b"\n" + protocol.TOO_SLOW)
+        self._close_link(link)
+        self._not_over(link)
         self._flush()
 
     def _not_over(self, link: Link) -> None:
@@ -343,43 +366,54 @@ class Hub:
     # --- flushing -----------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """One send per recipient that has something queued; whatever does not fit
-        waits for the channel to become writable again."""
-        limit = self._config.sendq
+        """One send per recipient that has something queued; what does not fit waits
+        for its socket to have room again."""
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
+                if link.closed:
+                    continue
                 if link.sendq:
-                    try:
-                        sent = link.channel.send(link.sendq)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError:
-                        # The worker is gone; its channel's end is read next turn.
-                        link.sendq.clear()
-                        sent = 0
-                    del link.sendq[:sent]
-                    if link.over_since is not None and len(link.sendq) <= limit:
-                        self._not_over(link)
+                    self._send(link)
                 want_write = bool(link.sendq)
                 if link.want_write != want_write:
                     link.want_write = want_write
                     self._watch(link)
-                if link.dismissed and not link.sendq and not link.half_closed:
-                    link.half_closed = True
-                    with contextlib.suppress(OSError):
-                        link.channel.shutdown(socket.SHUT_WR)
+                if link.dismissed and not link.sendq:
+                    self._close_link(link)
+            # A client whose socket failed is gone; telling the room queues more.
+            while self._broken:
+                self._room.leave(self._broken.pop().id, "connection reset")
+
+    def _send(self, link: Link) -> None:
+        try:
+            sent = link.client.send(link.sendq)
+        except BlockingIOError:
+            return
+        except OSError:
+            # Reset or gone: shut everything down so that its worker ends too.
+            self._close_link(link)
+            self._not_over(link)
+            self._broken.append(link)
+            return
+        del link.sendq[:sent]
+        if link.over_since is not None and len(link.sendq) <= self._config.sendq:
+            self._not_over(link)
 
     def _watch(self, link: Link) -> None:
-        """Tell the selector what this link is waiting for now."""
-        events = (selectors.EVENT_READ if link.reading else 0) | (
-            selectors.EVENT_WRITE if link.want_write else 0
-        )
+        """Tell the selector what this link waits for now: input on its channel
+        (unless paused), room to write on its client socket (if output is queued)."""
+        self._set_interest(link.channel, link, link.reading)
+        self._set_interest(link.client, link, link.want_write, _WRITE)
+
+    def _set_interest(
+        self, sock: socket.socket, link: Link, wanted: bool, event: int = _READ
+    ) -> None:
         try:
-            if events:
-                self._selector.modify(link.channel, events, link)
-            else:
-                self._selector.unregister(link.channel)
+            self._selector.get_key(sock)
         except KeyError:
-            if events:
-                self._selector.register(link.channel, events, link)
+            if wanted:
+                self._selector.register(sock, event, link)
+            return
+        if not wanted:
+            self._selector.unregister(sock)

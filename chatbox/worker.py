@@ -1,14 +1,11 @@
-"""A worker: serves exactly one client connection, in a forked process or a thread.
+"""A worker: reads one client connection, in a forked process or a thread.
 
 It reads what the client sends, turns it into sanitised lines with the protocol's
-`LineDecoder`, and passes them to the hub over its channel (one end of a socketpair).
-Whatever the hub writes to the channel is already formatted for this client; the worker
-writes it to the client socket as it comes. So a worker holds no shared state at all, and
-the same function serves in both concurrency modes.
+`LineDecoder`, and passes them up its channel (one end of a socketpair) to the hub. The
+hub writes to the client itself. So a worker holds no shared state at all, and the same
+function serves in both concurrency modes.
 
-Both sockets are blocking, which keeps the worker small: when the client stops reading,
-the worker blocks in `sendall`, the hub's queue for it grows past its bound, and the hub
-cuts the client off by shutting its socket down, which ends the blocked `sendall`.
+When the hub shuts its end of the channel down, the worker's job is over.
 """
 
 from __future__ import annotations
@@ -40,90 +37,76 @@ class _Waiter:
         self._client_fd = client.fileno()
         self._channel_fd = channel.fileno()
         self._poll = select.poll() if hasattr(select, "poll") else None
-        self._interest = (False, False)
-        if self._poll is not None:
-            self._poll.register(self._channel_fd, select.POLLIN)
+        self._interest: tuple[bool, bool] | None = None
 
     def wait(self, client_in: bool, channel_out: bool) -> tuple[bool, bool, bool]:
         """(channel readable, channel writable, client readable).
 
         Errors and hang-ups count as ready: the next call on that socket reports them.
         """
-        if self._poll is not None:
-            if self._interest != (client_in, channel_out):
-                self._interest = (client_in, channel_out)
-                flags = select.POLLIN | (select.POLLOUT if channel_out else 0)
-                self._poll.modify(self._channel_fd, flags)
-                if client_in:
-                    self._poll.register(self._client_fd, select.POLLIN)
-                else:
-                    try:
-                        self._poll.unregister(self._client_fd)
-                    except KeyError:
-                        pass
-            channel_events = client_events = 0
-            for fd, events in self._poll.poll():
-                if fd == self._channel_fd:
-                    channel_events = events
-                else:
-                    client_events = events
-            return (
-                bool(channel_events & ~select.POLLOUT),
-                bool(channel_events & (select.POLLOUT | select.POLLERR | select.POLLHUP)),
-                bool(client_events),
-            )
-        readers = [self._channel, self._client] if client_in else [self._channel]
-        writers = [self._channel] if channel_out else []
-        readable, writable, _ = select.select(readers, writers, [])
-        return self._channel in readable, self._channel in writable, self._client in readable
+        if self._poll is None:
+            readers = [self._channel, self._client] if client_in else [self._channel]
+            writers = [self._channel] if channel_out else []
+            readable, writable, _ = select.select(readers, writers, [])
+            return self._channel in readable, self._channel in writable, self._client in readable
+        if self._interest != (client_in, channel_out):
+            if self._interest is None:
+                self._poll.register(self._channel_fd, select.POLLIN)
+            elif self._interest[0]:
+                self._poll.unregister(self._client_fd)
+            self._interest = (client_in, channel_out)
+            self._poll.modify(self._channel_fd, select.POLLIN | (select.POLLOUT * channel_out))
+            if client_in:
+                self._poll.register(self._client_fd, select.POLLIN)
+        channel_events = client_events = 0
+        for fd, events in self._poll.poll():
+            if fd == self._channel_fd:
+                channel_events = events
+            else:
+                client_events = events
+        return (
+            bool(channel_events & ~select.POLLOUT),
+            bool(channel_events & (select.POLLOUT | select.POLLERR | select.POLLHUP)),
+            bool(client_events),
+        )
 
 
 def serve_connection(client: socket.socket, channel: socket.socket, max_line: int) -> None:
-    """Relay between one client and the hub until the hub closes the channel.
+    """Pass what one client sends up to the hub until the hub shuts the channel down.
 
-    The client socket is blocking: a client that does not read blocks this worker in
-    `sendall`, which is what lets the hub see it falling behind. The channel is
-    non-blocking: lines for the hub that do not fit wait here, and meanwhile the worker
-    stops reading the client (TCP holds the client back) but keeps writing to it what
-    the hub sends. Blocking on the hub instead would deadlock the two when the hub
-    pauses its input while waiting for this very client to catch up.
+    Both sockets are non-blocking and waited on together. Lines for the hub that do not
+    fit in the channel wait here, and meanwhile the client is not read (TCP holds it
+    back): that is how a hub that pauses its input slows the senders down.
 
-    Resource handling: on return the client socket is shut down (so the client sees the
-    end at once even if the hub still holds it) and the channel is closed; the client
+    Resource handling: on return the client socket is shut down (the client sees the
+    end even while the hub still holds the socket) and the channel is closed. The client
     socket itself is closed by the hub, its single owner, once the channel's end tells
     it this worker is done.
 
-    Error handling: the client closing or resetting is reported to the hub as a note in
-    the line stream; the hub decides what the room hears. Nothing the client sends can
-    raise out of here.
+    Error handling: the client closing or resetting the connection is passed up as a
+    note in the line stream; the hub decides what the room hears. Nothing the client
+    sends can raise out of here.
     """
     channel.setblocking(False)
+    client.setblocking(False)
     decoder = protocol.LineDecoder(max_line)
     waiter = _Waiter(client, channel)
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
-    writable = True  # the client can still be written to
     try:
         while True:
             channel_in, channel_out, client_in = waiter.wait(reading and not upward, bool(upward))
             if channel_in:
                 try:
-                    data = channel.recv(RECV_SIZE)
+                    if channel.recv(1) == b"":
+                        return  # the hub is done with this client
                 except BlockingIOError:
-                    data = None
-                if data == b"":
-                    return  # the hub is done with this client
-                if data and writable:
-                    try:
-                        client.sendall(data)
-                    except OSError:
-                        writable = False
-                        if reading:
-                            reading = False
-                            upward += protocol.note(protocol.NOTE_RESET)
+                    pass
             if client_in and reading and not upward:
                 try:
                     data = client.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
                 except OSError:
                     data, end = b"", protocol.NOTE_RESET
                 else:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,10 +37,12 @@ class ServerProcess:
     """A chat server started with ``args``; ``port`` is the port it announced."""
 
     def __init__(self, *args: str) -> None:
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chatbox.server", *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             env=child_env(),
         )
@@ -57,9 +60,9 @@ class ServerProcess:
         return self.proc.pid
 
     def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read()
+        """What the server logged so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def terminate(self, timeout: float = WAIT) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -70,9 +73,9 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
     def children(self) -> list[int]:
         """Pids of the server's live (or zombie) child processes."""
