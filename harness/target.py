@@ -28,6 +28,7 @@ from harness.processes import Lifeline, child_env, end_group, preexec
 DEFAULT_SERVER = "{python} -m chatbox.server {port} --host {host}"
 DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host}"
 _ANNOUNCE = re.compile(r"listening on \[?([^\]\s]*)\]?:(\d+)")
+PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
 PROBE_INTERVAL = 0.05  # between connection attempts when a server announces nothing
 
 
@@ -196,11 +197,19 @@ class Target:
     def start(self) -> None:
         host = self.network.server
         listen = self.network.listen_address
-        port = free_port(listen) if self.network.kind == "loopback" else free_port("")
-        argv = expand(self.template, host=listen, port=port, python=python_for(host))
-        self.server = Daemon("server", host.command(argv))
-        self.server.start()
-        self.port = self._wait_ready(self.server, port)
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port(listen) if self.network.kind == "loopback" else free_port("")
+            argv = expand(self.template, host=listen, port=port, python=python_for(host))
+            self.server = Daemon("server", host.command(argv))
+            self.server.start()
+            try:
+                self.port = self._wait_ready(self.server, port)
+                break
+            except SetupError:
+                self.server.stop()
+                # Another process (a parallel test worker) took the port in between.
+                if "in use" not in self.server.stderr_tail() or attempt == PORT_ATTEMPTS - 1:
+                    raise
         self.client_port = self.port
         if self.impair:
             self._start_proxy(host, listen)

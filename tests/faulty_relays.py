@@ -20,10 +20,15 @@ fault:
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import selectors
 import socket
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 MODES = ("ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix")
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
@@ -172,3 +177,59 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- helpers for the harness's own tests (importable as `faulty_relays`) --------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def relay_cmd(mode: str, every: int = 7) -> str:
+    """A --server-cmd template that runs this relay in ``mode``."""
+    script = os.path.join(HERE, "faulty_relays.py")
+    return f"{sys.executable} {script} {mode} {{port}} --host {{host}} --every {every}"
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+
+    def statuses(self, run: int = 0) -> dict[str, str]:
+        """check name -> status for one run of the JSON report."""
+        return {c["name"]: c["status"] for c in self.report["runs"][run]["checks"]}
+
+    def failed(self) -> set[str]:
+        return {
+            n
+            for r in range(len(self.report["runs"]))
+            for n, s in self.statuses(r).items()
+            if s == "fail"
+        }
+
+
+def run_harness(tmp: str, *args: str, timeout: float = 150) -> Outcome:
+    """Run ``python -m harness.run`` as a user would, with a JSON report to read back.
+
+    Resource handling: the harness ends its own children; ``subprocess.run`` kills it on
+    timeout (its lifeline then ends whatever it started).
+    """
+    report = os.path.join(tmp, f"report-{os.getpid()}-{time.monotonic_ns()}.json")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--quiet", "--json", report, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    doc: dict[str, Any] = {}
+    if os.path.exists(report):
+        with open(report, encoding="utf-8") as f:
+            doc = json.load(f)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, doc)

@@ -1,0 +1,131 @@
+"""The harness's command line: scenarios list, exit codes, reports a person and CI can read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from faulty_relays import ROOT, relay_cmd, run_harness
+
+SCENARIOS = ["duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash"]
+
+
+def harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.run", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+def test_list_names_every_scenario_with_one_line_each() -> None:
+    out = harness("--list")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == SCENARIOS
+    assert all(len(line.split(None, 1)[1]) > 10 for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--scenario", "nosuch"],
+        ["--messages", "0"],
+        ["--clients", "many"],
+        ["--timeout", "-1"],
+        ["--hosts", "carrier-pigeon"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: list[str]) -> None:
+    out = harness(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "error:" in out.stderr
+
+
+def test_server_that_fails_to_start_is_a_setup_error_showing_its_stderr(tmp_path: Path) -> None:
+    cmd = f"{sys.executable} -c 'import sys; sys.exit(\"no such database: {{port}}\")'"
+    out = run_harness(str(tmp_path), "--server-cmd", cmd)
+    assert out.code == 2
+    assert "no such database" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_server_command_that_does_not_exist_is_a_setup_error(tmp_path: Path) -> None:
+    out = run_harness(str(tmp_path), "--server-cmd", "/nonexistent/chat-server {port}")
+    assert out.code == 2
+    assert "cannot start server" in out.stderr
+
+
+def test_client_command_that_cannot_connect_is_a_setup_error(tmp_path: Path) -> None:
+    # A client that exits at once (connection refused on port 1) never joins the room.
+    client = f"{sys.executable} -m chatbox.client 1 127.0.0.1"
+    out = run_harness(str(tmp_path), "--client-cmd", client, "--messages", "5")
+    assert out.code == 2, out.stdout + out.stderr
+    assert "exited before joining" in out.stderr
+
+
+def test_bad_conversation_script_is_a_usage_error(tmp_path: Path) -> None:
+    script = tmp_path / "monologue.txt"
+    script.write_text("alice: hello?\nalice: anyone?\n")
+    out = harness("--scenario", "conversation", "--script", str(script))
+    assert out.returncode == 2
+    assert "exactly two speakers" in out.stderr
+
+
+def test_reports_json_junit_and_artifacts(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    artifacts = tmp_path / "artifacts"
+    out = run_harness(
+        str(tmp_path),
+        "--scenario", "conversation", "--junit", str(junit), "--artifacts", str(artifacts),
+    )  # fmt: skip
+    assert out.code == 0, out.stdout + out.stderr
+    # Terminal: where things ran and one row per check.
+    assert "server: loopback" in out.stdout
+    assert "turn taking" in out.stdout and "PASS" in out.stdout
+    # JSON: per-party counts and the network description.
+    run = out.report["runs"][0]
+    assert set(run["parties"]) == {"alice", "bob"}
+    assert run["network"]["kind"] == "loopback"
+    # JUnit: one case per check, n/a ones skipped.
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert "no loss" in names and "turn taking" in names
+    assert suite.get("failures") == "0"
+    # Artifacts: timestamped transcripts and a sequence diagram with an arrow per delivery.
+    folder = artifacts / "conversation-run1"
+    alice = (folder / "alice.log").read_text()
+    assert "> ~cbx|alice|" in alice and "< " in alice
+    svg = (folder / "sequence.svg").read_text()
+    ET.fromstring(svg)  # well-formed, self-contained
+    assert svg.count("<line") >= run["deliveries"]
+    assert ">server<" in svg
+    assert json.loads((folder / "result.json").read_text())["passed"] is True
+
+
+def test_failed_check_exits_1_and_junit_records_the_failure(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    out = run_harness(
+        str(tmp_path), "--server-cmd", relay_cmd("drop", every=5), "--messages", "20",
+        "--settle", "0.5", "--junit", str(junit),
+    )  # fmt: skip
+    assert out.code == 1
+    failures = [f.get("message", "") for f in ET.parse(junit).getroot().iter("failure")]
+    assert any("deliveries missing" in m for m in failures)
+
+
+@pytest.mark.skipif(shutil.which("ncat") is None, reason="ncat is not installed")
+def test_another_implementation_ncat_chat_is_held_to_the_same_checks(tmp_path: Path) -> None:
+    out = run_harness(
+        str(tmp_path), "--scenario", "broadcast", "--messages", "30",
+        "--server-cmd", "ncat -l --chat {host} {port}", "--client-cmd", "ncat {host} {port}",
+    )  # fmt: skip
+    assert out.code == 0, out.stdout + out.stderr
+    assert out.statuses()["this project's server"] == "n/a"
+    assert out.statuses()["same order at every receiver"] == "pass"

@@ -1,0 +1,58 @@
+"""The harness must catch real faults: each faulty relay fails, with the right check named.
+
+Each test runs `python -m harness.run` exactly as a user would, against a relay from
+tests/faulty_relays.py that has one deliberate fault, and reads the JSON report.
+"""
+
+from __future__ import annotations
+
+import pytest
+from faulty_relays import relay_cmd, run_harness
+
+# (relay mode, harness arguments, the check that must fail)
+FAULTS = [
+    ("drop", ["--scenario", "duplex", "--messages", "30"], "no loss"),
+    ("duplicate", ["--scenario", "duplex", "--messages", "30"], "no duplicates"),
+    ("reorder", ["--scenario", "duplex", "--messages", "30"], "per-sender FIFO"),
+    ("simplex", ["--scenario", "duplex", "--messages", "20"], "no loss"),
+    ("halfduplex", ["--scenario", "duplex", "--messages", "20"], "full duplex"),
+    (
+        "chunkprefix",
+        ["--scenario", "broadcast", "--clients", "4", "--messages", "100"],
+        "payload intact",
+    ),
+]
+
+
+@pytest.mark.parametrize(("mode", "args", "check"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_harness_fails_faulty_relay_naming_the_check(
+    tmp_path: object, mode: str, args: list[str], check: str
+) -> None:
+    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd(mode), "--settle", "0.5", *args)
+    assert out.code == 1, out.stdout + out.stderr
+    assert check in out.failed(), out.stdout
+    # The terminal report names the check and the first offending message.
+    assert f"FAIL {check}" in out.stdout
+    assert "first offending message" in out.stdout or check == "full duplex"
+
+
+def test_simplex_relay_also_fails_full_duplex(tmp_path: object) -> None:
+    args = ["--scenario", "duplex", "--messages", "20", "--settle", "0.5"]
+    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("simplex"), *args)
+    assert {"no loss", "full duplex"} <= out.failed(), out.stdout
+
+
+def test_halfduplex_relay_loses_nothing_but_is_not_full_duplex(tmp_path: object) -> None:
+    args = ["--scenario", "duplex", "--messages", "20", "--settle", "0.5"]
+    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("halfduplex"), *args)
+    assert out.failed() == {"full duplex"}, out.stdout
+
+
+@pytest.mark.parametrize("scenario", ["duplex", "broadcast", "churn", "crash"])
+def test_correct_relay_with_other_decoration_passes(tmp_path: object, scenario: str) -> None:
+    """A relay that decorates lines its own way (<userN>) is judged on tokens alone, and
+    this project's specific expectations are n/a for it, not failures."""
+    args = ["--scenario", scenario, "--messages", "30", "--repeat", "2"]
+    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("ok"), *args)
+    assert out.code == 0, out.stdout + out.stderr
+    assert out.statuses()["this project's server"] == "n/a"

@@ -1,0 +1,58 @@
+"""This project's server passes every scenario, in both modes, repeatedly, with no flake."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from faulty_relays import run_harness
+
+SERVER = "{python} -m chatbox.server {port} --host {host} --mode %s"
+SCENARIOS = ["duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash"]
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_our_server_passes_every_check(tmp_path: object, scenario: str, mode: str) -> None:
+    if mode == "fork" and not hasattr(__import__("os"), "fork"):
+        pytest.skip("no os.fork here")
+    repeat = "3" if scenario == "duplex" else "1"
+    out = run_harness(
+        str(tmp_path),
+        "--scenario", scenario,
+        "--messages", "40",
+        "--repeat", repeat,
+        "--server-cmd", SERVER % mode,
+    )  # fmt: skip
+    assert out.code == 0, out.stdout + out.stderr
+    statuses = out.statuses()
+    for check in ("no loss", "no duplicates", "payload intact", "per-sender FIFO"):
+        assert statuses[check] == "pass", out.stdout
+    assert statuses["nothing left running"] == "pass"
+    # The server's own promises are checked (not n/a) when the server is ours.
+    if scenario in ("duplex", "churn", "bad-input"):
+        assert statuses["this project's server"] == "pass", out.stdout
+    assert not out.report["flaky"]
+
+
+def test_duplex_proves_full_duplex_for_our_server(tmp_path: object) -> None:
+    out = run_harness(str(tmp_path), "--scenario", "duplex", "--messages", "60")
+    assert out.code == 0, out.stdout
+    check = next(c for c in out.report["runs"][0]["checks"] if c["name"] == "full duplex")
+    assert check["status"] == "pass"
+    assert "still to send" in check["detail"]
+
+
+def test_crash_scenario_kills_a_forked_worker(tmp_path: object) -> None:
+    out = run_harness(
+        str(tmp_path), "--scenario", "crash", "--messages", "40",
+        "--server-cmd", SERVER % "fork",
+    )  # fmt: skip
+    assert out.code == 0, out.stdout
+    assert any("killed server worker" in n for n in out.report["runs"][0]["notes"])
+
+
+def test_default_server_and_client_use_this_interpreter(tmp_path: object) -> None:
+    out = run_harness(str(tmp_path), "--scenario", "duplex", "--messages", "10")
+    assert out.code == 0
+    assert out.report["runs"][0]["server"]["command"].startswith(sys.executable)
