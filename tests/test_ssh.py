@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -222,6 +223,43 @@ def test_chat_across_ssh_hosts(lab: Lab) -> None:
         finally:
             for party in parties:
                 party.close(force=True)
+
+
+def run_harness_over_ssh(lab: Lab, tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """`python -m harness.run --hosts ssh` as a user runs it, from client namespace 0."""
+    report = tmp / "report.json"
+    argv = [sys.executable, "-m", "harness.run", "--hosts", "ssh", "--quiet"]
+    argv += ["--server-host", lab.server.destination, "--client-host", lab.other.destination]
+    options = [*lab.options, f"IdentityFile={lab.keys.client_key}", "IdentitiesOnly=yes"]
+    for option in options:
+        argv += ["--ssh-option", option]
+    done = subprocess.run(
+        lab.local([*argv, "--json", str(report), *args]),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=150,
+        check=False,
+    )
+    doc = json.loads(report.read_text()) if report.exists() else {}
+    return done.returncode, doc, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("impair", ["", "delay=5ms,jitter=5ms,slice=3"])
+def test_harness_scenario_across_ssh_hosts(lab: Lab, tmp_path: Path, impair: str) -> None:
+    """A whole harness run with `--hosts ssh`: server on one sshd's host, clients on
+    another's, the harness itself on a third namespace."""
+    args = ["--scenario", "duplex", "--messages", "40"]
+    if impair:
+        args += ["--impair", impair]
+    code, doc, output = run_harness_over_ssh(lab, tmp_path, *args)
+    assert code == 0, output
+    network = doc["runs"][0]["network"]
+    assert network["kind"] == "ssh"
+    assert network["server"]["host"] == lab.server.destination
+    assert network["connect_address"] == lab.server.address
+    assert [c["host"] for c in network["clients"]] == [lab.other.destination]
+    assert network["round_trip_ms"] > 0
 
 
 @pytest.mark.parametrize(

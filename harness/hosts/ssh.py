@@ -22,8 +22,10 @@ like a local pty opened with ``echo=False``, and sets ``PYTHONUNBUFFERED=1``.
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
+import zlib
 from collections.abc import Sequence
 
 from harness.hosts.base import Host, HostError, Network
@@ -91,6 +93,13 @@ code = child.wait()
 sys.exit(code if code >= 0 else 128 - code)
 """
 
+# Sent packed: one short line in reports and in `ps` on the far host instead of forty.
+_LIFELINE_PACKED = (
+    'import base64,zlib;exec(zlib.decompress(base64.b64decode("'
+    + base64.b64encode(zlib.compress(LIFELINE.encode(), 9)).decode()
+    + '")))'
+)
+
 
 def split_destination(destination: str) -> tuple[str | None, str]:
     """``USER@HOST`` -> (USER, HOST); ``HOST`` -> (None, HOST).
@@ -144,7 +153,7 @@ class SshHost(Host):
         self.ssh_base = base
 
     def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
-        remote = shlex.join([self.python, "-c", LIFELINE, *argv])
+        remote = shlex.join([self.python, "-c", _LIFELINE_PACKED, *argv])
         return [*self.ssh_base, "-tt" if tty else "-T", self.destination, remote]
 
     def shell(self, script: str) -> list[str]:
