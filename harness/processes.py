@@ -61,6 +61,20 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 _PR_SET_PDEATHSIG = 1
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    # Loaded once, here, in the parent: a forked child of a threaded process must not
+    # take the dynamic loader's locks (another thread may have held them at fork time).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
 class Lifeline:
     """The watchdog that ends every registered process group when the harness dies.
 
@@ -109,11 +123,8 @@ class Lifeline:
 def _set_pdeathsig() -> None:
     """In a fresh child: ask the kernel for SIGTERM when the harness thread that forked us
     dies. Linux only; elsewhere the watchdog alone covers it."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def preexec() -> Callable[[], None] | None:

@@ -145,7 +145,8 @@ class RunRecord:
         return [s for s in self.parties[sender].sent if s.token.kind in kinds]
 
     def deliveries(self) -> int:
-        return sum(len(p.received) for p in self.parties.values())
+        # list(): parties join (churn) while the progress thread counts.
+        return sum(len(p.received) for p in list(self.parties.values()))
 
     def expected_deliveries(self) -> int:
         return sum(len(self.sent_by(s)) for e in self.expectations for s in e.senders)

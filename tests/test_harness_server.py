@@ -56,3 +56,14 @@ def test_default_server_and_client_use_this_interpreter(tmp_path: object) -> Non
     out = run_harness(str(tmp_path), "--scenario", "duplex", "--messages", "10")
     assert out.code == 0
     assert out.report["runs"][0]["server"]["command"].startswith(sys.executable)
+
+
+def test_through_the_impairment_proxy_one_byte_per_write_still_passes(tmp_path: object) -> None:
+    """--impair puts harness.impair between clients and server; TCP still promises delivery."""
+    out = run_harness(
+        str(tmp_path), "--scenario", "duplex", "--messages", "20", "--impair", "slice=1"
+    )
+    assert out.code == 0, out.stdout + out.stderr
+    run = out.report["runs"][0]
+    assert run["network"]["impair"] == "slice=1"
+    assert "impairment: slice=1" in out.stdout

@@ -31,7 +31,7 @@ class Progress:
 
     def line(self) -> str:
         rec = self.record
-        sent = sum(len(p.sent) for p in rec.parties.values())
+        sent = sum(len(p.sent) for p in list(rec.parties.values()))
         return (
             f"[{self.label}] {len(rec.parties)} parties, {sent} lines sent, "
             f"{rec.deliveries()} delivered, {time.monotonic() - self._t0:.1f}s"
