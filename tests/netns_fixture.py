@@ -24,25 +24,21 @@ REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 20.0  # generous: a loaded 2-core CI box starting Python in a namespace
 
 
-def _netns_skip_reason() -> str | None:
-    if os.geteuid() == 0:
-        try:
-            run_checked(["ip", "netns", "list"], what="ip netns list")
-        except HostError as exc:
-            return str(exc)
-        return None
+def _mode_skip_reason(mode: str) -> str | None:
+    """Why a namespace network of this backend cannot be built here (None: it can)."""
     try:
-        run_checked(
-            ["unshare", "--user", "--map-root-user", "--net", "--", "true"],
-            what="unshare --user --net",
-        )
+        with NetnsNetwork(client_hosts=1, mode=mode):
+            pass
     except HostError as exc:
-        return f"netns needs root or unprivileged user namespaces: {exc}"
+        return f"netns ({mode}) unavailable here: {exc}"
     return None
 
 
-NETNS_SKIP = _netns_skip_reason()
+MODE_SKIP = {mode: _mode_skip_reason(mode) for mode in ("named", "held")}
+NETNS_SKIP = None if None in MODE_SKIP.values() else " / ".join(map(str, MODE_SKIP.values()))
 needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=NETNS_SKIP or "")
+needs_named = pytest.mark.skipif(MODE_SKIP["named"] is not None, reason=MODE_SKIP["named"] or "")
+needs_held = pytest.mark.skipif(MODE_SKIP["held"] is not None, reason=MODE_SKIP["held"] or "")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns, sshd)")
 
 

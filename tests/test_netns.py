@@ -18,6 +18,8 @@ from netns_fixture import (
     chat_server,
     child_env,
     kill_and_reap,
+    needs_held,
+    needs_named,
     needs_netns,
     needs_root,
     network_traces,
@@ -36,7 +38,7 @@ pytestmark = [pytest.mark.netns, needs_netns]
 
 # Both backends where this machine has them: as root the named one is the default, and the
 # unprivileged one (user namespaces) is what a non-root developer gets.
-MODES = [pytest.param("named", marks=needs_root), "held"]
+MODES = [pytest.param("named", marks=needs_named), pytest.param("held", marks=needs_held)]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,14 +19,21 @@ from typing import Any
 
 import pexpect
 import pytest
-from netns_fixture import WAIT_S, child_env, needs_netns, read_line, started, wait_pid_gone
+from netns_fixture import (
+    WAIT_S,
+    child_env,
+    needs_named,
+    read_line,
+    started,
+    wait_pid_gone,
+)
 from sshd_fixture import Keys, Sshd, keygen, make_keys, needs_sshd, running_sshd
 
 from harness.hosts import NetworkOptions
 from harness.hosts.netns import NetnsNetwork
 from harness.hosts.ssh import SshHost, split_destination
 
-pytestmark = [pytest.mark.ssh, pytest.mark.netns, needs_netns, needs_sshd]
+pytestmark = [pytest.mark.ssh, pytest.mark.netns, needs_named, needs_sshd]
 
 
 @dataclass

@@ -229,19 +229,31 @@ def _probe_unprivileged() -> str | None:
     return None
 
 
-def open_namespaces(mode: str = "auto") -> Namespaces:
-    """Pick and start the backend: ``named`` as root, ``held`` otherwise (``auto``).
+def candidate_modes(mode: str = "auto") -> list[str]:
+    """The backends to try, best first: as root ``named`` and then ``held`` (root in a
+    container may lack the mount rights ``ip netns`` needs, yet be allowed user
+    namespaces); otherwise ``held`` only.
 
-    Error handling: raises `HostError` with the reason when neither works, e.g.
-    ``netns needs root or unprivileged user namespaces: unshare: ... Operation not permitted``.
+    Error handling: an unknown mode raises `HostError`.
     """
     if mode not in ("auto", "named", "held"):
         raise HostError(f"unknown namespace mode {mode!r} (auto, named or held)")
-    if mode == "named" or (mode == "auto" and os.geteuid() == 0):
+    if mode != "auto":
+        return [mode]
+    return ["named", "held"] if os.geteuid() == 0 else ["held"]
+
+
+def open_namespaces(mode: str) -> Namespaces:
+    """Start the backend ``mode`` (``named`` or ``held``).
+
+    Error handling: raises `HostError` with the reason it cannot work here, e.g.
+    ``unshare --user --net: unshare: ... Operation not permitted``.
+    """
+    if mode == "named":
         return NamedNamespaces()
     reason = _probe_unprivileged()
     if reason is not None:
-        raise HostError(f"netns needs root or unprivileged user namespaces: {reason}")
+        raise HostError(reason)
     return HeldNamespaces()
 
 

@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Sequence
 
 from harness.hosts.base import Host, HostError, Network
-from harness.hosts.namespaces import Namespaces, open_namespaces
+from harness.hosts.namespaces import Namespaces, candidate_modes, open_namespaces
 from harness.hosts.roundtrip import measure_round_trip_ms
 
 # Client namespaces when the caller does not say: two already prove traffic between
@@ -119,6 +119,22 @@ class NetnsNetwork(Network):
         self._closed = False
         self.bridge_namespace = ""
         self.hosts: list[NetnsHost] = []  # server first, then the clients
+        failures = []
+        for candidate in candidate_modes(mode):
+            try:
+                self._open(candidate, net, client_hosts)
+                return
+            except HostError as exc:
+                failures.append(f"{candidate}: {exc}")
+        raise HostError(
+            "netns needs root or unprivileged user namespaces; here " + "; ".join(failures)
+        )
+
+    def _open(self, mode: str, net: ipaddress.IPv4Network, client_hosts: int) -> None:
+        """Build the whole network with one backend, or remove what it made and raise."""
+        self.bridge_namespace = ""
+        self.hosts = []
+        self._closed = False
         self.namespaces = open_namespaces(mode)
         try:
             self._build(net, client_hosts)
