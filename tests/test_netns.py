@@ -32,6 +32,7 @@ from netns_fixture import (
 
 from harness.hosts import NetworkOptions, open_network
 from harness.hosts.base import HostError
+from harness.hosts.namespaces import JanitorLink, list_named, run_checked
 from harness.hosts.netns import NetnsNetwork, check_subnet
 
 pytestmark = [pytest.mark.netns, needs_netns]
@@ -271,3 +272,24 @@ def test_unprivileged_user_gets_namespaces_or_a_clear_reason() -> None:
     assert out in ("ok held True",) or out.startswith(
         "refused netns needs root or unprivileged user namespaces"
     ), (out, done.stderr)
+
+
+@needs_named
+@pytest.mark.parametrize("ending", ["eof", "sigterm"])
+def test_janitor_removes_what_it_was_told_about(ending: str) -> None:
+    """The janitor alone: told of a namespace, it removes it when its pipe closes or it
+    is asked to stop with SIGTERM; it refuses malformed requests."""
+    name = f"cbx{os.getpid()}-jt{ending}"
+    janitor = JanitorLink()
+    try:
+        with pytest.raises(HostError, match="bad name"):
+            janitor.request("netns ../etc")
+        assert janitor.request(f"netns {name}") == "ok"
+        run_checked(["ip", "netns", "add", name])
+        assert list_named(name) == [name]
+        if ending == "sigterm":
+            janitor.process.send_signal(signal.SIGTERM)
+            assert janitor.process.wait(timeout=WAIT_S) == 0
+    finally:
+        janitor.close()
+    assert list_named(name) == []
