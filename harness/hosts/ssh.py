@@ -131,8 +131,12 @@ class SshHost(Host):
         self.label = destination
         self.address = host
         self.python = python
-        base = [
-            "ssh",
+        # ssh keeps the first value it sees for an option: the user's -o come first so they
+        # can override our defaults (a longer ConnectTimeout, say).
+        base = ["ssh"]
+        for option in options:
+            base += ["-o", option]
+        base += [
             "-o",
             "BatchMode=yes",
             "-o",
@@ -148,8 +152,6 @@ class SshHost(Host):
             base += ["-p", str(port)]
         if identity is not None:
             base += ["-i", identity, "-o", "IdentitiesOnly=yes"]
-        for option in options:
-            base += ["-o", option]
         self.ssh_base = base
 
     def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
