@@ -1,7 +1,8 @@
 """The ssh host kind: the server and the clients run on other machines, through OpenSSH.
 
 Each process is its own ``ssh`` session (no ControlMaster: a session is then exactly one
-process, and ending the local ``ssh`` ends the far side). Options always set:
+process, and ending the local ``ssh`` ends the far side). Defaults (a ``-o`` the user gives
+comes first on the command line, and ssh keeps the first value, so the user's wins):
 
 - ``BatchMode=yes``: never a password or host-key prompt that would hang a test run; an
   unknown host key or a refused key is an error, reported in one line.
@@ -17,7 +18,9 @@ every remote command runs under a tiny Python *lifeline* that waits for exactly 
 (``poll`` on its stdout reports HUP/ERR) or for the command's own exit, and on hangup
 sends SIGTERM, then SIGKILL after a grace period, to the command's whole process group (a
 forking server's workers too). The lifeline also switches the remote pty's echo off,
-like a local pty opened with ``echo=False``, and sets ``PYTHONUNBUFFERED=1``.
+like a local pty opened with ``echo=False``, and sets ``PYTHONUNBUFFERED=1``. So the far
+hosts need ``python3`` (the chat programs under test need it anyway); opening the network
+checks that, and the login, on every host before anything starts.
 """
 
 from __future__ import annotations
