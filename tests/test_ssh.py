@@ -23,6 +23,7 @@ from netns_fixture import (
     WAIT_S,
     child_env,
     needs_named,
+    network_traces,
     read_line,
     started,
     wait_pid_gone,
@@ -82,6 +83,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         running_sshd(net.clients[1], keys) as other,
     ):
         yield Lab(net, keys, server, other)
+    # Sessions, sshds and namespaces: nothing of the lab outlives it.
+    assert network_traces(net).clean
 
 
 WHERE_AM_I = """
