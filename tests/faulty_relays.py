@@ -14,7 +14,9 @@ fault:
 - ``halfduplex``: serves one talker at a time: while a client is talking, nobody else is
   read (so nothing reaches the talker) until it has been quiet for a second;
 - ``chunkprefix``: prefixes each received chunk instead of each line, with a small
-  receive buffer as in many C servers, so lines break apart under load.
+  receive buffer as in many C servers, so lines break apart under load;
+- ``trickle``: delivers everything, but one line per TRICKLE seconds: always making
+  progress, never finishing in time (the harness's "bounded time" must catch it).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-MODES = ("ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix")
+MODES = ("ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix", "trickle")
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 TALKER_QUIET = 1.0  # halfduplex: seconds of silence before another client may talk
+TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder: a held line goes out after this long without a partner
 
 
@@ -57,6 +60,8 @@ class Relay:
         self.count = 0
         self.talker: Client | None = None
         self.talker_last = 0.0
+        self.backlog: list[tuple[Client, bytes]] = []
+        self.trickled = 0.0
 
     def broadcast(self, sender: Client, data: bytes) -> None:
         for client in list(self.clients.values()):
@@ -75,6 +80,9 @@ class Relay:
             return
         if self.mode == "duplicate" and self.count % self.every == 0:
             self.broadcast(sender, data)
+        if self.mode == "trickle":
+            self.backlog.append((sender, data))
+            return
         if self.mode == "reorder":
             if sender.held is None:
                 sender.held, sender.held_since = data, time.monotonic()
@@ -128,6 +136,9 @@ class Relay:
 
     def housekeeping(self) -> None:
         now = time.monotonic()
+        if self.backlog and now - self.trickled >= TRICKLE:
+            self.trickled = now
+            self.broadcast(*self.backlog.pop(0))
         if self.talker is not None and now - self.talker_last >= TALKER_QUIET:
             self.set_talker(None)
         for client in list(self.clients.values()):

@@ -56,3 +56,13 @@ def test_correct_relay_with_other_decoration_passes(tmp_path: object, scenario: 
     out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("ok"), *args)
     assert out.code == 0, out.stdout + out.stderr
     assert out.statuses()["this project's server"] == "n/a"
+
+
+def test_server_that_never_finishes_fails_bounded_time(tmp_path: object) -> None:
+    """Always making progress, so never declared lost: only the deadline can stop it."""
+    args = ["--scenario", "duplex", "--messages", "30", "--timeout", "4", "--settle", "0.5"]
+    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("trickle"), *args)
+    assert out.code == 1, out.stdout + out.stderr
+    assert "bounded time" in out.failed()
+    bounded = next(c for c in out.report["runs"][0]["checks"] if c["name"] == "bounded time")
+    assert "waiting for" in bounded["detail"]

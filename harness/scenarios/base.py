@@ -187,9 +187,9 @@ class Context:
         ``window_to``: the parties that must receive this stream. The sender keeps at
         most WINDOW lines in flight to each of them - it waits for its own lines to
         *arrive* before typing more - so a stream lasts as long as the delivery takes,
-        not as long as the kernel takes to swallow it into a pty buffer. A line that
-        does not arrive within ``settle`` seconds is forgiven (the loss check reports it)
-        so a lossy server cannot stall the stream.
+        not as long as the kernel takes to swallow it into a pty buffer. When lines stop
+        arriving at a peer for ``settle`` seconds the sender stops pacing on it (the loss
+        check reports what is missing), so a lossy server cannot stall the stream.
 
         ``prove_with``: keep talking past ``count`` (up to CAP_FACTOR x) until a line from
         that peer has arrived while this party still had lines to send - full duplex
