@@ -293,3 +293,21 @@ def test_janitor_removes_what_it_was_told_about(ending: str) -> None:
     finally:
         janitor.close()
     assert list_named(name) == []
+
+
+def test_netem_is_used_where_the_kernel_has_it_else_says_why(net: NetnsNetwork) -> None:
+    """delay=50ms on the links: a round trip takes at least 100 ms; or, where the kernel
+    has no netem (or lacks `tc`), a one-line reason so the caller uses the proxy."""
+    reason = net.netem("delay=50ms")
+    if reason is not None:
+        assert "netem" in reason or "tc" in reason
+        assert "\n" not in reason
+        assert net.describe().get("link_impairment") is None
+        return
+    rtt = net.round_trip_ms()
+    assert rtt is not None and rtt >= 100
+    assert net.describe()["link_impairment"] == "netem delay 50000us 0us"
+
+
+def test_netem_leaves_stream_toxics_to_the_proxy(net: NetnsNetwork) -> None:
+    assert "need the TCP proxy" in str(net.netem("delay=5ms,slice=1"))

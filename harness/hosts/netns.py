@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Sequence
 
 from harness.hosts.base import Host, HostError, Network
-from harness.hosts.namespaces import Namespaces, candidate_modes, open_namespaces
+from harness.hosts.namespaces import Namespaces, candidate_modes, open_namespaces, run_checked
 from harness.hosts.roundtrip import measure_round_trip_ms
 
 # Client namespaces when the caller does not say: two already prove traffic between
@@ -117,6 +117,7 @@ class NetnsNetwork(Network):
         self.link_tag = f"cb{_base36(pid)}{rand[:3]}"
         self._rtt: float | None = None
         self._closed = False
+        self.impaired_with = ""  # set by `netem`
         self.bridge_namespace = ""
         self.hosts: list[NetnsHost] = []  # server first, then the clients
         failures = []
@@ -205,9 +206,45 @@ class NetnsNetwork(Network):
             )
         return self._rtt
 
+    def netem(self, spec: str) -> str | None:
+        """Impair the links themselves with ``tc netem`` (instead of the TCP proxy).
+
+        ``spec`` is `harness.impair`'s (delay, jitter, bandwidth). netem runs on each host's
+        own veth, on the way out, so each direction gets the delay once, as with the proxy.
+        Returns None once applied, or why netem cannot do it here (no netem in this kernel,
+        no ``tc``, or a toxic only the proxy has: slice, reset-after) - the caller then uses
+        the proxy and reports which one it used.
+
+        Error handling: never raises for an unusable netem; a malformed spec is a reason too.
+        """
+        from harness.impair import SpecError, parse_spec
+
+        try:
+            toxics = parse_spec(spec)
+        except SpecError as exc:
+            return str(exc)
+        if toxics.slice is not None or toxics.reset_after is not None:
+            return "slice and reset-after need the TCP proxy (netem works on packets)"
+        args = ["netem"]
+        if toxics.delay or toxics.jitter:
+            args += ["delay", f"{toxics.delay * 1e6:.0f}us", f"{toxics.jitter * 1e6:.0f}us"]
+        if toxics.rate is not None:
+            args += ["rate", f"{toxics.rate * 8:.0f}bit"]
+        for host in self.hosts:
+            try:
+                qdisc = ["tc", "qdisc", "replace", "dev", host.interface, "root", *args]
+                run_checked(host.command(qdisc), what="tc netem")
+            except HostError as exc:
+                return str(exc)
+        self._rtt = None  # the links changed: measure again
+        self.impaired_with = f"netem {' '.join(args[1:])}".strip()
+        return None
+
     def describe(self) -> dict[str, object]:
         info = super().describe()
         info["namespace_mode"] = self.namespaces.mode
+        if self.impaired_with:
+            info["link_impairment"] = self.impaired_with
         info["subnet"] = str(self.subnet)
         info["bridge_namespace"] = self.bridge_namespace
         return info
