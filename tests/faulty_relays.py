@@ -34,7 +34,7 @@ from typing import Any
 
 MODES = ("ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix", "trickle")
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
-TALKER_QUIET = 1.0  # halfduplex: seconds of silence before another client may talk
+TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder: a held line goes out after this long without a partner
 
