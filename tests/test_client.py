@@ -1,0 +1,516 @@
+"""The chat client through pipes: arguments, the wire, delivery, and every way it ends.
+
+Real processes and real sockets throughout: a real `chatbox.server` (port 0, its
+`listening on` line read back), `nc` as a second party that speaks plain text, and small
+socket servers inside the test where the server must misbehave on purpose (send control
+characters, reset the connection). The terminal path is in test_client_tty.py, which
+imports the helpers below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import chatbox
+
+# Every wait in these tests is for an event (a line, an exit); this only bounds a failure.
+TIMEOUT = 20.0
+SOURCE_ROOT = str(Path(chatbox.__file__).resolve().parent.parent)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: the chatbox this test imported, unbuffered."""
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCE_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def client_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "chatbox.client", *args]
+
+
+class Server:
+    """A real chatbox server on a free loopback port."""
+
+    def __init__(self, mode: str | None = None) -> None:
+        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
+        if mode is not None:
+            argv += ["--mode", mode]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env()
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline().decode()
+        match = re.fullmatch(r"listening on (\S+):(\d+)\n", first)
+        if match is None:
+            self.stop()
+            raise AssertionError(f"server did not start: {first!r}")
+        self.port = int(match.group(2))
+
+    def stop(self) -> None:
+        """Terminate and reap; kill if it does not go within the timeout."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class Party:
+    """A process in the chat whose stdout is read line by line as it arrives.
+
+    Resource handling: `close` ends and reaps the process; use it in a `finally`.
+    """
+
+    def __init__(self, argv: Sequence[str], **popen: object) -> None:
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            **popen,  # type: ignore[call-overload]
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def expect(self, pattern: str) -> re.Match[str]:
+        """Wait for a line matching PATTERN (a regex, matched from the line's start)."""
+        regex = re.compile(pattern)
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.match(line)
+                    if match is not None:
+                        return match
+                seen = len(self.lines)
+                if self._eof:
+                    raise AssertionError(f"no line matching {pattern!r}; got {self.lines!r}")
+                if not self._cond.wait(TIMEOUT):
+                    raise AssertionError(f"timeout waiting for {pattern!r}; got {self.lines!r}")
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait(self) -> tuple[int, str]:
+        """Exit status and stderr, once the process has ended (bounded by TIMEOUT)."""
+        assert self.proc.stderr is not None
+        status = self.proc.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+        return status, self.proc.stderr.read().decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    pass
+
+
+def joined(party: Party) -> str:
+    """The name the server gave PARTY, from its welcome line."""
+    return party.expect(r"\* welcome (\S+?);").group(1)
+
+
+def run_client(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        client_argv(*args),
+        input=stdin.decode(),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+USAGE_ERRORS = [
+    ([], "the following arguments are required: PORT"),
+    (["http"], "invalid port 'http'"),
+    (["0"], "invalid port '0'"),
+    (["65536"], "invalid port '65536'"),
+    (["127.0.0.1", "5000"], "the port comes first"),
+    (["5000", "127.0.0.1", "extra"], "unrecognized arguments: extra"),
+    (["--name", "two words", "5000"], "invalid name 'two words'"),
+    (["--name", "", "5000"], "invalid name ''"),
+    (["--colour", "5000"], "unrecognized arguments: --colour"),
+    (["5000", ""], "empty server address"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), USAGE_ERRORS)
+def test_client_usage_error_exits_2_with_usage(argv: list[str], message: str) -> None:
+    proc = run_client(*argv)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: chatbox-client")
+    assert message in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_client_help_explains_commands_and_arguments() -> None:
+    proc = run_client("--help")
+    assert proc.returncode == 0
+    for word in ("PORT", "IP", "--name", "--timestamps", "NO_COLOR", "//TEXT"):
+        assert word in proc.stdout
+    for command in ("/nick NAME", "/who", "/msg NAME TEXT", "/me ACTION", "/quit", "/help"):
+        assert re.search(rf"^\s+{re.escape(command)}\s", proc.stdout, re.M), command
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+
+def test_client_refused_connection_names_host_and_port() -> None:
+    # A bound socket that is not listening: the kernel refuses, and no one else can take
+    # the port while we hold it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        proc = run_client(str(port), "127.0.0.1")
+    assert proc.returncode == 1
+    assert proc.stderr == f"cannot connect to 127.0.0.1 port {port}: connection refused " + (
+        "(is the server running?)\n"
+    )
+
+
+def test_client_refused_on_ipv6_literal_in_brackets() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as holder:
+        try:
+            holder.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        port = holder.getsockname()[1]
+        proc = run_client(str(port), "[::1]")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"cannot connect to ::1 port {port}: connection refused")
+
+
+def _in_empty_netns(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the client in a new network namespace with no links (no DNS, no routes)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=TIMEOUT)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs root)")
+    proc = subprocess.run(
+        [unshare, "--net", *client_argv(*args)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.mark.netns
+def test_client_unknown_host_is_one_line_naming_it() -> None:
+    # In an empty namespace the resolver fails at once, and no query leaves the machine.
+    proc = _in_empty_netns("5000", "no-such-host.invalid")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("cannot connect to no-such-host.invalid port 5000: unknown host")
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.netns
+def test_client_unreachable_network_is_one_line() -> None:
+    proc = _in_empty_netns("5000", "198.18.0.1")
+    assert proc.returncode == 1
+    assert proc.stderr == "cannot connect to 198.18.0.1 port 5000: network is unreachable\n"
+
+
+# --- the wire ------------------------------------------------------------------------------
+
+
+class OneShotServer:
+    """A listening socket in the test that accepts one client and does what it is told.
+
+    Resource handling: `close` closes both sockets; use the instance as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conn: socket.socket | None = None
+
+    def accept(self) -> socket.socket:
+        self.listener.settimeout(TIMEOUT)
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(TIMEOUT)
+        return self.conn
+
+    def read_until_eof(self) -> bytes:
+        assert self.conn is not None
+        chunks = []
+        while chunk := self.conn.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def __enter__(self) -> OneShotServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+def test_client_sends_plain_lines_then_quit_then_closes_its_half() -> None:
+    with OneShotServer() as srv:
+        client = Party(client_argv(str(srv.port)))
+        try:
+            srv.accept()
+            client.send("hello\ncafé\n".encode())
+            client.close_stdin()
+            wire = srv.read_until_eof()  # the client half-closed: EOF after /quit
+            assert wire == "hello\ncafé\n/quit\n".encode()
+            assert srv.conn is not None
+            srv.conn.close()  # the server's half: now the client may exit
+            status, err = client.wait()
+            assert (status, err) == (0, "")
+        finally:
+            client.close()
+
+
+def test_client_makes_control_characters_visible_even_if_server_sends_them() -> None:
+    with OneShotServer() as srv:
+        client = Party(client_argv(str(srv.port)))
+        try:
+            conn = srv.accept()
+            conn.sendall(b"<mallory> a\x1b[2Jb\x07c\x00\xc2\x9bd\xe2\x80\xaee\tf\n")
+            conn.shutdown(socket.SHUT_WR)
+            status, err = client.wait()
+            assert client.lines == ["<mallory> a^[[2Jb^Gc^@<U+009B>d<U+202E>e\tf"]
+            assert (status, err) == (1, "connection closed by server\n")
+        finally:
+            client.close()
+
+
+def test_client_shows_last_line_even_without_newline() -> None:
+    with OneShotServer() as srv:
+        client = Party(client_argv(str(srv.port)))
+        try:
+            conn = srv.accept()
+            conn.sendall(b"! server full (max 1 clients)")
+            conn.close()
+            status, err = client.wait()
+            assert client.lines == ["! server full (max 1 clients)"]
+            assert (status, err) == (1, "connection closed by server\n")
+        finally:
+            client.close()
+
+
+def test_client_reports_reset_connection() -> None:
+    with OneShotServer() as srv:
+        client = Party(client_argv(str(srv.port)))
+        try:
+            conn = srv.accept()
+            client.send(b"ping\n")
+            assert conn.recv(64) == b"ping\n"  # the client is connected and running
+            # Linger 0: close sends RST instead of FIN, as a crashed peer's kernel would.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            srv.conn = None
+            status, err = client.wait()
+            assert (status, err) == (1, "connection lost: connection reset by peer\n")
+        finally:
+            client.close()
+
+
+# --- against the real server ---------------------------------------------------------------
+
+
+def test_client_printf_line_reaches_another_client(server: Server) -> None:
+    listener = Party(client_argv(str(server.port), "127.0.0.1"))
+    try:
+        joined(listener)
+        proc = run_client(str(server.port), "127.0.0.1", stdin=b"hi\n")
+        assert proc.returncode == 0
+        sender = re.match(r"\* welcome (\S+?);", proc.stdout)
+        assert sender is not None, proc.stdout
+        name = sender.group(1)
+        listener.expect(rf"<{name}> hi$")
+        listener.expect(rf"\* {name} left \(quit\)$")
+        assert "\x1b" not in "".join(listener.lines)  # a pipe gets no escape codes
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("mode", ["fork", "thread"])
+def test_client_seq_10000_all_delivered_in_order(mode: str) -> None:
+    if mode == "fork" and not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    srv = Server(mode)
+    listener = Party(client_argv(str(srv.port)))
+    try:
+        joined(listener)
+        seq = b"".join(b"%d\n" % i for i in range(1, 10001))
+        proc = run_client(str(srv.port), "127.0.0.1", stdin=seq)
+        assert (proc.returncode, proc.stderr) == (0, "")
+        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
+        # The server closed the sender only after taking /quit, so "left" follows every line.
+        listener.expect(rf"\* {name} left \(quit\)$")
+        got = [line[len(name) + 3 :] for line in listener.lines if line.startswith(f"<{name}> ")]
+        assert got == [str(i) for i in range(1, 10001)]
+    finally:
+        listener.close()
+        srv.stop()
+
+
+def test_client_and_nc_talk_plain_text(server: Server) -> None:
+    nc = shutil.which("nc")
+    if nc is None:
+        pytest.skip("netcat (nc) is not installed")
+    other = Party([nc, "127.0.0.1", str(server.port)])
+    client = Party(client_argv(str(server.port)))
+    try:
+        nc_name = joined(other)
+        client_name = joined(client)
+        client.send(b"hello from the client\n")
+        other.expect(rf"<{client_name}> hello from the client$")
+        other.send(b"hello from nc\r\n")
+        client.expect(rf"<{nc_name}> hello from nc$")
+        client.close_stdin()
+        assert client.wait() == (0, "")
+        other.expect(rf"\* {client_name} left \(quit\)$")
+    finally:
+        client.close()
+        other.close()
+
+
+def test_client_name_option_sets_nick_before_anything_is_said(server: Server) -> None:
+    name = f"amy{os.getpid()}"
+    listener = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        proc = run_client(str(server.port), "--name", name, stdin=b"hi\n")
+        assert (proc.returncode, proc.stderr) == (0, "")
+        assert f"* you are now known as {name}" in proc.stdout
+        listener.expect(rf"\* \S+ is now known as {name}$")
+        listener.expect(rf"<{name}> hi$")
+        assert not any(re.match(r"<guest\d+> hi$", line) for line in listener.lines)
+    finally:
+        listener.close()
+
+
+def test_client_name_taken_exits_1_and_says_nothing(server: Server) -> None:
+    name = f"bea{os.getpid()}"
+    holder = Party(client_argv(str(server.port), "--name", name))
+    try:
+        holder.expect(rf"\* you are now known as {name}$")
+        proc = run_client(str(server.port), "--name", name.upper(), stdin=b"secret\n")
+        assert proc.returncode == 1
+        assert proc.stderr == (
+            f"cannot use the name '{name.upper()}': name '{name.upper()}' is taken\n"
+        )
+        refused = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
+        holder.expect(rf"\* {refused} left \(quit\)$")
+        assert not any("secret" in line for line in holder.lines)
+    finally:
+        holder.close()
+
+
+def test_client_quit_line_ends_session_and_rest_is_not_sent(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        proc = run_client(str(server.port), stdin=b"before\n/QUIT see you\nafter\n")
+        assert (proc.returncode, proc.stderr) == (0, "")
+        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
+        listener.expect(rf"\* {name} left \(see you\)$")
+        said = [line for line in listener.lines if line.startswith(f"<{name}> ")]
+        assert said == [f"<{name}> before"]
+    finally:
+        listener.close()
+
+
+def test_client_timestamps_prefix_received_lines(server: Server) -> None:
+    listener = Party(client_argv(str(server.port), "--timestamps"))
+    try:
+        listener.expect(r"\d\d:\d\d:\d\d \* welcome ")
+        run_client(str(server.port), stdin=b"tick\n")
+        listener.expect(r"\d\d:\d\d:\d\d <guest\d+> tick$")
+    finally:
+        listener.close()
+
+
+def test_client_sigint_quits_cleanly_exit_0(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    client = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        name = joined(client)
+        client.proc.send_signal(signal.SIGINT)
+        assert client.wait() == (0, "")
+        listener.expect(rf"\* {name} left \(quit\)$")
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_client_server_shutdown_is_one_line_exit_1(server: Server) -> None:
+    client = Party(client_argv(str(server.port)))
+    try:
+        joined(client)
+        server.stop()
+        status, err = client.wait()  # stdin still open: the hang-up must end the read
+        assert (status, err) == (1, "connection closed by server\n")
+    finally:
+        client.close()
