@@ -32,7 +32,7 @@ from netns_fixture import (
 
 from harness.hosts import NetworkOptions, open_network
 from harness.hosts.base import HostError
-from harness.hosts.namespaces import JanitorLink, list_named, run_checked
+from harness.hosts.namespaces import JanitorLink, list_named
 from harness.hosts.netns import NetnsNetwork, check_subnet
 
 pytestmark = [pytest.mark.netns, needs_netns]
@@ -285,8 +285,9 @@ def test_janitor_removes_what_it_was_told_about(ending: str) -> None:
         with pytest.raises(HostError, match="bad name"):
             janitor.request("netns ../etc")
         assert janitor.request(f"netns {name}") == "ok"
-        run_checked(["ip", "netns", "add", name])
         assert list_named(name) == [name]
+        with pytest.raises(HostError, match="ip netns add"):
+            janitor.request(f"netns {name}")  # exists already: refused, with ip's reason
         if ending == "sigterm":
             janitor.process.send_signal(signal.SIGTERM)
             assert janitor.process.wait(timeout=WAIT_S) == 0

@@ -2,8 +2,9 @@
 
 Rules this module owns:
 
-- The harness tells the janitor about every namespace *before* creating it, and waits for
-  the acknowledgement, so nothing exists that the janitor does not know about.
+- The janitor itself creates every namespace, on request, recording it first. Creation
+  and cleanup are thus serialised in one process: a harness killed in the middle of a
+  request cannot leave a namespace that appears after the janitor has cleaned up.
 - The janitor cleans up when its stdin reaches end-of-file. That happens when the harness
   closes the pipe (a normal ``close``) and equally when the harness dies, even by SIGKILL,
   because the kernel closes the harness's descriptors. So cleanup never depends on the
@@ -16,15 +17,16 @@ Rules this module owns:
 
 Two ways to hold a namespace:
 
-- ``named`` (root): ``ip netns add NAME``; the janitor runs ``ip netns delete``.
+- ``named`` (root): the janitor runs ``ip netns add NAME``, and ``ip netns delete`` at the end.
 - ``held`` (no root): the janitor runs inside an unprivileged user namespace (started by
   ``unshare --user --map-root-user``) and holds each network namespace with a child
   ``unshare --net cat`` reading a pipe from the janitor. When the janitor ends, each
   ``cat`` reads end-of-file and exits, and the kernel frees the namespace.
 
 Line protocol on stdin/stdout (one request, one reply):
-``netns NAME`` -> ``ok``; ``hold NAME`` -> ``held PID``. At start the janitor prints
-``ready``; after cleanup it prints ``clean`` (or ``unclean: REASON`` on stderr too).
+``netns NAME`` -> ``ok`` (created); ``hold NAME`` -> ``held PID``; ``error ...`` if not.
+At start the janitor prints ``ready``; after cleanup it prints ``clean`` (or
+``unclean: REASON``, on stderr too).
 This module imports only the standard library, so it runs under any interpreter.
 """
 
@@ -68,6 +70,18 @@ class _Janitor:
             return f"error bad name {name!r}"
         if verb == "netns":
             self.records.append(_Record("netns", name))
+            done = subprocess.run(
+                ["ip", "netns", "add", name],
+                capture_output=True,
+                text=True,
+                timeout=STEP_TIMEOUT_S,
+                check=False,
+            )
+            if done.returncode != 0:
+                # Not made by us (ip removes a half-made one): not ours to delete later.
+                self.records.pop()
+                lines = done.stderr.strip().splitlines()
+                return f"error ip netns add {name}: {lines[0] if lines else done.returncode}"
             return "ok"
         if verb == "hold":
             try:

@@ -8,8 +8,8 @@ Two backends behind one small interface, chosen by what this machine allows:
   network namespace per host held by a janitor child; a process enters with
   ``nsenter --target PID --user --net``. Needs ``unshare --user`` to be allowed.
 
-Either way every namespace is created only after the janitor (`harness.hosts.janitor`)
-has recorded it, so a run killed at any instant leaves nothing behind.
+Either way the janitor (`harness.hosts.janitor`) creates every namespace itself, after
+recording it, so a run killed at any instant leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ class JanitorLink:
             raise HostError(f"namespace janitor is gone ({line})") from None
         reply = self._read()
         if not reply or reply.startswith("error"):
-            raise HostError(f"namespace janitor refused {line!r}: {reply or 'no reply'}")
+            why = reply.removeprefix("error").strip() or "no reply"
+            raise HostError(f"namespace janitor could not do {line!r}: {why}")
         return reply
 
     def _finish(self) -> str:
@@ -174,8 +175,7 @@ class NamedNamespaces(Namespaces):
         self.janitor = JanitorLink()
 
     def create(self, name: str) -> None:
-        self.janitor.request(f"netns {name}")
-        run_checked(["ip", "netns", "add", name], what=f"ip netns add {name}")
+        self.janitor.request(f"netns {name}")  # the janitor runs `ip netns add`
 
     def prefix(self, name: str) -> list[str]:
         return ["ip", "netns", "exec", name]
