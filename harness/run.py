@@ -17,7 +17,7 @@ import sys
 from types import FrameType
 
 from harness.checks import run_checks
-from harness.hosts import NETWORK_KINDS, HostError, NetworkOptions, open_network
+from harness.hosts import NETWORK_KINDS, HostError, Network, NetworkOptions, open_network
 from harness.party import PartyError
 from harness.processes import wait_gone
 from harness.report import Progress, RunResult, summary, to_json, to_junit, write, write_artifacts
@@ -163,6 +163,23 @@ def _leftovers(ctx: Context | None, target: Target) -> list[str]:
     return [f"{groups[g]} (process group {g})" for g in wait_gone(list(groups))]
 
 
+def _choose_impairment(network: Network, spec: str | None) -> tuple[str | None, str]:
+    """Impair the links themselves where the host kind can (netem), else use the proxy.
+
+    Returns the spec for the TCP proxy (None when it is not needed) and, for the report,
+    what does the impairing.
+    """
+    if not spec:
+        return None, ""
+    netem = getattr(network, "netem", None)
+    if not callable(netem):
+        return spec, "TCP proxy (harness.impair)"
+    reason = netem(spec)
+    if reason is None:
+        return None, "tc netem on the links"
+    return spec, f"TCP proxy (harness.impair); not netem: {reason}"
+
+
 def run_once(
     scenario: Scenario, options: Options, args: argparse.Namespace, iteration: int
 ) -> RunResult:
@@ -194,9 +211,11 @@ def run_once(
         result.error = str(exc)
         return result
     with network:
+        proxy_spec, impaired_by = _choose_impairment(network, args.impair)
         record.network = dict(network.describe())
         record.network["impair"] = args.impair or ""
-        target = Target(network, args.server_cmd, impair=args.impair, timeout=options.timeout)
+        record.network["impaired_by"] = impaired_by
+        target = Target(network, args.server_cmd, impair=proxy_spec, timeout=options.timeout)
         ctx: Context | None = None
         progress: Progress | None = None
         try:

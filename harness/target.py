@@ -43,7 +43,7 @@ def is_ours(server_template: str) -> bool:
 
 def python_for(host: Host) -> str:
     """The interpreter to name on ``host``: ours locally, ``python3`` on another machine."""
-    return "python3" if host.kind == "ssh" else sys.executable
+    return getattr(host, "python", None) or sys.executable
 
 
 def expand(template: str, *, host: str, port: int | str, python: str) -> list[str]:

@@ -26,6 +26,18 @@ class LoopbackNetwork(Network):
     def __init__(self, address: str = "127.0.0.1") -> None:
         self.server = LoopbackHost(address)
         self.clients = [self.server]
+        self._rtt: float | None = None
+
+    def round_trip_ms(self) -> float | None:
+        """Loopback's TCP round trip, measured once like any other kind's (the baseline
+        against which a namespace or ssh run's figure means something)."""
+        if self._rtt is None:
+            from harness.hosts.roundtrip import measure_round_trip_ms
+
+            self._rtt = measure_round_trip_ms(
+                self.server, self.server, bind=self.server.address, connect=self.server.address
+            )
+        return self._rtt
 
     @property
     def listen_address(self) -> str:

@@ -29,7 +29,7 @@ def _where(result: RunResult) -> list[str]:
         f"round trip: {rtt:.3f} ms" if isinstance(rtt, float) else "round trip: not measured"
     )
     if net.get("impair"):
-        lines.append(f"impairment: {net.get('impair')}")
+        lines.append(f"impairment: {net.get('impair')} by {net.get('impaired_by')}")
     return lines
 
 
