@@ -28,14 +28,15 @@ class Metric:
     higher_is_better: bool
     fmt: str
     pick: Callable[[dict[str, Any]], float | None]
+    ratio: bool = True  # whether a ratio against the baseline means anything
 
 
-def _at(clients: int, field: str) -> Callable[[dict[str, Any]], float | None]:
+def _at(clients: int, field: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
     def pick(result: dict[str, Any]) -> float | None:
         for point in result.get("steps", []):
             if point["clients"] == clients:
                 value = point.get(field)
-                return None if value is None else float(value)
+                return None if value is None else float(value) / scale
         return None
 
     return pick
@@ -58,6 +59,11 @@ def _get(field: str) -> Callable[[dict[str, Any]], float | None]:
     return pick
 
 
+# The ramp compares servers at this client count (every server's ramp reaches it);
+# figures at each server's own maximum are shown too, without ratios, since the
+# maxima differ (1,000 for a process per client, 5,000 for the others).
+COMPARE_AT = 1000
+
 METRICS = (
     Metric("rtt_p50_us", "rtt p50 us", "pingpong", False, "{:.0f}", _get("rtt_p50_us")),
     Metric("rtt_p99_us", "rtt p99 us", "pingpong", False, "{:.0f}", _get("rtt_p99_us")),
@@ -66,31 +72,57 @@ METRICS = (
     Metric(
         "fanout100_per_s", "fan100 del/s", "fanout100", True, "{:,.0f}", _get("deliveries_per_s")
     ),
-    Metric("held", "clients held", "connections", True, "{:.0f}", _get("held")),
+    Metric(
+        "pss_per_client_mib_1000",
+        "MiB/client@1k",
+        "connections",
+        False,
+        "{:.2f}",
+        _at(COMPARE_AT, "pss_per_client_bytes", MIB),
+    ),
+    Metric(
+        "connect_s_1000",
+        "connect s@1k",
+        "connections",
+        False,
+        "{:.2f}",
+        _at(COMPARE_AT, "connect_s"),
+    ),
+    Metric(
+        "broadcast_p99_ms_1000",
+        "bcast p99 ms@1k",
+        "connections",
+        False,
+        "{:.1f}",
+        _at(COMPARE_AT, "broadcast_p99_ms"),
+    ),
+    Metric("held", "held", "connections", True, "{:.0f}", _get("held"), ratio=False),
     Metric(
         "pss_per_client_mib",
-        "PSS/client MiB",
+        "MiB/client@held",
         "connections",
         False,
         "{:.2f}",
         _last("pss_per_client_bytes", MIB),
+        ratio=False,
     ),
-    Metric("connect_s", "connect s", "connections", False, "{:.2f}", _last("connect_s")),
+    Metric(
+        "connect_s",
+        "connect s@held",
+        "connections",
+        False,
+        "{:.2f}",
+        _last("connect_s"),
+        ratio=False,
+    ),
     Metric(
         "broadcast_p99_ms",
-        "bcast p99 ms",
+        "bcast p99 ms@held",
         "connections",
         False,
         "{:.1f}",
         _last("broadcast_p99_ms"),
-    ),
-    Metric(
-        "broadcast_p99_ms_1000",
-        "bcast@1000 p99 ms",
-        "connections",
-        False,
-        "{:.1f}",
-        _at(1000, "broadcast_p99_ms"),
+        ratio=False,
     ),
 )
 
@@ -113,7 +145,7 @@ def ratios(results: Results) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for name, server in results["servers"].items():
         mine = metric_values(server)
-        out[name] = {key: _ratio(mine[key], base[key]) for key in mine}
+        out[name] = {m.key: _ratio(mine[m.key], base[m.key]) for m in METRICS if m.ratio}
     return out
 
 
@@ -247,10 +279,11 @@ def render(results: Results) -> str:
         out.append(
             f"{title.capitalize()}: figures (loopback, this machine, this run)\n" + _grid(rows)
         )
-        if rel:
-            rows = [["server"] + [m.label for m in shown]]
+        compared = [m for m in shown if m.ratio]
+        if rel and compared:
+            rows = [["server"] + [m.label for m in compared]]
             for name in servers:
-                values = [rel.get(name, {}).get(m.key) for m in shown]
+                values = [rel.get(name, {}).get(m.key) for m in compared]
                 rows.append([name] + ["-" if v is None else f"{v:.2f}x" for v in values])
             out.append(
                 f"{title.capitalize()}: ratios against {results['baseline']}\n" + _grid(rows)

@@ -1,0 +1,201 @@
+"""The benchmark: its ledger catches every kind of damage, and a real run reports
+figures for honest servers and INVALID for a lossy one.
+
+The runs use --quick sizes; nothing here asserts a speed (speed is measured by the
+benchmark itself, as ratios, never by the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.bench import ledger
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --- the ledger (no sockets) ----------------------------------------------------------
+
+
+def _lines(sender: int, seqs: list[int], prefix: bytes = b"<guest1> ") -> bytes:
+    return b"".join(prefix + ledger.line(sender, q) for q in seqs)
+
+
+LEDGER_CASES = [
+    # (name, bytes received, expected senders, what the tally must say)
+    ("complete", _lines(1, [0, 1, 2]), {1: 3}, {"valid": True, "delivered": 3}),
+    ("any decoration", _lines(1, [0, 1], b"12:00 [user7] says: "), {1: 2}, {"valid": True}),
+    ("notices ignored", b"* guest2 joined\n" + _lines(1, [0, 1]), {1: 2}, {"valid": True}),
+    ("one lost", _lines(1, [0, 2]), {1: 3}, {"valid": False, "lost": 1}),
+    ("tail lost", _lines(1, [0, 1]), {1: 3}, {"valid": False, "lost": 1}),
+    ("swapped", _lines(1, [0, 2, 1]), {1: 3}, {"valid": False, "reordered": 1}),
+    ("repeated", _lines(1, [0, 1, 1, 2]), {1: 3}, {"valid": False, "reordered": 1}),
+    ("own echo ignored", _lines(1, [0]) + _lines(0, [0]), {1: 1}, {"valid": True}),
+    ("stranger", _lines(1, [0]) + _lines(5, [0]), {1: 1}, {"valid": False, "unexpected": 1}),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "expected", "want"), LEDGER_CASES)
+def test_verify_judges_what_a_receiver_got(
+    name: str, data: bytes, expected: dict[int, int], want: dict[str, object]
+) -> None:
+    tally = ledger.verify(data, expected, own=0)
+    got = tally.as_dict()
+    for key, value in want.items():
+        assert got[key] == value, (name, got)
+
+
+def test_verify_catches_two_lines_run_together() -> None:
+    whole = _lines(1, [0, 1, 2])
+    merged = whole.replace(b"\n<guest1> ", b"<guest1> ", 1)  # the first LF went missing
+    tally = ledger.verify(merged, {1: 3})
+    assert not tally.valid
+    assert tally.broken
+
+
+def test_verify_catches_a_line_cut_short() -> None:
+    whole = _lines(1, [0, 1, 2])
+    first = ledger.token(1, 0)
+    cut = whole.replace(first, first[:-3], 1)  # the token ends before its closing marker
+    tally = ledger.verify(cut, {1: 3})
+    assert not tally.valid
+    assert tally.broken
+
+
+def test_verify_catches_a_corrupted_digit() -> None:
+    good = ledger.token(1, 1)
+    bad = good.replace(b"1:1:", b"1:7:")  # the check digit no longer matches
+    tally = ledger.verify(_lines(1, [0, 1]).replace(good, bad), {1: 2})
+    assert tally.corrupt == 1 and not tally.valid
+
+
+# --- real runs --------------------------------------------------------------------------
+
+# A relay a careless author might write: "drop" loses every 97th line, "chunks"
+# prefixes each received chunk instead of each line (as ncat --chat does), so lines
+# split across two reads arrive broken.
+RELAY = textwrap.dedent(
+    """
+    import socket, sys, threading
+    port, mode = int(sys.argv[1]), sys.argv[2]
+    server = socket.create_server(("127.0.0.1", port))
+    clients, lock = [], threading.Lock()
+
+    def serve(conn):
+        pending, count = b"", 0
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            if mode == "chunks":
+                out = b"<x> " + data
+            else:
+                pending += data
+                *lines, pending = pending.split(b"\\n")
+                kept = []
+                for line in lines:
+                    count += 1
+                    if count % 97:
+                        kept.append(b"<x> " + line + b"\\n")
+                out = b"".join(kept)
+            with lock:
+                for other in clients:
+                    if other is not conn:
+                        other.sendall(out)
+        with lock:
+            clients.remove(conn)
+        conn.close()
+
+    while True:
+        conn, _ = server.accept()
+        with lock:
+            clients.append(conn)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    """
+)
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "harness.bench", "--quick", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.fork
+def test_bench_measures_the_baseline_and_fork_mode_side_by_side(tmp_path: Path) -> None:
+    out_json, out_svg = tmp_path / "bench.json", tmp_path / "bench.svg"
+    run = _bench(
+        "--servers", "asyncio,fork", "--json", str(out_json), "--plot", str(out_svg), cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    for heading in ("Traffic: figures", "Traffic: ratios against asyncio", "Targets"):
+        assert heading in run.stdout
+    assert "INVALID" not in run.stdout, run.stdout
+    results = json.loads(out_json.read_text())
+    assert results["baseline"] == "asyncio"
+    for name in ("asyncio", "fork"):
+        workloads = results["servers"][name]["workloads"]
+        assert set(workloads) == {"pingpong", "duplex", "fanout10", "fanout100", "connections"}
+        for result in workloads.values():
+            assert result["valid"], (name, result)
+        assert workloads["pingpong"]["rtt_p50_us"] > 0
+        fanout = workloads["fanout10"]
+        assert fanout["deliveries"] == fanout["expected"] == 10 * 9 * fanout["lines_per_client"]
+        ramp = workloads["connections"]
+        assert ramp["held"] == ramp["target"]
+        assert all(step["pss_bytes"] > 0 for step in ramp["steps"])
+    # Fork mode serves each client in its own process: the ramp must see them.
+    assert results["servers"]["fork"]["workloads"]["connections"]["steps"][-1]["processes"] > 1
+    assert results["ratios"]["asyncio"]["fanout10_per_s"] == 1.0
+    assert results["ratios"]["fork"]["fanout10_per_s"] > 0
+    assert any(t["server"] == "fork" for t in results["targets"])
+    svg = out_svg.read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["drop", "chunks"])
+def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: str) -> None:
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    out_json = tmp_path / "bench.json"
+    command = f"broken={sys.executable} {relay} {{port}} {mode}"
+    run = _bench(
+        "--servers", "asyncio", "--server-cmd", command, "--workloads", "duplex,fanout10",
+        "--json", str(out_json), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out_json.read_text())
+    broken = results["servers"]["broken"]["workloads"]
+    # Duplex sends more than one relay read holds, so chunk prefixing breaks lines there.
+    assert not broken["duplex"]["valid"]
+    if mode == "drop":
+        assert not broken["fanout10"]["valid"]
+    tally = broken["duplex"]["tally"]
+    assert tally["lost"] if mode == "drop" else tally["broken"]
+    assert results["ratios"]["broken"]["duplex_per_s"] is None  # no ratio from bad figures
+    assert all(r["valid"] for r in results["servers"]["asyncio"]["workloads"].values())
+    table_row = next(r for r in run.stdout.splitlines() if r.startswith("broken "))
+    assert "INVALID" in table_row
+
+
+def test_bench_refuses_an_unknown_server_in_one_line(tmp_path: Path) -> None:
+    run = _bench("--servers", "nosuch", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "bench: unknown server 'nosuch' (built in: fork, thread, asyncio, ncat)"
+    ]
