@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import platform
 import selectors
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -28,11 +31,32 @@ RECV_SIZE = 262144
 # One send call offers at most this much: big enough that a fast sender batches,
 # small enough that one client cannot monopolise the loop turn.
 SEND_CHUNK = 65536
-# Connections opened at once during a ramp: more would overflow a small accept backlog
-# and turn the measurement into one of SYN retransmission timers.
+# Handshakes in flight at once: a connection storm larger than this would measure the
+# kernel's SYN handling more than the server.
 CONNECT_BATCH = 100
+# The longest wait for a sync line before sending the next: bounds how far a measured
+# connect time can overshoot, while resending rarely enough that sync lines (each one a
+# broadcast to every client) add little load.
+SYNC_WAIT_MAX = 0.32
 # A sync line starts with this; it carries no ledger marker, so it never counts as load.
 SYNC = b"sync-"
+
+# Kernel receive timestamps (SO_TIMESTAMPNS): the moment a line reached the client's
+# socket, not the later moment this one loop got round to reading that socket. With a
+# thousand sockets to read after one broadcast, the difference is tens of milliseconds
+# of the load generator's own time. Python does not name the option; 35 is its number
+# in Linux's generic ABI (x86, arm, riscv). Elsewhere the loop's own clock is used.
+SO_TIMESTAMPNS = 35
+KERNEL_STAMPS = sys.platform == "linux" and platform.machine() in (
+    "x86_64",
+    "aarch64",
+    "arm64",
+    "i686",
+    "i386",
+    "armv7l",
+    "riscv64",
+)
+_TIMESPEC = struct.Struct("qq")
 
 
 class LoadError(Exception):
@@ -103,6 +127,8 @@ class Swarm:
         self.seen = 0  # clients that have seen their needle
         self.sending = 0  # clients with bytes left to send
         self._syncs = 0
+        # Kernel stamps are wall-clock time; everything else here is perf_counter.
+        self._wall_offset = time.time() - time.perf_counter()
 
     def expect(self, clients: Iterable[Client], markers: int) -> None:
         """Capture from here on; each of ``clients`` is complete at ``markers`` markers."""
@@ -144,20 +170,23 @@ class Swarm:
 
     # --- connecting ---------------------------------------------------------------------
 
-    def grow(self, total: int, deadline: float, batch: int = CONNECT_BATCH) -> float:
-        """Open connections until there are ``total`` clients, ``batch`` at a time, and
-        prove each batch is in the room before opening the next. Returns when the last
-        one joined, as `time.perf_counter`.
+    def grow(self, total: int, deadline: float, backlog: int | None = None) -> float:
+        """Open connections until there are ``total`` clients and prove they are all in
+        the room. Returns when the last one joined, as `time.perf_counter`.
 
-        Waiting batch by batch keeps the connection storm within the server's accept
-        backlog; beyond it, the kernel drops handshakes and the wait would measure
-        SYN-ACK retransmission timers instead of the server.
+        Handshakes are opened `CONNECT_BATCH` at a time. For a server with a small
+        accept ``backlog``, each batch of that size is also proved in the room before
+        the next is opened: beyond its backlog the kernel drops handshakes, and the
+        wait would measure SYN-ACK retransmission timers instead of the server.
         """
-        joined = time.perf_counter()
+        batch = backlog or CONNECT_BATCH
+        fresh: list[Client] = []
         while len(self.clients) < total:
-            fresh = self._connect(min(batch, total - len(self.clients)), deadline)
-            joined = self.settle(deadline, [c for c in fresh if c.index != 0])
-        return joined
+            fresh += self._connect(min(batch, total - len(self.clients)), deadline)
+            if backlog:
+                self.settle(deadline, [c for c in fresh if c.index != 0])
+                fresh = []
+        return self.settle(deadline, [c for c in fresh if c.index != 0])
 
     def _connect(self, count: int, deadline: float) -> list[Client]:
         """Open ``count`` connections at once; wait for their TCP handshakes."""
@@ -171,6 +200,8 @@ class Swarm:
                 raise LoadError(f"cannot open client socket {number}: {exc.strerror}") from None
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if KERNEL_STAMPS:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             code = sock.connect_ex((self.host, self.port))
             if code not in (0, errno.EINPROGRESS):
                 sock.close()
@@ -201,7 +232,9 @@ class Swarm:
         did, as `time.perf_counter`.
 
         A client that was not yet in the room misses a sync line and waits for the next,
-        so the wait for each line grows (0.05 s, 0.1 s, ... up to 5 s) until the deadline.
+        so the wait for each line grows (0.02 s, 0.04 s, ... up to `SYNC_WAIT_MAX`) until
+        the deadline. The time returned is when the last line arrived, so it overshoots
+        the moment the last client joined by at most one wait.
         """
         if watchers is None:
             watchers = self.clients[1:]
@@ -211,7 +244,7 @@ class Swarm:
         prefix = SYNC + b"%d-%d-" % (os.getpid(), self._syncs)
         self.watch(watchers, prefix)
         sender = self.clients[0]
-        wait, attempt = 0.05, 0
+        wait, attempt = 0.02, 0
         while True:
             attempt += 1
             self.send_now(sender, prefix + b"%d\n" % attempt)
@@ -222,7 +255,7 @@ class Swarm:
             if time.monotonic() >= deadline:
                 missing = sum(1 for c in watchers if c.seen_at is None)
                 raise LoadError(f"{missing} of {len(self.clients)} clients never joined the room")
-            wait = min(wait * 2, 5.0)
+            wait = min(wait * 2, SYNC_WAIT_MAX)
         for client in watchers:
             client.needle = None
         return max(c.seen_at or 0.0 for c in watchers)
@@ -280,7 +313,14 @@ class Swarm:
 
     def _read(self, client: Client, stamp: float) -> None:
         try:
-            data = client.sock.recv(RECV_SIZE)
+            if KERNEL_STAMPS:
+                data, ancillary, _, _ = client.sock.recvmsg(RECV_SIZE, 64)
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                        stamp = seconds + nanoseconds * 1e-9 - self._wall_offset
+            else:
+                data = client.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

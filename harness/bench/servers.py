@@ -52,9 +52,9 @@ class ServerSpec:
     # Says `listening on HOST:PORT` on stdout, so it can take port 0. Other servers get
     # a free port chosen here and are ready when it accepts a connection.
     announces: bool = False
-    # Connections opened at once (then proved in the room before the next batch): the
-    # server's accept backlog, which for ncat is 10.
-    connect_batch: int = 100
+    # The server's accept backlog where it is small (ncat listens with 10): the load
+    # generator then connects that many at a time and waits until they are in.
+    backlog: int | None = None
 
     def argv(self, host: str, port: int) -> list[str]:
         return shlex.split(self.template.format(host=host, port=port))
@@ -71,7 +71,7 @@ def builtin_specs() -> dict[str, ServerSpec]:
         # ncat multiplexes with select(), so FD_SETSIZE (1024) bounds it; its default
         # --max-conns of 100 would bound it first.
         "ncat": ServerSpec(
-            "ncat", "ncat -l --chat --max-conns 5000 {host} {port}", 1000, connect_batch=10
+            "ncat", "ncat -l --chat --max-conns 5000 {host} {port}", 1000, backlog=10
         ),
     }
 

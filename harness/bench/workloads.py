@@ -68,10 +68,7 @@ def run(name: str, spec: ServerSpec, sizes: Sizes) -> Result:
     started = time.perf_counter()
     try:
         with RunningServer(spec) as server:
-            result = _RUNNERS[name](server, sizes)
-            if not server.alive():
-                result["valid"] = False
-                result["error"] = "the server exited during the workload"
+            result = run_on(name, server, sizes)
     except (ServerError, LoadError) as exc:
         result = {"valid": False, "error": str(exc)}
     except OSError as exc:
@@ -79,6 +76,15 @@ def run(name: str, spec: ServerSpec, sizes: Sizes) -> Result:
     result["workload"] = name
     result["seconds"] = round(time.perf_counter() - started, 2)
     result.setdefault("error", None)
+    return result
+
+
+def run_on(name: str, server: RunningServer, sizes: Sizes) -> Result:
+    """Run one workload against a server that is already running (for profiling)."""
+    result = _RUNNERS[name](server, sizes)
+    if not server.alive():
+        result["valid"] = False
+        result["error"] = "the server exited during the workload"
     return result
 
 
@@ -91,7 +97,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
     the round trip (two relays through the server)."""
     deadline = _deadline(sizes)
     with Swarm(server.host, server.port) as swarm:
-        swarm.grow(2, deadline, server.spec.connect_batch)
+        swarm.grow(2, deadline, server.spec.backlog)
         a, b = swarm.clients
         swarm.expect(swarm.clients, 1 << 62)  # capture both sides for the ledger
         total = sizes.warmup + sizes.rounds
@@ -129,7 +135,7 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
     client holding everything it should."""
     deadline = _deadline(sizes)
     with Swarm(server.host, server.port) as swarm:
-        swarm.grow(clients, deadline, server.spec.connect_batch)
+        swarm.grow(clients, deadline, server.spec.backlog)
         outboxes = {c.index: ledger.stream(c.index, lines) for c in swarm.clients}
         swarm.expect(swarm.clients, ledger.markers_per(lines * (clients - 1)))
         start = time.perf_counter()
@@ -175,11 +181,13 @@ def connections(server: RunningServer, sizes: Sizes) -> Result:
     points: list[Result] = []
     error = None
     tally = ledger.Tally()
+    connecting = 0.0  # time spent getting clients in, without the measuring in between
     with Swarm(server.host, server.port) as swarm:
-        start = time.perf_counter()
         for step in steps:
+            start = time.perf_counter()
             try:
-                joined = swarm.grow(step, deadline, server.spec.connect_batch)
+                joined = swarm.grow(step, deadline, server.spec.backlog)
+                connecting += joined - start
             except LoadError as exc:
                 error = f"at {step} clients: {exc}"
                 break
@@ -191,7 +199,7 @@ def connections(server: RunningServer, sizes: Sizes) -> Result:
             points.append(
                 {
                     "clients": step,
-                    "connect_s": round(joined - start, 3),
+                    "connect_s": round(connecting, 3),
                     "pss_bytes": pss,
                     "processes": processes,
                     "pss_per_client_bytes": round(pss / step),
