@@ -67,3 +67,12 @@ def test_through_the_impairment_proxy_one_byte_per_write_still_passes(tmp_path: 
     run = out.report["runs"][0]
     assert run["network"]["impair"] == "slice=1"
     assert "impairment: slice=1" in out.stdout
+
+
+def test_slow_reader_whose_terminal_fills_up_still_gets_lines_in_order(tmp_path: object) -> None:
+    """Enough traffic that the stalled party's pty (about 17 KiB) fills and its client
+    blocks writing: once it reads again, what it shows must still be in order."""
+    out = run_harness(str(tmp_path), "--scenario", "slow-reader", "--messages", "300")
+    assert out.code == 0, out.stdout + out.stderr
+    slow = out.report["runs"][0]["parties"]["slow"]
+    assert slow["received"] > 17 * 1024 // 100  # it really had a full terminal to catch up on
