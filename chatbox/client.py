@@ -31,7 +31,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatbox.terminal import Console, Hangup, open_console
+from chatbox.terminal import Console, Hangup, keep_signals_off_this_thread, open_console
 
 PROG = "chatbox-client"
 DEFAULT_HOST = "127.0.0.1"
@@ -277,6 +277,7 @@ class Session:
     # --- the receiving thread ---------------------------------------------------------
 
     def _receive(self) -> None:
+        keep_signals_off_this_thread()
         partial = b""
         try:
             while True:

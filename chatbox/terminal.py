@@ -6,13 +6,14 @@ escape codes. `ReadlineConsole` is for a person at a terminal: a prompt with rea
 line editing and history, and every received line printed *above* the input line with
 what was typed so far redrawn intact.
 
-The rule that keeps a terminal ungarbled: only the main thread ever draws. Readline
-edits the line without holding the GIL, so a second thread drawing at the same moment
-would interleave with it. The receiving thread therefore queues its lines and sends a
-signal to the main thread (`MainThreadCall`); the signal interrupts readline's wait for
-a key, Python runs the handler in the main thread *between two keystrokes*, and the
-handler clears the input line, prints the queued lines and asks readline to redraw.
-The same signal ends a blocking read when the server hangs up (`hang_up`).
+The rule that keeps a terminal ungarbled: while a prompt is up, only the main thread
+draws. So the main thread never blocks inside readline: it drives GNU readline's
+callback interface itself (`_Readline`), waiting in `select` on the terminal *and* on a
+wake-up socket. The receiving thread queues its lines and writes one byte to that
+socket; the main thread wakes, erases the input line, prints the queued lines and has
+readline redraw the prompt, the typed text and the cursor exactly as they were. The same
+socket ends a blocked read when the server hangs up (`hang_up`). Signals (Ctrl-C) reach a
+plain Python `select`, so they take effect at once, with no blind spot.
 
 Received text is always made visible before it is shown (`visible`): the server already
 replaces control characters, but a client must not trust that (defence in depth).
@@ -23,17 +24,17 @@ from __future__ import annotations
 import abc
 import contextlib
 import ctypes
-import io
 import os
 import re
+import select
 import signal
+import socket
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import BinaryIO, TextIO, cast
+from typing import BinaryIO, TextIO
 
 # --- how received text looks ---------------------------------------------------------------
 
@@ -131,80 +132,51 @@ class Style:
         return f"{head}<\x1b[1;{self.name_colour(name)}m{name}{_RESET}> {body}"
 
 
-# --- waking the main thread ----------------------------------------------------------------
+# --- consoles ------------------------------------------------------------------------------
 
 
 class Hangup(Exception):
-    """Raised in the main thread, out of a blocking read, when the connection has ended."""
+    """Raised in the main thread, out of `read_line`, once the connection has ended."""
 
 
-class MainThreadCall:
-    """Runs a callback in the main thread soon, even while it is blocked reading input.
+def keep_signals_off_this_thread() -> None:
+    """Block process signals in a helper thread, so the kernel delivers them to the main one.
 
-    POSIX only: `signal.pthread_kill` sends SIGUSR1 to the main thread itself, so its
-    blocking read (readline's select, a pipe's read) returns EINTR and Python runs the
-    handler there. A signal that lands just after readline's select returned, but before
-    it waits again, is only noticed at the next EINTR; `call` therefore repeats the signal
-    until the callback confirms it ran (`done`).
-
-    Resource handling: installs a SIGUSR1 handler for the life of the process; call only
-    from the main thread's setup, once.
+    A Ctrl-C delivered to a helper thread would not interrupt the main thread's wait.
     """
-
-    SIGNAL = getattr(signal, "SIGUSR1", None)
-
-    # How long a caller waits for the main thread before signalling again (the window
-    # above is a few instructions wide, so this is a backstop, rarely taken).
-    RESIGNAL_SECONDS = 0.05
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        assert self.SIGNAL is not None
-        self._callback = callback
-        self._main = threading.main_thread().ident
-        self._done = threading.Event()
-        signal.signal(self.SIGNAL, self._handle)
-
-    @classmethod
-    def available(cls) -> bool:
-        return cls.SIGNAL is not None and hasattr(signal, "pthread_kill")
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        try:
-            self._callback()
-        finally:
-            self._done.set()
-
-    def call(self, *, wait: bool = True) -> None:
-        """From any thread: run the callback in the main thread; with WAIT, until it did."""
-        assert self._main is not None and self.SIGNAL is not None
-        self._done.clear()
-        signal.pthread_kill(self._main, self.SIGNAL)
-        while wait and not self._done.wait(self.RESIGNAL_SECONDS):
-            signal.pthread_kill(self._main, self.SIGNAL)
-
-
-# --- consoles ------------------------------------------------------------------------------
+    if hasattr(signal, "pthread_sigmask"):
+        wanted = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH")
+        signal.pthread_sigmask(
+            signal.SIG_BLOCK, {getattr(signal, n) for n in wanted if hasattr(signal, n)}
+        )
 
 
 class Console(abc.ABC):
     """Where typed lines come from and received lines go.
 
-    `read_line` and `status` belong to the main thread; `show` and `hang_up` may be called
+    `read_line` and `status` belong to the main thread; `show` and `hang_up` are called
     from the receiving thread.
+
+    Resource handling: on POSIX a console owns a socketpair (the wake-up line from the
+    receiving thread to the main thread's `select`); it lives as long as the process.
     """
 
     def __init__(self, style: Style) -> None:
         self.style = style
         self._hung_up = False
-        self._reading = False
-        self._wake: MainThreadCall | None = None
+        # Where select() on standard input works (POSIX), a blocked read can be woken.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        if os.name == "posix":
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_w.setblocking(False)  # a full pipe already means "wake up"
 
     @abc.abstractmethod
     def read_line(self) -> bytes | None:
-        """The next line the user typed, with its LF; None at end of input.
+        """The next line(s) the user typed, each with its LF; None at end of input.
 
-        Error handling: raises `Hangup` once `hang_up` was called, and KeyboardInterrupt
-        on Ctrl-C, whether or not a read was in progress.
+        Error handling: raises `Hangup` once `hang_up` was called, KeyboardInterrupt on
+        Ctrl-C.
         """
 
     @abc.abstractmethod
@@ -214,36 +186,40 @@ class Console(abc.ABC):
     def hang_up(self) -> bool:
         """From any thread: make the current or next `read_line` raise `Hangup`.
 
-        Returns False where a blocked read cannot be interrupted (no POSIX signals); the
-        caller must then end the process itself.
+        Returns False where a blocked read cannot be woken (no select() on standard input,
+        as on Windows); the caller must then end the process itself.
         """
         self._hung_up = True
-        if self._wake is None:
-            return False
-        self._wake.call()
-        return True
+        self._wake()
+        return self._wake_w is not None
 
     def status(self, text: str) -> None:
         """A line from the client itself (not from the server), on stderr."""
+        sys.stdout.flush()
         print(text, file=sys.stderr, flush=True)
 
-    def _check_hangup(self) -> None:
-        # Runs in the main thread, in the signal handler or before a read.
-        if self._hung_up and self._reading:
-            raise Hangup
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._wake_w.send(b"!")
 
-    @contextlib.contextmanager
-    def _read_guard(self) -> Iterator[None]:
-        self._reading = True
-        try:
-            self._check_hangup()
-            yield
-        finally:
-            self._reading = False
+    def _wait_for_input(self, fd: int) -> bool:
+        """Block until FD is readable (True) or a wake-up came (False); Hangup if hung up."""
+        if self._hung_up:
+            raise Hangup
+        if self._wake_r is None:
+            return True  # nothing to select on: the caller's read blocks
+        wake = self._wake_r.fileno()
+        ready, _, _ = select.select([fd, wake], [], [])
+        if wake in ready:
+            self._wake_r.recv(4096)
+            if self._hung_up:
+                raise Hangup
+        return fd in ready
 
 
 class LineConsole(Console):
-    """Pipes and scripts: plain lines in and out, no prompt, no escape codes but colour.
+    """Pipes and scripts: plain lines in and out, no prompt, and no escape codes but colour.
 
     Received lines are written by the receiving thread itself (nothing else draws), one
     write and one flush per received block, so no line waits in a buffer.
@@ -251,27 +227,25 @@ class LineConsole(Console):
 
     def __init__(self, style: Style, stdin: BinaryIO, stdout: BinaryIO) -> None:
         super().__init__(style)
-        # read1 is what BufferedReader (sys.stdin.buffer) adds over BinaryIO.
-        self._stdin = cast(io.BufferedReader, stdin)
+        self._stdin_fd = stdin.fileno()
         self._stdout = stdout
         self._pending = b""
         self._out_lock = threading.Lock()
-        if MainThreadCall.available():
-            self._wake = MainThreadCall(self._check_hangup)
 
     def read_line(self) -> bytes | None:
-        # read1 takes whatever the pipe has (many lines at once, so `seq 1 10000` is sent in
-        # a few large writes), yet returns as soon as a line typed at a terminal is there.
-        with self._read_guard():
-            while b"\n" not in self._pending:
-                chunk = self._stdin.read1(65536)
-                if not chunk:
-                    rest, self._pending = self._pending, b""
-                    return rest + b"\n" if rest else None
-                self._pending += chunk
-            cut = self._pending.rindex(b"\n") + 1
-            lines, self._pending = self._pending[:cut], self._pending[cut:]
-            return lines
+        # Whatever the pipe holds (many lines at once, so `seq 1 10000` is sent in a few
+        # large writes), yet a line typed at a terminal is returned as soon as it is there.
+        while b"\n" not in self._pending:
+            if not self._wait_for_input(self._stdin_fd):
+                continue
+            chunk = os.read(self._stdin_fd, 65536)
+            if not chunk:
+                rest, self._pending = self._pending, b""
+                return rest + b"\n" if rest else None
+            self._pending += chunk
+        cut = self._pending.rindex(b"\n") + 1
+        lines, self._pending = self._pending[:cut], self._pending[cut:]
+        return lines
 
     def show(self, data: bytes) -> None:
         out = self.style.plain_block(data)
@@ -288,129 +262,246 @@ class LineConsole(Console):
 class ReadlineConsole(Console):
     """A person at a terminal: readline editing and history, arrivals drawn above the input.
 
-    Resource handling: readline puts the terminal in its own mode only while `input()`
-    runs and restores it when `input()` returns or raises (also for `Hangup` and Ctrl-C),
-    so the terminal is never left raw.
+    Resource handling: readline has the terminal in its own mode only inside `read_line`
+    and gives it back on every way out (a line, end of input, Ctrl-C, `Hangup`).
     """
 
     PROMPT = "> "
 
-    def __init__(self, style: Style) -> None:
+    def __init__(self, style: Style, rl: _Readline) -> None:
         super().__init__(style)
-        import readline  # noqa: F401 - importing it is what gives input() line editing
-
+        self._rl = rl
+        self._stdin_fd = sys.stdin.fileno()
         self._queue: list[str] = []
-        self._queue_lock = threading.Lock()
-        self._wake = MainThreadCall(self._draw)
-        self._rl = _ReadlineLib.load()
+        # Held while deciding who draws: the main thread while a prompt is up, else the
+        # receiving thread directly.
+        self._screen = threading.Lock()
+        self._reading = False
+        self._resized = False
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, self._on_resize)
 
     @classmethod
-    def available(cls) -> bool:
-        try:
-            import readline  # noqa: F401
-        except ImportError:
-            return False
-        return MainThreadCall.available()
+    def open(cls, style: Style) -> ReadlineConsole | None:
+        if os.name != "posix":
+            return None
+        rl = _Readline.load(sys.stdin.fileno())
+        return None if rl is None else cls(style, rl)
 
     def read_line(self) -> bytes | None:
-        with self._read_guard():
-            try:
-                text = input(self.PROMPT)
-            except EOFError:
-                sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the prompt
-                return None
-            except KeyboardInterrupt:
-                sys.stdout.write("\n")  # keep what was typed, with the ^C the tty echoed
-                raise
-            except Hangup:
-                sys.stdout.write("\r\x1b[K")  # the prompt goes; the reason takes its place
-                raise
+        if self._hung_up:
+            raise Hangup
+        with self._screen:
+            if self._resized:
+                self._resized = False
+                self._rl.reset_screen_size()
+            self._rl.start(self.PROMPT)
+            self._reading = True
         try:
-            return text.encode("utf-8", "surrogateescape") + b"\n"
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "replace") + b"\n"
+            while not self._rl.done:
+                self._draw_queued()
+                if not self._rl.pending_input() and self._wait_for_input(self._stdin_fd):
+                    self._rl.take_input(os.read(self._stdin_fd, 4096))
+                self._rl.feed()
+        except KeyboardInterrupt:
+            self._rl.abandon()
+            sys.stdout.write("\n")  # leave what was typed on screen, cursor below it
+            raise
+        except Hangup:
+            self._rl.abandon()
+            sys.stdout.write("\r\x1b[K")  # the prompt goes; the reason takes its place
+            raise
+        finally:
+            with self._screen:
+                self._rl.stop()
+                self._reading = False
+                self._draw_queued()
+        line = self._rl.line
+        if line is None:
+            sys.stdout.write("\r\x1b[K")  # Ctrl-D: no empty prompt left behind
+            sys.stdout.flush()
+            return None
+        return line + b"\n"
 
     def show(self, data: bytes) -> None:
         lines = self.style.block(data)
-        with self._queue_lock:
-            self._queue.extend(lines)
-        assert self._wake is not None
-        self._wake.call()
-
-    def status(self, text: str) -> None:
-        sys.stdout.flush()
-        super().status(text)
-
-    def _draw(self) -> None:
-        # In the main thread, between keystrokes: see the module docstring.
-        with self._queue_lock:
-            lines, self._queue = self._queue, []
-        if lines:
-            text = "".join(line + "\n" for line in lines)
-            if self._reading:
-                self._draw_above_input(text)
-            else:
-                sys.stdout.write(text)
+        with self._screen:
+            if not self._reading:
+                sys.stdout.write("".join(line + "\n" for line in lines))
                 sys.stdout.flush()
-        self._check_hangup()
+                return
+            self._queue.extend(lines)
+        self._wake()
 
-    def _draw_above_input(self, text: str) -> None:
-        if self._rl is not None:
-            sys.stdout.flush()
-            self._rl.clear_visible_line()  # cursor to the start of the prompt, lines erased
+    def _draw_queued(self) -> None:
+        # Main thread only, with the prompt up (or just taken down, under `_screen`).
+        lines, self._queue = self._queue, []
+        if not lines:
+            return
+        text = "".join(line + "\n" for line in lines)
+        if not self._reading:
             sys.stdout.write(text)
             sys.stdout.flush()
-            self._rl.forced_update_display()  # prompt, typed text and cursor as they were
             return
-        # Without the C entry points (libedit): redraw by hand, cursor at the end of the line.
-        import readline
-
-        sys.stdout.write("\r\x1b[K" + text + self.PROMPT + readline.get_line_buffer())
+        self._rl.clear_line()  # cursor to the start of the prompt, input lines erased
+        sys.stdout.write(text)
         sys.stdout.flush()
+        self._rl.redraw()  # prompt, typed text and cursor as they were
+
+    def _on_resize(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between two Python steps, never inside readline.
+        if self._reading:
+            self._rl.resize()
+        else:
+            self._resized = True
 
 
-class _ReadlineLib:
-    """GNU readline's own redraw entry points, which Python's readline module lacks.
+class _Readline:
+    """GNU readline's callback interface, through ctypes on the library Python loaded.
 
-    Python's module exposes no way to erase the visible input line or to redraw it from
-    scratch with the cursor where it was; libreadline has both, and the module has
-    already loaded it, so ctypes finds the same library and the same state.
+    Python's readline module offers only the blocking `input()`, which owns the loop and
+    leaves no safe moment to draw; the callback interface gives the loop to us. The
+    library is the one the module already loaded (same history, same inputrc, same
+    state), found through the module's own file.
+
+    Readline never reads the terminal itself here: its `rl_getc_function` takes bytes
+    from our buffer, which the console fills with `os.read` after `select`. A read inside
+    readline is out of Python's reach - a Ctrl-C then (which also discards the terminal's
+    unread input) would leave it blocked; a read in Python is interrupted by Ctrl-C.
     """
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._clear = lib.rl_clear_visible_line
-        self._redraw = lib.rl_forced_update_display
+    _LINE_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    _GETC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+    _HOOK = ctypes.CFUNCTYPE(ctypes.c_int)
+
+    def __init__(self, lib: ctypes.CDLL, libc: ctypes.CDLL, fd: int) -> None:
+        self._lib = lib
+        self._libc = libc
+        self._fd = fd
+        self._libc.free.argtypes = [ctypes.c_void_p]
+        self._lib.rl_callback_handler_install.argtypes = [ctypes.c_char_p, self._LINE_HANDLER]
+        self._lib.add_history.argtypes = [ctypes.c_char_p]
+        # Python's own handlers take Ctrl-C and window changes; readline must not
+        # install its own around each key.
+        ctypes.c_int.in_dll(lib, "rl_catch_signals").value = 0
+        ctypes.c_int.in_dll(lib, "rl_catch_sigwinch").value = 0
+        # Kept referenced: C holds pointers to them for the life of the process.
+        self._handler = self._LINE_HANDLER(self._on_line)
+        self._getc = self._GETC(self._next_byte)
+        self._available = self._HOOK(self.pending_input)
+        for name, func in (
+            ("rl_getc_function", self._getc),
+            ("rl_input_available_hook", self._available),
+        ):
+            ctypes.c_void_p.in_dll(lib, name).value = ctypes.cast(func, ctypes.c_void_p).value
+        self._input = bytearray()
+        self._interrupted = False
+        self._last: bytes | None = None
+        self.done = False
+        self.line: bytes | None = None
 
     @classmethod
-    def load(cls) -> _ReadlineLib | None:
-        import readline
-
-        if "libedit" in (readline.__doc__ or ""):
+    def load(cls, fd: int) -> _Readline | None:
+        try:
+            import readline
+        except ImportError:
             return None
         path = getattr(readline, "__file__", None)
-        if path is None:
+        if path is None or "libedit" in (readline.__doc__ or ""):
             return None
         try:
-            # Symbols are looked up in the module and the libraries it loaded, so this is
-            # the very libreadline that input() is using, whatever its version or path.
-            lib = ctypes.CDLL(path)
+            lib = ctypes.CDLL(path)  # symbols resolve in the module and the libs it loaded
             if ctypes.c_int.in_dll(lib, "rl_readline_version").value < 0x0700:
-                return None  # rl_clear_visible_line came with readline 7
-            return cls(lib)
+                return None  # rl_clear_visible_line and rl_callback_sigcleanup came in 7.0
+            return cls(lib, ctypes.CDLL(None), fd)
         except (OSError, AttributeError, ValueError):
             return None
 
-    def clear_visible_line(self) -> None:
-        self._clear()
+    def start(self, prompt: str) -> None:
+        """Show PROMPT and start collecting a line (terminal in readline's mode)."""
+        self.done = False
+        self.line = None
+        sys.stdout.flush()
+        self._lib.rl_callback_handler_install(prompt.encode(), self._handler)
+        self._libc.fflush(None)
 
-    def forced_update_display(self) -> None:
-        self._redraw()
+    def pending_input(self) -> int:
+        return 1 if self._input else 0
+
+    def take_input(self, data: bytes) -> None:
+        if not data:
+            data = b"\x04"  # the terminal is gone: end of input, as Ctrl-D
+        self._input += data
+
+    def feed(self) -> None:
+        """Let readline handle the buffered bytes, up to the end of a line."""
+        while self._input and not self.done:
+            self._lib.rl_callback_read_char()
+            self._libc.fflush(None)
+            if self._interrupted:
+                self._interrupted = False
+                raise KeyboardInterrupt
+
+    def _next_byte(self, stream: int | None) -> int:
+        # Readline wants a byte. Normally one is buffered; some commands (quoted-insert)
+        # read on, and then we read the terminal, in Python, where Ctrl-C reaches us.
+        try:
+            while not self._input:
+                data = os.read(self._fd, 4096)
+                self._input += data or b"\x04"
+        except KeyboardInterrupt:
+            self._interrupted = True  # raised again once readline has returned
+            return 0  # NUL: set-mark, harmless; the line is abandoned anyway
+        except OSError:
+            self._input += b"\x04"
+        byte = self._input[0]
+        del self._input[0]
+        return byte
+
+    def _on_line(self, pointer: int | None) -> None:
+        # Called by readline, inside rl_callback_read_char, for Enter (a line) or Ctrl-D
+        # on an empty line (NULL).
+        if pointer is not None:
+            self.line = ctypes.string_at(pointer)
+            if self.line and self.line != self._last:
+                self._lib.add_history(self.line)
+                self._last = self.line
+            self._libc.free(pointer)
+        self.done = True
+        # Take the prompt down now, or readline would show a fresh one after the handler.
+        self._lib.rl_callback_handler_remove()
+
+    def abandon(self) -> None:
+        """Forget a half-typed line (Ctrl-C, hang-up) and reset readline's state."""
+        self._lib.rl_free_line_state()
+        self._lib.rl_callback_sigcleanup()
+        self._lib.rl_cleanup_after_signal()
+
+    def stop(self) -> None:
+        """Take the prompt down and give the terminal back (safe to repeat)."""
+        self._lib.rl_callback_handler_remove()
+        self._libc.fflush(None)
+
+    def clear_line(self) -> None:
+        sys.stdout.flush()
+        self._lib.rl_clear_visible_line()
+        self._libc.fflush(None)
+
+    def redraw(self) -> None:
+        self._lib.rl_forced_update_display()
+        self._libc.fflush(None)
+
+    def resize(self) -> None:
+        self._lib.rl_resize_terminal()
+        self._libc.fflush(None)
+
+    def reset_screen_size(self) -> None:
+        self._lib.rl_reset_screen_size()
 
 
 def open_console(*, timestamps: bool, environ: dict[str, str] | os._Environ[str]) -> Console:
     """The console for this process: a readline one only when a person is at a terminal."""
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and environ.get("TERM") != "dumb"
     style = Style(colour=colour_wanted(sys.stdout, environ), timestamps=timestamps)
-    if interactive and ReadlineConsole.available():
-        return ReadlineConsole(style)
-    return LineConsole(style, sys.stdin.buffer, sys.stdout.buffer)
+    console = ReadlineConsole.open(style) if interactive else None
+    return console or LineConsole(style, sys.stdin.buffer, sys.stdout.buffer)
