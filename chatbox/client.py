@@ -25,11 +25,13 @@ import argparse
 import errno
 import os
 import re
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FrameType
 
 from chatbox.terminal import Console, Hangup, keep_signals_off_this_thread, open_console
 
@@ -59,7 +61,7 @@ commands (type them at the prompt; anything else is said to everyone):
   /who              list who is here
   /msg NAME TEXT    send TEXT to NAME only
   /me ACTION        say what you are doing: * NAME ACTION
-  /quit [REASON]    leave the chat (so do Ctrl-D and Ctrl-C)
+  /quit [REASON]    leave the chat (so do Ctrl-D, Ctrl-C and SIGTERM)
   /help             ask the server for its list of commands
   //TEXT            say a line that starts with /
 
@@ -333,7 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     console = open_console(timestamps=options.timestamps, environ=os.environ)
+    # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
+    signal.signal(signal.SIGTERM, _interrupt)
     return Session(sock, console, options.name).run()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

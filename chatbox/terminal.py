@@ -236,9 +236,12 @@ class LineConsole(Console):
         # Whatever the pipe holds (many lines at once, so `seq 1 10000` is sent in a few
         # large writes), yet a line typed at a terminal is returned as soon as it is there.
         while b"\n" not in self._pending:
-            if not self._wait_for_input(self._stdin_fd):
-                continue
-            chunk = os.read(self._stdin_fd, 65536)
+            try:
+                if not self._wait_for_input(self._stdin_fd):
+                    continue
+                chunk = os.read(self._stdin_fd, 65536)
+            except OSError:
+                chunk = b""  # no standard input at all (closed): nothing more to say
             if not chunk:
                 rest, self._pending = self._pending, b""
                 return rest + b"\n" if rest else None
@@ -280,6 +283,8 @@ class ReadlineConsole(Console):
         self._resized = False
         if hasattr(signal, "SIGWINCH"):
             signal.signal(signal.SIGWINCH, self._on_resize)
+        if hasattr(signal, "SIGTSTP"):
+            signal.signal(signal.SIGTSTP, self._on_suspend)
 
     @classmethod
     def open(cls, style: Style) -> ReadlineConsole | None:
@@ -309,7 +314,8 @@ class ReadlineConsole(Console):
             raise
         except Hangup:
             self._rl.abandon()
-            sys.stdout.write("\r\x1b[K")  # the prompt goes; the reason takes its place
+            self._rl.clear_line()  # the prompt goes, all its rows; the reason takes its place
+            sys.stdout.write("\r")
             raise
         finally:
             with self._screen:
@@ -347,6 +353,15 @@ class ReadlineConsole(Console):
         sys.stdout.write(text)
         sys.stdout.flush()
         self._rl.redraw()  # prompt, typed text and cursor as they were
+
+    def _on_suspend(self, signum: int, frame: FrameType | None) -> None:
+        # Ctrl-Z: give the shell a sane terminal while stopped, take it back on `fg`.
+        # (Python handlers run in the main thread between two steps, never inside readline.)
+        if self._reading:
+            self._rl.suspend()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        if self._reading:
+            self._rl.resume()
 
     def _on_resize(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two Python steps, never inside readline.
@@ -494,6 +509,15 @@ class _Readline:
     def resize(self) -> None:
         self._lib.rl_resize_terminal()
         self._libc.fflush(None)
+
+    def suspend(self) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        self._lib.rl_deprep_terminal()
+
+    def resume(self) -> None:
+        self._lib.rl_prep_terminal(1)  # 1: eight-bit input, for UTF-8
+        self.redraw()
 
     def reset_screen_size(self) -> None:
         self._lib.rl_reset_screen_size()

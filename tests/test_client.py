@@ -514,3 +514,36 @@ def test_client_server_shutdown_is_one_line_exit_1(server: Server) -> None:
         assert (status, err) == (1, "connection closed by server\n")
     finally:
         client.close()
+
+
+def test_client_sigterm_quits_cleanly_exit_0(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    client = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        name = joined(client)
+        client.proc.terminate()
+        assert client.wait() == (0, "")
+        listener.expect(rf"\* {name} left \(quit\)$")
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_client_without_stdin_quits_at_once(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        proc = subprocess.run(
+            client_argv(str(server.port)),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=TIMEOUT,
+        )
+        assert (proc.returncode, proc.stderr) == (0, "")
+        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
+        listener.expect(rf"\* {name} left \(quit\)$")
+    finally:
+        listener.close()

@@ -8,7 +8,9 @@ behaviour (what was sent, what arrived, how it ended).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -300,3 +302,22 @@ def test_tty_screen_assertions_can_run() -> None:
     """The screen checks above are skipped without pyte: make that visible, once."""
     needs_screen()
     assert sys.stdout is not None
+
+
+def test_tty_ctrl_z_then_fg_keeps_the_half_typed_line(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    try:
+        joined(listener)
+        me = tty.ready()
+        tty.type("before ")
+        tty.child.send("\x1a")  # Ctrl-Z
+        _, status = os.waitpid(tty.child.pid, os.WUNTRACED)  # the event: it has stopped
+        assert os.WIFSTOPPED(status)
+        os.kill(tty.child.pid, signal.SIGCONT)  # what the shell's `fg` does
+        tty.child.expect_exact("> before ")  # redrawn on resume
+        tty.type("after\r")
+        listener.expect(rf"<{me}> before after$")
+    finally:
+        tty.close()
+        listener.close()
