@@ -6,7 +6,8 @@ Starts the named server (as the bench does), runs one workload at full size, and
 the CPU time (user + system, from /proc/PID/stat) of the server process and of every
 worker process before and after, so the cost per line is known for the hub and for the
 workers separately. With ``--py-spy`` it also samples the server process (the hub; in
-thread mode all threads) with py-spy and prints the functions that hold most samples.
+thread mode only the thread holding the GIL) with py-spy and prints the functions
+that hold most samples.
 """
 
 from __future__ import annotations
@@ -75,16 +76,28 @@ def main() -> int:
     parser.add_argument("workload")
     parser.add_argument("--py-spy", type=Path, metavar="OUT", help="sample with py-spy into OUT")
     parser.add_argument("--ramp", type=int, help="ramp target for the connections workload")
+    parser.add_argument("--lines", type=int, help="lines per client in duplex and fan-out")
+    parser.add_argument(
+        "--subprocesses", action="store_true", help="sample the workers too (fork mode)"
+    )
     args = parser.parse_args()
     spec = builtin_specs()[args.server]
     sizes = Sizes(ramp=args.ramp)
+    if args.lines:
+        sizes = Sizes(
+            ramp=args.ramp,
+            duplex_lines=args.lines,
+            fanout10_lines=args.lines,
+            fanout100_lines=args.lines,
+        )
     with RunningServer(spec) as server:
         hub_own0, hub_children0 = cpu_seconds(server.pid)
         spy = None
         if args.py_spy:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(server.pid), "--rate", "500", "--format",
-                 "raw", "--output", str(args.py_spy), "--nonblocking", "--threads"],
+                 "raw", "--output", str(args.py_spy), "--nonblocking", "--gil"]
+                + (["--subprocesses"] if args.subprocesses else []),
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
         result = run_on(args.workload, server, sizes)

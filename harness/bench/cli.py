@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
-    if warning:
-        results["fd_limit_warning"] = warning
+    results["fd_limit_warning"] = warning
     print(report.render(results))
     try:
         if args.json:

@@ -1,6 +1,7 @@
 """The bench's picture: an SVG drawn here, so the bench needs no plotting library.
 
-Two panels side by side, one line per server, client count on a log scale:
+Two panels side by side, one line per server, log scales throughout (ratios are what
+hold between machines, and equal ratios are equal distances on a log scale):
 deliveries per second (duplex at 2 clients, fan-out at 10 and 100) and the p99
 latency of one broadcast reaching every client (the connection ramp's steps).
 INVALID figures are left out, and the legend says so.
@@ -153,10 +154,10 @@ def svg(results: dict[str, Any]) -> str:
     parts += _panel(
         LEFT,
         "Deliveries per second",
-        "deliveries/s",
+        "deliveries/s (log)",
         {n: throughput_series(s) for n, s in servers.items()},
         colours,
-        False,
+        True,
     )
     parts += _panel(
         LEFT + PANEL_W + 110,

@@ -294,7 +294,7 @@ def render(results: Results) -> str:
         out.append(f"No ratios: the baseline {results['baseline']!r} was not measured in this run.")
     else:
         out.append("(deliveries/s and clients held: higher is better; times and memory: lower)")
-    notes = []
+    notes = [results["fd_limit_warning"]] if results.get("fd_limit_warning") else []
     for name, server in results["servers"].items():
         if server.get("skipped"):
             notes.append(f"{name}: skipped: {server['skipped']}")
