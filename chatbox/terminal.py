@@ -3,8 +3,8 @@
 Two consoles share one interface. `LineConsole` is for pipes, scripts and platforms
 without readline: bytes in, plain lines out, flushed as they arrive, no prompt, no
 escape codes. `ReadlineConsole` is for a person at a terminal: a prompt with readline's
-line editing and history, and every received line printed *above* the input line with
-what was typed so far redrawn intact.
+line editing, history and Tab completion of commands and names, and every received
+line printed *above* the input line with what was typed so far redrawn intact.
 
 The rule that keeps a terminal ungarbled: while a prompt is up, only the main thread
 draws. So the main thread never blocks inside readline: it drives GNU readline's
@@ -35,6 +35,8 @@ import time
 import zlib
 from types import FrameType
 from typing import BinaryIO, TextIO
+
+from chatbox.completion import Completer
 
 # --- how received text looks ---------------------------------------------------------------
 
@@ -275,6 +277,8 @@ class ReadlineConsole(Console):
         super().__init__(style)
         self._rl = rl
         self._stdin_fd = sys.stdin.fileno()
+        self._completer = Completer()
+        self._completer.install()
         self._queue: list[str] = []
         # Held while deciding who draws: the main thread while a prompt is up, else the
         # receiving thread directly.
@@ -331,6 +335,8 @@ class ReadlineConsole(Console):
 
     def show(self, data: bytes) -> None:
         lines = self.style.block(data)
+        for line in data.decode("utf-8", "replace")[:-1].split("\n"):
+            self._completer.learn(visible(line))
         with self._screen:
             if not self._reading:
                 sys.stdout.write("".join(line + "\n" for line in lines))

@@ -321,3 +321,21 @@ def test_tty_ctrl_z_then_fg_keeps_the_half_typed_line(server: Server) -> None:
     finally:
         tty.close()
         listener.close()
+
+
+def test_tty_tab_completes_commands_and_names(server: Server) -> None:
+    friend = f"zelda{os.getpid()}"
+    listener = Party(client_argv(str(server.port), "--name", friend))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    try:
+        listener.expect(rf"\* you are now known as {friend}$")
+        me = tty.ready()  # the welcome names everyone here, so the client knows zelda
+        tty.child.send("/ms\t")
+        tty.child.expect_exact("/msg ")
+        tty.child.send("zel\t")
+        tty.child.expect_exact(f"{friend} ")
+        tty.type("psst\r")
+        listener.expect(rf"\[private\] <{me}> psst$")
+    finally:
+        tty.close()
+        listener.close()
