@@ -12,6 +12,7 @@ that reports "n/a" for other servers instead of failing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,11 @@ BOUNDED = "bounded time"
 NO_LEFTOVERS = "nothing left running"
 SERVER_ALIVE = "server survived"
 SPECIFIC = "this project's server"
+NO_RESET = "no connection reset"
+
+# The impairment proxy's stderr line for a reset it made itself (`harness.impair`):
+# "impair: reset PEER after N bytes (reset-after)" or "... at once (reset-after=0)".
+_IMPAIR_RESET = re.compile(r"impair: reset (.*?) (?:after (\d+) bytes|at once) \(reset-after")
 
 CONTEXT_LINES = 3  # transcript lines shown on each side of an offending one
 
@@ -295,7 +301,41 @@ def check_specific(record: RunRecord) -> CheckResult:
     )
 
 
+def check_no_reset(record: RunRecord) -> CheckResult:
+    """A connection reset by ``--impair reset-after=N`` is the cause, not a server fault.
+
+    The lines lost after a reset fail "no loss" too; this check names the reset, so the
+    report says what really happened (`cause`). A reset the proxy merely passed on (a
+    client killed on purpose, in the crash scenario) is only a note, made by the runner.
+    """
+    if record.impair_log is None:
+        return CheckResult(NO_RESET, NOT_APPLICABLE, "no impairment proxy in the path")
+    resets = [(t, m) for t, line in record.impair_log if (m := _IMPAIR_RESET.search(line))]
+    if not resets:
+        return CheckResult(NO_RESET, PASS, "the impairment proxy reset no connection")
+    t, first = resets[0]
+    budget = first.group(2) or "0"
+    return CheckResult(
+        NO_RESET,
+        FAIL,
+        f"connection reset by impairment (reset-after={budget}): {len(resets)} "
+        f"connection(s) reset, the first at {t:.4f}s; failed deliveries after it follow "
+        "from the reset",
+        first.group(1),
+        [f"  impairment proxy: {tt:9.4f} {m.string}" for tt, m in resets[: CONTEXT_LINES * 2]],
+    )
+
+
+def cause(results: Iterable[CheckResult]) -> str:
+    """What made a run fail when one failure explains the others (a reset), else ''."""
+    for r in results:
+        if r.name == NO_RESET and r.failed:
+            return r.detail.split(":", 1)[0]
+    return ""
+
+
 ALL_CHECKS: list[Callable[[RunRecord], CheckResult]] = [
+    check_no_reset,
     check_no_loss,
     check_no_duplicates,
     check_intact,

@@ -171,7 +171,13 @@ class Connection:
         self.was_reset = False
         self.tasks: list[asyncio.Task[None]] = []
         self.writers: list[asyncio.StreamWriter] = [client[1]]
-        self.peer = str(client[1].get_extra_info("peername"))
+        peer = client[1].get_extra_info("peername")
+        # "client 127.0.0.1:40312": the client's own address, as a user can match it.
+        if isinstance(peer, tuple):
+            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+            self.peer = f"client {host}:{peer[1]}"
+        else:
+            self.peer = "client"
 
     async def run(self, target: tuple[str, int]) -> None:
         c_reader, c_writer = self.client

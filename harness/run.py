@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from types import FrameType
 
 from harness.checks import run_checks
@@ -180,6 +181,21 @@ def _choose_impairment(network: Network, spec: str | None) -> tuple[str | None, 
     return spec, f"TCP proxy (harness.impair); not netem: {reason}"
 
 
+PROXY_NOTES = 10  # proxy stderr lines copied into the notes; the rest are in the artifacts
+
+
+def _note_proxy(record: RunRecord, target: Target, t0: float) -> None:
+    """Keep what the impairment proxy said (its resets) with the run, timed from ``t0``."""
+    record.impair_log = target.proxy_log(t0)
+    if not record.impair_log:
+        return
+    for t, line in record.impair_log[:PROXY_NOTES]:
+        record.notes.append(f"impairment proxy at {t:.4f}s: {line}")
+    if len(record.impair_log) > PROXY_NOTES:
+        more = len(record.impair_log) - PROXY_NOTES
+        record.notes.append(f"impairment proxy: {more} more line(s) (see --artifacts)")
+
+
 def run_once(
     scenario: Scenario, options: Options, args: argparse.Namespace, iteration: int
 ) -> RunResult:
@@ -218,6 +234,7 @@ def run_once(
         target = Target(network, args.server_cmd, impair=proxy_spec, timeout=options.timeout)
         ctx: Context | None = None
         progress: Progress | None = None
+        t0 = time.monotonic()
         try:
             target.start()
             if target.server is not None:
@@ -238,6 +255,7 @@ def run_once(
             if progress is not None:
                 progress.stop()
             result.server_exit, result.server_stderr = target.stop()
+            _note_proxy(record, target, ctx.t0 if ctx is not None else t0)
             record.leftovers = _leftovers(ctx, target)
     if not result.error:
         result.checks = run_checks(record)

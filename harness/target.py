@@ -30,6 +30,7 @@ DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host}"
 _ANNOUNCE = re.compile(r"listening on \[?([^\]\s]*)\]?:(\d+)")
 PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
 PROBE_INTERVAL = 0.05  # between connection attempts when a server announces nothing
+DRAIN_JOIN_S = 2.0  # reading a stopped process's last output must not hang the cleanup
 
 
 class SetupError(Exception):
@@ -68,9 +69,13 @@ class Daemon:
         self.argv = list(argv)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        # When each stderr line arrived (time.monotonic), so a report can place what a
+        # process said (the impairment proxy's resets) on the run's time line.
+        self.stderr_at: list[float] = []
         self.announced: tuple[str, int] | None = None
         self.cond = threading.Condition()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._drains: list[threading.Thread] = []
 
     def start(self) -> None:
         try:
@@ -92,15 +97,19 @@ class Daemon:
             (self.proc.stdout, self.stdout, "out"),
             (self.proc.stderr, self.stderr, "err"),
         ):
-            threading.Thread(
+            drain = threading.Thread(
                 target=self._drain, args=(stream, sink), name=f"{self.label}-{name}", daemon=True
-            ).start()
+            )
+            drain.start()
+            self._drains.append(drain)
 
     def _drain(self, stream: object, sink: list[str]) -> None:
         for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             with self.cond:
                 sink.append(line)
+                if sink is self.stderr:
+                    self.stderr_at.append(time.monotonic())
                 if sink is self.stdout and self.announced is None:
                     match = _ANNOUNCE.search(line)
                     if match:
@@ -135,11 +144,20 @@ class Daemon:
         proc = self.proc
         end_group(proc.pid, lambda: proc.poll() is not None)
         Lifeline.get().unregister(proc.pid)
+        # Its last words (a reset the proxy reported just before it ended) are still in
+        # the pipes: read them to the end, bounded in case a grandchild holds them open.
+        for drain in self._drains:
+            drain.join(timeout=DRAIN_JOIN_S)
         return self.exit_status()
 
     def stderr_tail(self, lines: int = 15) -> str:
         with self.cond:
             return "\n".join(self.stderr[-lines:])
+
+    def stderr_since(self, t0: float) -> list[tuple[float, str]]:
+        """Every stderr line so far with its time in seconds since ``t0`` (monotonic)."""
+        with self.cond:
+            return [(at - t0, line) for at, line in zip(self.stderr_at, self.stderr, strict=True)]
 
 
 def free_port(address: str) -> int:
@@ -287,6 +305,13 @@ class Target:
             "impair": self.impair or "",
         }
         return info
+
+    def proxy_log(self, t0: float) -> list[tuple[float, str]] | None:
+        """What the impairment proxy said on stderr (its resets), timed from ``t0``; None
+        when no proxy is in the path. Complete once `stop` has returned."""
+        if self.proxy is None:
+            return None
+        return self.proxy.stderr_since(t0)
 
     def stop(self) -> tuple[str, str]:
         """Stop proxy and server; return (server exit status, server stderr tail)."""

@@ -134,6 +134,9 @@ class RunRecord:
     # None when the server under test is another implementation.
     specific: dict[str, tuple[bool, str]] | None = None
     notes: list[str] = field(default_factory=list)
+    # What the impairment proxy reported on stderr - (seconds since the start, line) - such
+    # as the resets it made; None when no proxy was in the path.
+    impair_log: list[tuple[float, str]] | None = None
     network: dict[str, object] = field(default_factory=dict)
     server_command: str = ""
     seed: int = 0

@@ -133,3 +133,40 @@ def test_project_specific_expectations_are_na_for_other_servers() -> None:
     assert checks.check_specific(rec).status == checks.NOT_APPLICABLE
     rec.specific = {"welcome": (False, "no '* welcome' line")}
     assert checks.check_specific(rec).status == checks.FAIL
+
+
+RESET_LINE = "impair: reset client 127.0.0.1:40312 after 2000 bytes (reset-after)"
+PASSED_ON = "impair: reset client 127.0.0.1:40400 because one side reset"
+
+
+def test_no_reset_is_na_without_the_impairment_proxy() -> None:
+    rec, _, _ = two_party()
+    assert checks.check_no_reset(rec).status == checks.NOT_APPLICABLE
+    assert checks.cause(checks.run_checks(rec)) == ""
+
+
+def test_a_reset_passed_on_by_the_proxy_is_not_an_impairment_reset() -> None:
+    rec, _, _ = two_party()
+    rec.impair_log = [(0.5, PASSED_ON)]
+    assert checks.check_no_reset(rec).status == checks.PASS
+
+
+def test_reset_after_is_named_as_the_cause_of_the_losses_it_makes() -> None:
+    rec, _, _ = two_party([1, 2])
+    rec.impair_log = [(0.25, "impair: something else"), (0.75, RESET_LINE), (0.8, RESET_LINE)]
+    results = checks.run_checks(rec)
+    reset = next(r for r in results if r.name == checks.NO_RESET)
+    assert reset.status == checks.FAIL
+    assert reset.detail.startswith("connection reset by impairment (reset-after=2000)")
+    assert "2 connection(s) reset, the first at 0.7500s" in reset.detail
+    assert reset.offender == "client 127.0.0.1:40312"
+    assert any(RESET_LINE in line for line in reset.context)
+    # The loss is still reported (exit 1), but the reset is what the run names as cause.
+    assert {r.name for r in results if r.failed} == {checks.NO_RESET, checks.NO_LOSS}
+    assert checks.cause(results) == "connection reset by impairment (reset-after=2000)"
+
+
+def test_reset_after_zero_is_named_too() -> None:
+    rec, _, _ = two_party()
+    rec.impair_log = [(0.1, "impair: reset client 127.0.0.1:1 at once (reset-after=0)")]
+    assert "reset-after=0" in checks.check_no_reset(rec).detail

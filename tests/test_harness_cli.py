@@ -129,3 +129,30 @@ def test_another_implementation_ncat_chat_is_held_to_the_same_checks(tmp_path: P
     assert out.code == 0, out.stdout + out.stderr
     assert out.statuses()["this project's server"] == "n/a"
     assert out.statuses()["same order at every receiver"] == "pass"
+
+
+def test_a_reset_by_impairment_is_reported_as_the_cause(tmp_path: Path) -> None:
+    """--impair reset-after=N: exit 1, and the report says the proxy reset the connection,
+    with the proxy's own line, rather than only "no loss" failing."""
+    artifacts = tmp_path / "artifacts"
+    out = run_harness(
+        str(tmp_path), "--messages", "100", "--settle", "0.5",
+        "--impair", "reset-after=2000", "--artifacts", str(artifacts),
+    )  # fmt: skip
+    assert out.code == 1, out.stdout + out.stderr
+    run = out.report["runs"][0]
+    assert run["cause"] == "connection reset by impairment (reset-after=2000)"
+    assert out.statuses()["no connection reset"] == "fail"
+    assert "cause (run 1): connection reset by impairment (reset-after=2000)" in out.stdout
+    assert "(connection reset by impairment (reset-after=2000))" in out.stdout.splitlines()[-1]
+    proxy_line = "after 2000 bytes (reset-after)"
+    assert any(proxy_line in e["line"] for e in run["impair_log"])
+    assert any(proxy_line in n for n in run["notes"])
+    assert proxy_line in (artifacts / "duplex-run1" / "impair.stderr").read_text()
+
+
+def test_without_a_reset_the_proxy_path_reports_no_reset(tmp_path: Path) -> None:
+    out = run_harness(str(tmp_path), "--messages", "10", "--impair", "delay=1ms")
+    assert out.code == 0, out.stdout + out.stderr
+    assert out.statuses()["no connection reset"] == "pass"
+    assert out.report["runs"][0]["cause"] == ""

@@ -106,6 +106,7 @@ def test_a_reset_fails_the_run(tmp_path: Path) -> None:
         code, doc, output = finish(proc, report)
     assert code == 1, output
     assert not doc["passed"]
+    assert doc["runs"][0]["cause"] == "connection reset by impairment (reset-after=2000)"
     assert_nothing_left(proc.pid)
 
 

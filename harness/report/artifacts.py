@@ -2,10 +2,12 @@
 
 Layout: ``DIR/<scenario>-run<N>/`` holding ``<party>.log`` (every line the party sent
 ``>``, received ``<`` or the harness noted ``#``, with its time in seconds since the run
-started), ``server.stderr``, ``result.json`` and ``sequence.svg``: one lifeline per party
-and one for the server, one arrow per delivery from the sender (at the time it was
-sent) to the receiver (at the time it arrived), and a red arrow into the server for
-every delivery that never arrived. Hover an arrow to see its message and times.
+started), ``server.stderr``, ``impair.stderr`` (only with the impairment proxy: its own
+lines, such as the resets it made, timed like the transcripts), ``result.json`` and
+``sequence.svg``: one lifeline per party and one for the server, one arrow per delivery
+from the sender (at the time it was sent) to the receiver (at the time it arrived), and
+a red arrow into the server for every delivery that never arrived. Hover an arrow to
+see its message and times.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def write_artifacts(directory: str, result: RunResult) -> Path:
             for line in log.snapshot():
                 f.write(f"{line.t:10.4f} {line.direction} {line.text}\n")
     (folder / "server.stderr").write_text(result.server_stderr + "\n", encoding="utf-8")
+    if result.record.impair_log is not None:
+        (folder / "impair.stderr").write_text(
+            "".join(f"{t:10.4f} {line}\n" for t, line in result.record.impair_log),
+            encoding="utf-8",
+        )
     (folder / "result.json").write_text(
         json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )

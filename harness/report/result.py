@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.checks import FAIL, NOT_APPLICABLE, PASS, CheckResult
+from harness.checks import FAIL, NOT_APPLICABLE, PASS, CheckResult, cause
 from harness.transcript import RunRecord
 
 
@@ -22,6 +22,11 @@ class RunResult:
     def passed(self) -> bool:
         return not self.error and all(c.status != FAIL for c in self.checks)
 
+    @property
+    def cause(self) -> str:
+        """The one failure that explains the others (a connection reset), if any."""
+        return cause(self.checks)
+
     def status_of(self, name: str) -> str:
         for c in self.checks:
             if c.name == name:
@@ -35,6 +40,7 @@ class RunResult:
             "iteration": self.iteration,
             "seed": rec.seed,
             "passed": self.passed,
+            "cause": self.cause,
             "error": self.error,
             "duration_s": round(rec.duration, 4),
             "network": rec.network,
@@ -67,6 +73,11 @@ class RunResult:
                 for name, log in rec.parties.items()
             },
             "notes": rec.notes,
+            "impair_log": (
+                None
+                if rec.impair_log is None
+                else [{"t": round(t, 4), "line": line} for t, line in rec.impair_log]
+            ),
         }
 
 

@@ -64,6 +64,8 @@ def summary(results: Sequence[RunResult]) -> str:
             detail = f"{len(results) - fails}/{len(results)} runs pass; {detail}"
         out.append(f"  {name:<{width}}  {mark:<6}  {detail[:150]}")
     for r in results:
+        if r.cause:
+            out.append(f"\ncause (run {r.iteration}): {r.cause}; the other failures follow from it")
         if r.record.notes:
             out.append(f"\nnotes (run {r.iteration}):")
             out.extend(f"  - {n}" for n in r.record.notes)
@@ -78,5 +80,7 @@ def summary(results: Sequence[RunResult]) -> str:
             out.extend("  " + line for line in r.server_stderr.splitlines()[-10:])
     failed = sum(1 for r in results if not r.passed)
     verdict = "PASS" if failed == 0 else ("FLAKY" if failed < len(results) else "FAIL")
-    out.append(f"\n{verdict}: {len(results) - failed}/{len(results)} runs passed")
+    causes = sorted({r.cause for r in results if r.cause})
+    because = f" ({'; '.join(causes)})" if causes else ""
+    out.append(f"\n{verdict}: {len(results) - failed}/{len(results)} runs passed{because}")
     return "\n".join(out) + "\n"
