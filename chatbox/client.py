@@ -33,7 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from chatbox.terminal import Console, Hangup, keep_signals_off_this_thread, open_console
+from chatbox.terminal import (
+    Console,
+    Hangup,
+    keep_signals_off_this_thread,
+    open_console,
+    signals_held,
+)
 
 PROG = "chatbox-client"
 DEFAULT_HOST = "127.0.0.1"
@@ -190,14 +196,19 @@ class Session:
 
     def run(self) -> int:
         """Chat until the user or the server ends it; the process's exit status."""
-        self._receiver.start()
         try:
             return self._run()
+        except KeyboardInterrupt:
+            return 130  # interrupted again while already ending
         finally:
             self.sock.close()
 
     def _run(self) -> int:
         try:
+            # Ctrl-C or SIGTERM wait until the thread exists, or `_quit` would wait for a
+            # receiver that never started.
+            with signals_held():
+                self._receiver.start()
             if self.name is not None and not self._claim_name(self.name):
                 self._quit(QUIT_LINE)
                 return 1
@@ -329,12 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         sock = connect(options.host, options.port)
+        console = open_console(timestamps=options.timestamps, environ=os.environ)
     except ConnectError as exc:
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    console = open_console(timestamps=options.timestamps, environ=os.environ)
     # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
     signal.signal(signal.SIGTERM, _interrupt)
     return Session(sock, console, options.name).run()

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from types import FrameType
 from typing import BinaryIO, TextIO
 
@@ -141,16 +142,36 @@ class Hangup(Exception):
     """Raised in the main thread, out of `read_line`, once the connection has ended."""
 
 
+_PROCESS_SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGTSTP")
+    if hasattr(signal, name)
+}
+
+
 def keep_signals_off_this_thread() -> None:
     """Block process signals in a helper thread, so the kernel delivers them to the main one.
 
     A Ctrl-C delivered to a helper thread would not interrupt the main thread's wait.
     """
     if hasattr(signal, "pthread_sigmask"):
-        wanted = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH")
-        signal.pthread_sigmask(
-            signal.SIG_BLOCK, {getattr(signal, n) for n in wanted if hasattr(signal, n)}
-        )
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PROCESS_SIGNALS)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and the like until the block is done; they act right after.
+
+    Also, a thread started inside starts with them blocked, as a helper thread should.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PROCESS_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Console(abc.ABC):
