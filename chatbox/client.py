@@ -291,6 +291,13 @@ class Session:
 
     def _receive(self) -> None:
         keep_signals_off_this_thread()
+        try:
+            self._receive_until_closed()
+        finally:
+            # Always, even after a bug above: the main thread must learn the session ended.
+            self._end_receiving()
+
+    def _receive_until_closed(self) -> None:
         partial = b""
         try:
             while True:
@@ -310,6 +317,8 @@ class Session:
             self._end_clean = False
         if partial:
             self._deliver(partial + b"\n")  # the server's last words, even without a newline
+
+    def _end_receiving(self) -> None:
         with self._lock:
             self._ended.set()
             self._nick_answered.set()

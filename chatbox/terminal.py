@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import ctypes
+import io
 import os
 import re
 import select
@@ -331,7 +332,14 @@ class ReadlineConsole(Console):
             while not self._rl.done:
                 self._draw_queued()
                 if not self._rl.pending_input() and self._wait_for_input(self._stdin_fd):
-                    self._rl.take_input(os.read(self._stdin_fd, 4096))
+                    try:
+                        data = os.read(self._stdin_fd, 4096)
+                    except OSError:
+                        data = b""  # EIO: the terminal is gone
+                    if not data:
+                        self._rl.abandon()
+                        return None
+                    self._rl.take_input(data)
                 self._rl.feed()
         except KeyboardInterrupt:
             self._rl.abandon()
@@ -471,8 +479,6 @@ class _Readline:
         return 1 if self._input else 0
 
     def take_input(self, data: bytes) -> None:
-        if not data:
-            data = b"\x04"  # the terminal is gone: end of input, as Ctrl-D
         self._input += data
 
     def feed(self) -> None:
@@ -555,4 +561,9 @@ def open_console(*, timestamps: bool, environ: dict[str, str] | os._Environ[str]
     interactive = sys.stdin.isatty() and sys.stdout.isatty() and environ.get("TERM") != "dumb"
     style = Style(colour=colour_wanted(sys.stdout, environ), timestamps=timestamps)
     console = ReadlineConsole.open(style) if interactive else None
-    return console or LineConsole(style, sys.stdin.buffer, sys.stdout.buffer)
+    if console is None:
+        return LineConsole(style, sys.stdin.buffer, sys.stdout.buffer)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A terminal whose encoding lacks a received character shows '?', not a crash.
+        sys.stdout.reconfigure(errors="replace")
+    return console
