@@ -47,8 +47,8 @@ def client_argv(*args: str) -> list[str]:
 class Server:
     """A real chatbox server on a free loopback port."""
 
-    def __init__(self, mode: str | None = None) -> None:
-        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
+    def __init__(self, mode: str | None = None, host: str = "127.0.0.1") -> None:
+        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", host]
         if mode is not None:
             argv += ["--mode", mode]
         self.proc = subprocess.Popen(
@@ -545,5 +545,50 @@ def test_client_without_stdin_quits_at_once(server: Server) -> None:
         assert (proc.returncode, proc.stderr) == (0, "")
         name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
         listener.expect(rf"\* {name} left \(quit\)$")
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("address", ["::1", "[::1]"])
+def test_client_reaches_an_ipv6_server(address: str) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    srv = Server(host="::1")
+    listener = Party(client_argv(str(srv.port), "::1"))
+    try:
+        joined(listener)
+        proc = run_client(str(srv.port), address, stdin=b"over six\n")
+        assert (proc.returncode, proc.stderr) == (0, "")
+        listener.expect(r"<guest\d+> over six$")
+    finally:
+        listener.close()
+        srv.stop()
+
+
+def test_client_second_interrupt_stops_waiting_for_the_server_exit_130() -> None:
+    with OneShotServer() as srv:
+        client = Party(client_argv(str(srv.port)))
+        try:
+            srv.accept()
+            client.close_stdin()
+            assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
+            client.proc.send_signal(signal.SIGINT)
+            status, err = client.wait()
+            assert (status, err) == (130, "")
+        finally:
+            client.close()
+
+
+def test_client_reaches_the_server_by_host_name(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    try:
+        joined(listener)
+        proc = run_client(str(server.port), "localhost", stdin=b"by name\n")
+        assert (proc.returncode, proc.stderr) == (0, "")
+        listener.expect(r"<guest\d+> by name$")
     finally:
         listener.close()
