@@ -1,13 +1,22 @@
-"""`python -m harness.rawclient HOST PORT`: a byte-exact client for the bad-input party.
+"""`python -m harness.rawclient HOST PORT [--rcvbuf BYTES] [--mss BYTES]`: a byte-exact
+client for the parties no chat client can play.
 
 A chat client (rightly) refuses to send NUL, escapes or invalid UTF-8 as typed; this
 one sends its stdin to the server byte for byte and prints whatever comes back. On a
 terminal it switches the terminal to raw mode first, so the pty passes every byte
 unchanged, and only then says ``connected`` - the harness waits for that word.
+
+It also plays the *stopped reader* of the slow-reader scenario: it writes what it
+receives straight to its terminal, so when nobody reads the terminal it stops reading
+its socket (a chat client that queues arrivals in memory never does). ``--rcvbuf`` and
+``--mss`` shrink its receive buffer and segment size before connecting: the kernel
+sizes the *server's* send buffer from the segment size (on loopback, 64 KiB segments
+give megabytes), so a small one makes the server's own queue fill after ~100 KiB.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import socket
@@ -28,18 +37,46 @@ def _pump_in(sock: socket.socket) -> None:
         sock.sendall(data)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(
+            2, f"usage: python -m harness.rawclient HOST PORT [--rcvbuf N] [--mss N]: {message}\n"
+        )
+
+
+def _connect(host: str, port: int, rcvbuf: int | None, mss: int | None) -> socket.socket:
+    """Connect, with the receive buffer and segment size set first (they are negotiated
+    in the handshake). Error handling: OSError propagates to the caller."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], info[1], info[2])
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if mss and hasattr(socket, "TCP_MAXSEG"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        sock.settimeout(10)
+        sock.connect(info[4])
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or not args[1].isdigit():
-        print("usage: python -m harness.rawclient HOST PORT", file=sys.stderr)
-        return 2
+    parser = _Parser(prog="python -m harness.rawclient", add_help=False)
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--rcvbuf", type=int, metavar="BYTES")
+    parser.add_argument("--mss", type=int, metavar="BYTES")
+    opts = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = [opts.host, str(opts.port)]
     saved = None
     if os.isatty(0):
         saved = termios.tcgetattr(0)
         tty.setraw(0)
     try:
         try:
-            sock = socket.create_connection((args[0], int(args[1])), timeout=10)
+            sock = _connect(opts.host, opts.port, opts.rcvbuf, opts.mss)
         except OSError as exc:
             print(f"rawclient: cannot connect to {args[0]}:{args[1]}: {exc}\r", flush=True)
             return 1

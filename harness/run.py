@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a real chat server and real clients, script a conversation, and "
         "check that every line arrives whole, once, in order, in full duplex.",
         epilog="Exit codes: 0 all checks pass, 1 a check failed, 2 usage or setup error. "
-        "Templates take {port} and {host} (and {python}). Docs: docs/harness.md.",
+        "Templates take {port} and {host} (and {python}; {server_options}: what a scenario "
+        "asks of this project's server, e.g. slow-reader's small --sendq). Docs: "
+        "docs/harness.md.",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument(
@@ -231,7 +233,13 @@ def run_once(
         record.network = dict(network.describe())
         record.network["impair"] = args.impair or ""
         record.network["impaired_by"] = impaired_by
-        target = Target(network, args.server_cmd, impair=proxy_spec, timeout=options.timeout)
+        target = Target(
+            network,
+            args.server_cmd,
+            impair=proxy_spec,
+            timeout=options.timeout,
+            server_options=scenario.server_options if options.ours else (),
+        )
         ctx: Context | None = None
         progress: Progress | None = None
         t0 = time.monotonic()

@@ -1,7 +1,8 @@
 """The target: the chat server under test, started on the network's server host.
 
 Any implementation is started from a command template with ``{port}`` and ``{host}``
-placeholders (``{python}`` is this interpreter). The harness picks a free port, starts
+placeholders (``{python}`` is this interpreter, ``{server_options}`` what the scenario asks
+of this project's server). The harness picks a free port, starts
 the server, and waits - on an event, never a fixed sleep - until either the server
 announces ``listening on HOST:PORT`` on stdout or the port accepts connections, while
 the process is alive. A server that exits first is a setup error that shows its stderr.
@@ -25,7 +26,10 @@ from collections.abc import Sequence
 from harness.hosts import Host, Network
 from harness.processes import Lifeline, child_env, end_group, preexec
 
-DEFAULT_SERVER = "{python} -m chatbox.server {port} --host {host}"
+# {server_options}: what the scenario asks of this project's server (slow-reader: a small
+# --sendq and --slow-timeout); empty for the others. Foreign --server-cmd templates simply
+# do not contain it and are run as given.
+DEFAULT_SERVER = "{python} -m chatbox.server {port} --host {host} {server_options}"
 DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host}"
 _ANNOUNCE = re.compile(r"listening on \[?([^\]\s]*)\]?:(\d+)")
 PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
@@ -47,10 +51,14 @@ def python_for(host: Host) -> str:
     return getattr(host, "python", None) or sys.executable
 
 
-def expand(template: str, *, host: str, port: int | str, python: str) -> list[str]:
+def expand(
+    template: str, *, host: str, port: int | str, python: str, server_options: str = ""
+) -> list[str]:
     """Fill a command template; raise `SetupError` for a malformed one."""
     try:
-        text = template.format(host=host, port=port, python=shlex.quote(python))
+        text = template.format(
+            host=host, port=port, python=shlex.quote(python), server_options=server_options
+        )
         return shlex.split(text)
     except (KeyError, IndexError, ValueError) as exc:
         raise SetupError(f"bad command template {template!r}: {exc}") from None
@@ -197,10 +205,20 @@ class Target:
     """
 
     def __init__(
-        self, network: Network, server_template: str, *, impair: str | None, timeout: float
+        self,
+        network: Network,
+        server_template: str,
+        *,
+        impair: str | None,
+        timeout: float,
+        server_options: Sequence[str] = (),
     ) -> None:
         self.network = network
         self.template = server_template
+        self.server_options = list(server_options)
+        # Whether the scenario's server options reached the server (its template has
+        # the {server_options} placeholder): only then may it count on their effect.
+        self.options_applied = bool(server_options) and "{server_options}" in server_template
         self.impair = impair
         self.timeout = timeout
         self.server: Daemon | None = None
@@ -217,7 +235,14 @@ class Target:
         listen = self.network.listen_address
         for attempt in range(PORT_ATTEMPTS):
             port = free_port(listen) if self.network.kind == "loopback" else free_port("")
-            argv = expand(self.template, host=listen, port=port, python=python_for(host))
+            options = " ".join(shlex.quote(o) for o in self.server_options)
+            argv = expand(
+                self.template,
+                host=listen,
+                port=port,
+                python=python_for(host),
+                server_options=options,
+            )
             self.server = Daemon("server", host.command(argv))
             self.server.start()
             try:

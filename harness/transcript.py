@@ -94,6 +94,17 @@ class PartyLog:
         with self._lock:
             return list(self.lines)
 
+    def excuse_damage(self, index: int, t: float, why: str) -> int:
+        """Stop counting the damage on transcript line ``index`` (a line the server cut
+        short on purpose, as documented), noting ``why``; return how many were excused."""
+        with self._lock:
+            kept = [(i, d) for i, d in self.damage if i != index]
+            excused = len(self.damage) - len(kept)
+            self.damage = kept
+        if excused:
+            self.add_note(t, f"not counted as damaged: line {index} ({why})")
+        return excused
+
 
 @dataclass
 class Expectation:

@@ -42,7 +42,7 @@ def test_harness_fails_faulty_relay_naming_the_check(
     assert "first offending message" in out.stdout
 
 
-@pytest.mark.parametrize("scenario", ["duplex", "broadcast", "churn", "crash"])
+@pytest.mark.parametrize("scenario", ["duplex", "broadcast", "churn", "crash", "slow-reader"])
 def test_correct_relay_with_other_decoration_passes(tmp_path: object, scenario: str) -> None:
     """A relay that decorates lines its own way (<userN>) is judged on tokens alone, and
     this project's specific expectations are n/a for it, not failures."""

@@ -7,7 +7,8 @@ import sys
 import pytest
 from faulty_relays import run_harness
 
-SERVER = "{python} -m chatbox.server {port} --host {host} --mode %s"
+# {server_options}: what a scenario asks of our server (slow-reader: a small --sendq).
+SERVER = "{python} -m chatbox.server {port} --host {host} --mode %s {server_options}"
 SCENARIOS = ["duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash"]
 
 
@@ -30,7 +31,7 @@ def test_our_server_passes_every_check(tmp_path: object, scenario: str, mode: st
         assert statuses[check] == "pass", out.stdout
     assert statuses["nothing left running"] == "pass"
     # The server's own promises are checked (not n/a) when the server is ours.
-    if scenario in ("duplex", "churn", "bad-input"):
+    if scenario in ("duplex", "churn", "bad-input", "slow-reader"):
         assert statuses["this project's server"] == "pass", out.stdout
     assert not out.report["flaky"]
 
@@ -76,3 +77,44 @@ def test_slow_reader_whose_terminal_fills_up_still_gets_lines_in_order(tmp_path:
     assert out.code == 0, out.stdout + out.stderr
     slow = out.report["runs"][0]["parties"]["slow"]
     assert slow["received"] > 17 * 1024 // 100  # it really had a full terminal to catch up on
+
+
+def test_slow_reader_is_cut_off_and_the_others_are_told(tmp_path: object) -> None:
+    """With the default server command the scenario runs our server with a small --sendq:
+    a reader that stopped is disconnected, the others see '* stalled left (too slow)' and
+    lose nothing - the flood sent to overflow its queue included."""
+    out = run_harness(str(tmp_path), "--scenario", "slow-reader", "--messages", "20")
+    assert out.code == 0, out.stdout + out.stderr
+    run = out.report["runs"][0]
+    assert "--sendq 16384 --slow-timeout 0.5" in run["server"]["command"]
+    specific = next(c for c in run["checks"] if c["name"] == "this project's server")
+    assert specific["status"] == "pass"
+    assert "saw '* stalled left (too slow)'" in specific["detail"]
+    assert out.statuses()["no loss"] == "pass"
+    assert run["parties"]["p1"]["received"] > run["parties"]["flood"]["sent"]  # flood arrived
+    assert any("connection was closed by the server" in n for n in run["notes"])
+
+
+def test_a_server_that_never_cuts_off_a_stopped_reader_fails(tmp_path: object) -> None:
+    """The check can fail: the same server with a queue too big to overflow keeps the
+    stopped reader, so nobody is told it left."""
+    huge = "{python} -m chatbox.server {port} --host {host} {server_options} --sendq 100000000"
+    out = run_harness(
+        str(tmp_path), "--scenario", "slow-reader", "--messages", "10", "--settle", "0.5",
+        "--server-cmd", huge,
+    )  # fmt: skip
+    assert out.code == 1, out.stdout + out.stderr
+    assert out.failed() == {"this project's server"}, out.stdout
+    assert "never saw '* stalled left (too slow)'" in out.stdout
+
+
+def test_a_server_command_without_the_placeholder_is_run_as_given(tmp_path: object) -> None:
+    plain = "{python} -m chatbox.server {port} --host {host}"
+    out = run_harness(
+        str(tmp_path), "--scenario", "slow-reader", "--messages", "10", "--server-cmd", plain
+    )
+    assert out.code == 0, out.stdout + out.stderr
+    run = out.report["runs"][0]
+    assert "--sendq" not in run["server"]["command"]
+    assert "flood" not in run["parties"]
+    assert any("was not cut off" in n for n in run["notes"])

@@ -16,7 +16,7 @@ import abc
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from harness.hosts import Network
@@ -112,8 +112,9 @@ class Context:
         )
         return self._start(name, argv, "/quit" if self.options.ours else None)
 
-    def raw_party(self, name: str) -> Party:
-        """Start a byte-exact party (`harness.rawclient`) for input no client would type."""
+    def raw_party(self, name: str, options: Sequence[str] = ()) -> Party:
+        """Start a byte-exact party (`harness.rawclient`) for input no client would type;
+        ``options`` are rawclient's own (``--rcvbuf``, ``--mss``)."""
         host = self.network.client_host(self._count)
         argv = [
             python_for(host),
@@ -121,8 +122,11 @@ class Context:
             "harness.rawclient",
             self.target.connect_address,
             str(self.target.client_port),
+            *options,
         ]
-        return self._start(name, argv, None)
+        # This project's server ends the connection on /quit, so the raw client (whose
+        # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
+        return self._start(name, argv, "/quit" if self.options.ours else None)
 
     def close_all(self) -> None:
         for party in list(self.parties.values()):
@@ -130,11 +134,17 @@ class Context:
 
     # -- tokens --------------------------------------------------------------------
 
-    def token(self, sender: str, payload: str | None = None, kind: str = MESSAGE) -> Token:
+    def token(
+        self, sender: str, payload: str | None = None, kind: str = MESSAGE, *, size: int = 0
+    ) -> Token:
+        """A fresh token from ``sender``; a random payload unless given (``size`` chars
+        if more than 0, else a chat-like 8-48)."""
         with self._lock:
             seq = self._seq.get(sender, 0) + 1
             self._seq[sender] = seq
-        tok = make(sender, seq, payload if payload is not None else random_payload(self.rng), kind)
+        if payload is None:
+            payload = random_payload(self.rng, size, size) if size else random_payload(self.rng)
+        tok = make(sender, seq, payload, kind)
         self.known_crcs[tok.crc] = tok.key
         return tok
 
@@ -181,6 +191,8 @@ class Context:
         window_to: list[Party] | None = None,
         prove_with: str | None = None,
         more: Callable[[], bool] | None = None,
+        size: int = 0,
+        cap: int | None = None,
     ) -> threading.Thread:
         """Start a thread that makes ``party`` send ``count`` lines.
 
@@ -194,8 +206,11 @@ class Context:
         ``prove_with``: keep talking past ``count`` (up to CAP_FACTOR x) until a line from
         that peer has arrived while this party still had lines to send - full duplex
         proven, not assumed. ``more``: keep talking while it returns True (churn, crash).
+        ``size``: the payload length of each line (default: chat-like, 8-48 characters).
+        ``cap``: the most lines ``prove_with``/``more`` may add up to (default CAP_FACTOR x).
         """
-        cap = max(count * CAP_FACTOR, count + 100)
+        if cap is None:
+            cap = max(count * CAP_FACTOR, count + 100)
         peers = list(window_to or [])
 
         def run() -> None:
@@ -216,7 +231,7 @@ class Context:
                         # check will say what went missing) rather than crawl.
                         peers.remove(peer)
                 heard = prove_with is not None and party.heard_messages(prove_with) > 0
-                if not party.send(self.token(party.name), self.deadline):
+                if not party.send(self.token(party.name, size=size), self.deadline):
                     if not self.expired:
                         self.record.notes.append(
                             f"{party.name} stopped taking input after {sent} lines "
@@ -296,6 +311,10 @@ class Scenario(abc.ABC):
     name: str
     summary: str
     min_clients = 2
+    # Options this scenario asks of this project's server, filled into a server command's
+    # ``{server_options}`` (the default command has it; a --server-cmd without it is run
+    # as given). The scenario sees whether they were applied: `Target.options_applied`.
+    server_options: tuple[str, ...] = ()
 
     def check_options(self, options: Options) -> None:
         """Raise ValueError (one line) for options this scenario cannot use."""

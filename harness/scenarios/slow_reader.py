@@ -1,23 +1,57 @@
 """slow-reader: one party stops reading; the others keep their pace and lose nothing.
 
 Requirement: "one party stops reading; the others keep their rate and lose nothing." The
-slow party's terminal is simply not drained, so its client blocks writing, stops reading
-its socket, and the server's queue for it grows: a server that waits for it stalls the
-whole room, which the "bounded time" and "no loss" checks then report.
+slow party's terminal is simply not drained, so a client that writes its arrivals
+straight to the terminal blocks, stops reading its socket, and the server's queue for it
+grows: a server that waits for it stalls the whole room, which the "bounded time" and
+"no loss" checks then report.
+
+With this project's server the scenario goes further and proves the cut-off its
+protocol promises ("a client whose queue stays over --sendq for --slow-timeout is
+disconnected"). Normal chat traffic never fills the default 1 MiB queue plus the kernel's
+buffers, so the server is started with a small queue (`server_options`), and two raw
+parties join: ``stalled``, which stops reading with a small receive window (see
+`harness.rawclient`), and ``flood``, which sends long lines until the others are told
+``* stalled left (too slow)``. The others must see that notice and lose nothing.
 """
 
 from __future__ import annotations
 
+import time
+
+from harness.party import Party
 from harness.scenarios.base import Context, Scenario
+from harness.transcript import RECEIVED
+
+SENDQ = 16384  # bytes: small, so a stopped reader overflows it within ~100 KiB of traffic
+SLOW_TIMEOUT = 0.5  # seconds over the bound before the cut-off: the room waits this long
+# The stopped reader's socket: a 4 KiB receive buffer and 200-byte segments. The kernel
+# sizes the server's send buffer from the segment size (64 KiB segments on loopback give
+# megabytes of buffer); small segments keep what the kernel absorbs near 100 KiB.
+STALLED_SOCKET = ("--rcvbuf", "4096", "--mss", "200")
+FLOOD_PAYLOAD = 3000  # characters per flood line: under the server's 4096-byte --max-line
+# Flood lines at most (2 MB): the kernel's buffers for the stalled socket grow with the
+# traffic (the server's send buffer reached ~640 KiB on loopback), so the flood goes on
+# until the notice, and this bounds it when a server never cuts anyone off.
+FLOOD_CAP = 700
+NOTICE = "* stalled left (too slow)"
+CLOSED_WAIT = 5.0  # seconds for the stopped reader to see its connection closed
 
 
 class SlowReader(Scenario):
     name = "slow-reader"
     summary = "one party stops reading; the other two keep their rate and lose nothing"
     min_clients = 3
+    server_options = ("--sendq", str(SENDQ), "--slow-timeout", str(SLOW_TIMEOUT))
 
     def run(self, ctx: Context) -> None:
         a, b, slow = ctx.party("p1"), ctx.party("p2"), ctx.party("slow")
+        cut_off = ctx.record.specific is not None and ctx.target.options_applied
+        if cut_off:
+            stalled = ctx.raw_party("stalled", STALLED_SOCKET)
+            flood = ctx.raw_party("flood")
+            if not self._join_raw(ctx, stalled, flood):
+                ctx.record.notes.append("the raw parties never joined the room")
         if not ctx.sync_all([a, b, slow]):
             ctx.record.notes.append("not every party heard the others' hellos")
         slow.pause_reading()
@@ -25,12 +59,86 @@ class SlowReader(Scenario):
         ctx.expect("p2", ["p1"])
         ctx.record.order_group = ["p1", "p2"]
         n = ctx.options.messages
-        ctx.finish_streams([ctx.stream(a, n, window_to=[b]), ctx.stream(b, n, window_to=[a])])
+        threads = [ctx.stream(a, n, window_to=[b]), ctx.stream(b, n, window_to=[a])]
+        if cut_off:
+            stalled.pause_reading()
+            ctx.expect("p1", ["p2", "flood"])
+            ctx.expect("p2", ["p1", "flood"])
+            threads.append(
+                ctx.stream(
+                    flood,
+                    1,
+                    window_to=[a, b],
+                    more=lambda: not (a.seen_text(NOTICE) and b.seen_text(NOTICE)),
+                    size=FLOOD_PAYLOAD,
+                    cap=FLOOD_CAP,
+                )
+            )
+        ctx.finish_streams(threads)
         slow.resume_reading()
-        if ctx.record.specific is not None:
-            cut = a.seen_text("left (too slow)")
+        if cut_off:
+            self._check_cut_off(ctx, a, b, stalled, flood)
+        elif ctx.record.specific is not None:
             ctx.record.notes.append(
                 "the slow reader was cut off as too slow"
-                if cut
-                else "the slow reader was not cut off (too little traffic to fill --sendq)"
+                if a.seen_text("left (too slow)")
+                else "the slow reader was not cut off (its --sendq was not reached; the "
+                "server command has no {server_options} for a small one)"
             )
+
+    @staticmethod
+    def _join_raw(ctx: Context, stalled: Party, flood: Party) -> bool:
+        """Both raw parties connected and in the room; ``stalled`` named so its departure
+        notice can be recognised."""
+        if not (
+            stalled.wait_text("welcome", ctx.deadline) and flood.wait_text("welcome", ctx.deadline)
+        ):
+            return False
+        stalled.send_text("/nick stalled", ctx.deadline)
+        return stalled.wait_text("you are now known as stalled", ctx.deadline)
+
+    @staticmethod
+    def _check_cut_off(ctx: Context, a: Party, b: Party, stalled: Party, flood: Party) -> None:
+        """The others were told the stopped reader left as too slow (they lost nothing:
+        the generic checks hold them to every line, the flood's included)."""
+        flooded = sum(len(s.token.payload) for s in flood.log.sent)
+        ctx.record.notes.append(
+            f"slow-reader: this project's server ran with --sendq {SENDQ} --slow-timeout "
+            f"{SLOW_TIMEOUT:g}; 'stalled' stopped reading (receive buffer 4 KiB, 200-byte "
+            f"segments) while 'flood' sent {len(flood.log.sent)} lines ({flooded} bytes)"
+        )
+        deadline = min(ctx.deadline, time.monotonic() + ctx.options.settle)
+        saw = {p.name: p.wait_text(NOTICE, deadline) for p in (a, b)}
+        missed = [name for name, ok in saw.items() if not ok]
+        ctx.specific(
+            "stopped reader cut off",
+            not missed,
+            f"p1 and p2 saw {NOTICE!r}"
+            if not missed
+            else f"{' and '.join(missed)} never saw {NOTICE!r} after {flooded} bytes of flood",
+        )
+        # Best effort by the protocol: the cut-off reader may get a last line; its
+        # connection must be closed either way (the raw client then ends on its own).
+        stalled.resume_reading()
+        closed = stalled.wait_exit(min(ctx.deadline, time.monotonic() + CLOSED_WAIT))
+        told = stalled.seen_text("disconnected: too slow")
+        if told or closed:
+            SlowReader._excuse_cut_line(ctx, stalled)
+        ctx.record.notes.append(
+            "the stopped reader's connection was "
+            + ("closed by the server" if closed else "still open")
+            + (", after '! disconnected: too slow'" if told else " (no '! disconnected' line)")
+        )
+
+    @staticmethod
+    def _excuse_cut_line(ctx: Context, stalled: Party) -> None:
+        """The server drops a cut-off reader's queue mid-line: it ends that partial line
+        with a LF before ``! disconnected: too slow`` (chatbox/hub.py), or, when the notice
+        does not fit, the connection closes after it. That one broken line - right before
+        the notice, else the last one received - is the cut itself, not a corruption."""
+        lines = stalled.log.snapshot()
+        notice = [i for i, ln in enumerate(lines) if "disconnected: too slow" in ln.text]
+        received = [i for i, ln in enumerate(lines) if ln.direction == RECEIVED]
+        cut = notice[0] - 1 if notice else (received[-1] if received else -1)
+        if cut >= 0:
+            stalled.log.excuse_damage(cut, ctx.clock(), "cut short by the cut-off")
