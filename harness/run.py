@@ -49,6 +49,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port (1-65535): {value}")
+    return value
+
+
+def network_options(args: argparse.Namespace, clients: int) -> NetworkOptions:
+    """The ``--hosts`` family of options, as `harness.hosts.open_network` takes them."""
+    return NetworkOptions(
+        kind=args.hosts,
+        clients=clients,
+        server_host=args.server_host,
+        client_hosts=list(args.client_host),
+        subnet=args.subnet,
+        ssh_options=list(args.ssh_option),
+        ssh_port=args.ssh_port,
+        ssh_identity=args.ssh_identity,
+        ssh_python=args.ssh_python,
+        server_address=args.server_address,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     kinds = sorted(NETWORK_KINDS)
     parser = argparse.ArgumentParser(
@@ -134,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="ssh: extra -o option (repeatable)",
     )
     hosts.add_argument(
+        "--ssh-port", type=_port, metavar="PORT", help="ssh: port of every host's sshd (ssh -p)"
+    )
+    hosts.add_argument(
+        "--ssh-identity",
+        metavar="FILE",
+        help="ssh: private key to log in with (ssh -i, and only that key: IdentitiesOnly)",
+    )
+    hosts.add_argument(
+        "--ssh-python",
+        default="python3",
+        metavar="PATH",
+        help="ssh: the Python on the far hosts, which must import chatbox and harness "
+        "(default python3)",
+    )
+    hosts.add_argument(
+        "--server-address",
+        metavar="ADDR",
+        help="ssh: the address clients connect to the server at (default: the address the "
+        "server host's sshd saw our login arrive at)",
+    )
+    hosts.add_argument(
         "--subnet", default="198.18.0.0/24", help="netns: test network (default 198.18.0.0/24)"
     )
     hosts.add_argument(
@@ -215,16 +259,8 @@ def run_once(
         specific={} if options.ours else None,
     )
     result = RunResult(scenario.name, iteration, record)
-    net_options = NetworkOptions(
-        kind=args.hosts,
-        clients=options.clients,
-        server_host=args.server_host,
-        client_hosts=list(args.client_host),
-        subnet=args.subnet,
-        ssh_options=list(args.ssh_option),
-    )
     try:
-        network = open_network(net_options)
+        network = open_network(network_options(args, options.clients))
     except HostError as exc:
         result.error = str(exc)
         return result

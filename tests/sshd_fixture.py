@@ -83,6 +83,10 @@ def make_keys(directory: Path) -> Keys:
     return Keys(directory, host_key, client_key, authorized)
 
 
+# A second port every test sshd also listens on; nothing listens on ALT_PORT + 1.
+ALT_PORT = 2222
+
+
 @dataclass
 class Sshd:
     address: str
@@ -96,7 +100,7 @@ class Sshd:
 
 @contextlib.contextmanager
 def running_sshd(host: Host, keys: Keys) -> Iterator[Sshd]:
-    """sshd on ``host`` (a namespace), listening on its address, port 22.
+    """sshd on ``host`` (a namespace), listening on its address, ports 22 and ALT_PORT.
 
     Resource handling: sshd is ended and reaped on exit; sessions still open are ended by
     the namespace network's close, which kills whatever still runs inside.
@@ -109,6 +113,7 @@ def running_sshd(host: Host, keys: Keys) -> Iterator[Sshd]:
             [
                 f"ListenAddress {host.address}",
                 "Port 22",
+                f"Port {ALT_PORT}",  # what `--ssh-port` is tested with
                 f"HostKey {keys.host_key}",
                 "PidFile none",
                 f"AuthorizedKeysFile {keys.authorized_keys}",

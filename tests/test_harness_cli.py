@@ -156,3 +156,29 @@ def test_without_a_reset_the_proxy_path_reports_no_reset(tmp_path: Path) -> None
     assert out.code == 0, out.stdout + out.stderr
     assert out.statuses()["no connection reset"] == "pass"
     assert out.report["runs"][0]["cause"] == ""
+
+
+def test_ssh_flags_map_onto_the_network_options() -> None:
+    from harness.run import build_parser, network_options
+
+    args = build_parser().parse_args(
+        ["--hosts", "ssh", "--server-host", "me@box", "--client-host", "me@other",
+         "--ssh-port", "2222", "--ssh-identity", "/keys/id", "--ssh-python", "/opt/py3",
+         "--server-address", "198.18.0.9", "--ssh-option", "ConnectTimeout=3"]
+    )  # fmt: skip
+    opts = network_options(args, clients=3)
+    assert (opts.kind, opts.server_host, opts.client_hosts) == ("ssh", "me@box", ["me@other"])
+    assert (opts.ssh_port, opts.ssh_identity, opts.ssh_python) == (2222, "/keys/id", "/opt/py3")
+    assert opts.server_address == "198.18.0.9"
+    assert opts.ssh_options == ["ConnectTimeout=3"]
+    assert opts.clients == 3
+    defaults = network_options(build_parser().parse_args([]), clients=2)
+    assert (defaults.ssh_port, defaults.ssh_identity, defaults.server_address) == (None,) * 3
+    assert defaults.ssh_python == "python3"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "ssh"])
+def test_bad_ssh_port_is_a_usage_error(port: str) -> None:
+    out = harness("--ssh-port", port)
+    assert out.returncode == 2
+    assert "--ssh-port" in out.stderr and "Traceback" not in out.stderr

@@ -28,7 +28,7 @@ from netns_fixture import (
     started,
     wait_pid_gone,
 )
-from sshd_fixture import Keys, Sshd, keygen, make_keys, needs_sshd, running_sshd
+from sshd_fixture import ALT_PORT, Keys, Sshd, keygen, make_keys, needs_sshd, running_sshd
 
 from harness.hosts import NetworkOptions
 from harness.hosts.netns import NetnsNetwork
@@ -235,12 +235,18 @@ def test_chat_across_ssh_hosts(lab: Lab) -> None:
                 party.close(force=True)
 
 
-def run_harness_over_ssh(lab: Lab, tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
-    """`python -m harness.run --hosts ssh` as a user runs it, from client namespace 0."""
+def run_harness_over_ssh(
+    lab: Lab, tmp: Path, *args: str, identity_option: bool = True
+) -> tuple[int, dict[str, Any], str]:
+    """`python -m harness.run --hosts ssh` as a user runs it, from client namespace 0.
+    ``identity_option``: name the key with ``--ssh-option`` (else the caller passes
+    ``--ssh-identity``)."""
     report = tmp / "report.json"
     argv = [sys.executable, "-m", "harness.run", "--hosts", "ssh", "--quiet"]
     argv += ["--server-host", lab.server.destination, "--client-host", lab.other.destination]
-    options = [*lab.options, f"IdentityFile={lab.keys.client_key}", "IdentitiesOnly=yes"]
+    options = list(lab.options)
+    if identity_option:
+        options += [f"IdentityFile={lab.keys.client_key}", "IdentitiesOnly=yes"]
     for option in options:
         argv += ["--ssh-option", option]
     done = subprocess.run(
@@ -270,6 +276,38 @@ def test_harness_scenario_across_ssh_hosts(lab: Lab, tmp_path: Path, impair: str
     assert network["connect_address"] == lab.server.address
     assert [c["host"] for c in network["clients"]] == [lab.other.destination]
     assert network["round_trip_ms"] > 0
+
+
+def test_harness_ssh_flags_port_identity_python_and_server_address(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """--ssh-port, --ssh-identity, --ssh-python and --server-address reach ssh and the run:
+    the key is given only by --ssh-identity, the sshds are reached on their second port."""
+    flags = ["--ssh-port", str(ALT_PORT), "--ssh-identity", str(lab.keys.client_key)]
+    flags += ["--ssh-python", sys.executable, "--server-address", lab.server.address]
+    args = ["--scenario", "duplex", "--messages", "20", *flags]
+    code, doc, output = run_harness_over_ssh(lab, tmp_path, *args, identity_option=False)
+    assert code == 0, output
+    network = doc["runs"][0]["network"]
+    assert network["connect_address"] == lab.server.address
+    command = doc["runs"][0]["server"]["command"]  # the local ssh command line
+    assert f"-p {ALT_PORT}" in command and f"-i {lab.keys.client_key}" in command
+    assert sys.executable in command
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        (["--ssh-port", str(ALT_PORT + 1)], "no sshd on that port"),
+        (["--ssh-python", "/nonexistent/python3"], "no such interpreter there"),
+    ],
+)
+def test_harness_ssh_flags_that_cannot_work_are_a_setup_error(
+    lab: Lab, tmp_path: Path, flags: list[str], why: str
+) -> None:
+    code, _, output = run_harness_over_ssh(lab, tmp_path, "--messages", "5", *flags)
+    assert code == 2, f"{why}: {output}"
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(
