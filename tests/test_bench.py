@@ -175,7 +175,7 @@ def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: s
     out_json = tmp_path / "bench.json"
     command = f"broken={sys.executable} {relay} {{port}} {mode}"
     run = _bench(
-        "--servers", "asyncio", "--server-cmd", command, "--workloads", "duplex,fanout10",
+        "--servers", "asyncio", "--server-cmd", command, "--workloads", "pingpong,duplex,fanout10",
         "--json", str(out_json), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -185,6 +185,7 @@ def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: s
     assert not broken["duplex"]["valid"]
     if mode == "drop":
         assert not broken["fanout10"]["valid"]
+        assert not broken["pingpong"]["valid"]  # a dropped ping stalls the exchange
     tally = broken["duplex"]["tally"]
     assert tally["lost"] if mode == "drop" else tally["broken"]
     assert results["ratios"]["broken"]["duplex_per_s"] is None  # no ratio from bad figures

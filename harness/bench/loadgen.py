@@ -140,12 +140,6 @@ class Swarm:
             client.done_at = None
             client.capture = True
 
-    def release(self) -> None:
-        """Stop capturing and drop what was captured."""
-        for client in self.clients:
-            client.capture = False
-            client.chunks = []
-
     def watch(self, clients: Iterable[Client], needle: bytes) -> None:
         """Note when each of ``clients`` receives ``needle``."""
         self.seen = 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.bench import ledger
-from harness.bench.loadgen import LoadError, Swarm
+from harness.bench.loadgen import Client, LoadError, Swarm
 from harness.bench.servers import RunningServer, ServerError, ServerSpec
 
 Result = dict[str, Any]
@@ -102,19 +102,18 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         swarm.expect(swarm.clients, 1 << 62)  # capture both sides for the ledger
         total = sizes.warmup + sizes.rounds
         rtts: list[float] = []
+        stalled = False
         for seq in range(total):
             start = time.perf_counter()
-            for sender, receiver in ((a, b), (b, a)):
-                swarm.watch([receiver], ledger.token(sender.index, seq))
-                swarm.send_now(sender, ledger.line(sender.index, seq))
-                if not swarm.pump(lambda: swarm.seen >= 1, deadline, sizes.idle):
-                    break
-            else:
-                assert a.seen_at is not None
-                if seq >= sizes.warmup:
-                    rtts.append(a.seen_at - start)
-                continue
-            break
+            if not (
+                _bounce(swarm, a, b, seq, deadline, sizes)
+                and _bounce(swarm, b, a, seq, deadline, sizes)
+            ):
+                stalled = True  # a line never came: the ledger says which
+                break
+            assert a.seen_at is not None
+            if seq >= sizes.warmup:
+                rtts.append(a.seen_at - start)
         tally = ledger.verify_all(
             ((c.index, c.received()) for c in swarm.clients), {0: total, 1: total}
         )
@@ -124,9 +123,20 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         "rounds": len(rtts),
         "rtt_p50_us": _us(_percentile(rtts, 50)),
         "rtt_p99_us": _us(_percentile(rtts, 99)),
-        "valid": tally.valid,
+        "valid": tally.valid and not stalled,
         "tally": tally.as_dict(),
+        "error": "a line never arrived (timed out)" if stalled else None,
     }
+
+
+def _bounce(
+    swarm: Swarm, sender: Client, receiver: Client, seq: int, deadline: float, sizes: Sizes
+) -> bool:
+    """``sender`` sends line ``seq``; wait until ``receiver`` has it (kernel time in
+    ``receiver.seen_at``). False if it never came."""
+    swarm.watch([receiver], ledger.token(sender.index, seq))
+    swarm.send_now(sender, ledger.line(sender.index, seq))
+    return swarm.pump(lambda: swarm.seen >= 1, deadline, sizes.idle)
 
 
 def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Result:
