@@ -65,14 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(WORKLOADS),
         help=f"comma-separated workloads (default all: {','.join(WORKLOADS)}; 'fanout' = both)",
     )
-    parser.add_argument("--baseline", default="asyncio", help="server ratios are against")
+    parser.add_argument(
+        "--baseline",
+        default="asyncio",
+        help="the server ratios are computed against (default asyncio)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
     parser.add_argument(
         "--ramp",
         type=int,
         metavar="N",
         help="ramp every server to N clients (default: "
-        "1,000 for fork and ncat, 5,000 for thread and asyncio)",
+        "1,000 for fork, ncat and --server-cmd servers, 5,000 for thread and asyncio)",
     )
     parser.add_argument(
         "--repeat",

@@ -4,8 +4,9 @@ A `ServerSpec` is a name and a command template with ``{host}`` and ``{port}`` i
 The built-in ones are this project's server in fork and in thread mode, the asyncio
 baseline from benchmarks/ and ``ncat --chat``; any other chat server plugs in through
 ``--server-cmd``. A server is ready when it prints ``listening on HOST:PORT`` (port 0
-then tells its real port) or, for servers that print nothing, when its port accepts a
-connection. Each workload gets a fresh server, so none inherits another's state.
+then tells its real port) or, for servers that print nothing, when the kernel's socket
+table shows it listening on the port chosen for it. Each workload gets a fresh server,
+so none inherits another's state.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ServerSpec:
     # 1,000 for a process per client, 5,000 for a thread per client).
     ramp: int = 1000
     # Says `listening on HOST:PORT` on stdout, so it can take port 0. Other servers get
-    # a free port chosen here and are ready when it accepts a connection.
+    # a free port chosen here and are ready when they listen on it.
     announces: bool = False
     # The server's accept backlog where it is small (ncat listens with 10): the load
     # generator then connects that many at a time and waits until they are in.
