@@ -283,6 +283,14 @@ class Target:
 
     def _start_proxy(self, host: Host, listen: str) -> None:
         assert self.impair is not None
+        self.proxy = self._proxy_to(host, listen, self.port, "impair")
+        assert self.proxy.announced is not None
+        self.client_port = self.proxy.announced[1]
+
+    def _proxy_to(self, host: Host, listen: str, port: int, label: str) -> Daemon:
+        """Start an impairment proxy on ``host`` in front of ``port`` there; return it once
+        it listens. Error handling: `SetupError` with its stderr if it does not start."""
+        assert self.impair is not None
         # The proxy runs next to the server; it reaches it over the server host's own
         # loopback when the server listens there, else on the address it bound.
         target = "127.0.0.1" if listen.startswith("127.") or listen == "0.0.0.0" else listen
@@ -293,19 +301,56 @@ class Target:
             "--listen",
             f"{listen}:0",
             "--target",
-            f"{target}:{self.port}",
+            f"{target}:{port}",
             "--spec",
             self.impair,
         ]
-        self.proxy = Daemon("impair", host.command(argv))
-        self.proxy.start()
-        announced = self.proxy.wait_announced(time.monotonic() + min(self.timeout, 30.0))
-        if announced is None:
+        proxy = Daemon(label, host.command(argv))
+        proxy.start()
+        if proxy.wait_announced(time.monotonic() + min(self.timeout, 30.0)) is None:
+            proxy.stop()
             raise SetupError(
-                f"the impairment proxy did not start ({self.proxy.exit_status() or 'no answer'}); "
-                f"its stderr:\n{self.proxy.stderr_tail() or '(empty)'}"
+                f"the impairment proxy did not start ({proxy.exit_status() or 'no answer'}); "
+                f"its stderr:\n{proxy.stderr_tail() or '(empty)'}"
             )
-        self.client_port = announced[1]
+        return proxy
+
+    def proxy_round_trip_ms(self) -> float | None:
+        """Median TCP round trip (ms) through the impairment proxy's path, or None.
+
+        What is measured: one-byte round trips from client host 0 through a second proxy
+        with the same toxics, on the server host, to a TCP echo there - the path the chat
+        traffic takes, minus the chat server (which relays to others, not back).
+
+        Resource handling: the echo and the second proxy are lifeline-registered daemons,
+        ended and reaped before returning. Error handling: any failure returns None (the
+        report then says "not measured"); a run never fails for want of it.
+        """
+        if self.impair is None:
+            return None
+        from harness.hosts.roundtrip import ANNOUNCING_ECHO_SOURCE, ping_command, run_ping
+
+        host = self.network.server
+        listen = self.network.listen_address
+        echo = Daemon(
+            "rtt-echo", host.command([python_for(host), "-c", ANNOUNCING_ECHO_SOURCE, listen])
+        )
+        proxy: Daemon | None = None
+        try:
+            echo.start()
+            announced = echo.wait_announced(time.monotonic() + min(self.timeout, 30.0))
+            if announced is None:
+                return None
+            proxy = self._proxy_to(host, listen, announced[1], "rtt-impair")
+            assert proxy.announced is not None
+            client = self.network.client_host(0)
+            return run_ping(ping_command(client, self.connect_address, proxy.announced[1]))
+        except SetupError:
+            return None
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            echo.stop()
 
     def children(self) -> list[int]:
         """Descendant pids of the server process (its workers, in a forking server)."""

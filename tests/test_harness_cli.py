@@ -151,11 +151,33 @@ def test_a_reset_by_impairment_is_reported_as_the_cause(tmp_path: Path) -> None:
     assert proxy_line in (artifacts / "duplex-run1" / "impair.stderr").read_text()
 
 
-def test_without_a_reset_the_proxy_path_reports_no_reset(tmp_path: Path) -> None:
-    out = run_harness(str(tmp_path), "--messages", "10", "--impair", "delay=1ms")
+def test_a_reset_before_anyone_joins_is_a_failed_run_not_a_setup_error(tmp_path: Path) -> None:
+    out = run_harness(str(tmp_path), "--messages", "5", "--impair", "reset-after=0")
+    assert out.code == 1, out.stdout + out.stderr
+    assert out.report["runs"][0]["cause"] == "connection reset by impairment (reset-after=0)"
+    assert "at once (reset-after=0)" in out.stdout
+
+
+def test_round_trip_is_measured_through_the_impairment_proxy_too(tmp_path: Path) -> None:
+    """delay=25ms applies each way, so the proxy path's round trip is at least 50 ms while
+    the link's stays what it is; both are in the report, saying what was measured."""
+    out = run_harness(str(tmp_path), "--messages", "10", "--impair", "delay=25ms")
     assert out.code == 0, out.stdout + out.stderr
     assert out.statuses()["no connection reset"] == "pass"
     assert out.report["runs"][0]["cause"] == ""
+    network = out.report["runs"][0]["network"]
+    assert network["round_trip_proxy_ms"] >= 50
+    assert network["round_trip_ms"] < network["round_trip_proxy_ms"]
+    assert "round trip through the impairment proxy: " in out.stdout
+    assert "through a second proxy with the same spec" in out.stdout
+
+
+def test_without_impairment_only_the_link_round_trip_is_reported(tmp_path: Path) -> None:
+    out = run_harness(str(tmp_path), "--messages", "5")
+    assert out.code == 0, out.stdout + out.stderr
+    assert "round_trip_proxy_ms" not in out.report["runs"][0]["network"]
+    assert "round trip: " in out.stdout
+    assert "round trip through the impairment proxy" not in out.stdout
 
 
 def test_ssh_flags_map_onto_the_network_options() -> None:

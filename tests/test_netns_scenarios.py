@@ -95,7 +95,12 @@ def test_checks_pass_through_impairments_tcp_survives(spec: str, tmp_path: Path)
     ):
         code, doc, output = finish(proc, report)
     assert code == 0, output
-    assert doc["runs"][0]["network"]["impair"] == spec
+    network = doc["runs"][0]["network"]
+    assert network["impair"] == spec
+    if network["impaired_by"].startswith("TCP proxy"):
+        assert network["round_trip_proxy_ms"] > 0  # measured through the proxy's path
+    else:
+        assert "round_trip_proxy_ms" not in network  # netem: the link's round trip has it
     assert_nothing_left(proc.pid)
 
 

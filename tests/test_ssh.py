@@ -276,6 +276,8 @@ def test_harness_scenario_across_ssh_hosts(lab: Lab, tmp_path: Path, impair: str
     assert network["connect_address"] == lab.server.address
     assert [c["host"] for c in network["clients"]] == [lab.other.destination]
     assert network["round_trip_ms"] > 0
+    if impair:  # delay=5ms each way: the proxy path's round trip is at least 10 ms
+        assert network["round_trip_proxy_ms"] >= 10
 
 
 def test_harness_ssh_flags_port_identity_python_and_server_address(

@@ -52,6 +52,38 @@ print(statistics.median(times[1:] or times))
 """
 
 
+# The same echo, announcing itself as a server does ("listening on HOST:PORT"), for when
+# it is started as a `harness.target.Daemon` behind the impairment proxy.
+ANNOUNCING_ECHO_SOURCE = ECHO_SOURCE.replace(
+    "print(s.getsockname()[1], flush=True)",
+    "print('listening on %s:%d' % s.getsockname()[:2], flush=True)",
+)
+
+
+def ping_command(client: Host, connect: str, port: int, samples: int = SAMPLES) -> list[str]:
+    """The local argv that times ``samples`` one-byte round trips from ``client`` to
+    ``connect:port`` and prints the median in ms (the echo must already listen there)."""
+    return client.command([client.python, "-c", PING_SOURCE, connect, str(port), str(samples)])
+
+
+def run_ping(argv: list[str]) -> float | None:
+    """Run a `ping_command`; its median in ms, or None if it failed (bounded in time)."""
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            return None
+        return round(float(done.stdout.strip().splitlines()[-1]), 3)
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return None
+
+
 def measure_round_trip_ms(
     server: Host, client: Host, *, bind: str, connect: str, samples: int = SAMPLES
 ) -> float | None:
@@ -80,19 +112,8 @@ def measure_round_trip_ms(
         port = echo.stdout.readline().strip()
         if not port.isdigit():
             return None
-        ping = [client.python, "-c", PING_SOURCE, connect, port, str(samples)]
-        done = subprocess.run(
-            client.command(ping),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            return None
-        return round(float(done.stdout.strip().splitlines()[-1]), 3)
-    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return run_ping(ping_command(client, connect, int(port), samples))
+    except OSError:
         return None
     finally:
         echo.kill()

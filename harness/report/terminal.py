@@ -25,9 +25,20 @@ def _where(result: RunResult) -> list[str]:
         )
         lines.append("clients: " + ", ".join(hosts))
     rtt = net.get("round_trip_ms")
+    link = " (tc netem on the links included)" if net.get("link_impairment") else ""
     lines.append(
-        f"round trip: {rtt:.3f} ms" if isinstance(rtt, float) else "round trip: not measured"
+        f"round trip: {rtt:.3f} ms between the hosts{link} (median of 1-byte TCP echoes)"
+        if isinstance(rtt, float)
+        else "round trip: not measured"
     )
+    if "round_trip_proxy_ms" in net:
+        via = net.get("round_trip_proxy_ms")
+        lines.append(
+            f"round trip through the impairment proxy: {via:.3f} ms (1-byte TCP echoes from "
+            "a client host through a second proxy with the same spec)"
+            if isinstance(via, float)
+            else "round trip through the impairment proxy: not measured"
+        )
     if net.get("impair"):
         lines.append(f"impairment: {net.get('impair')} by {net.get('impaired_by')}")
     return lines
