@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,10 @@ def _say(text: str, end: str = "\n", start: bool = True) -> None:
     print(prefix + text, end=end, file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -266,11 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(f"bench: {warning}", file=sys.stderr)
         sizes = dataclasses.replace(sizes, ramp_cap=allowed)
+    # SIGTERM ends the run like Ctrl-C does: through the context managers that stop
+    # every server and close every socket.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = measure(specs, workloads, sizes, args.baseline, args.repeat)
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     results["fd_limit_warning"] = warning
     print(report.render(results))
     try:

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import processes
+
 HOST = "127.0.0.1"  # loopback only: the benchmark never sends anything off this machine
 
 # A server has this long to say it is listening; Python servers start in well under 1 s.
@@ -145,8 +147,6 @@ class RunningServer:
     def start(self) -> None:
         port = 0 if self.spec.announces else free_port()
         argv = self.spec.argv(self.host, port)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -154,11 +154,14 @@ class RunningServer:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                env=env,
+                env=processes.child_env(),
                 start_new_session=True,  # one group: stopping it ends every worker too
+                preexec_fn=processes.preexec(),
             )
         except OSError as exc:
             raise ServerError(f"{self.spec.name}: cannot run {argv[0]}: {exc.strerror}") from None
+        # If the bench itself is killed, the lifeline's watchdog ends the server's group.
+        processes.Lifeline.get().register(self._proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
         if port:
             self.port = port
@@ -228,6 +231,7 @@ class RunningServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        processes.Lifeline.get().unregister(proc.pid)
         if self._drain is not None:
             self._drain.join(STOP_GRACE)  # the pipe ends with the last process of the group
         for pipe in (proc.stdin, proc.stdout):
