@@ -175,7 +175,7 @@ def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: s
     out_json = tmp_path / "bench.json"
     command = f"broken={sys.executable} {relay} {{port}} {mode}"
     run = _bench(
-        "--servers", "asyncio", "--server-cmd", command, "--workloads", "pingpong,duplex,fanout10",
+        "--servers", "asyncio", "--server-cmd", command, "--workloads", "pingpong,duplex",
         "--json", str(out_json), cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -184,7 +184,6 @@ def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: s
     # Duplex sends more than one relay read holds, so chunk prefixing breaks lines there.
     assert not broken["duplex"]["valid"]
     if mode == "drop":
-        assert not broken["fanout10"]["valid"]
         assert not broken["pingpong"]["valid"]  # a dropped ping stalls the exchange
     tally = broken["duplex"]["tally"]
     assert tally["lost"] if mode == "drop" else tally["broken"]
