@@ -101,6 +101,12 @@ def available(spec: ServerSpec) -> str | None:
         return "empty command"
     if shutil.which(argv[0]) is None:
         return f"{argv[0]} is not installed"
+    for arg in argv[1:]:
+        # A script the command runs (the baseline lives in benchmarks/, which only a
+        # source checkout has, not an installed package).
+        if arg.endswith(".py") and not Path(arg).is_file():
+            where = " (benchmarks/ comes with a source checkout)" if "benchmarks" in arg else ""
+            return f"{arg} not found{where}"
     return None
 
 
