@@ -12,6 +12,10 @@ Installed with the package, so any test can ask for:
 Everything is ended and reaped at teardown, also when the test fails. Nothing is
 fixed: ports are free ones, party names are the test's own, so it is xdist-safe.
 
+A session that built ``--hosts netns`` networks in its own process ends with a leak
+check: a network namespace still named ``cbx<pid>-...`` (this process's prefix, so each
+xdist worker checks only its own) is an error of the last test, naming each one.
+
 Example::
 
     def test_two_people_chat(chatbox_room):
@@ -23,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
@@ -142,3 +147,26 @@ def chatbox_room(request: pytest.FixtureRequest) -> Iterator[Room]:
 def chatbox_server(chatbox_room: Room) -> Target:
     """The running server of `chatbox_room` (``connect_address``, ``client_port``)."""
     return chatbox_room.target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _chatbox_no_leaked_namespaces() -> Iterator[None]:
+    """Fail loudly if this test process leaves ``ip netns`` namespaces of its own behind.
+
+    Cheap: nothing is run unless this process built a named netns network. Robust under
+    xdist: the prefix holds this process's pid, so another worker's live networks never
+    count.
+    """
+    yield
+    netns = sys.modules.get("harness.hosts.netns")
+    if netns is None or netns.NetnsNetwork.named_built == 0:
+        return
+    from harness.hosts.namespaces import list_named
+
+    left = list_named(netns.process_prefix())
+    if left:
+        pytest.fail(
+            f"network namespaces left behind by this test session: {', '.join(left)} "
+            f"(remove with: ip netns delete NAME)",
+            pytrace=False,
+        )

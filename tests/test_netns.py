@@ -6,9 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pexpect
@@ -312,3 +314,41 @@ def test_netem_is_used_where_the_kernel_has_it_else_says_why(net: NetnsNetwork) 
 
 def test_netem_leaves_stream_toxics_to_the_proxy(net: NetnsNetwork) -> None:
     assert "need the TCP proxy" in str(net.netem("delay=5ms,slice=1"))
+
+
+LEAKY_SESSION = """
+from harness.hosts.netns import NetnsNetwork
+
+def test_closes_its_network():
+    with NetnsNetwork(client_hosts=1, mode="named"):
+        pass
+
+def test_forgets_to_close_its_network():
+    NetnsNetwork.keep = NetnsNetwork(client_hosts=1, mode="named")  # never closed
+"""
+
+
+@needs_named
+def test_a_session_that_leaves_namespaces_fails_loudly_naming_them(tmp_path: object) -> None:
+    """The plugin's end-of-session leak check: a test that builds a network and never
+    closes it makes the session fail, with every leftover namespace named."""
+    from pathlib import Path
+
+    inner = Path(str(tmp_path)) / "test_leaky.py"
+    inner.write_text(LEAKY_SESSION)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner)],
+        capture_output=True, text=True, env=child_env(), cwd=str(tmp_path), timeout=120,
+        check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "2 passed, 1 error" in output
+    match = re.search(r"left behind by this test session: (cbx(\d+)-[^ ,]+)", output)
+    assert match, output
+    # The inner session's own janitor removes them once that process has gone.
+    prefix = f"cbx{match.group(2)}-"
+    deadline = time.monotonic() + WAIT_S
+    while list_named(prefix) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling: another process's cleanup has no event to wait on
+    assert list_named(prefix) == []

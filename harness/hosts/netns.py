@@ -22,6 +22,7 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Sequence
+from typing import ClassVar
 
 from harness.hosts.base import Host, HostError, Network
 from harness.hosts.namespaces import Namespaces, candidate_modes, open_namespaces, run_checked
@@ -34,6 +35,11 @@ MAX_CLIENT_HOSTS = 64  # keeps interface names within 15 characters (role "c63")
 
 ALLOWED_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 NAMESPACE_PREFIX = "cbx"
+
+
+def process_prefix(pid: int | None = None) -> str:
+    """The start of every namespace name a process gives its networks: ``cbx<pid>-``."""
+    return f"{NAMESPACE_PREFIX}{os.getpid() if pid is None else pid}-"
 
 
 def _base36(number: int) -> str:
@@ -99,6 +105,9 @@ class NetnsNetwork(Network):
     """
 
     kind = "netns"
+    # Named (``ip netns``) networks this process has built: a leak check at the end of a
+    # test session (`harness.pytest_plugin`) looks for ``cbx<pid>-`` names only if any.
+    named_built: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -113,7 +122,7 @@ class NetnsNetwork(Network):
         self.subnet = net
         pid = os.getpid()
         rand = secrets.token_hex(2)
-        self.run_id = f"{NAMESPACE_PREFIX}{pid}-{rand}"
+        self.run_id = f"{process_prefix(pid)}{rand}"
         self.link_tag = f"cb{_base36(pid)}{rand[:3]}"
         self._rtt: float | None = None
         self._closed = False
@@ -137,6 +146,8 @@ class NetnsNetwork(Network):
         self.hosts = []
         self._closed = False
         self.namespaces = open_namespaces(mode)
+        if mode == "named":
+            NetnsNetwork.named_built += 1
         try:
             self._build(net, client_hosts)
         except BaseException:
