@@ -118,3 +118,17 @@ def test_a_server_command_without_the_placeholder_is_run_as_given(tmp_path: obje
     assert "--sendq" not in run["server"]["command"]
     assert "flood" not in run["parties"]
     assert any("was not cut off" in n for n in run["notes"])
+
+
+def test_slow_reader_through_the_impairment_proxy_says_the_cut_off_is_not_checked(
+    tmp_path: object,
+) -> None:
+    """The proxy reads for a stopped reader and buffers megabytes: the server's queue
+    cannot overflow behind it, so the run says so instead of failing our server."""
+    out = run_harness(
+        str(tmp_path), "--scenario", "slow-reader", "--messages", "10", "--impair", "delay=1ms"
+    )
+    assert out.code == 0, out.stdout + out.stderr
+    run = out.report["runs"][0]
+    assert "stalled" not in run["parties"]
+    assert any("not checked through the impairment proxy" in n for n in run["notes"])
