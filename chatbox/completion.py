@@ -17,7 +17,8 @@ import threading
 COMMANDS = ("/help", "/me", "/msg", "/nick", "/quit", "/who")
 
 _CHAT = re.compile(r"(?:\[private\] )?<([^>\s]+)> ")
-_WELCOME = re.compile(r"\* welcome (\S+); also here: (.+)$")
+# In a crowd the welcome names only the first few and counts the rest.
+_WELCOME = re.compile(r"\* welcome (\S+); also here: (.+?)(?: and \d+ more \(.*\))?$")
 _WELCOME_ALONE = re.compile(r"\* welcome (\S+); nobody else")
 _HERE = re.compile(r"\* here \(\d+\): (.*)$")
 _JOINED = re.compile(r"\* (\S+) joined$")

@@ -291,10 +291,20 @@ def private_line(sender: str, text: str) -> bytes:
     return f"[private] <{sender}> {text}\n".encode()
 
 
-def welcome(name: str, others: list[str]) -> bytes:
-    if others:
-        return notice(f"welcome {name}; also here: {', '.join(others)}")
-    return notice(f"welcome {name}; nobody else is here yet")
+# The welcome names at most this many of the others: in a room of thousands, a welcome
+# listing everyone would be kilobytes long, built for every join. /who lists everyone.
+WELCOME_NAMES = 20
+
+
+def welcome(name: str, others: list[str], count: int | None = None) -> bytes:
+    """The newcomer's first line; ``others`` may be cut short, ``count`` says how many."""
+    total = len(others) if count is None else count
+    if not total:
+        return notice(f"welcome {name}; nobody else is here yet")
+    listed = ", ".join(others[:WELCOME_NAMES])
+    if total > WELCOME_NAMES:
+        listed += f" and {total - WELCOME_NAMES} more (/who lists everyone)"
+    return notice(f"welcome {name}; also here: {listed}")
 
 
 def help_lines() -> bytes:

@@ -71,13 +71,15 @@ class Room:
     def join(self, member_id: int) -> str:
         """Admit a new member under a fresh guest name; returns the name."""
         name = self._free_guest_name()
-        others = self.names()
+        others = [
+            m.name for m in itertools.islice(self._members.values(), protocol.WELCOME_NAMES + 1)
+        ]
         member = Member(member_id, name)
         self._members[member_id] = member
         self._by_key[protocol.name_key(name)] = member
         self._postbox.post(self._everyone, protocol.notice(f"{name} joined"))
         self._everyone = list(self._members)
-        self._postbox.post((member_id,), protocol.welcome(name, others))
+        self._postbox.post((member_id,), protocol.welcome(name, others, len(self._members) - 1))
         log.info("%s joined (%d here)", name, len(self._members))
         return name
 

@@ -160,3 +160,14 @@ def test_Room_close_tells_everyone_and_dismisses_them(room: tuple[Room, Recorder
     assert box.take(2) == ["* server shutting down"]
     assert sorted(box.dismissed) == [1, 2]
     assert len(r) == 0
+
+
+def test_Room_welcome_in_a_crowd_names_twenty_and_counts_the_rest(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 25)
+    r.join(26)
+    [welcome] = box.take(26)
+    names = ", ".join(f"guest{i}" for i in range(1, 21))
+    assert welcome == f"* welcome guest26; also here: {names} and 5 more (/who lists everyone)"
