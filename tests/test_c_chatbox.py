@@ -126,6 +126,19 @@ def test_c_server_with_c_client_passes(
     assert len(exits) >= 2
 
 
+def test_c_server_reassembles_lines_the_network_cut(build: Build, tmp_path: Path) -> None:
+    """The impairment proxy forwards 5 bytes per write, so nearly every recv() ends
+    mid-line: the server's per-client line buffer must still relay whole lines."""
+    out = run_harness(
+        str(tmp_path),
+        "--server-cmd", build.server_cmd(),
+        "--client-cmd", build.client_cmd(),
+        "--scenario", "broadcast", "--clients", "4", "--messages", "30",
+        "--impair", "slice=5",
+    )  # fmt: skip
+    assert_generic_checks_pass(out, "broadcast")
+
+
 def test_harness_catches_the_classic_per_chunk_prefix_bug(build: Build, tmp_path: Path) -> None:
     """The classic C relay bug: "<userN> " before whatever one recv() returned. TCP is a
     byte stream, so under load a chunk ends mid-line and the prefix lands inside the next

@@ -110,7 +110,7 @@ static void enqueue(struct client *c, const char *data, size_t len)
         c->dead = 1;
         return;
     }
-    if (c->outlen + len > c->outcap) {
+    if (c->outlen + len > c->outcap && c->outoff > 0) {
         /* Reclaim what was already sent before growing the buffer. */
         memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
         c->outlen -= c->outoff;
