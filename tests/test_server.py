@@ -355,3 +355,37 @@ def test_server_port_in_use_is_one_clear_line() -> None:
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_server_says_when_the_descriptor_limit_is_too_low() -> None:
+    # A hard limit of 200 descriptors cannot serve 1000 clients: the server must say so,
+    # serve as many as it can, and still work.
+    script = (
+        "import resource, runpy, sys; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+        "sys.argv = ['chatbox-server', '0', '--host', '127.0.0.1', '--max-clients', '1000']; "
+        "runpy.run_module('chatbox.server', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("listening on 127.0.0.1:")
+        port = int(first.rsplit(":", 1)[1])
+        peer = Peer(socket.create_connection(("127.0.0.1", port), timeout=20))
+        assert peer.line() == "* welcome guest1; nobody else is here yet"
+        peer.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 68 of --max-clients 1000" in err
