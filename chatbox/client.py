@@ -219,6 +219,9 @@ class Session:
             return self._report_end()
         except OSError as exc:
             return self._report_end(exc)
+        finally:
+            # Nothing more is read: the terminal goes back to its own mode for the wait.
+            self.console.close()
         try:
             return self._quit(quit_line)
         except KeyboardInterrupt:

@@ -22,6 +22,7 @@ replaces control characters, but a client must not trust that (defence in depth)
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import ctypes
 import io
@@ -207,6 +208,10 @@ class Console(abc.ABC):
     def show(self, data: bytes) -> None:
         """Show complete received lines (each ending in LF)."""
 
+    @abc.abstractmethod
+    def close(self) -> None:
+        """The main thread reads no more input: give the terminal back (safe to repeat)."""
+
     def hang_up(self) -> bool:
         """From any thread: make the current or next `read_line` raise `Hangup`.
 
@@ -274,6 +279,9 @@ class LineConsole(Console):
         lines, self._pending = self._pending[:cut], self._pending[cut:]
         return lines
 
+    def close(self) -> None:
+        pass  # the terminal, if any, was never taken out of its own mode
+
     def show(self, data: bytes) -> None:
         out = self.style.plain_block(data)
         with self._out_lock:
@@ -289,8 +297,17 @@ class LineConsole(Console):
 class ReadlineConsole(Console):
     """A person at a terminal: readline editing and history, arrivals drawn above the input.
 
-    Resource handling: readline has the terminal in its own mode only inside `read_line`
-    and gives it back on every way out (a line, end of input, Ctrl-C, `Hangup`).
+    The terminal stays in readline's mode from the moment the console opens until `close`
+    (or process exit), between lines too, not only while a prompt is up. In the kernel's
+    normal mode a key typed ahead while no prompt is up - after Enter, before the next
+    prompt; or while `--name` waits for its verdict - would be taken by the kernel's own
+    line editing: echoed twice, Backspace and Ctrl-U applied by the kernel, and Ctrl-D
+    turned into an end-of-file mark that reads as a NUL once readline's mode is back, so
+    a quick "line, Enter, Ctrl-D" would never end the client.
+
+    Resource handling: `close` gives the terminal back, and so does `read_line` on every
+    way out but a line (end of input, Ctrl-C, `Hangup`); an exit hook does it if neither
+    ran. Ctrl-Z gives it to the shell while stopped.
     """
 
     PROMPT = "> "
@@ -299,6 +316,8 @@ class ReadlineConsole(Console):
         super().__init__(style)
         self._rl = rl
         self._stdin_fd = sys.stdin.fileno()
+        self._rl.hold_terminal()
+        atexit.register(self._rl.release_terminal)
         self._completer = Completer()
         self._completer.install()
         self._queue: list[str] = []
@@ -338,17 +357,20 @@ class ReadlineConsole(Console):
                         data = b""  # EIO: the terminal is gone
                     if not data:
                         self._rl.abandon()
+                        self.close()
                         return None
                     self._rl.take_input(data)
                 self._rl.feed()
         except KeyboardInterrupt:
             self._rl.abandon()
             sys.stdout.write("\n")  # leave what was typed on screen, cursor below it
+            self.close()
             raise
         except Hangup:
             self._rl.abandon()
             self._rl.clear_line()  # the prompt goes, all its rows; the reason takes its place
             sys.stdout.write("\r")
+            self.close()
             raise
         finally:
             with self._screen:
@@ -359,8 +381,15 @@ class ReadlineConsole(Console):
         if line is None:
             sys.stdout.write("\r\x1b[K")  # Ctrl-D: no empty prompt left behind
             sys.stdout.flush()
+            self.close()
             return None
+        # Bytes typed after Enter stay buffered in `_rl` for the next `read_line`.
         return line + b"\n"
+
+    def close(self) -> None:
+        with self._screen:
+            sys.stdout.flush()
+            self._rl.release_terminal()
 
     def show(self, data: bytes) -> None:
         lines = self.style.block(data)
@@ -392,11 +421,17 @@ class ReadlineConsole(Console):
     def _on_suspend(self, signum: int, frame: FrameType | None) -> None:
         # Ctrl-Z: give the shell a sane terminal while stopped, take it back on `fg`.
         # (Python handlers run in the main thread between two steps, never inside readline.)
+        held = self._rl.held
         if self._reading:
-            self._rl.suspend()
+            sys.stdout.write("\n")  # the half-typed line stays on screen above the shell's
+            sys.stdout.flush()
+        if held:
+            self._rl.release_terminal()
         os.kill(os.getpid(), signal.SIGSTOP)
+        if held:
+            self._rl.hold_terminal()
         if self._reading:
-            self._rl.resume()
+            self._rl.redraw()
 
     def _on_resize(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two Python steps, never inside readline.
@@ -444,6 +479,12 @@ class _Readline:
             ("rl_input_available_hook", self._available),
         ):
             ctypes.c_void_p.in_dll(lib, name).value = ctypes.cast(func, ctypes.c_void_p).value
+        # Readline would leave its terminal mode each time a line ends and the handler is
+        # removed; the terminal mode is ours to manage (`hold_terminal`, `release_terminal`).
+        # The hook is put back on release, for anyone who uses readline after us.
+        self._deprep_hook = ctypes.c_void_p.in_dll(lib, "rl_deprep_term_function")
+        self._deprep_saved = self._deprep_hook.value
+        self.held = False
         self._input = bytearray()
         self._interrupted = False
         self._last: bytes | None = None
@@ -543,14 +584,19 @@ class _Readline:
         self._lib.rl_resize_terminal()
         self._libc.fflush(None)
 
-    def suspend(self) -> None:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        self._lib.rl_deprep_terminal()
-
-    def resume(self) -> None:
+    def hold_terminal(self) -> None:
+        """Put the terminal in readline's mode and keep it there, between lines too."""
+        self._deprep_hook.value = None
         self._lib.rl_prep_terminal(1)  # 1: eight-bit input, for UTF-8
-        self.redraw()
+        self.held = True
+
+    def release_terminal(self) -> None:
+        """Give the terminal its own mode back (safe to repeat; also an exit hook)."""
+        if not self.held:
+            return
+        self.held = False
+        self._lib.rl_deprep_terminal()
+        self._deprep_hook.value = self._deprep_saved
 
     def reset_screen_size(self) -> None:
         self._lib.rl_reset_screen_size()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
+import termios
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,6 +105,14 @@ class Tty:
     def close(self) -> None:
         if self.child.isalive():
             self.child.close(force=True)
+
+    def in_readline_mode(self) -> bool:
+        """The pty is in readline's mode: no kernel line editing, no kernel echo.
+
+        (On Linux the master end reports the terminal's settings.)
+        """
+        lflag = termios.tcgetattr(self.child.child_fd)[3]
+        return not lflag & (termios.ICANON | termios.ECHO)
 
 
 def needs_screen() -> None:
@@ -336,6 +346,123 @@ def test_tty_tab_completes_commands_and_names(server: Server) -> None:
         tty.child.expect_exact(f"{friend} ")
         tty.type("psst\r")
         listener.expect(rf"\[private\] <{me}> psst$")
+    finally:
+        tty.close()
+        listener.close()
+
+
+# --- keys typed ahead ----------------------------------------------------------------------
+# A person types faster than the client turns around: Enter then Ctrl-D at once, a pasted
+# burst, keys while no prompt is up. Every byte must keep its meaning.
+
+
+def _said_then_left(listener: Party, me: str, lines: list[str]) -> None:
+    """LISTENER saw ME say LINES, in order, then leave with a plain quit."""
+    for line in lines:
+        listener.expect(rf"<{me}> {re.escape(line)}$")
+    listener.expect(rf"\* {me} left \(quit\)$")
+    said = [line for line in listener.lines if line.startswith(f"<{me}> ")]
+    assert said == [f"<{me}> {line}" for line in lines]
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        ["line\r\x04"],
+        ["a\rb\rc\r\x04"],
+        ["a\rb\rc\r", "\x04"],
+        ["one\r", "two\r", "\x04"],
+    ],
+    ids=["line-eof-one-write", "three-lines-eof-one-write", "three-lines-then-eof", "writes"],
+)
+def test_tty_lines_then_ctrl_d_typed_ahead_all_sent_then_exit_0(
+    server: Server, writes: list[str]
+) -> None:
+    listener = Party(client_argv(str(server.port)))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    try:
+        joined(listener)
+        me = tty.ready()
+        for data in writes:  # no wait in between: type-ahead, as fast as a pty takes it
+            tty.child.send(data)
+        assert tty.exit_status() == 0
+        lines = "".join(writes).rstrip("\x04").split("\r")[:-1]
+        _said_then_left(listener, me, lines)
+    finally:
+        tty.close()
+        listener.close()
+
+
+def test_tty_keys_typed_while_no_prompt_is_up_keep_their_meaning() -> None:
+    # `--name` holds the prompt back until the server's verdict: a window in which the
+    # client reads no keys, as between one line and the next prompt, only longer and
+    # under the test's control. Keys typed now must reach readline untouched; in the
+    # kernel's line mode a Ctrl-D would become a NUL and never end the client.
+    name = f"early{os.getpid()}"
+    with OneShotServer() as srv:
+        tty = Tty(str(srv.port), "--name", name, NO_COLOR="1")
+        try:
+            conn = srv.accept()
+            wire = b""
+            while not wire.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                assert chunk, f"connection closed; got {wire!r}"
+                wire += chunk
+            assert wire == f"/nick {name}\n".encode()
+            assert tty.in_readline_mode()
+            tty.child.send("early\r\x04")
+            conn.sendall(f"* you are now known as {name}\n".encode())
+            assert srv.read_until_eof() == b"early\n/quit\n"
+            conn.shutdown(socket.SHUT_WR)
+            assert tty.exit_status() == 0
+        finally:
+            tty.close()
+
+
+def test_tty_terminal_stays_in_readline_mode_between_lines(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    try:
+        joined(listener)
+        me = tty.ready()
+        for n in range(3):
+            tty.type(f"line {n}\r")
+            listener.expect(rf"<{me}> line {n}$")
+            assert tty.in_readline_mode()  # at any moment, not only while a prompt is up
+        tty.child.sendeof()
+        assert tty.exit_status() == 0
+    finally:
+        tty.close()
+        listener.close()
+
+
+def test_tty_pasted_burst_longer_than_one_read_all_sent_in_order(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    lines = [f"pasted line {n:03d} " + "x" * 60 for n in range(120)]  # ~10 KB, > 4 KB reads
+    try:
+        joined(listener)
+        me = tty.ready()
+        tty.child.send("\r".join(lines) + "\r\x04")
+        assert tty.exit_status() == 0
+        _said_then_left(listener, me, lines)
+    finally:
+        tty.close()
+        listener.close()
+
+
+def test_tty_utf8_character_split_across_reads_is_sent_whole(server: Server) -> None:
+    listener = Party(client_argv(str(server.port)))
+    tty = Tty(str(server.port), NO_COLOR="1")
+    try:
+        joined(listener)
+        me = tty.ready()
+        tty.child.send(b"caf\xc3")  # the first byte of "é"
+        tty.child.expect_exact("caf")  # read and drawn; the rest of "é" comes in a later read
+        tty.child.send(b"\xa9 cr\xc3\xa8me\r")
+        listener.expect(rf"<{me}> café crème$")
+        tty.child.sendeof()
+        assert tty.exit_status() == 0
     finally:
         tty.close()
         listener.close()
