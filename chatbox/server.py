@@ -14,6 +14,7 @@ import socket
 import sys
 
 from chatbox import protocol
+from chatbox.argtypes import listening_port, positive_float, positive_int
 from chatbox.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
@@ -33,36 +34,6 @@ FDS_SPARE = 64  # stdio, the listener, the selector, wakeup sockets, logging, im
 log = logging.getLogger("chatbox.server")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatbox-server",
@@ -73,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "port",
         nargs="?",
-        type=_port,
+        type=listening_port,
         default=DEFAULT_PORT,
         help=f"TCP port to listen on; 0 picks a free one (default {DEFAULT_PORT})",
     )
@@ -91,27 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-line",
-        type=_positive,
+        type=positive_int,
         default=protocol.DEFAULT_MAX_LINE,
         help=f"longest accepted line in bytes (default {protocol.DEFAULT_MAX_LINE})",
     )
     parser.add_argument(
         "--sendq",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_SENDQ,
         help="bytes queued for one client before it is disconnected as too slow "
         f"(default {DEFAULT_SENDQ})",
     )
     parser.add_argument(
         "--slow-timeout",
-        type=_seconds,
+        type=positive_float,
         default=DEFAULT_SLOW_TIMEOUT,
         help="seconds a client's queue may stay over --sendq before it is disconnected "
         f"as too slow; meanwhile the room waits for it (default {DEFAULT_SLOW_TIMEOUT})",
     )
     parser.add_argument(
         "--max-clients",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_MAX_CLIENTS,
         help=f"clients served at once; one more is told the server is full "
         f"(default {DEFAULT_MAX_CLIENTS})",

@@ -17,6 +17,7 @@ import sys
 import time
 from types import FrameType
 
+from chatbox.argtypes import port, positive_float, positive_int
 from harness.checks import check_no_reset, run_checks
 from harness.hosts import NETWORK_KINDS, HostError, Network, NetworkOptions, open_network
 from harness.party import PartyError
@@ -27,33 +28,6 @@ from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, Target, i
 from harness.transcript import RunRecord
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a port (1-65535): {value}")
-    return value
 
 
 def network_options(args: argparse.Namespace, clients: int) -> NetworkOptions:
@@ -89,14 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--clients",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="parties for broadcast; joiners+2 for churn (default 3)",
     )
     parser.add_argument(
         "--messages",
-        type=_positive_int,
+        type=positive_int,
         default=200,
         metavar="M",
         help="lines each talking party sends (default 200)",
@@ -104,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1, metavar="S", help="payload seed (default 1)")
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=60.0,
         metavar="SECONDS",
         help="bound on one run; passing it fails 'bounded time' (default 60)",
     )
     parser.add_argument(
         "--settle",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="SECONDS",
         help="once all sending is done, how long nothing may arrive before the missing "
@@ -119,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run N times; any run failing fails, a mix is reported as FLAKY",
@@ -157,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ssh: extra -o option (repeatable)",
     )
     hosts.add_argument(
-        "--ssh-port", type=_port, metavar="PORT", help="ssh: port of every host's sshd (ssh -p)"
+        "--ssh-port", type=port, metavar="PORT", help="ssh: port of every host's sshd (ssh -p)"
     )
     hosts.add_argument(
         "--ssh-identity",
