@@ -324,8 +324,10 @@ def test_tty_ctrl_z_then_fg_keeps_the_half_typed_line(server: Server) -> None:
         tty.child.send("\x1a")  # Ctrl-Z
         _, status = os.waitpid(tty.child.pid, os.WUNTRACED)  # the event: it has stopped
         assert os.WIFSTOPPED(status)
+        assert not tty.in_readline_mode()  # the shell gets a terminal in its normal mode
         os.kill(tty.child.pid, signal.SIGCONT)  # what the shell's `fg` does
         tty.child.expect_exact("> before ")  # redrawn on resume
+        assert tty.in_readline_mode()
         tty.type("after\r")
         listener.expect(rf"<{me}> before after$")
     finally:
@@ -466,3 +468,21 @@ def test_tty_utf8_character_split_across_reads_is_sent_whole(server: Server) -> 
     finally:
         tty.close()
         listener.close()
+
+
+def test_tty_terminal_is_given_back_once_nothing_more_is_read() -> None:
+    with OneShotServer() as srv:
+        tty = Tty(str(srv.port), NO_COLOR="1")
+        try:
+            conn = srv.accept()
+            tty.child.expect("> ")
+            assert tty.in_readline_mode()
+            tty.child.send("/quit\r")
+            assert srv.read_until_eof() == b"/quit\n"
+            # The client now only waits for the server to close: the terminal is back in
+            # its normal mode, as the shell will want it.
+            assert not tty.in_readline_mode()
+            conn.shutdown(socket.SHUT_WR)
+            assert tty.exit_status() == 0
+        finally:
+            tty.close()
