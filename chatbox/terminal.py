@@ -588,6 +588,7 @@ class _Readline:
         """Put the terminal in readline's mode and keep it there, between lines too."""
         self._deprep_hook.value = None
         self._lib.rl_prep_terminal(1)  # 1: eight-bit input, for UTF-8
+        self._libc.fflush(None)  # readline may have written a mode switch (bracketed paste)
         self.held = True
 
     def release_terminal(self) -> None:
@@ -596,6 +597,7 @@ class _Readline:
             return
         self.held = False
         self._lib.rl_deprep_terminal()
+        self._libc.fflush(None)
         self._deprep_hook.value = self._deprep_saved
 
     def reset_screen_size(self) -> None:
