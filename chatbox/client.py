@@ -231,7 +231,7 @@ class Session:
         """Send /nick NAME and wait for the verdict; False (reported) if it was refused."""
         self._nick_pending = True
         self._send(b"/nick " + name.encode("utf-8", "surrogateescape") + b"\n")
-        self._nick_answered.wait(NICK_TIMEOUT)
+        self.console.wait_for(self._nick_answered, NICK_TIMEOUT)
         refusal = self._nick_refusal
         if refusal is None:
             if self._ended.is_set():
@@ -272,7 +272,7 @@ class Session:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             return self._report_end(exc)
-        if not self._ended.wait(QUIT_TIMEOUT):
+        if not self.console.wait_for(self._ended, QUIT_TIMEOUT):
             self.console.status(
                 f"the server did not close the connection within {QUIT_TIMEOUT:g} s"
             )
@@ -326,6 +326,7 @@ class Session:
             self._ended.set()
             self._nick_answered.set()
             expected = self._quitting
+        self.console.wake()  # the main thread may be in `wait_for` (name, quit)
         if not expected and not self.console.hang_up():
             # The main thread's read cannot be interrupted on this platform: end here.
             self.console.status(self._end_reason)
@@ -344,6 +345,7 @@ class Session:
                 continue
             self._nick_pending = False
             self._nick_answered.set()
+            self.console.wake()
             return
 
 

@@ -184,6 +184,9 @@ class Console(abc.ABC):
 
     Resource handling: on POSIX a console owns a socketpair (the wake-up line from the
     receiving thread to the main thread's `select`); it lives as long as the process.
+    It is also the process's signal wake-up fd: a signal that lands just before the main
+    thread blocks in `select` - after Python's last look for pending signals - would
+    otherwise take effect only when something else wakes it (a Ctrl-C seemingly lost).
     """
 
     def __init__(self, style: Style) -> None:
@@ -195,6 +198,8 @@ class Console(abc.ABC):
         if os.name == "posix":
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_w.setblocking(False)  # a full pipe already means "wake up"
+            with contextlib.suppress(ValueError):  # only the main thread may; it does
+                signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
     @abc.abstractmethod
     def read_line(self) -> bytes | None:
@@ -219,7 +224,7 @@ class Console(abc.ABC):
         as on Windows); the caller must then end the process itself.
         """
         self._hung_up = True
-        self._wake()
+        self.wake()
         return self._wake_w is not None
 
     def status(self, text: str) -> None:
@@ -227,10 +232,29 @@ class Console(abc.ABC):
         sys.stdout.flush()
         print(text, file=sys.stderr, flush=True)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """From any thread: end the main thread's current wait (`wait_for`, `read_line`)."""
         if self._wake_w is not None:
             with contextlib.suppress(BlockingIOError, OSError):
                 self._wake_w.send(b"!")
+
+    def wait_for(self, event: threading.Event, timeout: float) -> bool:
+        """Main thread: wait until EVENT is set (True) or TIMEOUT seconds pass (False).
+
+        Whoever sets EVENT calls `wake`. Unlike `Event.wait`, a signal that arrives just
+        before the wait starts still ends it at once (it writes to the wake-up socket).
+        """
+        if self._wake_r is None:
+            return event.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self._wake_r], [], [], left)
+            if ready:
+                self._wake_r.recv(4096)
+        return True
 
     def _wait_for_input(self, fd: int) -> bool:
         """Block until FD is readable (True) or a wake-up came (False); Hangup if hung up."""
@@ -401,7 +425,7 @@ class ReadlineConsole(Console):
                 sys.stdout.flush()
                 return
             self._queue.extend(lines)
-        self._wake()
+        self.wake()
 
     def _draw_queued(self) -> None:
         # Main thread only, with the prompt up (or just taken down, under `_screen`).
