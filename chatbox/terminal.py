@@ -318,6 +318,14 @@ class LineConsole(Console):
                 self._stdout = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as we do
 
 
+# At most this much text waits for the main thread to draw it; past it, `show` blocks the
+# receiving thread, which then stops reading the socket. A terminal that does not take
+# output (Ctrl-S, a pty nobody reads) must hold back the server as a full pipe does: the
+# server's slow-reader cut-off then applies, and the client's memory stays bounded. 256 KiB
+# is many screens of a burst (a large /who, a paste), so a person never waits on it.
+QUEUE_LIMIT = 256 * 1024
+
+
 class ReadlineConsole(Console):
     """A person at a terminal: readline editing and history, arrivals drawn above the input.
 
@@ -345,9 +353,13 @@ class ReadlineConsole(Console):
         self._completer = Completer()
         self._completer.install()
         self._queue: list[str] = []
+        self._queued = 0  # characters in `_queue`
         # Held while deciding who draws: the main thread while a prompt is up, else the
         # receiving thread directly.
         self._screen = threading.Lock()
+        # Signalled when the queue shrinks or no prompt is up any more: a `show` waiting
+        # for room goes on.
+        self._room = threading.Condition(self._screen)
         self._reading = False
         self._resized = False
         if hasattr(signal, "SIGWINCH"):
@@ -373,7 +385,9 @@ class ReadlineConsole(Console):
             self._reading = True
         try:
             while not self._rl.done:
-                self._draw_queued()
+                with self._screen:
+                    lines = self._take_queued()
+                self._draw(lines)
                 if not self._rl.pending_input() and self._wait_for_input(self._stdin_fd):
                     try:
                         data = os.read(self._stdin_fd, 4096)
@@ -400,7 +414,8 @@ class ReadlineConsole(Console):
             with self._screen:
                 self._rl.stop()
                 self._reading = False
-                self._draw_queued()
+                # Drawn before a waiting `show` goes on, to keep the order of the lines.
+                self._draw(self._take_queued())
         line = self._rl.line
         if line is None:
             sys.stdout.write("\r\x1b[K")  # Ctrl-D: no empty prompt left behind
@@ -416,20 +431,35 @@ class ReadlineConsole(Console):
             self._rl.release_terminal()
 
     def show(self, data: bytes) -> None:
+        """Draw the lines, or queue them for the main thread while a prompt is up.
+
+        Resource handling: blocks while `QUEUE_LIMIT` is queued, until the main thread has
+        drawn it or takes the prompt down (every way out of `read_line` does), so the
+        socket is not read while the terminal takes no output.
+        """
         lines = self.style.block(data)
         for line in data.decode("utf-8", "replace")[:-1].split("\n"):
             self._completer.learn(visible(line))
-        with self._screen:
+        with self._room:
+            while self._reading and self._queued >= QUEUE_LIMIT:
+                self.wake()  # the main thread may not have seen what is queued yet
+                self._room.wait()
             if not self._reading:
                 sys.stdout.write("".join(line + "\n" for line in lines))
                 sys.stdout.flush()
                 return
             self._queue.extend(lines)
+            self._queued += sum(len(line) + 1 for line in lines)
         self.wake()
 
-    def _draw_queued(self) -> None:
+    def _take_queued(self) -> list[str]:
+        # Under `_screen`: the queued lines, now the main thread's to draw; room for more.
+        lines, self._queue, self._queued = self._queue, [], 0
+        self._room.notify_all()
+        return lines
+
+    def _draw(self, lines: list[str]) -> None:
         # Main thread only, with the prompt up (or just taken down, under `_screen`).
-        lines, self._queue = self._queue, []
         if not lines:
             return
         text = "".join(line + "\n" for line in lines)

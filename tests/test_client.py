@@ -47,8 +47,8 @@ def client_argv(*args: str) -> list[str]:
 class Server:
     """A real chatbox server on a free loopback port."""
 
-    def __init__(self, mode: str | None = None, host: str = "127.0.0.1") -> None:
-        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", host]
+    def __init__(self, mode: str | None = None, host: str = "127.0.0.1", *extra: str) -> None:
+        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", host, *extra]
         if mode is not None:
             argv += ["--mode", mode]
         self.proc = subprocess.Popen(

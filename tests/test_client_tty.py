@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import termios
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -486,3 +487,53 @@ def test_tty_terminal_is_given_back_once_nothing_more_is_read() -> None:
             assert tty.exit_status() == 0
         finally:
             tty.close()
+
+
+def _resident_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.M)
+    assert match is not None
+    return int(match.group(1))
+
+
+def _reads_until(sock: socket.socket, token: bytes) -> threading.Thread:
+    """A thread that reads SOCK (as fast as the server sends) until TOKEN has come."""
+
+    def read() -> None:
+        seen = b""
+        while token not in seen:
+            data = sock.recv(65536)
+            if not data:
+                return
+            seen = seen[-len(token) :] + data
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_tty_unread_terminal_holds_back_the_server_which_cuts_the_client_off() -> None:
+    # A terminal that takes no output (Ctrl-S; here, a pty the test stops reading) must
+    # stop the client reading the socket, as a full pipe does: memory stays bounded and
+    # the server's slow-reader cut-off ends the session.
+    server = Server(None, "127.0.0.1", "--sendq", "16384", "--slow-timeout", "0.5")
+    tty = Tty(str(server.port))
+    pusher = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    try:
+        name = tty.ready()
+        # Another party, reading everything at once, sees the server cut the client off.
+        watcher = _reads_until(pusher, f"* {name} left (too slow)".encode())
+        # From here on nothing reads the pty until the server has given up on the client.
+        block = (b"y" * 200 + b"\n") * 500
+        for _ in range(400):  # 40 MB; sendall blocks only while the server reads no more
+            pusher.sendall(block)
+        watcher.join(TIMEOUT)
+        assert not watcher.is_alive(), "the server never cut off the client"
+        assert _resident_kib(tty.child.pid) < 100 * 1024
+        tty.child.expect_exact("connection closed by server")  # reads the pty again
+        assert tty.exit_status() == 1
+        assert b"Traceback" not in tty.feed.raw
+    finally:
+        pusher.close()
+        tty.close()
+        server.stop()
