@@ -21,7 +21,6 @@ import time
 
 from harness.party import Party
 from harness.scenarios.base import Context, Scenario
-from harness.transcript import RECEIVED
 
 SENDQ = 16384  # bytes: small, so a stopped reader overflows it within ~100 KiB of traffic
 SLOW_TIMEOUT = 0.5  # seconds over the bound before the cut-off: the room waits this long
@@ -82,6 +81,7 @@ class SlowReader(Scenario):
         slow.resume_reading()
         if cut_off:
             self._check_cut_off(ctx, a, b, stalled, flood)
+            self._excuse_if_cut(ctx, a, slow)
         elif ours and proxied:
             ctx.record.notes.append(
                 "the slow-reader cut-off is not checked through the impairment proxy: it "
@@ -140,6 +140,23 @@ class SlowReader(Scenario):
         )
 
     @staticmethod
+    def _excuse_if_cut(ctx: Context, witness: Party, slow: Party) -> None:
+        """``slow`` stopped reading too. With the small --sendq of this scenario the
+        server may cut it off as well (its client's display queue is bounded, so an unread
+        terminal holds the server back): that is the server doing its job, and the line
+        it cut short is not damage. Whether it happened, ``witness`` was told."""
+        cut = [
+            ln.text
+            for ln in witness.log.snapshot()
+            if "left (too slow)" in ln.text and "stalled" not in ln.text
+        ]
+        if not cut:
+            return
+        slow.wait_exit(min(ctx.deadline, time.monotonic() + CLOSED_WAIT))
+        SlowReader._excuse_cut_line(ctx, slow)
+        ctx.record.notes.append(f"the paused reader was cut off too ({cut[0].strip()!r})")
+
+    @staticmethod
     def _excuse_cut_line(ctx: Context, stalled: Party) -> None:
         """The server drops a cut-off reader's queue mid-line: it ends that partial line
         with a LF before ``! disconnected: too slow`` (chatbox/hub.py), or, when the notice
@@ -147,7 +164,9 @@ class SlowReader(Scenario):
         the notice, else the last one received - is the cut itself, not a corruption."""
         lines = stalled.log.snapshot()
         notice = [i for i, ln in enumerate(lines) if "disconnected: too slow" in ln.text]
-        received = [i for i, ln in enumerate(lines) if ln.direction == RECEIVED]
-        cut = notice[0] - 1 if notice else (received[-1] if received else -1)
+        # Without the notice: the last damaged line, not simply the last line, since a
+        # client's own closing words ("connection closed by server") follow the cut.
+        damaged = [index for index, _ in list(stalled.log.damage)]
+        cut = notice[0] - 1 if notice else (max(damaged) if damaged else -1)
         if cut >= 0:
             stalled.log.excuse_damage(cut, ctx.clock(), "cut short by the cut-off")
