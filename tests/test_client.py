@@ -329,29 +329,31 @@ def test_client_sends_plain_lines_then_quit_then_closes_its_half() -> None:
             client.close()
 
 
-def test_client_makes_control_characters_visible_even_if_server_sends_them() -> None:
+# (what a server sends before it closes, what the client must show)
+SERVER_LAST_WORDS = [
+    pytest.param(
+        b"<mallory> a\x1b[2Jb\x07c\x00\xc2\x9bd\xe2\x80\xaee\tf\n",
+        "<mallory> a^[[2Jb^Gc^@<U+009B>d<U+202E>e\tf",
+        id="control-characters-made-visible-even-if-the-server-sends-them",
+    ),
+    pytest.param(
+        b"! server full (max 1 clients)",
+        "! server full (max 1 clients)",
+        id="last-line-shown-even-without-newline",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sent", "shown"), SERVER_LAST_WORDS)
+def test_client_shows_what_the_server_sent_then_reports_the_close(sent: bytes, shown: str) -> None:
     with OneShotServer() as srv:
         client = Party(client_argv(str(srv.port)))
         try:
             conn = srv.accept()
-            conn.sendall(b"<mallory> a\x1b[2Jb\x07c\x00\xc2\x9bd\xe2\x80\xaee\tf\n")
+            conn.sendall(sent)
             conn.shutdown(socket.SHUT_WR)
             status, err = client.wait()
-            assert client.lines == ["<mallory> a^[[2Jb^Gc^@<U+009B>d<U+202E>e\tf"]
-            assert (status, err) == (1, "connection closed by server\n")
-        finally:
-            client.close()
-
-
-def test_client_shows_last_line_even_without_newline() -> None:
-    with OneShotServer() as srv:
-        client = Party(client_argv(str(srv.port)))
-        try:
-            conn = srv.accept()
-            conn.sendall(b"! server full (max 1 clients)")
-            conn.close()
-            status, err = client.wait()
-            assert client.lines == ["! server full (max 1 clients)"]
+            assert client.lines == [shown]
             assert (status, err) == (1, "connection closed by server\n")
         finally:
             client.close()
