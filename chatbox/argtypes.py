@@ -1,7 +1,7 @@
 """Argument types for the command lines: numbers checked where they are parsed.
 
 A bad value becomes argparse's usage error (one line, exit 2), never a traceback later.
-Shared by the server's and the harness's command lines.
+Shared by the server's, the client's and the harness's command lines.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from chatbox.argtypes import positive_float
 from chatbox.terminal import (
     Console,
     Hangup,
@@ -49,8 +50,9 @@ CONNECT_TIMEOUT = 10.0
 # How long --name waits for the server to accept or refuse the name before going on
 # anyway: a server that does not speak this protocol's /nick never answers.
 NICK_TIMEOUT = 5.0
-# How long to wait, after /quit, for the server to close: it has to take every line we
-# sent first (10,000 from a pipe), so be generous; only a broken server takes this long.
+# How long to wait, by default, after /quit, for the server to close: it has to take every
+# line we sent first (10,000 from a pipe), so be generous; only a broken server takes this
+# long, or a relay that never closes on /quit (--quit-timeout shortens the wait for those).
 QUIT_TIMEOUT = 30.0
 RECV_SIZE = 65536
 # A server that sends bytes without ever a newline must not grow our memory without bound:
@@ -88,6 +90,7 @@ class Options:
     host: str
     name: str | None
     timestamps: bool
+    quit_timeout: float = QUIT_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timestamps", action="store_true", help="show the local time of each received line"
     )
+    parser.add_argument(
+        "--quit-timeout",
+        type=positive_float,
+        default=QUIT_TIMEOUT,
+        metavar="SECONDS",
+        help="after /quit, how long to wait for the server to close the connection "
+        f"(default {QUIT_TIMEOUT:g}; exit 1 if it does not)",
+    )
     return parser
 
 
@@ -129,7 +140,13 @@ def parse_args(argv: Sequence[str]) -> Options:
     if name is not None and (not name or any(c.isspace() or not c.isprintable() for c in name)):
         # A space or newline would turn `/nick NAME` into something else on the wire.
         parser.error(f"invalid name {name!r}: a name is one word")
-    return Options(port=port, host=host, name=name, timestamps=args.timestamps)
+    return Options(
+        port=port,
+        host=host,
+        name=name,
+        timestamps=args.timestamps,
+        quit_timeout=args.quit_timeout,
+    )
 
 
 def _port(text: str) -> int | None:
@@ -179,10 +196,17 @@ class Session:
     receiving thread is a daemon, so a wedged read can never keep the process alive.
     """
 
-    def __init__(self, sock: socket.socket, console: Console, name: str | None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        console: Console,
+        name: str | None,
+        quit_timeout: float = QUIT_TIMEOUT,
+    ) -> None:
         self.sock = sock
         self.console = console
         self.name = name
+        self.quit_timeout = quit_timeout
         # Guards the choice between "we quit" and "the server closed on us".
         self._lock = threading.Lock()
         self._quitting = False
@@ -272,9 +296,9 @@ class Session:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             return self._report_end(exc)
-        if not self.console.wait_for(self._ended, QUIT_TIMEOUT):
+        if not self.console.wait_for(self._ended, self.quit_timeout):
             self.console.status(
-                f"the server did not close the connection within {QUIT_TIMEOUT:g} s"
+                f"the server did not close the connection within {self.quit_timeout:g} s"
             )
             return 1
         if not self._end_clean:
@@ -362,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
     signal.signal(signal.SIGTERM, _interrupt)
-    return Session(sock, console, options.name).run()
+    return Session(sock, console, options.name, options.quit_timeout).run()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -190,6 +190,7 @@ USAGE_ERRORS = [
     (["--name", "", "5000"], "invalid name ''"),
     (["--colour", "5000"], "unrecognized arguments: --colour"),
     (["5000", ""], "empty server address"),
+    (["--quit-timeout", "0", "5000"], "--quit-timeout: must be a finite number above 0"),
 ]
 
 
@@ -581,6 +582,21 @@ def test_client_second_interrupt_stops_waiting_for_the_server_exit_130() -> None
             client.proc.send_signal(signal.SIGINT)
             status, err = client.wait()
             assert (status, err) == (130, "")
+        finally:
+            client.close()
+
+
+def test_client_gives_up_on_a_server_that_never_closes_after_quit_exit_1() -> None:
+    """--quit-timeout: a server that takes /quit but keeps the connection open is waited
+    for that long, then named as the reason, exit 1 (not a hang, not a clean 0)."""
+    with OneShotServer() as srv:
+        client = Party(client_argv("--quit-timeout", "0.5", str(srv.port)))
+        try:
+            srv.accept()
+            client.close_stdin()
+            assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
+            status, err = client.wait()
+            assert (status, err) == (1, "the server did not close the connection within 0.5 s\n")
         finally:
             client.close()
 
