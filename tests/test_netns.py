@@ -167,10 +167,13 @@ def test_check_subnet_refuses_with_a_reason(subnet: str, why: str) -> None:
 
 def test_close_kills_what_still_runs_inside_and_removes_everything() -> None:
     network = NetnsNetwork(client_hosts=1)
+    inside = "import select; print('in', flush=True); select.select([],[],[])"
     stuck = subprocess.Popen(
-        network.server.command([sys.executable, "-c", "import select; select.select([],[],[])"])
+        network.server.command([sys.executable, "-c", inside]), stdout=subprocess.PIPE, text=True
     )
     try:
+        assert stuck.stdout is not None
+        assert stuck.stdout.readline() == "in\n"  # running inside, not still entering
         network.close()
         assert stuck.wait(timeout=WAIT_S) == -signal.SIGKILL
         assert network_traces(network).clean
@@ -178,7 +181,8 @@ def test_close_kills_what_still_runs_inside_and_removes_everything() -> None:
     finally:
         if stuck.poll() is None:
             stuck.kill()
-        stuck.wait()
+        stuck.communicate()
+        network.close()  # when an assertion above failed before it
 
 
 def test_a_failed_run_leaves_nothing() -> None:

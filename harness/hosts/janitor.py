@@ -116,7 +116,7 @@ class _Janitor:
             path = Path("/run/netns") / record.name
             if not path.exists():
                 return  # never created (creation failed) or already removed
-            kill_namespace_processes(path)
+            _empty(path)
             done = subprocess.run(
                 ["ip", "netns", "delete", record.name],
                 capture_output=True,
@@ -130,7 +130,7 @@ class _Janitor:
         holder = record.holder
         assert holder is not None
         if holder.poll() is None:
-            kill_namespace_processes(Path(f"/proc/{holder.pid}/ns/net"), spare=holder.pid)
+            _empty(Path(f"/proc/{holder.pid}/ns/net"), spare=holder.pid)
         if holder.stdin is not None:
             holder.stdin.close()  # cat reads end-of-file and exits on its own
         try:
@@ -138,6 +138,18 @@ class _Janitor:
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+
+
+# A process entering a namespace (`ip netns exec`, nsenter) while it is emptied is missed
+# by one pass over /proc; passes repeat until one finds nobody, a few at most.
+EMPTY_PASSES = 5
+
+
+def _empty(ns_path: Path, *, spare: int | None = None) -> None:
+    """Kill what runs in the namespace at ``ns_path`` until a pass finds nobody there."""
+    for _ in range(EMPTY_PASSES):
+        if not kill_namespace_processes(ns_path, spare=spare):
+            return
 
 
 def kill_namespace_processes(ns_path: Path, *, spare: int | None = None) -> list[int]:
