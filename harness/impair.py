@@ -39,6 +39,11 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the proxy program itself needs neither
+    from harness.daemon import Daemon
+    from harness.hosts.base import Host
 
 # Bytes read per recv: big enough that a fast stream costs few Python calls.
 READ_SIZE = 65536
@@ -365,6 +370,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a SIGINT before the handler was installed
         return 0
     return 0
+
+
+def launch(host: Host, listen: str, port: int, spec: str, label: str, deadline: float) -> Daemon:
+    """Start this proxy on ``host`` in front of ``port`` there; return it once it listens
+    (its port is ``announced[1]``).
+
+    It reaches the server over the host's own loopback when the server listens there or on
+    every address, else on the address the server bound. Resource handling: the caller
+    stops the returned daemon. Error handling: `DaemonError` with its stderr.
+    """
+    from harness.daemon import Daemon, Readiness
+
+    target = "127.0.0.1" if listen.startswith("127.") or listen == "0.0.0.0" else listen
+    argv = [host.python, "-m", "harness.impair", "--listen", f"{listen}:0"]
+    argv += ["--target", f"{target}:{port}", "--spec", spec]
+    proxy = Daemon(label, host.command(argv))
+    proxy.start()
+    try:
+        proxy.wait_ready(Readiness("line"), 0, lambda _: False, deadline)
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ The client runs under pexpect in a pty (echo off), started on its host's command
 A drain thread reads its output *continuously* - an unread pty blocks the client at
 about 17 KiB, which would turn a slow harness into a false deadlock - and records each
 line, timestamped, in the party's `PartyLog`. Scenario threads write lines and wait for
-tokens; nothing here sleeps to synchronise.
+tokens, on a condition the drain signals. Two waits poll, for want of an event: the drain
+wakes every 0.2 s to see whether it is asked to stop or pause, and `wait_exit` reaps the
+process (pexpect has no exit event) in 10 ms steps after its terminal has closed.
 
 Only the slow-reader scenario stops the drain on purpose (`pause_reading`).
 """
@@ -93,7 +95,6 @@ class Party:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
-        self._senders: set[str] = set()
         self._messages_from: dict[str, int] = {}
         self._text_seen: list[str] = []
         self.closed = False
@@ -214,16 +215,11 @@ class Party:
             fresh.extend(self.log.add_received(t, text, self.known_crcs))
         with self.cond:
             self._received_keys.update(tok.key for tok in fresh)
-            self._senders.update(tok.sender for tok in fresh)
             for tok in fresh:
                 if tok.kind == MESSAGE:
                     self._messages_from[tok.sender] = self._messages_from.get(tok.sender, 0) + 1
             self._text_seen.extend(shown)
             self.cond.notify_all()
-
-    def heard_from(self, sender: str) -> bool:
-        with self.cond:
-            return sender in self._senders
 
     def wait_messages(self, sender: str, count: int, deadline: float) -> bool:
         """Wait until ``count`` counted messages from ``sender`` have arrived."""
@@ -241,10 +237,6 @@ class Party:
     def heard_messages(self, sender: str) -> int:
         with self.cond:
             return self._messages_from.get(sender, 0)
-
-    def has(self, key: tuple[str, int]) -> bool:
-        with self.cond:
-            return key in self._received_keys
 
     def count_from(self, keys: set[tuple[str, int]]) -> int:
         with self.cond:

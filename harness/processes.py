@@ -185,14 +185,27 @@ def end_group(pgid: int, is_done: Callable[[], bool], grace: float = TERM_GRACE)
         time.sleep(0.02)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, what: str = "") -> bool:
+    """Re-check ``condition`` until it holds or ``timeout`` passes; whether it held.
+
+    Only for what the kernel offers no event for (processes appearing or vanishing
+    elsewhere in the tree, descriptor counts, zombies). With ``what``, a timeout raises
+    AssertionError naming it instead of returning False (for tests).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            if what:
+                raise AssertionError(f"timed out waiting for {what}")
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def wait_gone(pgids: list[int], timeout: float = TERM_GRACE) -> list[int]:
     """Wait until the groups have no members left; return those still alive."""
-    deadline = time.monotonic() + timeout
-    left = [g for g in pgids if group_alive(g)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [g for g in left if group_alive(g)]
-    return left
+    wait_until(lambda: not any(group_alive(g) for g in pgids), timeout)
+    return [g for g in pgids if group_alive(g)]
 
 
 def children_of(pid: int) -> list[int]:

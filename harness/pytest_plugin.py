@@ -34,12 +34,11 @@ from collections.abc import Iterator
 import pytest
 
 from harness.checks import FAIL, CheckResult, run_checks
-from harness.hosts import LoopbackNetwork
 from harness.party import Party
 from harness.scenarios.base import Context, Options
+from harness.session import Run
 from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, Target, is_ours
 from harness.tokens import Token
-from harness.transcript import RunRecord
 
 ROOM_TIMEOUT = 60.0  # upper bound for one test's room; a hang fails instead of stalling
 
@@ -65,23 +64,28 @@ class Room:
     """
 
     def __init__(self, server_cmd: str, client_cmd: str, *, timeout: float = ROOM_TIMEOUT) -> None:
-        self.network = LoopbackNetwork()
-        self.target = Target(self.network, server_cmd, impair=None, timeout=timeout)
-        self.record = RunRecord("pytest", timeout=timeout)
         self.options = Options(
             timeout=timeout, client_template=client_cmd, ours=is_ours(server_cmd), settle=2.0
         )
-        self.ctx: Context | None = None
+        self.run = Run("pytest", self.options, server_cmd)
+        self.record = self.run.record
 
     def start(self) -> Room:
-        self.target.start()
-        self.ctx = Context("pytest", self.options, self.network, self.target, self.record)
+        try:
+            self.run.open()
+        except BaseException:
+            self.run.close()
+            raise
         return self
 
     @property
     def context(self) -> Context:
-        assert self.ctx is not None, "the room is not started"
-        return self.ctx
+        return self.run.context
+
+    @property
+    def target(self) -> Target:
+        assert self.run.target is not None, "the room is not started"
+        return self.run.target
 
     def party(self, name: str) -> Party:
         """Start one client process (not yet proven to be in the room)."""
@@ -112,6 +116,7 @@ class Room:
         """Wait for outstanding deliveries (bounded), then run every check."""
         self.context.settle()
         self.record.duration = self.context.clock()
+        self.run.server_died("during the test")
         return run_checks(self.record)
 
     def assert_delivered(self) -> None:
@@ -125,9 +130,7 @@ class Room:
             raise AssertionError("\n".join(lines))
 
     def close(self) -> None:
-        if self.ctx is not None:
-            self.ctx.close_all()
-        self.target.stop()
+        self.run.close()
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """`python -m harness.run` (also `chatbox-harness`): run a scenario against a chat box.
 
-The runner is the only place that knows about everything at once: it parses options,
-opens the network of hosts, starts the target (server, and impairment proxy), lets the
-scenario drive its parties, ends every process, runs the checks and writes the reports.
+The runner parses options, lets a `harness.session.Run` open the network and start the
+target, lets the scenario drive its parties, has the run end every process, runs the
+checks and writes the reports. Every default lives in `harness.scenarios.base.Options`
+(and the command templates in `harness.target`); the parser reads them from there.
 
 Exit codes: 0 every check passed in every run; 1 a check failed (in any run of
 ``--repeat``); 2 a usage or setup error (bad option, server that does not start - its
@@ -14,17 +15,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from types import FrameType
 
-from chatbox.argtypes import port, positive_float, positive_int
+from harness.argtypes import port, positive_float, positive_int, readiness
 from harness.checks import check_no_reset, run_checks
-from harness.hosts import NETWORK_KINDS, HostError, Network, NetworkOptions, open_network
+from harness.daemon import Readiness
+from harness.hosts import NETWORK_KINDS, NetworkOptions
 from harness.party import PartyError
-from harness.processes import wait_gone
 from harness.report import Progress, RunResult, summary, to_json, to_junit, write, write_artifacts
-from harness.scenarios import SCENARIOS, Context, Options, Scenario
-from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, Target, is_ours
+from harness.scenarios import SCENARIOS, Options, Scenario
+from harness.session import Run
+from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, is_ours
 from harness.transcript import RunRecord
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
@@ -46,6 +47,9 @@ def network_options(args: argparse.Namespace, clients: int) -> NetworkOptions:
     )
 
 
+DEFAULTS = Options()  # the one place every default of a run is held
+
+
 def build_parser() -> argparse.ArgumentParser:
     kinds = sorted(NETWORK_KINDS)
     parser = argparse.ArgumentParser(
@@ -64,32 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clients",
         type=positive_int,
-        default=3,
+        default=DEFAULTS.clients,
         metavar="N",
-        help="parties for broadcast; joiners+2 for churn (default 3)",
+        help="parties for broadcast; joiners+2 for churn (default %(default)s)",
     )
     parser.add_argument(
         "--messages",
         type=positive_int,
-        default=200,
+        default=DEFAULTS.messages,
         metavar="M",
-        help="lines each talking party sends (default 200)",
+        help="lines each talking party sends (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=1, metavar="S", help="payload seed (default 1)")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, metavar="S", help="payload seed (default 1)"
+    )
     parser.add_argument(
         "--timeout",
         type=positive_float,
-        default=60.0,
+        default=DEFAULTS.timeout,
         metavar="SECONDS",
-        help="bound on one run; passing it fails 'bounded time' (default 60)",
+        help="bound on one run; passing it fails 'bounded time' (default %(default)g)",
     )
     parser.add_argument(
         "--settle",
         type=positive_float,
-        default=2.0,
+        default=DEFAULTS.settle,
         metavar="SECONDS",
         help="once all sending is done, how long nothing may arrive before the missing "
-        "lines count as lost (default 2)",
+        "lines count as lost (default %(default)g)",
     )
     parser.add_argument(
         "--repeat",
@@ -110,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CLIENT,
         metavar="TEMPLATE",
         help=f"client command, run in a pty (default {DEFAULT_CLIENT!r})",
+    )
+    parser.add_argument(
+        "--ready",
+        type=readiness,
+        default=Readiness(),
+        metavar="HOW",
+        help="when the server is ready: line (its 'listening on HOST:PORT'), port (it "
+        "accepts a connection), delay:SECONDS, or auto (default: the line; a port probe "
+        "only if it prints nothing on stdout for 2 s)",
     )
     hosts = parser.add_argument_group("where processes run")
     hosts.add_argument(
@@ -174,56 +189,14 @@ def list_scenarios() -> str:
     return "".join(f"{name:<{width}}  {cls.summary}\n" for name, cls in SCENARIOS.items())
 
 
-def _leftovers(ctx: Context | None, target: Target) -> list[str]:
-    groups: dict[int, str] = {}
-    if ctx is not None:
-        groups.update({p.pid: f"party {n}" for n, p in ctx.parties.items() if p.pid})
-    for daemon in (target.server, target.proxy):
-        if daemon is not None and daemon.pid:
-            groups[daemon.pid] = daemon.label
-    return [f"{groups[g]} (process group {g})" for g in wait_gone(list(groups))]
-
-
-def _choose_impairment(network: Network, spec: str | None) -> tuple[str | None, str]:
-    """Impair the links themselves where the host kind can (netem), else use the proxy.
-
-    Returns the spec for the TCP proxy (None when it is not needed) and, for the report,
-    what does the impairing.
-    """
-    if not spec:
-        return None, ""
-    netem = getattr(network, "netem", None)
-    if not callable(netem):
-        return spec, "TCP proxy (harness.impair)"
-    reason = netem(spec)
-    if reason is None:
-        return None, "tc netem on the links"
-    return spec, f"TCP proxy (harness.impair); not netem: {reason}"
-
-
-PROXY_NOTES = 10  # proxy stderr lines copied into the notes; the rest are in the artifacts
-
-
-def _note_proxy(record: RunRecord, target: Target, t0: float) -> None:
-    """Keep what the impairment proxy said (its resets) with the run, timed from ``t0``."""
-    record.impair_log = target.proxy_log(t0)
-    if not record.impair_log:
-        return
-    for t, line in record.impair_log[:PROXY_NOTES]:
-        record.notes.append(f"impairment proxy at {t:.4f}s: {line}")
-    if len(record.impair_log) > PROXY_NOTES:
-        more = len(record.impair_log) - PROXY_NOTES
-        record.notes.append(f"impairment proxy: {more} more line(s) (see --artifacts)")
-
-
 def run_once(
     scenario: Scenario, options: Options, args: argparse.Namespace, iteration: int
 ) -> RunResult:
     """One run: network, target, scenario, cleanup, checks.
 
-    Resource handling: the network, the target and every party are closed in `finally`
-    blocks, in reverse order of creation, whatever happens (a failed check, Ctrl-C).
-    Error handling: setup problems become `RunResult.error` (exit 2), never a traceback.
+    Resource handling: the `Run` closes parties, target and network whatever happens (a
+    failed check, Ctrl-C). Error handling: setup problems become `RunResult.error` (exit
+    2), never a traceback; a server that died once ready is the run's cause (exit 1).
     """
     record = RunRecord(
         scenario.name,
@@ -233,56 +206,42 @@ def run_once(
         specific={} if options.ours else None,
     )
     result = RunResult(scenario.name, iteration, record)
+    run = Run(
+        scenario.name,
+        options,
+        args.server_cmd,
+        network=network_options(args, options.clients),
+        impair=args.impair,
+        server_options=scenario.server_options if options.ours else (),
+        readiness=args.ready,
+        record=record,
+    )
+    progress: Progress | None = None
     try:
-        network = open_network(network_options(args, options.clients))
-    except HostError as exc:
-        result.error = str(exc)
-        return result
-    with network:
-        proxy_spec, impaired_by = _choose_impairment(network, args.impair)
-        record.network = dict(network.describe())
-        record.network["impair"] = args.impair or ""
-        record.network["impaired_by"] = impaired_by
-        target = Target(
-            network,
-            args.server_cmd,
-            impair=proxy_spec,
-            timeout=options.timeout,
-            server_options=scenario.server_options if options.ours else (),
-        )
-        ctx: Context | None = None
-        progress: Progress | None = None
-        t0 = time.monotonic()
-        try:
-            target.start()
-            if target.proxy is not None:
-                # The raw link's round trip says nothing of the proxy's toxics: time the
-                # path the chat traffic takes too.
-                record.network["round_trip_proxy_ms"] = target.proxy_round_trip_ms()
-            if target.server is not None:
-                record.server_command = " ".join(target.server.argv)
-            ctx = Context(scenario.name, options, network, target, record)
+        with run as ctx:
             if not args.quiet:
                 progress = Progress(f"{scenario.name} run {iteration}", record)
                 progress.start()
-            scenario.run(ctx)
-        except (SetupError, PartyError) as exc:
-            result.error = str(exc)
-        finally:
-            if ctx is not None:
-                record.duration = ctx.clock()
-                if target.server is not None:
-                    record.server_exit = target.server.exit_status()
-                ctx.close_all()
-            if progress is not None:
-                progress.stop()
-            result.server_exit, result.server_stderr = target.stop()
-            _note_proxy(record, target, ctx.t0 if ctx is not None else t0)
-            record.leftovers = _leftovers(ctx, target)
-    if result.error and check_no_reset(record).failed:
-        # Parties that cannot even join because the impairment resets every connection
-        # (reset-after=0, or a budget smaller than the joining) are not a setup mistake:
-        # the run fails (exit 1) with the reset named as its cause.
+            try:
+                scenario.run(ctx)
+            except (SetupError, PartyError):
+                # A client that could not join because the server had died: the death is
+                # what happened, not a client's setup failure.
+                run.server_died("while the parties were joining")
+                raise
+            finally:
+                if progress is not None:
+                    progress.stop()
+    except (SetupError, PartyError) as exc:
+        result.error = str(exc)
+    result.server_exit = run.server_exit
+    result.server_stderr = "\n".join(run.server_stderr)
+    result.server_death = run.death
+    result.server_ready = run.target.ready_how if run.target is not None else ""
+    if result.error and (run.death or check_no_reset(record).failed):
+        # Parties that cannot even join because the server died, or because the
+        # impairment resets every connection (reset-after=0, or a budget smaller than the
+        # joining), are not a setup mistake: the run fails (exit 1) with that as its cause.
         record.notes.append(f"the run could not get going: {result.error}")
         result.error = ""
     if not result.error:

@@ -16,7 +16,12 @@ fault:
 - ``chunkprefix``: prefixes each received chunk instead of each line, with a small
   receive buffer as in many C servers, so lines break apart under load;
 - ``trickle``: delivers everything, but one line per TRICKLE seconds: always making
-  progress, never finishing in time (the harness's "bounded time" must catch it).
+  progress, never finishing in time (the harness's "bounded time" must catch it);
+- ``probedie``: correct, but crashes with a traceback when a connection closes before
+  sending anything (as a server killed by a BrokenPipeError does): a readiness probe that
+  connects and closes kills it;
+- ``dies``: correct until it has relayed ``--after`` lines, then writes a sanitizer-like
+  report of DIES_LINES lines to stderr and aborts (SIGABRT).
 """
 
 from __future__ import annotations
@@ -32,11 +37,25 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-MODES = ("ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix", "trickle")
+MODES = (
+    "ok", "drop", "duplicate", "reorder", "simplex", "halfduplex", "chunkprefix", "trickle",
+    "probedie", "dies",
+)  # fmt: skip
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder: a held line goes out after this long without a partner
+DIES_LINES = 60  # dies: its stderr report, longer than any tail a report might keep
+DIES_FIRST = "==4242==ERROR: AddressSanitizer: heap-use-after-free (faulty relay 'dies')"
+DIES_LAST = "==4242==ABORTING"
+
+
+def die_loudly() -> None:
+    """dies: a sanitizer's last words, first and last line recognisable, then SIGABRT."""
+    frames = [f"    #{i} 0x{0x5000 + i:x} in relay_frame_{i} faulty_relays.py" for i in range(58)]
+    sys.stderr.write("\n".join([DIES_FIRST, *frames, DIES_LAST]) + "\n")
+    sys.stderr.flush()
+    os.abort()
 
 
 class Client:
@@ -44,13 +63,15 @@ class Client:
         self.sock = sock
         self.name = f"user{number}"
         self.buffer = b""
+        self.spoke = False  # probedie: sent at least one byte
         self.held: bytes | None = None
         self.held_since = 0.0
 
 
 class Relay:
-    def __init__(self, mode: str, listener: socket.socket, every: int) -> None:
+    def __init__(self, mode: str, listener: socket.socket, every: int, after: int = 0) -> None:
         self.mode = mode
+        self.after = after
         self.listener = listener
         self.every = every
         self.selector = selectors.DefaultSelector()
@@ -83,6 +104,8 @@ class Relay:
         if self.mode == "trickle":
             self.backlog.append((sender, data))
             return
+        if self.mode == "dies" and self.count > self.after:
+            die_loudly()
         if self.mode == "reorder":
             if sender.held is None:
                 sender.held, sender.held_since = data, time.monotonic()
@@ -124,8 +147,11 @@ class Relay:
         except OSError:
             data = b""
         if not data:
+            if self.mode == "probedie" and not client.spoke:
+                raise BrokenPipeError(f"{client.name} closed before it said anything")
             self.drop_client(client)
             return
+        client.spoke = True
         if self.mode == "chunkprefix":
             self.broadcast(client, f"<{client.name}> ".encode() + data)
             return
@@ -172,6 +198,7 @@ def main() -> int:
     parser.add_argument("port", type=int)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--every", type=int, default=7, help="drop/duplicate one line in N")
+    parser.add_argument("--after", type=int, default=40, help="dies: lines relayed first")
     args = parser.parse_args()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -180,7 +207,7 @@ def main() -> int:
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
     try:
-        Relay(args.mode, listener, args.every).serve()
+        Relay(args.mode, listener, args.every, args.after).serve()
     except KeyboardInterrupt:
         pass
     return 0
@@ -196,10 +223,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def relay_cmd(mode: str, every: int = 7) -> str:
+def relay_cmd(mode: str, every: int = 7, after: int = 40) -> str:
     """A --server-cmd template that runs this relay in ``mode``."""
     script = os.path.join(HERE, "faulty_relays.py")
-    return f"{sys.executable} {script} {mode} {{port}} --host {{host}} --every {every}"
+    return (
+        f"{sys.executable} {script} {mode} {{port}} --host {{host}} --every {every} --after {after}"
+    )
 
 
 @dataclass

@@ -14,12 +14,12 @@ from harness.hosts.base import Host, HostError, Network
 from harness.hosts.loopback import LoopbackHost, LoopbackNetwork
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NetworkOptions:
     """What the user asked for on the command line (``--hosts`` and friends)."""
 
+    clients: int  # how many client parties the run will start (its default: `Options`)
     kind: str = "loopback"
-    clients: int = 2  # how many client parties the run will start
     server_host: str | None = None  # ssh: USER@HOST of the server
     client_hosts: list[str] = field(default_factory=list)  # ssh: USER@HOST per client host
     subnet: str = "198.18.0.0/24"  # netns: addresses for the test network

@@ -12,9 +12,15 @@ clients, plus the addresses they use to reach each other.
 from __future__ import annotations
 
 import abc
+import subprocess
 import sys
 from collections.abc import Sequence
 from types import TracebackType
+
+from harness.daemon import free_port
+
+# Run on client host 0 by `Network.accepts`: exit 0 when the port takes a connection.
+_PROBE = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
 
 
 class HostError(Exception):
@@ -36,6 +42,9 @@ class Host(abc.ABC):
     label: str
     address: str
     python: str = sys.executable
+    # Whether a process started here is a process of this machine, whose descendants
+    # /proc shows (a forking server's workers); not through ssh.
+    sees_processes: bool = True
 
     @abc.abstractmethod
     def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
@@ -79,6 +88,28 @@ class Network(abc.ABC):
     def round_trip_ms(self) -> float | None:
         """Measured round-trip time between a client host and the server host, if known."""
         return None
+
+    def pick_port(self) -> int:
+        """A port for the server to listen on: free on this machine, which is all that can
+        be known here about another host (a port taken there is retried by the target)."""
+        return free_port("")
+
+    def accepts(self, port: int) -> bool:
+        """Whether the server's port accepts a connection from client host 0 (one
+        connection, closed at once): the readiness probe for servers that announce
+        nothing. Error handling: any failure to run the probe is a "no"."""
+        host = self.client_host(0)
+        argv = host.command([host.python, "-c", _PROBE, self.connect_address, str(port)])
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+    def netem(self, spec: str) -> str | None:
+        """Impair the links themselves (``tc netem``); None once done, else why not (the
+        caller then puts the TCP impairment proxy in front of the server)."""
+        return f"{self.kind} links cannot be impaired with netem"
 
     def describe(self) -> dict[str, object]:
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from harness.daemon import connectable, free_port
 from harness.hosts.base import Host, Network
 
 
@@ -38,6 +39,12 @@ class LoopbackNetwork(Network):
                 self.server, self.server, bind=self.server.address, connect=self.server.address
             )
         return self._rtt
+
+    def pick_port(self) -> int:
+        return free_port(self.server.address)
+
+    def accepts(self, port: int) -> bool:
+        return connectable(self.server.address, port)
 
     @property
     def listen_address(self) -> str:

@@ -3,14 +3,17 @@
 No ``ping``: it may not be installed, ICMP may be filtered, and what the chat traffic feels
 is TCP anyway. A one-shot echo process runs on the server host, a timing process on the
 client host; both are plain Python started through the hosts' own ``command`` wrappers, so
-this works unchanged for every host kind (a namespace, an ssh host).
+this works unchanged for every host kind (a namespace, an ssh host). With the impairment
+proxy in the path, `proxy_round_trip_ms` times the path the chat traffic takes through it.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 
-from harness.hosts.base import Host
+from harness.daemon import Daemon, DaemonError, Readiness
+from harness.hosts.base import Host, Network
 
 # Round trips timed (the median is reported): enough to smooth the first packet's ARP and
 # slow start, few enough to cost nothing.
@@ -18,14 +21,14 @@ SAMPLES = 9
 TIMEOUT_S = 30.0
 
 # On the server host: accept one connection and echo until it closes. The first stdout
-# line is the port it listens on.
+# line announces it as a server does ("listening on HOST:PORT").
 ECHO_SOURCE = """
 import socket, sys
 s = socket.socket()
 s.bind((sys.argv[1], 0))
 s.listen(1)
 s.settimeout(30)
-print(s.getsockname()[1], flush=True)
+print('listening on %s:%d' % s.getsockname()[:2], flush=True)
 c, _ = s.accept()
 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while True:
@@ -52,14 +55,6 @@ print(statistics.median(times[1:] or times))
 """
 
 
-# The same echo, announcing itself as a server does ("listening on HOST:PORT"), for when
-# it is started as a `harness.target.Daemon` behind the impairment proxy.
-ANNOUNCING_ECHO_SOURCE = ECHO_SOURCE.replace(
-    "print(s.getsockname()[1], flush=True)",
-    "print('listening on %s:%d' % s.getsockname()[:2], flush=True)",
-)
-
-
 def ping_command(client: Host, connect: str, port: int, samples: int = SAMPLES) -> list[str]:
     """The local argv that times ``samples`` one-byte round trips from ``client`` to
     ``connect:port`` and prints the median in ms (the echo must already listen there)."""
@@ -84,6 +79,20 @@ def run_ping(argv: list[str]) -> float | None:
         return None
 
 
+def start_echo(server: Host, bind: str) -> Daemon:
+    """The echo on ``server``, listening; its port is ``announced[1]``.
+
+    Resource handling: the caller stops it. Error handling: `DaemonError`."""
+    echo = Daemon("rtt-echo", server.command([server.python, "-c", ECHO_SOURCE, bind]))
+    echo.start()
+    try:
+        echo.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + TIMEOUT_S)
+    except BaseException:
+        echo.stop()
+        raise
+    return echo
+
+
 def measure_round_trip_ms(
     server: Host, client: Host, *, bind: str, connect: str, samples: int = SAMPLES
 ) -> float | None:
@@ -92,29 +101,52 @@ def measure_round_trip_ms(
     ``bind`` is the address the echo listens on (on the server host); ``connect`` is the
     address the client host reaches it at.
 
-    Resource handling: the echo process is killed and reaped before returning, whatever
+    Resource handling: the echo process is ended and reaped before returning, whatever
     happened; the timing process is run to completion with a timeout.
     Error handling: any failure (no python there, no route, timeout) returns None: a
     missing measurement must not fail a run, the report says "unknown".
     """
     try:
-        echo = subprocess.Popen(
-            server.command([server.python, "-c", ECHO_SOURCE, bind]),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-    except OSError:
+        echo = start_echo(server, bind)
+    except DaemonError:
         return None
     try:
-        assert echo.stdout is not None
-        port = echo.stdout.readline().strip()
-        if not port.isdigit():
-            return None
-        return run_ping(ping_command(client, connect, int(port), samples))
-    except OSError:
+        assert echo.announced is not None
+        return run_ping(ping_command(client, connect, echo.announced[1], samples))
+    finally:
+        echo.stop()
+
+
+def proxy_round_trip_ms(network: Network, spec: str) -> float | None:
+    """Median TCP round trip (ms) through the impairment proxy's path, or None.
+
+    What is measured: one-byte round trips from client host 0 through a second proxy
+    with the same toxics, on the server host, to a TCP echo there - the path the chat
+    traffic takes, minus the chat server (which relays to others, not back).
+
+    Resource handling: the echo and the second proxy are daemons, ended and reaped before
+    returning. Error handling: any failure returns None (the report then says "not
+    measured"); a run never fails for want of it.
+    """
+    from harness.impair import launch
+
+    host = network.server
+    listen = network.listen_address
+    try:
+        echo = start_echo(host, listen)
+    except DaemonError:
+        return None
+    try:
+        assert echo.announced is not None
+        deadline = time.monotonic() + TIMEOUT_S
+        proxy = launch(host, listen, echo.announced[1], spec, "rtt-impair", deadline)
+        try:
+            assert proxy.announced is not None
+            client = network.client_host(0)
+            return run_ping(ping_command(client, network.connect_address, proxy.announced[1]))
+        finally:
+            proxy.stop()
+    except DaemonError:
         return None
     finally:
-        echo.kill()
-        echo.wait()
+        echo.stop()

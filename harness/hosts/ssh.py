@@ -119,6 +119,7 @@ class SshHost(Host):
     """A machine reached with ``ssh DESTINATION``."""
 
     kind = "ssh"
+    sees_processes = False  # the local process is ssh; the far side's are out of sight
 
     def __init__(
         self,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from harness.checks import FAIL, NOT_APPLICABLE, PASS, CheckResult, cause
 from harness.transcript import RunRecord
 
+STDERR_LINES = 20  # of the server's stderr, reports show this many from each end
+
 
 @dataclass
 class RunResult:
@@ -15,7 +17,9 @@ class RunResult:
     record: RunRecord
     checks: list[CheckResult] = field(default_factory=list)
     server_exit: str = ""  # how the server ended when the harness stopped it
-    server_stderr: str = ""
+    server_stderr: str = ""  # all of it (reports show its head and tail)
+    server_death: str = ""  # "the server died (...) during ...": the run's cause
+    server_ready: str = ""  # how its readiness was established
     error: str = ""  # a setup error that prevented the run (exit code 2)
 
     @property
@@ -24,8 +28,16 @@ class RunResult:
 
     @property
     def cause(self) -> str:
-        """The one failure that explains the others (a connection reset), if any."""
-        return cause(self.checks)
+        """The one failure that explains the others (the server's death, a connection
+        reset), if any."""
+        return self.server_death or cause(self.checks)
+
+    def stderr_excerpt(self) -> tuple[list[str], list[str], int]:
+        """The server's stderr as reports show it: (head, tail, lines left out between)."""
+        lines = self.server_stderr.splitlines()
+        if len(lines) <= 2 * STDERR_LINES:
+            return lines, [], 0
+        return lines[:STDERR_LINES], lines[-STDERR_LINES:], len(lines) - 2 * STDERR_LINES
 
     def status_of(self, name: str) -> str:
         for c in self.checks:
@@ -35,6 +47,7 @@ class RunResult:
 
     def to_dict(self) -> dict[str, object]:
         rec = self.record
+        head, tail, _ = self.stderr_excerpt()
         return {
             "scenario": self.scenario,
             "iteration": self.iteration,
@@ -46,9 +59,13 @@ class RunResult:
             "network": rec.network,
             "server": {
                 "command": rec.server_command,
+                "ready": self.server_ready,
                 "exit": self.server_exit,
                 "died_during_run": rec.server_exit,
-                "stderr_tail": self.server_stderr,
+                "death": self.server_death,
+                "stderr_lines": len(self.server_stderr.splitlines()),
+                "stderr_head": "\n".join(head),
+                "stderr_tail": "\n".join(tail),
             },
             "deliveries": rec.deliveries(),
             "checks": [

@@ -41,6 +41,8 @@ def _where(result: RunResult) -> list[str]:
         )
     if net.get("impair"):
         lines.append(f"impairment: {net.get('impair')} by {net.get('impaired_by')}")
+    if net.get("ready"):
+        lines.append(f"server ready: {net.get('ready')}")
     return lines
 
 
@@ -86,9 +88,14 @@ def summary(results: Sequence[RunResult]) -> str:
                 if c.offender:
                     out.append(f"  first offending message: {c.offender}")
                 out.extend(c.context)
-        if r.server_exit and r.server_stderr and not r.passed:
-            out.append(f"\nserver stderr (run {r.iteration}, {r.server_exit}):")
-            out.extend("  " + line for line in r.server_stderr.splitlines()[-10:])
+        if r.server_stderr and not r.passed:
+            head, tail, left_out = r.stderr_excerpt()
+            ended = r.record.server_exit or r.server_exit
+            out.append(f"\nserver stderr (run {r.iteration}, {ended}):")
+            out.extend("  " + line for line in head)
+            if left_out:
+                out.append(f"  ... ({left_out} more lines: see --artifacts) ...")
+            out.extend("  " + line for line in tail)
     failed = sum(1 for r in results if not r.passed)
     verdict = "PASS" if failed == 0 else ("FLAKY" if failed < len(results) else "FAIL")
     causes = sorted({r.cause for r in results if r.cause})

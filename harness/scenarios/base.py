@@ -34,8 +34,11 @@ CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --
 
 @dataclass
 class Options:
-    clients: int = 2
-    messages: int = 50
+    """What one run is asked to do: the one place the defaults of every run are held
+    (the command line's defaults are read from here)."""
+
+    clients: int = 3
+    messages: int = 200
     seed: int = 1
     timeout: float = 60.0
     settle: float = 2.0
