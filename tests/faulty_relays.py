@@ -18,8 +18,8 @@ fault:
 - ``trickle``: delivers everything, but one line per TRICKLE seconds: always making
   progress, never finishing in time (the harness's "bounded time" must catch it);
 - ``probedie``: correct, but crashes with a traceback when a connection closes before
-  sending anything (as a server killed by a BrokenPipeError does): a readiness probe that
-  connects and closes kills it;
+  sending anything (as a server killed by a BrokenPipeError does), and announces itself
+  PROBEDIE_LATE after it listens: a readiness probe that connects and closes kills it;
 - ``dies``: correct until it has relayed ``--after`` lines, then writes a sanitizer-like
   report of DIES_LINES lines to stderr and aborts (SIGABRT).
 """
@@ -45,6 +45,7 @@ CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder: a held line goes out after this long without a partner
+PROBEDIE_LATE = 0.5  # probedie: listens this long before it says so (loads something first)
 DIES_LINES = 60  # dies: its stderr report, longer than any tail a report might keep
 DIES_FIRST = "==4242==ERROR: AddressSanitizer: heap-use-after-free (faulty relay 'dies')"
 DIES_LAST = "==4242==ABORTING"
@@ -205,6 +206,8 @@ def main() -> int:
     listener.bind((args.host, args.port))
     listener.listen(64)
     host, port = listener.getsockname()[:2]
+    if args.mode == "probedie":
+        time.sleep(PROBEDIE_LATE)  # the fault: connectable before it says it is ready
     print(f"listening on {host}:{port}", flush=True)
     try:
         Relay(args.mode, listener, args.every, args.after).serve()
