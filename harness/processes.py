@@ -138,8 +138,11 @@ def preexec() -> Callable[[], None] | None:
     return _set_pdeathsig
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for every child: ours, unbuffered Python, no colours, no pager."""
+def child_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for every child: ours, unbuffered Python, no colours, no pager.
+
+    ``extra`` adds variables; a None value removes one (``NO_COLOR``, to test colours).
+    """
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TERM", "xterm")
@@ -147,8 +150,11 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # Children must import the same harness/chatbox as us, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    if extra:
-        env.update(extra)
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -185,7 +191,7 @@ def end_group(pgid: int, is_done: Callable[[], bool], grace: float = TERM_GRACE)
         time.sleep(0.02)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str = "") -> bool:
+def wait_until(condition: Callable[[], bool], what: str = "", timeout: float = 20.0) -> bool:
     """Re-check ``condition`` until it holds or ``timeout`` passes; whether it held.
 
     Only for what the kernel offers no event for (processes appearing or vanishing
@@ -204,7 +210,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str = "") ->
 
 def wait_gone(pgids: list[int], timeout: float = TERM_GRACE) -> list[int]:
     """Wait until the groups have no members left; return those still alive."""
-    wait_until(lambda: not any(group_alive(g) for g in pgids), timeout)
+    wait_until(lambda: not any(group_alive(g) for g in pgids), timeout=timeout)
     return [g for g in pgids if group_alive(g)]
 
 

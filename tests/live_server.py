@@ -7,53 +7,43 @@ line a peer waits for, or the process's exit. Never on time passing.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on (\S+):(\d+)$")
+from harness.daemon import Daemon, DaemonError, Readiness
+from harness.processes import child_env, wait_until
+
+__all__ = ["WAIT", "Peer", "ServerProcess", "child_env", "joined_peers", "running_server"]
+__all__ += ["send_in_background", "wait_until"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 class ServerProcess:
-    """A chat server started with ``args``; ``port`` is the port it announced."""
+    """A chat server started with ``args``; ``port`` is the port it announced.
+
+    Started, waited for and ended as a `harness.daemon.Daemon`: its own process group,
+    its ``listening on`` line, its whole stderr."""
 
     def __init__(self, *args: str) -> None:
-        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatbox.server", *args],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            env=child_env(),
-        )
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline().strip()
-        match = LISTENING.match(first)
-        if not match:
+        self.daemon = Daemon("server", [sys.executable, "-m", "chatbox.server", *args])
+        self.daemon.start()
+        assert self.daemon.proc is not None
+        self.proc = self.daemon.proc
+        try:
+            self.daemon.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + WAIT)
+        except DaemonError as exc:
             self.stop()
-            raise AssertionError(f"server did not announce itself: {first!r} {self.stderr()}")
-        self.host = match.group(1)
-        self.port = int(match.group(2))
+            raise AssertionError(f"server did not announce itself: {exc}") from None
+        assert self.daemon.announced is not None
+        self.host, self.port = self.daemon.announced
 
     @property
     def pid(self) -> int:
@@ -61,21 +51,15 @@ class ServerProcess:
 
     def stderr(self) -> str:
         """What the server logged so far."""
-        self._stderr.seek(0)
-        return self._stderr.read()
+        return "".join(line + "\n" for line in self.daemon.stderr_lines())
 
     def terminate(self, timeout: float = WAIT) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        """End the server whatever state it is in, and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._stderr.close()
+        """End the server whatever state it is in (its whole group), and reap it."""
+        self.daemon.stop()
 
     def children(self) -> list[int]:
         """Pids of the server's live (or zombie) child processes."""
@@ -158,12 +142,3 @@ def send_in_background(peer: Peer, data: bytes) -> threading.Thread:
     thread = threading.Thread(target=peer.send, args=(data,), daemon=True)
     thread.start()
     return thread
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Re-check a condition the kernel offers no event for (fd counts, zombies)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

@@ -14,11 +14,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from needs import needs
 
+from harness.daemon import Daemon, Readiness
 from harness.hosts.base import Host, HostError
 from harness.hosts.namespaces import list_named, run_checked
 from harness.hosts.netns import NAMESPACE_PREFIX, NetnsNetwork
+from harness.processes import child_env
+
+__all__ = ["child_env"]  # with the names below: one environment for every child
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 20.0  # generous: a loaded 2-core CI box starting Python in a namespace
@@ -36,17 +40,10 @@ def _mode_skip_reason(mode: str) -> str | None:
 
 MODE_SKIP = {mode: _mode_skip_reason(mode) for mode in ("named", "held")}
 NETNS_SKIP = None if None in MODE_SKIP.values() else " / ".join(map(str, MODE_SKIP.values()))
-needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=NETNS_SKIP or "")
-needs_named = pytest.mark.skipif(MODE_SKIP["named"] is not None, reason=MODE_SKIP["named"] or "")
-needs_held = pytest.mark.skipif(MODE_SKIP["held"] is not None, reason=MODE_SKIP["held"] or "")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns, sshd)")
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
+needs_netns = needs(NETNS_SKIP)
+needs_named = needs(MODE_SKIP["named"])
+needs_held = needs(MODE_SKIP["held"])
+needs_root = needs(None if os.geteuid() == 0 else "needs root (ip netns, sshd)")
 
 
 def read_line(stream: object, timeout: float = WAIT_S) -> str:
@@ -78,13 +75,26 @@ def started(argv: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[
 
 
 @contextlib.contextmanager
-def chat_server(host: Host, address: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`python -m chatbox.server` on ``host``, bound to ``address``; yields (process, port)."""
+def announced(argv: Sequence[str], label: str = "server") -> Iterator[tuple[Daemon, int]]:
+    """A server started as the harness starts one; yields (daemon, the port it announced).
+
+    Resource handling: its process group is ended and reaped on exit, whatever happened.
+    """
+    daemon = Daemon(label, argv)
+    try:
+        daemon.start()
+        port = daemon.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + WAIT_S)
+        yield daemon, port
+    finally:
+        daemon.stop()
+
+
+@contextlib.contextmanager
+def chat_server(host: Host, address: str) -> Iterator[tuple[Daemon, int]]:
+    """`python -m chatbox.server` on ``host``, bound to ``address``; yields (daemon, port)."""
     argv = host.command([sys.executable, "-m", "chatbox.server", "0", "--host", address])
-    with started(argv) as proc:
-        line = read_line(proc.stdout)
-        assert line.startswith("listening on "), line or proc.stderr.read()  # type: ignore[union-attr]
-        yield proc, int(line.rsplit(":", 1)[1])
+    with announced(argv) as running:
+        yield running
 
 
 def wait_pid_gone(pid: int, timeout: float = WAIT_S) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from needs import needs
 from netns_fixture import REPO, WAIT_S
 
 from harness.hosts.base import Host
@@ -38,7 +38,7 @@ def sshd_skip_reason() -> str | None:
 
 
 SSHD_SKIP = sshd_skip_reason()
-needs_sshd = pytest.mark.skipif(SSHD_SKIP is not None, reason=SSHD_SKIP or "")
+needs_sshd = needs(SSHD_SKIP)
 
 
 @dataclass

@@ -14,11 +14,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from faulty_relays import ROOT, Outcome, run_harness
+from needs import needs
+
+from harness.daemon import Daemon, Readiness
 
 CC = shutil.which("cc") or shutil.which("gcc")
 SOURCE = Path(ROOT) / "examples" / "c_chatbox"
@@ -44,7 +48,7 @@ SCENARIOS = [
 ]
 EXIT_WAIT_S = 10  # bound for a C process to act on EOF or a signal; it takes milliseconds
 
-pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) on PATH")
+pytestmark = needs(None if CC else "no C compiler (cc or gcc) on PATH")
 
 
 @dataclass(frozen=True)
@@ -155,27 +159,32 @@ def test_harness_catches_the_classic_per_chunk_prefix_bug(build: Build, tmp_path
 # -- the C client on its own: the exit statuses its README promises ---------------------
 
 
-def start_c_server(build: Build) -> tuple[subprocess.Popen[str], int]:
-    """The C server on a free loopback port, once it has announced that port."""
-    proc = subprocess.Popen(
-        [build.server, "0", "127.0.0.1"], stdout=subprocess.PIPE, text=True
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the announcement is its first line: an event, no sleep
-    assert line.startswith("listening on 127.0.0.1:"), line
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    """SIGTERM, then the exit status (SIGKILL if it ignores the request)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def start_c_server(build: Build) -> tuple[Daemon, int]:
+    """The C server on a free loopback port, once it has announced that port (started as
+    the harness starts a server: its own process group, its announce line, its stderr)."""
+    server = Daemon("C server", [build.server, "0", "127.0.0.1"])
+    server.start()
     try:
-        return proc.wait(EXIT_WAIT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        deadline = time.monotonic() + EXIT_WAIT_S
+        port = server.wait_ready(Readiness("line"), 0, lambda _: False, deadline)
+    except BaseException:
+        server.stop()
         raise
+    assert server.announce_line.startswith("listening on 127.0.0.1:"), server.announce_line
+    return server, port
+
+
+def stop(server: Daemon) -> int:
+    """SIGTERM to the server alone, then its exit status (its group is ended and reaped
+    either way; SIGKILL if it ignores the request)."""
+    proc = server.proc
+    assert proc is not None
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(EXIT_WAIT_S)
+    finally:
+        server.stop()
 
 
 def run_client(build: Build, port: int, stdin: str) -> subprocess.CompletedProcess[str]:

@@ -22,8 +22,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 import chatbox
+from harness import processes
 
 # Every wait in these tests is for an event (a line, an exit); this only bounds a failure.
 TIMEOUT = 20.0
@@ -31,13 +33,9 @@ SOURCE_ROOT = str(Path(chatbox.__file__).resolve().parent.parent)
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: the chatbox this test imported, unbuffered."""
-    env = dict(os.environ)
-    env.pop("NO_COLOR", None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCE_ROOT, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    """The harness's environment for children, with colours allowed: the client's own
+    colour rules are under test."""
+    return processes.child_env({"NO_COLOR": None, **extra})
 
 
 def client_argv(*args: str) -> list[str]:
@@ -246,10 +244,10 @@ def _in_empty_netns(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the client in a new network namespace with no links (no DNS, no routes)."""
     unshare = shutil.which("unshare")
     if unshare is None:
-        pytest.skip("unshare (util-linux) is not installed")
+        missing("unshare (util-linux) is not installed")
     probe = subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=TIMEOUT)
     if probe.returncode != 0:
-        pytest.skip("cannot create a network namespace here (needs root)")
+        missing("cannot create a network namespace here (needs root)")
     proc = subprocess.run(
         [unshare, "--net", *client_argv(*args)],
         capture_output=True,
@@ -420,7 +418,7 @@ def test_client_seq_10000_all_delivered_in_order(mode: str) -> None:
 def test_client_and_nc_talk_plain_text(server: Server) -> None:
     nc = shutil.which("nc")
     if nc is None:
-        pytest.skip("netcat (nc) is not installed")
+        missing("netcat (nc) is not installed")
     other = Party([nc, "127.0.0.1", str(server.port)])
     client = Party(client_argv(str(server.port)))
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pexpect
 import pytest
+from needs import missing
 from test_client import TIMEOUT, OneShotServer, Party, Server, child_env, client_argv, joined
 
 try:
@@ -122,7 +123,7 @@ class Tty:
 
 def needs_screen() -> None:
     if pyte is None:
-        pytest.skip("pyte (terminal emulator) is not installed")
+        missing("pyte (terminal emulator) is not installed")
 
 
 def test_tty_half_typed_line_survives_an_arriving_message(server: Server) -> None:

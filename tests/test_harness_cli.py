@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from faulty_relays import ROOT, relay_cmd, run_harness
+from needs import needs
 
 SCENARIOS = ["duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash"]
 
@@ -120,7 +121,7 @@ def test_failed_check_exits_1_and_junit_records_the_failure(tmp_path: Path) -> N
     assert any("deliveries missing" in m for m in failures)
 
 
-@pytest.mark.skipif(shutil.which("ncat") is None, reason="ncat is not installed")
+@needs(None if shutil.which("ncat") else "ncat is not installed")
 def test_another_implementation_ncat_chat_is_held_to_the_same_checks(tmp_path: Path) -> None:
     out = run_harness(
         str(tmp_path), "--scenario", "broadcast", "--messages", "30",

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from faulty_relays import ROOT
 
-from harness.processes import child_env, end_group, group_alive
+from harness.processes import child_env, end_group, group_alive, wait_until
 
 
 def descendants(pid: int) -> set[int]:
@@ -37,16 +36,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_until(condition: object, timeout: float) -> bool:
-    # Polling: processes appearing/vanishing elsewhere in the tree give us no event.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_nothing_outlives_a_harness_killed_with_sigkill() -> None:
     harness = subprocess.Popen(
         [sys.executable, "-m", "harness.run", "--scenario", "broadcast", "--clients", "3",
@@ -55,11 +44,11 @@ def test_nothing_outlives_a_harness_killed_with_sigkill() -> None:
     )  # fmt: skip
     try:
         # watchdog + server + 3 clients (+ their children) must be running.
-        assert wait_until(lambda: len(descendants(harness.pid)) >= 5, 30)
+        assert wait_until(lambda: len(descendants(harness.pid)) >= 5, timeout=30)
         started = descendants(harness.pid)
         harness.kill()
         harness.wait()
-        assert wait_until(lambda: not any(alive(p) for p in started), 15), [
+        assert wait_until(lambda: not any(alive(p) for p in started), timeout=15), [
             p for p in started if alive(p)
         ]
     finally:

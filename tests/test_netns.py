@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pexpect
 import pytest
+from needs import missing
 from netns_fixture import (
     WAIT_S,
     chat_server,
@@ -248,7 +249,7 @@ def _python_for(prefix: list[str]) -> str:
         )
         if probe.returncode == 0:
             return python
-    pytest.skip("no Python interpreter that an unprivileged user can run and import from")
+    missing("no Python interpreter that an unprivileged user can run and import from")
 
 
 @needs_root

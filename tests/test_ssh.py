@@ -21,6 +21,7 @@ import pexpect
 import pytest
 from netns_fixture import (
     WAIT_S,
+    announced,
     child_env,
     needs_named,
     network_traces,
@@ -214,10 +215,9 @@ def test_chat_across_ssh_hosts(lab: Lab) -> None:
     """The chat server on one ssh host, `nc` clients on another, both through ssh."""
     server_host, client_host = lab.host(lab.server), lab.host(lab.other)
     server_argv = [server_host.python, "-m", "chatbox.server", "0", "--host", "0.0.0.0"]
-    with started(lab.local(server_host.command(server_argv))) as server:
-        line = read_line(server.stdout)
-        assert line.startswith("listening on 0.0.0.0:"), line
-        port = line.strip().rsplit(":", 1)[1]
+    with announced(lab.local(server_host.command(server_argv))) as (server, number):
+        assert server.announced == ("0.0.0.0", number), server.announce_line
+        port = str(number)
         parties = []
         try:
             for _ in range(2):

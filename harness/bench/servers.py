@@ -3,40 +3,29 @@
 A `ServerSpec` is a name and a command template with ``{host}`` and ``{port}`` in it.
 The built-in ones are this project's server in fork and in thread mode, the asyncio
 baseline from benchmarks/ and ``ncat --chat``; any other chat server plugs in through
-``--server-cmd``. A server is ready when it prints ``listening on HOST:PORT`` (port 0
-then tells its real port) or, for servers that print nothing, when the kernel's socket
-table shows it listening on the port chosen for it. Each workload gets a fresh server,
-so none inherits another's state.
+``--server-cmd``. A server is started as a `harness.daemon.Daemon` and is ready when it
+prints ``listening on HOST:PORT`` (port 0 then tells its real port) or, for servers that
+print nothing, when the kernel's socket table shows it listening on the port chosen for
+it. Each workload gets a fresh server, so none inherits another's state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import select
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import processes
+from harness.daemon import Daemon, DaemonError, Readiness, free_port
 
 HOST = "127.0.0.1"  # loopback only: the benchmark never sends anything off this machine
 
 # A server has this long to say it is listening; Python servers start in well under 1 s.
 START_TIMEOUT = 15.0
-# SIGTERM first (a clean shutdown is part of being a good server), then SIGKILL.
-STOP_GRACE = 3.0
-
-_LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 _REPO = Path(__file__).resolve().parents[2]
 _NAME = re.compile(r"^([A-Za-z][\w.-]*)=(?=\S)")
 
@@ -110,34 +99,25 @@ def available(spec: ServerSpec) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
 class RunningServer:
     """One started server process (and, through it, all its workers).
 
     Resource handling: use as a context manager; leaving it ends the whole process
-    group the server runs in (SIGTERM, then SIGKILL after `STOP_GRACE`) and reaps it.
-    Error handling: `start` raises `ServerError` with the tail of the server's stderr
-    when it exits or stays silent instead of listening.
+    group the server runs in (SIGTERM, then SIGKILL) and reaps it (`harness.daemon`).
+    Error handling: `start` raises `ServerError` with the server's stderr when it exits
+    or stays silent instead of listening.
     """
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.host = HOST
         self.port = 0
-        # Closed in stop(): it outlives this method, so no `with` fits.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._drain: threading.Thread | None = None
+        self._daemon: Daemon | None = None
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
+        assert self._daemon is not None
+        return self._daemon.pid
 
     def __enter__(self) -> RunningServer:
         try:
@@ -151,105 +131,28 @@ class RunningServer:
         self.stop()
 
     def start(self) -> None:
-        port = 0 if self.spec.announces else free_port()
-        argv = self.spec.argv(self.host, port)
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                # An open, silent stdin: ncat --chat ends every connection at EOF on it.
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                env=processes.child_env(),
-                start_new_session=True,  # one group: stopping it ends every worker too
-                preexec_fn=processes.preexec(),
-            )
-        except OSError as exc:
-            raise ServerError(f"{self.spec.name}: cannot run {argv[0]}: {exc.strerror}") from None
-        # If the bench itself is killed, the lifeline's watchdog ends the server's group.
-        processes.Lifeline.get().register(self._proc.pid)
+        # Announcing servers take port 0 and say which port they got. The others are
+        # ready when the kernel's socket table shows them listening on the port chosen
+        # here - not by connecting: a probe connection that closes before the server
+        # accepts it makes ncat quit ("getpeername failed").
+        port = 0 if self.spec.announces else free_port(HOST)
+        readiness = Readiness("line" if self.spec.announces else "port")
+        # An open, silent stdin: ncat --chat ends every connection at EOF on it.
+        self._daemon = Daemon(self.spec.name, self.spec.argv(self.host, port), keep_stdin=True)
         deadline = time.monotonic() + START_TIMEOUT
-        if port:
-            self.port = port
-            self._start_drain()
-            self._wait_port(deadline)
-        else:
-            self.port = self._wait_listening(deadline)
-            self._start_drain()
-
-    def _start_drain(self) -> None:
-        # Whatever the server prints later must not fill the pipe and block it.
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        self._drain = threading.Thread(target=_drain, args=(fd,), daemon=True)
-        self._drain.start()
-
-    def _wait_listening(self, deadline: float) -> int:
-        assert self._proc is not None and self._proc.stdout is not None
-        out = self._proc.stdout
-        seen = b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(out.fileno(), 4096)
-            if not chunk:
-                raise ServerError(f"{self.spec.name}: exited before listening{self._tail()}")
-            seen += chunk
-            match = _LISTENING.search(seen)
-            if match and b"\n" in seen[match.end() :]:
-                return int(match.group(2))
-        raise ServerError(f"{self.spec.name}: did not say 'listening on' in {START_TIMEOUT:.0f} s")
-
-    def _wait_port(self, deadline: float) -> None:
-        """Wait until something listens on our port.
-
-        Such a server announces nothing, so its port is polled - in the kernel's socket
-        table, not by connecting: a probe connection that closes before the server
-        accepts it makes ncat quit ("getpeername failed").
-        """
-        assert self._proc is not None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServerError(f"{self.spec.name}: exited before listening{self._tail()}")
-            if _listening(self.port):
-                return
-            time.sleep(0.02)
-        raise ServerError(
-            f"{self.spec.name}: port {self.port} did not open in {START_TIMEOUT:.0f} s"
-        )
+        try:
+            self._daemon.start()
+            self.port = self._daemon.wait_ready(readiness, port, _listening, deadline)
+        except DaemonError as exc:
+            raise ServerError(f"{self.spec.name}: {exc}") from None
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._daemon is not None and self._daemon.exit_status() == ""
 
     def stop(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                pass
-        # Workers that outlived their parent are still in the group; end them too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        processes.Lifeline.get().unregister(proc.pid)
-        if self._drain is not None:
-            self._drain.join(STOP_GRACE)  # the pipe ends with the last process of the group
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
-        self._stderr.close()
-        self._proc = None
-
-    def _tail(self) -> str:
-        self._stderr.seek(0)
-        text = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
-        return f": {text[-1]}" if text else ""
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
 
     # --- memory -------------------------------------------------------------------------
 
@@ -308,9 +211,3 @@ def _listening(port: int) -> bool:
         except OSError:
             continue
     return False
-
-
-def _drain(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        while os.read(fd, 65536):
-            pass
