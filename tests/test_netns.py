@@ -232,7 +232,7 @@ def test_owner_killed_leaves_nothing(mode: str, how: int) -> None:
 
 def test_open_network_reports_an_unusable_mode() -> None:
     with pytest.raises(HostError, match="unknown namespace mode"):
-        open_network(NetworkOptions(kind="netns", netns_mode="sideways"))
+        open_network(NetworkOptions(kind="netns", clients=2, netns_mode="sideways"))
 
 
 def _python_for(prefix: list[str]) -> str:

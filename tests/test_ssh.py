@@ -64,6 +64,7 @@ class Lab:
     def network_options(self, **overrides: object) -> NetworkOptions:
         options = NetworkOptions(
             kind="ssh",
+            clients=2,
             server_host=self.server.destination,
             client_hosts=[self.other.destination],
             ssh_identity=str(self.keys.client_key),
