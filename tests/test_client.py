@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from needs import missing
 
 import chatbox
 from harness import processes
+from harness.daemon import Daemon, DaemonError, Readiness
 
 # Every wait in these tests is for an event (a line, an exit); this only bounds a failure.
 TIMEOUT = 20.0
@@ -43,34 +45,24 @@ def client_argv(*args: str) -> list[str]:
 
 
 class Server:
-    """A real chatbox server on a free loopback port."""
+    """A real chatbox server on a free loopback port, started as the harness starts one."""
 
     def __init__(self, mode: str | None = None, host: str = "127.0.0.1", *extra: str) -> None:
         argv = [sys.executable, "-m", "chatbox.server", "0", "--host", host, *extra]
         if mode is not None:
             argv += ["--mode", mode]
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env()
-        )
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline().decode()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", first)
-        if match is None:
+        self.daemon = Daemon("server", argv)
+        self.daemon.start()
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            self.port = self.daemon.wait_ready(Readiness("line"), 0, lambda _: False, deadline)
+        except DaemonError as exc:
             self.stop()
-            raise AssertionError(f"server did not start: {first!r}")
-        self.port = int(match.group(2))
+            raise AssertionError(f"server did not start: {exc}") from None
 
     def stop(self) -> None:
-        """Terminate and reap; kill if it does not go within the timeout."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        """SIGTERM to its group, SIGKILL if it does not go; reaped either way."""
+        self.daemon.stop()
 
 
 @pytest.fixture

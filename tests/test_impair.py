@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from netns_fixture import REPO, WAIT_S, chat_server, child_env, read_line
+from netns_fixture import WAIT_S, announced, chat_server, child_env
 
+from harness.daemon import Daemon
 from harness.hosts.loopback import LoopbackHost
 from harness.impair import SpecError, Toxics, parse_address, parse_spec
 
@@ -80,25 +81,13 @@ def echo_server() -> Iterator[Echo]:
 
 
 @contextlib.contextmanager
-def proxy(target_port: int, spec: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`python -m harness.impair` in front of 127.0.0.1:target_port; yields (process, port)."""
-    target = f"127.0.0.1:{target_port}"
-    proc = subprocess.Popen(
-        [*IMPAIR, "--listen", "127.0.0.1:0", "--target", target, "--spec", spec],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=REPO,
-    )
-    try:
-        line = read_line(proc.stdout)
-        assert line.startswith("listening on 127.0.0.1:"), line
-        yield proc, int(line.strip().rsplit(":", 1)[1])
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.communicate(timeout=WAIT_S)
+def proxy(target_port: int, spec: str) -> Iterator[tuple[Daemon, int]]:
+    """`python -m harness.impair` in front of 127.0.0.1:target_port, started the way the
+    harness starts it; yields (daemon, port). Ended and reaped on exit."""
+    with announced([*IMPAIR, "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{target_port}",
+                    "--spec", spec], "impairment proxy") as (daemon, port):  # fmt: skip
+        assert daemon.announce_line == f"listening on 127.0.0.1:{port}"
+        yield daemon, port
 
 
 def connect(port: int) -> socket.socket:
@@ -187,9 +176,8 @@ def test_impair_reset_after_counts_both_directions_then_resets() -> None:
                     assert data, "an orderly close where a reset was due"
                     got += data
             assert got == b"0123456789"
-        proc.terminate()
-        _, err = proc.communicate(timeout=WAIT_S)
-    assert "after 20 bytes" in err
+        assert proc.stop() == "exit 0"  # SIGTERM: the proxy ends cleanly
+    assert any("after 20 bytes" in line for line in proc.stderr_lines())
 
 
 def test_impair_reset_after_zero_resets_at_once() -> None:
@@ -284,9 +272,11 @@ def test_impair_ends_cleanly_on_a_signal_with_connections_open(sig: int) -> None
     with echo_server() as echo, proxy(echo.port, "delay=1ms") as (proc, port), connect(port) as s:
         s.sendall(b"ping")
         assert s.recv(4) == b"ping"
+        assert proc.proc is not None
         os.kill(proc.pid, sig)
-        assert proc.wait(timeout=WAIT_S) == 0
-        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.proc.wait(timeout=WAIT_S) == 0
+        proc.stop()  # reaped already; the stderr is read to its end
+        assert not any("Traceback" in line for line in proc.stderr_lines())
 
 
 PARSED = [
