@@ -1,9 +1,11 @@
 """harness: launches real chat servers and clients and checks what they deliver.
 
-Layers (docs/harness.md): `harness.run` (CLI) -> `harness.scenarios` (what to do) ->
-`harness.checks` (what must hold) -> `harness.report` (what you see); scenarios drive
-`harness.party` (a client in a pty), which `harness.processes` starts on a host from
-`harness.hosts`; `harness.target` is the server under test.
+Layers (docs/architecture.md): `harness.run` (CLI) -> `harness.scenarios` (what to do)
+-> `harness.checks` (what must hold) -> `harness.report` (what you see). A
+`harness.session.Run` (used by the CLI and the pytest plugin) holds a run's network
+(`harness.hosts`), its target (`harness.target`, the server under test) and its
+scenario context; scenarios drive `harness.party` (a client in a pty). Servers are
+started as `harness.daemon.Daemon`s, every child under `harness.processes`.
 
 Only the pure, process-free parts are re-exported here, so importing the package (as
 every submodule import does) starts nothing and stays cheap.
