@@ -8,7 +8,7 @@ sans-IO), `room` (names, routing, order), `hub` (the parent's loop and all outpu
 
 from chatbox.hub import Hub, HubConfig
 from chatbox.launcher import Launcher, make_launcher
-from chatbox.protocol import LineDecoder, Lines, LineTooLong, ProtocolError
+from chatbox.protocol import LineDecoder, Lines, LineTooLong
 from chatbox.room import Room
 from chatbox.worker import serve_connection
 
@@ -21,7 +21,6 @@ __all__ = [
     "LineDecoder",
     "LineTooLong",
     "Lines",
-    "ProtocolError",
     "Room",
     "make_launcher",
     "serve_connection",

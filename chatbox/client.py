@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from chatbox import protocol
 from chatbox.argtypes import positive_float
 from chatbox.terminal import (
     Console,
@@ -63,15 +64,13 @@ QUIT_LINE = b"/quit\n"
 # A line that ends the session; commands are case-insensitive on the wire.
 _QUIT = re.compile(rb"^/quit(?:[ \t\r].*)?$", re.MULTILINE | re.IGNORECASE)
 
-COMMANDS_HELP = """\
+# The commands are the protocol's own list, so --help and the server's /help agree.
+_COMMAND_TABLE = "".join(f"  {usage:<17} {what}\n" for usage, what in protocol.COMMAND_HELP)
+COMMANDS_HELP = f"""\
 commands (type them at the prompt; anything else is said to everyone):
-  /nick NAME        change your name (1-24 letters, digits or _-.[]{}|, starting with a letter)
-  /who              list who is here
-  /msg NAME TEXT    send TEXT to NAME only
-  /me ACTION        say what you are doing: * NAME ACTION
-  /quit [REASON]    leave the chat (so do Ctrl-D, Ctrl-C and SIGTERM)
-  /help             ask the server for its list of commands
-  //TEXT            say a line that starts with /
+{_COMMAND_TABLE}
+A name is 1-{protocol.MAX_NAME} letters, digits or _-.[]{{}}|, starting with a letter. Ctrl-D,
+Ctrl-C and SIGTERM leave the chat as /quit does.
 
 On a terminal you get line editing and history; received lines appear above what you
 are typing. Through pipes the client reads and writes plain lines, so it can be scripted:

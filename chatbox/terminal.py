@@ -39,16 +39,10 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import BinaryIO, TextIO
 
+from chatbox import protocol
 from chatbox.completion import Completer
 
 # --- how received text looks ---------------------------------------------------------------
-
-# C0 controls but TAB, DEL, C1 controls, and the bidirectional overrides and isolates that
-# can make a line read differently from what it says ("Trojan Source").
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-# Bytes that need no second look in a received block: printable ASCII, TAB and LF.
-_PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 
 
 def _show_char(match: re.Match[str]) -> str:
@@ -62,7 +56,7 @@ def _show_char(match: re.Match[str]) -> str:
 
 def visible(text: str) -> str:
     """TEXT with every control character spelled out, so it cannot drive the terminal."""
-    return _UNSAFE.sub(_show_char, text)
+    return protocol.UNSAFE_TO_SHOW.sub(_show_char, text)
 
 
 # SGR colours, chosen to read on dark and light backgrounds alike.
@@ -72,7 +66,6 @@ _NOTICE = "\x1b[36m"
 _ERROR = "\x1b[1;31m"
 _PRIVATE = "\x1b[1;35m"
 _DIM = "\x1b[2m"
-_CHAT = re.compile(r"(\[private\] )?<([^>\s]{1,64})> ")
 
 
 def colour_wanted(stream: TextIO | BinaryIO, environ: dict[str, str] | os._Environ[str]) -> bool:
@@ -105,9 +98,9 @@ class Style:
         The common case - printable ASCII, no timestamps, no colour - is the block itself;
         everything else goes line by line.
         """
-        if not self.timestamps and not self.colour and not data.translate(None, _PLAIN_BYTES):
-            return data
-        return "".join(line + "\n" for line in self.block(data)).encode("utf-8", "replace")
+        if self.timestamps or self.colour or data.translate(None, protocol.PLAIN_BYTES):
+            return "".join(line + "\n" for line in self.block(data)).encode("utf-8", "replace")
+        return data
 
     def line(self, text: str) -> str:
         text = visible(text.removesuffix("\r"))
@@ -128,7 +121,7 @@ class Style:
             return f"{_NOTICE}{text}{_RESET}"
         if text.startswith("! "):
             return f"{_ERROR}{text}{_RESET}"
-        match = _CHAT.match(text)
+        match = protocol.CHAT_LINE.match(text)
         if match is None:
             return text
         private, name = match.group(1), match.group(2)
