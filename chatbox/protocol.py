@@ -329,21 +329,3 @@ JOINED_LINE = re.compile(r"\* (\S+) joined$")
 LEFT_LINE = re.compile(r"\* (\S+) left( \(.*\))?$")
 RENAMED_LINE = re.compile(r"\* (\S+) is now known as (\S+)$")
 YOU_RENAMED_LINE = re.compile(r"\* you are now known as (\S+)$")
-
-
-# --- the worker's notes to the hub -------------------------------------------------------
-
-# A marker no sanitised line can contain (NUL is replaced), so the worker can put its
-# own notes to the hub in the same line stream as the client's lines.
-CONTROL_PREFIX = b"\x00"
-
-# Why a worker's connection ended, or what it rejected, told to the hub in-band.
-NOTE_TOO_LONG = b"toolong"
-NOTE_CLOSED = b"closed"
-NOTE_RESET = b"reset"
-
-NOTE_REASONS = {NOTE_CLOSED: "connection closed", NOTE_RESET: "connection reset"}
-
-
-def note(kind: bytes) -> bytes:
-    return CONTROL_PREFIX + kind + b"\n"
