@@ -1,16 +1,12 @@
 """chatbox: a TCP chat box whose server relays lines between any number of clients.
 
 The layout is the architecture (docs/architecture.md): `protocol` (the wire rules,
-sans-IO), `room` (names, routing, order), `hub` (the parent's loop and all output),
-`worker` (one client's input), `launcher` (fork or thread), `server` (the command line);
-`client`, `terminal` and `completion` make up the terminal client.
+sans-IO, shared by both sides), `server` (the hub, the room, the workers and their
+channel, the command line) and `client` (the session, the consoles, the display).
 """
 
-from chatbox.hub import Hub, HubConfig
-from chatbox.launcher import Launcher, make_launcher
-from chatbox.protocol import LineDecoder, Lines, LineTooLong, ProtocolError
-from chatbox.room import Room
-from chatbox.worker import serve_connection
+from chatbox.protocol import LineDecoder, Lines, LineTooLong
+from chatbox.server import Hub, HubConfig, Launcher, Room, make_launcher, serve_connection
 
 __version__ = "0.1.0"
 
@@ -21,7 +17,6 @@ __all__ = [
     "LineDecoder",
     "LineTooLong",
     "Lines",
-    "ProtocolError",
     "Room",
     "make_launcher",
     "serve_connection",

@@ -1,10 +1,12 @@
 """The chatbox line protocol, sans-IO: bytes in, events out; events in, bytes out.
 
 Everything a client can send and everything the server says lives here: line framing
-and its limit, the UTF-8 and control-character rules, names, command parsing and the
-text of every server line. No sockets: the worker feeds received bytes to a
-`LineDecoder`, the hub's `Room` parses commands and formats replies with the functions
-below, and all of it is unit-tested without a network. docs/protocol.md is the reference.
+and its limit, the UTF-8 and control-character rules, names, command parsing, the text
+of every server line and the patterns that read those lines back. No sockets: the
+server's worker feeds received bytes to a `LineDecoder` and its room parses commands and
+formats replies with the functions below; the client reads the server's lines with the
+same patterns and lists the same commands. All of it is unit-tested without a network.
+docs/protocol.md is the reference.
 
 Speed matters here (every relayed byte passes through `LineDecoder.feed`), so the common
 case - printable ASCII lines - is handled by whole-chunk bytes operations that run in C,
@@ -20,27 +22,21 @@ DEFAULT_MAX_LINE = 4096
 MAX_NAME = 24
 
 # Bytes that never need a second look: printable ASCII, TAB and the LF that frames lines.
-# A chunk made only of these is relayed as it is.
-_PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
+# A chunk made only of these is relayed (and shown) as it is.
+PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 
-# C0 controls except TAB, DEL and C1 controls: never relayed raw, so no client can drive
-# another client's terminal (ESC sequences, bell, backspace tricks, NUL).
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# The control-character rule, in one place. C0 controls except TAB, DEL and C1 controls
+# are never relayed raw, so no client can drive another client's terminal (ESC sequences,
+# bell, backspace tricks, NUL). A client shows no more than that, and spells out the
+# bidirectional overrides and isolates too, which can make a line read differently from
+# what it says ("Trojan Source"); the server relays those, as right-to-left text uses them.
+_CONTROL_CHARS = "\x00-\x08\x0a-\x1f\x7f-\x9f"
+_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+UNSAFE_TO_SHOW = re.compile(f"[{_CONTROL_CHARS}{_BIDI_CONTROLS}]")
 REPLACEMENT = "\ufffd"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")
-
-# A marker no sanitised line can contain (NUL is replaced), so the worker can put its
-# own notes to the hub in the same line stream as the client's lines.
-CONTROL_PREFIX = b"\x00"
-
-
-class ProtocolError(Exception):
-    """Base of the errors this module reports."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something the protocol does not allow."""
 
 
 @dataclass(frozen=True)
@@ -62,23 +58,14 @@ Event = Lines | LineTooLong
 
 def sanitize(text: str) -> str:
     """Replace every control character (but TAB) with U+FFFD."""
-    return _CONTROL.sub(REPLACEMENT, text)
-
-
-def clean_line(raw: bytes) -> bytes:
-    """One received line (no LF) made safe to relay: valid UTF-8, no control characters."""
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
-    if not raw.translate(None, _PLAIN_BYTES):
-        return raw
-    return sanitize(raw.decode("utf-8", "replace")).encode()
+    return CONTROL.sub(REPLACEMENT, text)
 
 
 def _clean_block(block: bytes) -> bytes:
     """Complete lines (each ending in LF) made safe; empty lines dropped."""
     if b"\r\n" in block:
         block = block.replace(b"\r\n", b"\n")
-    if block.translate(None, _PLAIN_BYTES):
+    if block.translate(None, PLAIN_BYTES):
         # Something unusual: decode as a whole (valid UTF-8 never spans a LF, so this
         # equals decoding line by line) and replace controls, keeping the LF framing.
         text = block.decode("utf-8", "replace")
@@ -239,6 +226,9 @@ COMMAND_HELP = (
     ("//TEXT", "send a line that starts with /"),
 )
 
+# What a client offers to complete a command word to: the commands above, by name.
+COMMANDS = tuple(sorted(usage.split()[0] for usage, _ in COMMAND_HELP if usage[1] != "/"))
+
 
 def parse_line(line: str) -> Command:
     """What one sanitised, non-empty line asks for."""
@@ -323,15 +313,19 @@ def server_full(limit: int) -> bytes:
     return error(f"server full (max {limit} clients)")
 
 
-# --- the worker's notes to the hub -------------------------------------------------------
+# --- reading what the server says --------------------------------------------------------
+# The client's side of the lines above: patterns matched from the start of one received
+# line (LF removed), so a client learns names and colours lines from the text alone.
 
-# Why a worker's connection ended, or what it rejected, told to the hub in-band.
-NOTE_TOO_LONG = b"toolong"
-NOTE_CLOSED = b"closed"
-NOTE_RESET = b"reset"
-
-NOTE_REASONS = {NOTE_CLOSED: "connection closed", NOTE_RESET: "connection reset"}
-
-
-def note(kind: bytes) -> bytes:
-    return CONTROL_PREFIX + kind + b"\n"
+# A chat line, private or not: group 1 is "[private] " or None, group 2 the sender. The
+# bound keeps a line of angle brackets from passing for a name; it is generous next to
+# MAX_NAME because other servers that speak this protocol may allow longer names.
+CHAT_LINE = re.compile(r"(\[private\] )?<([^>\s]{1,64})> ")
+# In a crowd the welcome names only the first few and counts the rest.
+WELCOME_LINE = re.compile(r"\* welcome (\S+); also here: (.+?)(?: and \d+ more \(.*\))?$")
+WELCOME_ALONE_LINE = re.compile(r"\* welcome (\S+); nobody else")
+HERE_LINE = re.compile(r"\* here \(\d+\): (.*)$")
+JOINED_LINE = re.compile(r"\* (\S+) joined$")
+LEFT_LINE = re.compile(r"\* (\S+) left( \(.*\))?$")
+RENAMED_LINE = re.compile(r"\* (\S+) is now known as (\S+)$")
+YOU_RENAMED_LINE = re.compile(r"\* you are now known as (\S+)$")

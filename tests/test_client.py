@@ -3,8 +3,8 @@
 Real processes and real sockets throughout: a real `chatbox.server` (port 0, its
 `listening on` line read back), `nc` as a second party that speaks plain text, and small
 socket servers inside the test where the server must misbehave on purpose (send control
-characters, reset the connection). The terminal path is in test_client_tty.py, which
-imports the helpers below.
+characters, reset the connection). The processes are in client_parties.py and the
+fixtures that end them in conftest.py; the terminal path is in test_client_tty.py.
 """
 
 from __future__ import annotations
@@ -16,155 +16,22 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from client_parties import (
+    TIMEOUT,
+    OneShotServer,
+    Party,
+    Server,
+    child_env,
+    client_argv,
+    run_client,
+    welcomed_as,
+)
 from needs import missing
 
-import chatbox
-from harness import processes
-from harness.daemon import Daemon, DaemonError, Readiness
-
-# Every wait in these tests is for an event (a line, an exit); this only bounds a failure.
-TIMEOUT = 20.0
-SOURCE_ROOT = str(Path(chatbox.__file__).resolve().parent.parent)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The harness's environment for children, with colours allowed: the client's own
-    colour rules are under test."""
-    return processes.child_env({"NO_COLOR": None, **extra})
-
-
-def client_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "chatbox.client", *args]
-
-
-class Server:
-    """A real chatbox server on a free loopback port, started as the harness starts one."""
-
-    def __init__(self, mode: str | None = None, host: str = "127.0.0.1", *extra: str) -> None:
-        argv = [sys.executable, "-m", "chatbox.server", "0", "--host", host, *extra]
-        if mode is not None:
-            argv += ["--mode", mode]
-        self.daemon = Daemon("server", argv)
-        self.daemon.start()
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            self.port = self.daemon.wait_ready(Readiness("line"), 0, lambda _: False, deadline)
-        except DaemonError as exc:
-            self.stop()
-            raise AssertionError(f"server did not start: {exc}") from None
-
-    def stop(self) -> None:
-        """SIGTERM to its group, SIGKILL if it does not go; reaped either way."""
-        self.daemon.stop()
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-class Party:
-    """A process in the chat whose stdout is read line by line as it arrives.
-
-    Resource handling: `close` ends and reaps the process; use it in a `finally`.
-    """
-
-    def __init__(self, argv: Sequence[str], **popen: object) -> None:
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env(),
-            **popen,  # type: ignore[call-overload]
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def expect(self, pattern: str) -> re.Match[str]:
-        """Wait for a line matching PATTERN (a regex, matched from the line's start)."""
-        regex = re.compile(pattern)
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    match = regex.match(line)
-                    if match is not None:
-                        return match
-                seen = len(self.lines)
-                if self._eof:
-                    raise AssertionError(f"no line matching {pattern!r}; got {self.lines!r}")
-                if not self._cond.wait(TIMEOUT):
-                    raise AssertionError(f"timeout waiting for {pattern!r}; got {self.lines!r}")
-
-    def send(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def close_stdin(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-    def wait(self) -> tuple[int, str]:
-        """Exit status and stderr, once the process has ended (bounded by TIMEOUT)."""
-        assert self.proc.stderr is not None
-        status = self.proc.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        return status, self.proc.stderr.read().decode("utf-8", "replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except BrokenPipeError:
-                    pass
-
-
-def joined(party: Party) -> str:
-    """The name the server gave PARTY, from its welcome line."""
-    return party.expect(r"\* welcome (\S+?);").group(1)
-
-
-def run_client(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        client_argv(*args),
-        input=stdin.decode(),
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=TIMEOUT,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+Spawn = Callable[..., Party]
 
 
 # --- arguments -----------------------------------------------------------------------------
@@ -240,15 +107,7 @@ def _in_empty_netns(*args: str) -> subprocess.CompletedProcess[str]:
     probe = subprocess.run([unshare, "--net", "true"], capture_output=True, timeout=TIMEOUT)
     if probe.returncode != 0:
         missing("cannot create a network namespace here (needs root)")
-    proc = subprocess.run(
-        [unshare, "--net", *client_argv(*args)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=TIMEOUT,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    return run_client(*args, wrapper=[unshare, "--net"])
 
 
 @pytest.mark.netns
@@ -270,54 +129,18 @@ def test_client_unreachable_network_is_one_line() -> None:
 # --- the wire ------------------------------------------------------------------------------
 
 
-class OneShotServer:
-    """A listening socket in the test that accepts one client and does what it is told.
-
-    Resource handling: `close` closes both sockets; use the instance as a context manager.
-    """
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.conn: socket.socket | None = None
-
-    def accept(self) -> socket.socket:
-        self.listener.settimeout(TIMEOUT)
-        self.conn, _ = self.listener.accept()
-        self.conn.settimeout(TIMEOUT)
-        return self.conn
-
-    def read_until_eof(self) -> bytes:
-        assert self.conn is not None
-        chunks = []
-        while chunk := self.conn.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def __enter__(self) -> OneShotServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.listener.close()
-
-
-def test_client_sends_plain_lines_then_quit_then_closes_its_half() -> None:
+def test_client_sends_plain_lines_then_quit_then_closes_its_half(spawn: Spawn) -> None:
     with OneShotServer() as srv:
-        client = Party(client_argv(str(srv.port)))
-        try:
-            srv.accept()
-            client.send("hello\ncafé\n".encode())
-            client.close_stdin()
-            wire = srv.read_until_eof()  # the client half-closed: EOF after /quit
-            assert wire == "hello\ncafé\n/quit\n".encode()
-            assert srv.conn is not None
-            srv.conn.close()  # the server's half: now the client may exit
-            status, err = client.wait()
-            assert (status, err) == (0, "")
-        finally:
-            client.close()
+        client = spawn(client_argv(str(srv.port)))
+        srv.accept()
+        client.send("hello\ncafé\n".encode())
+        client.close_stdin()
+        wire = srv.read_until_eof()  # the client half-closed: EOF after /quit
+        assert wire == "hello\ncafé\n/quit\n".encode()
+        assert srv.conn is not None
+        srv.conn.close()  # the server's half: now the client may exit
+        status, err = client.wait()
+        assert (status, err) == (0, "")
 
 
 # (what a server sends before it closes, what the client must show)
@@ -336,267 +159,197 @@ SERVER_LAST_WORDS = [
 
 
 @pytest.mark.parametrize(("sent", "shown"), SERVER_LAST_WORDS)
-def test_client_shows_what_the_server_sent_then_reports_the_close(sent: bytes, shown: str) -> None:
+def test_client_shows_what_the_server_sent_then_reports_the_close(
+    spawn: Spawn, sent: bytes, shown: str
+) -> None:
     with OneShotServer() as srv:
-        client = Party(client_argv(str(srv.port)))
-        try:
-            conn = srv.accept()
-            conn.sendall(sent)
-            conn.shutdown(socket.SHUT_WR)
-            status, err = client.wait()
-            assert client.lines == [shown]
-            assert (status, err) == (1, "connection closed by server\n")
-        finally:
-            client.close()
+        client = spawn(client_argv(str(srv.port)))
+        conn = srv.accept()
+        conn.sendall(sent)
+        conn.shutdown(socket.SHUT_WR)
+        status, err = client.wait()
+        assert client.lines == [shown]
+        assert (status, err) == (1, "connection closed by server\n")
 
 
-def test_client_reports_reset_connection() -> None:
+def test_client_reports_reset_connection(spawn: Spawn) -> None:
     with OneShotServer() as srv:
-        client = Party(client_argv(str(srv.port)))
-        try:
-            conn = srv.accept()
-            client.send(b"ping\n")
-            assert conn.recv(64) == b"ping\n"  # the client is connected and running
-            # Linger 0: close sends RST instead of FIN, as a crashed peer's kernel would.
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-            srv.conn = None
-            status, err = client.wait()
-            assert (status, err) == (1, "connection lost: connection reset by peer\n")
-        finally:
-            client.close()
+        client = spawn(client_argv(str(srv.port)))
+        conn = srv.accept()
+        client.send(b"ping\n")
+        assert conn.recv(64) == b"ping\n"  # the client is connected and running
+        # Linger 0: close sends RST instead of FIN, as a crashed peer's kernel would.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+        srv.conn = None
+        status, err = client.wait()
+        assert (status, err) == (1, "connection lost: connection reset by peer\n")
 
 
 # --- against the real server ---------------------------------------------------------------
 
 
-def test_client_printf_line_reaches_another_client(server: Server) -> None:
-    listener = Party(client_argv(str(server.port), "127.0.0.1"))
-    try:
-        joined(listener)
-        proc = run_client(str(server.port), "127.0.0.1", stdin=b"hi\n")
-        assert proc.returncode == 0
-        sender = re.match(r"\* welcome (\S+?);", proc.stdout)
-        assert sender is not None, proc.stdout
-        name = sender.group(1)
-        listener.expect(rf"<{name}> hi$")
-        listener.expect(rf"\* {name} left \(quit\)$")
-        assert "\x1b" not in "".join(listener.lines)  # a pipe gets no escape codes
-    finally:
-        listener.close()
+def test_client_printf_line_reaches_another_client(server: Server, listener: Party) -> None:
+    proc = run_client(str(server.port), "127.0.0.1", stdin=b"hi\n")
+    assert proc.returncode == 0
+    name = welcomed_as(proc.stdout)
+    listener.expect(rf"<{name}> hi$")
+    listener.expect(rf"\* {name} left \(quit\)$")
+    assert "\x1b" not in "".join(listener.lines)  # a pipe gets no escape codes
 
 
 @pytest.mark.parametrize("mode", ["fork", "thread"])
-def test_client_seq_10000_all_delivered_in_order(mode: str) -> None:
+def test_client_seq_10000_all_delivered_in_order(
+    start_server: Callable[..., Server], spawn: Spawn, mode: str
+) -> None:
     if mode == "fork" and not hasattr(os, "fork"):
         pytest.skip("no os.fork on this platform")
-    srv = Server(mode)
-    listener = Party(client_argv(str(srv.port)))
-    try:
-        joined(listener)
-        seq = b"".join(b"%d\n" % i for i in range(1, 10001))
-        proc = run_client(str(srv.port), "127.0.0.1", stdin=seq)
-        assert (proc.returncode, proc.stderr) == (0, "")
-        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
-        # The server closed the sender only after taking /quit, so "left" follows every line.
-        listener.expect(rf"\* {name} left \(quit\)$")
-        got = [line[len(name) + 3 :] for line in listener.lines if line.startswith(f"<{name}> ")]
-        assert got == [str(i) for i in range(1, 10001)]
-    finally:
-        listener.close()
-        srv.stop()
+    srv = start_server(mode)
+    listener = spawn(client_argv(str(srv.port)))
+    listener.join()
+    seq = b"".join(b"%d\n" % i for i in range(1, 10001))
+    proc = run_client(str(srv.port), "127.0.0.1", stdin=seq)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    name = welcomed_as(proc.stdout)
+    # The server closed the sender only after taking /quit, so "left" follows every line.
+    listener.expect(rf"\* {name} left \(quit\)$")
+    got = [line[len(name) + 3 :] for line in listener.lines if line.startswith(f"<{name}> ")]
+    assert got == [str(i) for i in range(1, 10001)]
 
 
-def test_client_and_nc_talk_plain_text(server: Server) -> None:
+def test_client_and_nc_talk_plain_text(server: Server, spawn: Spawn) -> None:
     nc = shutil.which("nc")
     if nc is None:
         missing("netcat (nc) is not installed")
-    other = Party([nc, "127.0.0.1", str(server.port)])
-    client = Party(client_argv(str(server.port)))
-    try:
-        nc_name = joined(other)
-        client_name = joined(client)
-        client.send(b"hello from the client\n")
-        other.expect(rf"<{client_name}> hello from the client$")
-        other.send(b"hello from nc\r\n")
-        client.expect(rf"<{nc_name}> hello from nc$")
-        client.close_stdin()
-        assert client.wait() == (0, "")
-        other.expect(rf"\* {client_name} left \(quit\)$")
-    finally:
-        client.close()
-        other.close()
+    other = spawn([nc, "127.0.0.1", str(server.port)])
+    client = spawn(client_argv(str(server.port)))
+    nc_name = other.join()
+    client_name = client.join()
+    client.send(b"hello from the client\n")
+    other.expect(rf"<{client_name}> hello from the client$")
+    other.send(b"hello from nc\r\n")
+    client.expect(rf"<{nc_name}> hello from nc$")
+    client.close_stdin()
+    assert client.wait() == (0, "")
+    other.expect(rf"\* {client_name} left \(quit\)$")
 
 
-def test_client_name_option_sets_nick_before_anything_is_said(server: Server) -> None:
+def test_client_name_option_sets_nick_before_anything_is_said(
+    server: Server, listener: Party
+) -> None:
     name = f"amy{os.getpid()}"
-    listener = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        proc = run_client(str(server.port), "--name", name, stdin=b"hi\n")
-        assert (proc.returncode, proc.stderr) == (0, "")
-        assert f"* you are now known as {name}" in proc.stdout
-        listener.expect(rf"\* \S+ is now known as {name}$")
-        listener.expect(rf"<{name}> hi$")
-        assert not any(re.match(r"<guest\d+> hi$", line) for line in listener.lines)
-    finally:
-        listener.close()
+    proc = run_client(str(server.port), "--name", name, stdin=b"hi\n")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert f"* you are now known as {name}" in proc.stdout
+    listener.expect(rf"\* \S+ is now known as {name}$")
+    listener.expect(rf"<{name}> hi$")
+    assert not any(re.match(r"<guest\d+> hi$", line) for line in listener.lines)
 
 
-def test_client_name_taken_exits_1_and_says_nothing(server: Server) -> None:
+def test_client_name_taken_exits_1_and_says_nothing(server: Server, spawn: Spawn) -> None:
     name = f"bea{os.getpid()}"
-    holder = Party(client_argv(str(server.port), "--name", name))
-    try:
-        holder.expect(rf"\* you are now known as {name}$")
-        proc = run_client(str(server.port), "--name", name.upper(), stdin=b"secret\n")
-        assert proc.returncode == 1
-        assert proc.stderr == (
-            f"cannot use the name '{name.upper()}': name '{name.upper()}' is taken\n"
-        )
-        refused = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
-        holder.expect(rf"\* {refused} left \(quit\)$")
-        assert not any("secret" in line for line in holder.lines)
-    finally:
-        holder.close()
+    holder = spawn(client_argv(str(server.port), "--name", name))
+    holder.expect(rf"\* you are now known as {name}$")
+    proc = run_client(str(server.port), "--name", name.upper(), stdin=b"secret\n")
+    assert proc.returncode == 1
+    assert proc.stderr == f"cannot use the name '{name.upper()}': name '{name.upper()}' is taken\n"
+    refused = welcomed_as(proc.stdout)
+    holder.expect(rf"\* {refused} left \(quit\)$")
+    assert not any("secret" in line for line in holder.lines)
 
 
-def test_client_quit_line_ends_session_and_rest_is_not_sent(server: Server) -> None:
-    listener = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        proc = run_client(str(server.port), stdin=b"before\n/QUIT see you\nafter\n")
-        assert (proc.returncode, proc.stderr) == (0, "")
-        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
-        listener.expect(rf"\* {name} left \(see you\)$")
-        said = [line for line in listener.lines if line.startswith(f"<{name}> ")]
-        assert said == [f"<{name}> before"]
-    finally:
-        listener.close()
+def test_client_quit_line_ends_session_and_rest_is_not_sent(
+    server: Server, listener: Party
+) -> None:
+    proc = run_client(str(server.port), stdin=b"before\n/QUIT see you\nafter\n")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    name = welcomed_as(proc.stdout)
+    listener.expect(rf"\* {name} left \(see you\)$")
+    said = [line for line in listener.lines if line.startswith(f"<{name}> ")]
+    assert said == [f"<{name}> before"]
 
 
-def test_client_timestamps_prefix_received_lines(server: Server) -> None:
-    listener = Party(client_argv(str(server.port), "--timestamps"))
-    try:
-        listener.expect(r"\d\d:\d\d:\d\d \* welcome ")
-        run_client(str(server.port), stdin=b"tick\n")
-        listener.expect(r"\d\d:\d\d:\d\d <guest\d+> tick$")
-    finally:
-        listener.close()
+def test_client_timestamps_prefix_received_lines(server: Server, spawn: Spawn) -> None:
+    stamped = spawn(client_argv(str(server.port), "--timestamps"))
+    stamped.expect(r"\d\d:\d\d:\d\d \* welcome ")
+    run_client(str(server.port), stdin=b"tick\n")
+    stamped.expect(r"\d\d:\d\d:\d\d <guest\d+> tick$")
 
 
-def test_client_sigint_quits_cleanly_exit_0(server: Server) -> None:
-    listener = Party(client_argv(str(server.port)))
-    client = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        name = joined(client)
-        client.proc.send_signal(signal.SIGINT)
-        assert client.wait() == (0, "")
-        listener.expect(rf"\* {name} left \(quit\)$")
-    finally:
-        client.close()
-        listener.close()
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_client_interrupt_or_kill_quits_cleanly_exit_0(
+    server: Server, listener: Party, spawn: Spawn, signum: signal.Signals
+) -> None:
+    """Ctrl-C and `kill` end the session as /quit does: every line kept, exit 0."""
+    client = spawn(client_argv(str(server.port)))
+    name = client.join()
+    client.proc.send_signal(signum)
+    assert client.wait() == (0, "")
+    listener.expect(rf"\* {name} left \(quit\)$")
 
 
-def test_client_server_shutdown_is_one_line_exit_1(server: Server) -> None:
-    client = Party(client_argv(str(server.port)))
-    try:
-        joined(client)
-        server.stop()
-        status, err = client.wait()  # stdin still open: the hang-up must end the read
-        assert (status, err) == (1, "connection closed by server\n")
-    finally:
-        client.close()
+def test_client_server_shutdown_is_one_line_exit_1(server: Server, listener: Party) -> None:
+    server.stop()
+    status, err = listener.wait()  # stdin still open: the hang-up must end the read
+    assert (status, err) == (1, "connection closed by server\n")
 
 
-def test_client_sigterm_quits_cleanly_exit_0(server: Server) -> None:
-    listener = Party(client_argv(str(server.port)))
-    client = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        name = joined(client)
-        client.proc.terminate()
-        assert client.wait() == (0, "")
-        listener.expect(rf"\* {name} left \(quit\)$")
-    finally:
-        client.close()
-        listener.close()
-
-
-def test_client_without_stdin_quits_at_once(server: Server) -> None:
-    listener = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        proc = subprocess.run(
-            client_argv(str(server.port)),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=TIMEOUT,
-        )
-        assert (proc.returncode, proc.stderr) == (0, "")
-        name = re.match(r"\* welcome (\S+?);", proc.stdout).group(1)  # type: ignore[union-attr]
-        listener.expect(rf"\* {name} left \(quit\)$")
-    finally:
-        listener.close()
+def test_client_without_stdin_quits_at_once(server: Server, listener: Party) -> None:
+    proc = subprocess.run(
+        client_argv(str(server.port)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=TIMEOUT,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    name = welcomed_as(proc.stdout)
+    listener.expect(rf"\* {name} left \(quit\)$")
 
 
 @pytest.mark.parametrize("address", ["::1", "[::1]"])
-def test_client_reaches_an_ipv6_server(address: str) -> None:
+def test_client_reaches_an_ipv6_server(
+    start_server: Callable[..., Server], spawn: Spawn, address: str
+) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    srv = Server(host="::1")
-    listener = Party(client_argv(str(srv.port), "::1"))
-    try:
-        joined(listener)
-        proc = run_client(str(srv.port), address, stdin=b"over six\n")
-        assert (proc.returncode, proc.stderr) == (0, "")
-        listener.expect(r"<guest\d+> over six$")
-    finally:
-        listener.close()
-        srv.stop()
+    srv = start_server(None, "::1")
+    listener = spawn(client_argv(str(srv.port), "::1"))
+    listener.join()
+    proc = run_client(str(srv.port), address, stdin=b"over six\n")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    listener.expect(r"<guest\d+> over six$")
 
 
-def test_client_second_interrupt_stops_waiting_for_the_server_exit_130() -> None:
+def test_client_second_interrupt_stops_waiting_for_the_server_exit_130(spawn: Spawn) -> None:
     with OneShotServer() as srv:
-        client = Party(client_argv(str(srv.port)))
-        try:
-            srv.accept()
-            client.close_stdin()
-            assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
-            client.proc.send_signal(signal.SIGINT)
-            status, err = client.wait()
-            assert (status, err) == (130, "")
-        finally:
-            client.close()
+        client = spawn(client_argv(str(srv.port)))
+        srv.accept()
+        client.close_stdin()
+        assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
+        client.proc.send_signal(signal.SIGINT)
+        status, err = client.wait()
+        assert (status, err) == (130, "")
 
 
-def test_client_gives_up_on_a_server_that_never_closes_after_quit_exit_1() -> None:
+def test_client_gives_up_on_a_server_that_never_closes_after_quit_exit_1(spawn: Spawn) -> None:
     """--quit-timeout: a server that takes /quit but keeps the connection open is waited
     for that long, then named as the reason, exit 1 (not a hang, not a clean 0)."""
     with OneShotServer() as srv:
-        client = Party(client_argv("--quit-timeout", "0.5", str(srv.port)))
-        try:
-            srv.accept()
-            client.close_stdin()
-            assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
-            status, err = client.wait()
-            assert (status, err) == (1, "the server did not close the connection within 0.5 s\n")
-        finally:
-            client.close()
+        client = spawn(client_argv("--quit-timeout", "0.5", str(srv.port)))
+        srv.accept()
+        client.close_stdin()
+        assert srv.read_until_eof() == b"/quit\n"  # it quit; this server never closes
+        status, err = client.wait()
+        assert (status, err) == (1, "the server did not close the connection within 0.5 s\n")
 
 
-def test_client_reaches_the_server_by_host_name(server: Server) -> None:
-    listener = Party(client_argv(str(server.port)))
-    try:
-        joined(listener)
-        proc = run_client(str(server.port), "localhost", stdin=b"by name\n")
-        assert (proc.returncode, proc.stderr) == (0, "")
-        listener.expect(r"<guest\d+> by name$")
-    finally:
-        listener.close()
+def test_client_reaches_the_server_by_host_name(server: Server, listener: Party) -> None:
+    proc = run_client(str(server.port), "localhost", stdin=b"by name\n")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    listener.expect(r"<guest\d+> by name$")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatbox.completion import Completer
+from chatbox.client.completion import Completer
 
 # (lines received, names offered afterwards)
 LEARNING = [

@@ -157,3 +157,8 @@ def test_help_names_every_command() -> None:
     for command in ("/nick", "/who", "/msg", "/me", "/quit", "/help"):
         assert command in text
     assert all(line.startswith("* ") for line in text.splitlines())
+
+
+@pytest.mark.parametrize("command", protocol.COMMANDS)
+def test_every_command_a_client_offers_is_one_the_server_knows(command: str) -> None:
+    assert not isinstance(protocol.parse_line(command + " bob hi"), protocol.Invalid)

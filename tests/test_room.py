@@ -7,8 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from chatbox.protocol import CONTROL_PREFIX, NOTE_RESET, NOTE_TOO_LONG
-from chatbox.room import Room
+from chatbox.server.room import Room
 
 
 class Recorder:
@@ -124,13 +123,26 @@ def test_Room_quit_announces_reason_and_ignores_what_follows(
     assert box.take(2) == []
 
 
-def test_Room_worker_notes_become_errors_or_departures(room: tuple[Room, Recorder]) -> None:
+def test_Room_tells_only_the_sender_its_line_was_too_long(room: tuple[Room, Recorder]) -> None:
     r, box = room
     joined(r, box, 2)
-    r.receive(1, CONTROL_PREFIX + NOTE_TOO_LONG + b"\n")
+    r.line_too_long(1)
     assert box.take(1) == ["! line too long (max 50 bytes)"]
-    r.receive(1, CONTROL_PREFIX + NOTE_RESET + b"\n")
+    assert box.take(2) == []
+
+
+def test_Room_announces_a_lost_connection_and_leaves_the_closing_to_the_hub(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 2)
+    r.leave(1, "connection reset")
     assert box.take(2) == ["* guest1 left (connection reset)"]
+    assert box.dismissed == []  # the hub reported it and closes it: nothing comes back
+    r.receive(1, b"late\n")
+    r.line_too_long(1)
+    assert box.take(1) == []
+    assert box.take(2) == []
 
 
 def test_Room_unknown_command_points_to_help(room: tuple[Room, Recorder]) -> None:

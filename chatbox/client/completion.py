@@ -11,20 +11,9 @@ thread; one lock keeps the set of names consistent between them.
 
 from __future__ import annotations
 
-import re
 import threading
 
-COMMANDS = ("/help", "/me", "/msg", "/nick", "/quit", "/who")
-
-_CHAT = re.compile(r"(?:\[private\] )?<([^>\s]+)> ")
-# In a crowd the welcome names only the first few and counts the rest.
-_WELCOME = re.compile(r"\* welcome (\S+); also here: (.+?)(?: and \d+ more \(.*\))?$")
-_WELCOME_ALONE = re.compile(r"\* welcome (\S+); nobody else")
-_HERE = re.compile(r"\* here \(\d+\): (.*)$")
-_JOINED = re.compile(r"\* (\S+) joined$")
-_LEFT = re.compile(r"\* (\S+) left( \(.*\))?$")
-_RENAMED = re.compile(r"\* (\S+) is now known as (\S+)$")
-_YOU = re.compile(r"\* you are now known as (\S+)$")
+from chatbox import protocol
 
 
 class Completer:
@@ -46,26 +35,26 @@ class Completer:
             self._learn(line)
 
     def _learn(self, line: str) -> None:
-        if match := _CHAT.match(line):
-            self._add(match.group(1))
-        elif match := _WELCOME.match(line):
+        if match := protocol.CHAT_LINE.match(line):
+            self._add(match.group(2))
+        elif match := protocol.WELCOME_LINE.match(line):
             self._me = match.group(1)
             for name in match.group(2).split(", "):
                 self._add(name)
-        elif match := _WELCOME_ALONE.match(line):
+        elif match := protocol.WELCOME_ALONE_LINE.match(line):
             self._me = match.group(1)
-        elif match := _HERE.match(line):
+        elif match := protocol.HERE_LINE.match(line):
             self._names.clear()
             for name in match.group(1).split(", "):
                 self._add(name)
-        elif match := _JOINED.match(line):
+        elif match := protocol.JOINED_LINE.match(line):
             self._add(match.group(1))
-        elif match := _RENAMED.match(line):
+        elif match := protocol.RENAMED_LINE.match(line):
             self._names.pop(match.group(1).casefold(), None)
             self._add(match.group(2))
-        elif match := _LEFT.match(line):
+        elif match := protocol.LEFT_LINE.match(line):
             self._names.pop(match.group(1).casefold(), None)
-        elif match := _YOU.match(line):
+        elif match := protocol.YOU_RENAMED_LINE.match(line):
             self._me = match.group(1)
             self._names.pop(match.group(1).casefold(), None)
 
@@ -76,7 +65,7 @@ class Completer:
     def candidates(self, line: str, word: str) -> list[str]:
         """What WORD, the word being typed in LINE, may complete to."""
         if line.lstrip() == word and word.startswith("/"):
-            return [c for c in COMMANDS if c.startswith(word.lower())]
+            return [c for c in protocol.COMMANDS if c.startswith(word.lower())]
         folded = word.casefold()
         return [name for name in self.names() if name.casefold().startswith(folded)]
 

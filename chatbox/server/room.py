@@ -6,8 +6,10 @@ order, so all recipients see the same order. It lives in the hub, in the server'
 process; in fork mode a copy of it in a worker would silently diverge, so workers never
 touch it.
 
-Like the protocol module it does no I/O: the hub hands it lines and implements
-`Postbox`, so every rule here is testable with a list standing in for the sockets.
+Like the protocol module it does no I/O: the hub hands it decoded events - a member's
+lines, a line that was too long, a departure - and implements `Postbox`, so every rule
+here is testable with a list standing in for the sockets. A departure the hub reports
+(`leave`) is not reported back; only a member that quits is `dismiss`ed by the room.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Postbox(Protocol):
         """Queue ``data`` for each member, in call order."""
 
     def dismiss(self, member_id: int) -> None:
-        """The member has left the room: flush what is queued for it, then disconnect it."""
+        """The member chose to leave (or the room closed): flush what is queued for it,
+        then disconnect it."""
 
 
 @dataclass
@@ -84,13 +87,16 @@ class Room:
         return name
 
     def leave(self, member_id: int, reason: str) -> None:
-        """Remove a member and tell everyone else why; a no-op if it already left."""
+        """Remove a member and tell everyone else why; a no-op if it already left.
+
+        The caller deals with the connection: the hub when the client went away or was
+        cut off, the room itself (`dismiss`) when the member quit.
+        """
         member = self._members.pop(member_id, None)
         if member is None:
             return
         del self._by_key[protocol.name_key(member.name)]
         self._everyone = list(self._members)
-        self._postbox.dismiss(member_id)
         self._postbox.post(self._everyone, protocol.notice(f"{member.name} left ({reason})"))
         log.info("%s left (%s)", member.name, reason)
 
@@ -122,20 +128,16 @@ class Room:
         member = self._members.get(member_id)
         if member is None:
             return
-        if not (
-            block.startswith((b"/", protocol.CONTROL_PREFIX))
-            or b"\n/" in block
-            or b"\n\x00" in block
-        ):
+        if not (block.startswith(b"/") or b"\n/" in block):
             self._relay(member, block)
             return
         chat: list[bytes] = []
         for line in block[:-1].split(b"\n"):
-            if line.startswith((b"/", protocol.CONTROL_PREFIX)) and not line.startswith(b"//"):
+            if line.startswith(b"/") and not line.startswith(b"//"):
                 if chat:
                     self._relay(member, b"\n".join(chat) + b"\n")
                     chat = []
-                self._special(member, line)
+                self._command(member, line)
                 if member.id not in self._members:
                     return
             else:
@@ -148,10 +150,12 @@ class Room:
         if recipients:
             self._postbox.post(recipients, protocol.prefix_block(member.prefix, block))
 
-    def _special(self, member: Member, line: bytes) -> None:
-        if line.startswith(protocol.CONTROL_PREFIX):
-            self._worker_note(member, line[1:])
-            return
+    def line_too_long(self, member_id: int) -> None:
+        """The member's worker discarded a line over the limit: tell the member alone."""
+        if member_id in self._members:
+            self._postbox.post((member_id,), protocol.line_too_long(self._max_line))
+
+    def _command(self, member: Member, line: bytes) -> None:
         command = protocol.parse_line(line.decode("utf-8", "replace"))
         if isinstance(command, protocol.Nick):
             self._rename(member, command.name)
@@ -170,18 +174,13 @@ class Room:
             self._postbox.post(recipients, protocol.notice(f"{member.name} {command.text}"))
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
+            self._postbox.dismiss(member.id)
         elif isinstance(command, protocol.Help):
             self._postbox.post((member.id,), protocol.help_lines())
         elif isinstance(command, protocol.Invalid):
             self._postbox.post((member.id,), protocol.error(command.message))
         else:  # Chat never reaches here: receive() relays chat lines itself.
             raise AssertionError(f"unexpected command {command!r}")
-
-    def _worker_note(self, member: Member, kind: bytes) -> None:
-        if kind == protocol.NOTE_TOO_LONG:
-            self._postbox.post((member.id,), protocol.line_too_long(self._max_line))
-        else:
-            self.leave(member.id, protocol.NOTE_REASONS.get(kind, "connection lost"))
 
     def _rename(self, member: Member, new: str) -> None:
         problem = protocol.name_error(new)

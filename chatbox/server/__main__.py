@@ -15,14 +15,14 @@ import sys
 
 from chatbox import protocol
 from chatbox.argtypes import listening_port, positive_float, positive_int
-from chatbox.hub import (
+from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
     DEFAULT_SLOW_TIMEOUT,
     Hub,
     HubConfig,
 )
-from chatbox.launcher import MODES, default_mode, make_launcher
+from chatbox.server.launcher import MODES, default_mode, make_launcher
 
 DEFAULT_PORT = 4242
 

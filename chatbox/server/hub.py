@@ -3,7 +3,9 @@
 It never blocks. One `selectors` loop multiplexes the listening socket, every worker's
 channel, the client sockets that have output waiting, and a signal wakeup socket.
 Workers read and decode what their clients send and pass the lines up their channels;
-the `Room` decides who gets what and calls back `post` and `dismiss`; the hub queues the
+the hub decodes each channel (`ChannelReader`) and hands the room what it says - lines,
+a dropped line, a departure; the `Room` decides who gets what and calls back `post` (and
+`dismiss`, for a member that quits); the hub queues the
 bytes and writes them straight to the recipients' sockets, without blocking, once per
 recipient per loop turn. Output does not pass back through the recipient's worker: that
 would cost every delivery two more process wake-ups and copies for nothing, since the
@@ -37,8 +39,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chatbox import protocol
-from chatbox.launcher import Launcher
-from chatbox.room import Room
+from chatbox.server.channel import ChannelReader, LineDropped
+from chatbox.server.launcher import Launcher
+from chatbox.server.room import Room
 
 log = logging.getLogger("chatbox.hub")
 
@@ -81,7 +84,7 @@ class Link:
     client: socket.socket
     channel: socket.socket
     sendq: bytearray = field(default_factory=bytearray)
-    partial: bytes = b""  # the start of a line whose end is still in the channel
+    inbound: ChannelReader = field(default_factory=ChannelReader)
     dismissed: bool = False  # out of the room: flush, then shut down
     closed: bool = False  # shut down: nothing more is sent
     over_since: float | None = None  # when its queue went over the bound, if it is
@@ -264,14 +267,15 @@ class Hub:
             self._room.leave(link.id, "connection lost")
             self._forget(link)
             return
-        if link.partial:
-            data = link.partial + data
-        last = data.rfind(b"\n")
-        if last < 0:
-            link.partial = data
-            return
-        link.partial = data[last + 1 :]
-        self._room.receive(link.id, data[: last + 1])
+        for event in link.inbound.feed(data):
+            if isinstance(event, protocol.Lines):
+                self._room.receive(link.id, event.block)
+            elif isinstance(event, LineDropped):
+                self._room.line_too_long(link.id)
+            else:
+                # The client has gone: what is queued for it still goes out, then it is shut.
+                self._room.leave(link.id, event.reason)
+                self.dismiss(link.id)
 
     def _close_link(self, link: Link) -> None:
         """Shut the client's socket and the channel down: the worker sees the end and

@@ -1,7 +1,8 @@
 """A worker: reads one client connection, in a forked process or a thread.
 
 It reads what the client sends, turns it into sanitised lines with the protocol's
-`LineDecoder`, and passes them up its channel (one end of a socketpair) to the hub. The
+`LineDecoder`, and passes them up its channel (one end of a socketpair, in the format of
+`chatbox.server.channel`) to the hub. The
 hub writes to the client itself. So a worker holds no shared state at all, and the same
 function serves in both concurrency modes.
 
@@ -15,6 +16,7 @@ import select
 import socket
 
 from chatbox import protocol
+from chatbox.server.channel import encode_event, end_note
 
 log = logging.getLogger("chatbox.worker")
 
@@ -108,18 +110,15 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
                 except BlockingIOError:
                     continue
                 except OSError:
-                    data, end = b"", protocol.NOTE_RESET
+                    data, reset = b"", True
                 else:
-                    end = protocol.NOTE_CLOSED
+                    reset = False
                 if not data:
                     reading = False
-                    upward += protocol.note(end)
+                    upward += end_note(reset)
                 else:
                     for event in decoder.feed(data):
-                        if isinstance(event, protocol.Lines):
-                            upward += event.block
-                        else:
-                            upward += protocol.note(protocol.NOTE_TOO_LONG)
+                        upward += encode_event(event)
                 channel_out = True
             if upward and channel_out:
                 try:

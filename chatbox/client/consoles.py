@@ -1,4 +1,4 @@
-"""The user's side of the chat client: how typed lines are read and received lines shown.
+"""The client's consoles: where typed lines come from and where received lines are shown.
 
 Two consoles share one interface. `LineConsole` is for pipes, scripts and platforms
 without readline: bytes in, plain lines out, flushed as they arrive, no prompt, no
@@ -8,15 +8,15 @@ line printed *above* the input line with what was typed so far redrawn intact.
 
 The rule that keeps a terminal ungarbled: while a prompt is up, only the main thread
 draws. So the main thread never blocks inside readline: it drives GNU readline's
-callback interface itself (`_Readline`), waiting in `select` on the terminal *and* on a
+callback interface itself (`GnuReadline`), waiting in `select` on the terminal *and* on a
 wake-up socket. The receiving thread queues its lines and writes one byte to that
 socket; the main thread wakes, erases the input line, prints the queued lines and has
 readline redraw the prompt, the typed text and the cursor exactly as they were. The same
 socket ends a blocked read when the server hangs up (`hang_up`). Signals (Ctrl-C) reach a
 plain Python `select`, so they take effect at once, with no blind spot.
 
-Received text is always made visible before it is shown (`visible`): the server already
-replaces control characters, but a client must not trust that (defence in depth).
+Received text is made visible and styled by `chatbox.client.display` before it is drawn.
+The signal helpers live here too: which thread gets Ctrl-C is part of who may draw.
 """
 
 from __future__ import annotations
@@ -24,120 +24,23 @@ from __future__ import annotations
 import abc
 import atexit
 import contextlib
-import ctypes
 import io
 import os
-import re
 import select
 import signal
 import socket
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from types import FrameType
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
-from chatbox.completion import Completer
+from chatbox.client.completion import Completer
+from chatbox.client.display import Style, colour_wanted, visible
+from chatbox.client.gnu_readline import GnuReadline
 
-# --- how received text looks ---------------------------------------------------------------
-
-# C0 controls but TAB, DEL, C1 controls, and the bidirectional overrides and isolates that
-# can make a line read differently from what it says ("Trojan Source").
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-# Bytes that need no second look in a received block: printable ASCII, TAB and LF.
-_PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
-
-
-def _show_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code < 0x20:
-        return "^" + chr(code + 0x40)  # ESC -> ^[, NUL -> ^@, as `cat -v` shows them
-    if code == 0x7F:
-        return "^?"
-    return f"<U+{code:04X}>"
-
-
-def visible(text: str) -> str:
-    """TEXT with every control character spelled out, so it cannot drive the terminal."""
-    return _UNSAFE.sub(_show_char, text)
-
-
-# SGR colours, chosen to read on dark and light backgrounds alike.
-_NAME_COLOURS = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96")
-_RESET = "\x1b[0m"
-_NOTICE = "\x1b[36m"
-_ERROR = "\x1b[1;31m"
-_PRIVATE = "\x1b[1;35m"
-_DIM = "\x1b[2m"
-_CHAT = re.compile(r"(\[private\] )?<([^>\s]{1,64})> ")
-
-
-def colour_wanted(stream: TextIO | BinaryIO, environ: dict[str, str] | os._Environ[str]) -> bool:
-    """Colour only on a terminal, never when NO_COLOR is set (no-color.org), never on dumb."""
-    if environ.get("NO_COLOR", ""):
-        return False
-    if environ.get("TERM", "") == "dumb":
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-class Style:
-    """Turns one received line into what the user sees: visible, timestamped, coloured."""
-
-    def __init__(self, *, colour: bool, timestamps: bool) -> None:
-        self.colour = colour
-        self.timestamps = timestamps
-
-    def block(self, data: bytes) -> list[str]:
-        """Complete received lines (each ending in LF) as display lines, without LFs."""
-        text = data.decode("utf-8", "replace")
-        return [self.line(line) for line in text[:-1].split("\n")]
-
-    def plain_block(self, data: bytes) -> bytes:
-        """Complete received lines as bytes for a pipe, in one pass when nothing needs doing.
-
-        The common case - printable ASCII, no timestamps, no colour - is the block itself;
-        everything else goes line by line.
-        """
-        if not self.timestamps and not self.colour and not data.translate(None, _PLAIN_BYTES):
-            return data
-        return "".join(line + "\n" for line in self.block(data)).encode("utf-8", "replace")
-
-    def line(self, text: str) -> str:
-        text = visible(text.removesuffix("\r"))
-        if self.colour:
-            text = self._paint(text)
-        if self.timestamps:
-            stamp = time.strftime("%H:%M:%S")
-            text = f"{_DIM}{stamp}{_RESET} {text}" if self.colour else f"{stamp} {text}"
-        return text
-
-    @staticmethod
-    def name_colour(name: str) -> str:
-        # crc32, not hash(): the same name gets the same colour in every run.
-        return _NAME_COLOURS[zlib.crc32(name.lower().encode()) % len(_NAME_COLOURS)]
-
-    def _paint(self, text: str) -> str:
-        if text.startswith("* "):
-            return f"{_NOTICE}{text}{_RESET}"
-        if text.startswith("! "):
-            return f"{_ERROR}{text}{_RESET}"
-        match = _CHAT.match(text)
-        if match is None:
-            return text
-        private, name = match.group(1), match.group(2)
-        head = f"{_PRIVATE}[private]{_RESET} " if private else ""
-        body = text[match.end() :]
-        return f"{head}<\x1b[1;{self.name_colour(name)}m{name}{_RESET}> {body}"
-
-
-# --- consoles ------------------------------------------------------------------------------
+# --- signals: the main thread takes them ---------------------------------------------------
 
 
 class Hangup(Exception):
@@ -174,6 +77,9 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# --- consoles ------------------------------------------------------------------------------
 
 
 class Console(abc.ABC):
@@ -344,7 +250,7 @@ class ReadlineConsole(Console):
 
     PROMPT = "> "
 
-    def __init__(self, style: Style, rl: _Readline) -> None:
+    def __init__(self, style: Style, rl: GnuReadline) -> None:
         super().__init__(style)
         self._rl = rl
         self._stdin_fd = sys.stdin.fileno()
@@ -371,7 +277,7 @@ class ReadlineConsole(Console):
     def open(cls, style: Style) -> ReadlineConsole | None:
         if os.name != "posix":
             return None
-        rl = _Readline.load(sys.stdin.fileno())
+        rl = GnuReadline.load(sys.stdin.fileno())
         return None if rl is None else cls(style, rl)
 
     def read_line(self) -> bytes | None:
@@ -493,169 +399,6 @@ class ReadlineConsole(Console):
             self._rl.resize()
         else:
             self._resized = True
-
-
-class _Readline:
-    """GNU readline's callback interface, through ctypes on the library Python loaded.
-
-    Python's readline module offers only the blocking `input()`, which owns the loop and
-    leaves no safe moment to draw; the callback interface gives the loop to us. The
-    library is the one the module already loaded (same history, same inputrc, same
-    state), found through the module's own file.
-
-    Readline never reads the terminal itself here: its `rl_getc_function` takes bytes
-    from our buffer, which the console fills with `os.read` after `select`. A read inside
-    readline is out of Python's reach - a Ctrl-C then (which also discards the terminal's
-    unread input) would leave it blocked; a read in Python is interrupted by Ctrl-C.
-    """
-
-    _LINE_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-    _GETC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-    _HOOK = ctypes.CFUNCTYPE(ctypes.c_int)
-
-    def __init__(self, lib: ctypes.CDLL, libc: ctypes.CDLL, fd: int) -> None:
-        self._lib = lib
-        self._libc = libc
-        self._fd = fd
-        self._libc.free.argtypes = [ctypes.c_void_p]
-        self._lib.rl_callback_handler_install.argtypes = [ctypes.c_char_p, self._LINE_HANDLER]
-        self._lib.add_history.argtypes = [ctypes.c_char_p]
-        # Python's own handlers take Ctrl-C and window changes; readline must not
-        # install its own around each key.
-        ctypes.c_int.in_dll(lib, "rl_catch_signals").value = 0
-        ctypes.c_int.in_dll(lib, "rl_catch_sigwinch").value = 0
-        # Kept referenced: C holds pointers to them for the life of the process.
-        self._handler = self._LINE_HANDLER(self._on_line)
-        self._getc = self._GETC(self._next_byte)
-        self._available = self._HOOK(self.pending_input)
-        for name, func in (
-            ("rl_getc_function", self._getc),
-            ("rl_input_available_hook", self._available),
-        ):
-            ctypes.c_void_p.in_dll(lib, name).value = ctypes.cast(func, ctypes.c_void_p).value
-        # Readline would leave its terminal mode each time a line ends and the handler is
-        # removed; the terminal mode is ours to manage (`hold_terminal`, `release_terminal`).
-        # The hook is put back on release, for anyone who uses readline after us.
-        self._deprep_hook = ctypes.c_void_p.in_dll(lib, "rl_deprep_term_function")
-        self._deprep_saved = self._deprep_hook.value
-        self.held = False
-        self._input = bytearray()
-        self._interrupted = False
-        self._last: bytes | None = None
-        self.done = False
-        self.line: bytes | None = None
-
-    @classmethod
-    def load(cls, fd: int) -> _Readline | None:
-        try:
-            import readline
-        except ImportError:
-            return None
-        path = getattr(readline, "__file__", None)
-        if path is None or "libedit" in (readline.__doc__ or ""):
-            return None
-        try:
-            lib = ctypes.CDLL(path)  # symbols resolve in the module and the libs it loaded
-            if ctypes.c_int.in_dll(lib, "rl_readline_version").value < 0x0700:
-                return None  # rl_clear_visible_line and rl_callback_sigcleanup came in 7.0
-            return cls(lib, ctypes.CDLL(None), fd)
-        except (OSError, AttributeError, ValueError):
-            return None
-
-    def start(self, prompt: str) -> None:
-        """Show PROMPT and start collecting a line (terminal in readline's mode)."""
-        self.done = False
-        self.line = None
-        sys.stdout.flush()
-        self._lib.rl_callback_handler_install(prompt.encode(), self._handler)
-        self._libc.fflush(None)
-
-    def pending_input(self) -> int:
-        return 1 if self._input else 0
-
-    def take_input(self, data: bytes) -> None:
-        self._input += data
-
-    def feed(self) -> None:
-        """Let readline handle the buffered bytes, up to the end of a line."""
-        while self._input and not self.done:
-            self._lib.rl_callback_read_char()
-            self._libc.fflush(None)
-            if self._interrupted:
-                self._interrupted = False
-                raise KeyboardInterrupt
-
-    def _next_byte(self, stream: int | None) -> int:
-        # Readline wants a byte. Normally one is buffered; some commands (quoted-insert)
-        # read on, and then we read the terminal, in Python, where Ctrl-C reaches us.
-        try:
-            while not self._input:
-                data = os.read(self._fd, 4096)
-                self._input += data or b"\x04"
-        except KeyboardInterrupt:
-            self._interrupted = True  # raised again once readline has returned
-            return 0  # NUL: set-mark, harmless; the line is abandoned anyway
-        except OSError:
-            self._input += b"\x04"
-        byte = self._input[0]
-        del self._input[0]
-        return byte
-
-    def _on_line(self, pointer: int | None) -> None:
-        # Called by readline, inside rl_callback_read_char, for Enter (a line) or Ctrl-D
-        # on an empty line (NULL).
-        if pointer is not None:
-            self.line = ctypes.string_at(pointer)
-            if self.line and self.line != self._last:
-                self._lib.add_history(self.line)
-                self._last = self.line
-            self._libc.free(pointer)
-        self.done = True
-        # Take the prompt down now, or readline would show a fresh one after the handler.
-        self._lib.rl_callback_handler_remove()
-
-    def abandon(self) -> None:
-        """Forget a half-typed line (Ctrl-C, hang-up) and reset readline's state."""
-        self._lib.rl_free_line_state()
-        self._lib.rl_callback_sigcleanup()
-        self._lib.rl_cleanup_after_signal()
-
-    def stop(self) -> None:
-        """Take the prompt down and give the terminal back (safe to repeat)."""
-        self._lib.rl_callback_handler_remove()
-        self._libc.fflush(None)
-
-    def clear_line(self) -> None:
-        sys.stdout.flush()
-        self._lib.rl_clear_visible_line()
-        self._libc.fflush(None)
-
-    def redraw(self) -> None:
-        self._lib.rl_forced_update_display()
-        self._libc.fflush(None)
-
-    def resize(self) -> None:
-        self._lib.rl_resize_terminal()
-        self._libc.fflush(None)
-
-    def hold_terminal(self) -> None:
-        """Put the terminal in readline's mode and keep it there, between lines too."""
-        self._deprep_hook.value = None
-        self._lib.rl_prep_terminal(1)  # 1: eight-bit input, for UTF-8
-        self._libc.fflush(None)  # readline may have written a mode switch (bracketed paste)
-        self.held = True
-
-    def release_terminal(self) -> None:
-        """Give the terminal its own mode back (safe to repeat; also an exit hook)."""
-        if not self.held:
-            return
-        self.held = False
-        self._lib.rl_deprep_terminal()
-        self._libc.fflush(None)
-        self._deprep_hook.value = self._deprep_saved
-
-    def reset_screen_size(self) -> None:
-        self._lib.rl_reset_screen_size()
 
 
 def open_console(*, timestamps: bool, environ: dict[str, str] | os._Environ[str]) -> Console:

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from chatbox.worker import serve_connection
+from chatbox.server.worker import serve_connection
 
 log = logging.getLogger("chatbox.launcher")
 

@@ -1,0 +1,108 @@
+"""The channel between a worker and the hub: one byte stream carrying lines and notes.
+
+A worker passes its client's sanitised lines up one end of a socketpair, and in the
+same stream its own notes: that a line was too long, that the client closed or reset
+the connection. A note is a line that starts with NUL, a byte no sanitised line can
+contain (the protocol replaces it), so lines and notes need no framing beyond LF and
+keep their order. The format is private to this pair: the worker writes with
+`encode_event` and `end_note`, the hub reads with a `ChannelReader`, and the room only ever
+sees what the reader decoded.
+
+Speed matters here as in the protocol module: a block of chat lines - the common case -
+crosses as one send and comes out as one `Lines`, found with one C-level scan for NUL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatbox import protocol
+
+# Starts every note; see the module docstring for why it cannot start a line.
+NOTE_PREFIX = b"\x00"
+
+_TOO_LONG = b"toolong"
+_CLOSED = b"closed"
+_RESET = b"reset"
+
+# Why a connection ended, as the room tells the others.
+_REASONS = {_CLOSED: "connection closed", _RESET: "connection reset"}
+# A note this reader does not know (a newer worker, a bug) still ends the client cleanly.
+_UNKNOWN_END = "connection lost"
+
+
+def _note(kind: bytes) -> bytes:
+    return NOTE_PREFIX + kind + b"\n"
+
+
+# --- the worker's side -------------------------------------------------------------------
+
+
+def encode_event(event: protocol.Event) -> bytes:
+    """One decoder event as channel bytes: lines as they are, a too-long line as a note."""
+    if isinstance(event, protocol.Lines):
+        return event.block
+    return _note(_TOO_LONG)
+
+
+def end_note(reset: bool) -> bytes:
+    """The last thing a worker sends: its client closed the connection, or reset it."""
+    return _note(_RESET if reset else _CLOSED)
+
+
+# --- the hub's side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineDropped:
+    """The client sent a line longer than the limit; the worker discarded it."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The client's connection ended; ``reason`` is what the others are told."""
+
+    reason: str
+
+
+ChannelEvent = protocol.Lines | LineDropped | Ended
+
+
+class ChannelReader:
+    """Turns what the hub receives from one worker's channel into events, in order.
+
+    ``feed`` takes whatever ``recv`` returned. Bytes after the last LF wait for the next
+    call: a send from the worker may be split anywhere on the way.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[ChannelEvent]:
+        if self._partial:
+            data = self._partial + data
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._partial = data
+            return []
+        complete, self._partial = data[: last + 1], data[last + 1 :]
+        if NOTE_PREFIX not in complete:
+            return [protocol.Lines(complete)]
+        events: list[ChannelEvent] = []
+        start = 0
+        # A note always starts a line: the worker sends only whole lines.
+        while (at := complete.find(NOTE_PREFIX, start)) >= 0:
+            if at > start:
+                events.append(protocol.Lines(complete[start:at]))
+            end = complete.index(b"\n", at)
+            events.append(self._decode_note(complete[at + 1 : end]))
+            start = end + 1
+        if start < len(complete):
+            events.append(protocol.Lines(complete[start:]))
+        return events
+
+    @staticmethod
+    def _decode_note(kind: bytes) -> LineDropped | Ended:
+        if kind == _TOO_LONG:
+            return LineDropped()
+        return Ended(_REASONS.get(kind, _UNKNOWN_END))
