@@ -311,6 +311,19 @@ class Party:
             self.log.add_sent(self.clock(), token)
         return ok
 
+    def send_block(self, prefix: bytes, tokens: list[Token], deadline: float) -> bool:
+        """Hand ``prefix`` and the lines of ``tokens`` over in ONE write (a paste, a pipe);
+        every token is recorded as sent when the write completes."""
+        data = prefix + b"".join(tok.encode().encode() + b"\n" for tok in tokens)
+        ok = self._write_raw(data, deadline)
+        if ok:
+            t = self.clock()
+            if prefix:
+                self.log.add_sent_raw(t, f"{len(prefix)} bytes before the lines below, same write")
+            for tok in tokens:
+                self.log.add_sent(t, tok)
+        return ok
+
     def send_text(self, text: str, deadline: float) -> bool:
         ok = self._write_raw(text.encode() + b"\n", deadline)
         if ok:
