@@ -101,7 +101,9 @@ class Context:
 
     # -- parties -------------------------------------------------------------------
 
-    def _start(self, name: str, argv: list[str], quit_line: str | None) -> Party:
+    def _start(
+        self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
+    ) -> Party:
         host = self.network.client_host(self._count)
         self._count += 1
         command = host.command(argv, tty=True)
@@ -115,6 +117,7 @@ class Context:
             env=child_env(),
             known_crcs=self.known_crcs,
             quit_line=quit_line,
+            eof_ends=eof_ends,
         )
         self.parties[name] = party
         party.start()
@@ -148,7 +151,7 @@ class Context:
         ]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
-        return self._start(name, argv, "/quit" if self.options.ours else None)
+        return self._start(name, argv, "/quit" if self.options.ours else None, eof_ends=False)
 
     def close_all(self) -> None:
         for party in list(self.parties.values()):
@@ -197,6 +200,11 @@ class Context:
                 return True
             if not speaker.alive:
                 return False
+            for p in listeners:
+                if not p.has(hello.key) and p.alive:
+                    # A client that reads only after it sent shows the hello once it
+                    # types: a hello of its own (never counted) lets it.
+                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
             wait *= 1.5
         return False
 
@@ -309,6 +317,7 @@ class Context:
         """
         last = self._missing_count()
         quiet_since = nudged = time.monotonic()
+        interval = NUDGE_QUIET
         while True:
             missing = self.missing()
             if not missing:
@@ -320,15 +329,17 @@ class Context:
                 return
             count = self._missing_count()
             if count != last:
-                last, quiet_since = count, now
-            elif now - quiet_since >= self.options.settle:
+                last, quiet_since, interval = count, now, NUDGE_QUIET
+            elif now - max(quiet_since, nudged) >= self.options.settle:
                 self.record.notes.append(
                     f"gave up waiting after {self.options.settle:g}s without progress: "
                     + "; ".join(missing[:3])
                 )
                 return
-            if nudge and now - max(quiet_since, nudged) >= NUDGE_QUIET:
-                nudged = now
+            if nudge and now - max(quiet_since, nudged) >= interval:
+                # Each nudge waits twice as long as the last: a relay that serves one
+                # talker at a time needs that talker quiet before it serves the others.
+                nudged, interval = now, interval * 2
                 for receiver in self._lacking():
                     if receiver.alive and not receiver.closed:
                         receiver.send(self.token(receiver.name, "nudge", HELLO), self.deadline)
