@@ -28,7 +28,8 @@ def test_fault_fails_exactly_its_checks_under_default_options(
 ) -> None:
     settle = ["--settle", "0.5"] if fault.mode in QUICK_SETTLE else []
     out = run_harness(str(tmp_path), *fault.argv(fault.scenario), *settle)
-    assert out.failed() == set(fault.fails), out.stdout + out.stderr
+    # Exactly its checks (plus, for chunkprefix, one that only some runs' timing shows).
+    assert fault.fails <= out.failed() <= fault.fails | fault.may_also, out.stdout + out.stderr
     assert out.code == (1 if fault.fails else 0), out.stdout + out.stderr
     for check in fault.fails:
         # The terminal report names the check and the first offending message.

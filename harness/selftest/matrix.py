@@ -34,6 +34,12 @@ class Fault:
     fails: frozenset[str]
     extra: tuple[str, ...] = ()  # options beyond the defaults, and why in `why`
     why: str = ""
+    # Checks the fault fails in some runs only (timing), with the reason in `why`.
+    may_also: frozenset[str] = frozenset()
+
+    def judge(self, failed: set[str]) -> bool:
+        """Whether ``failed`` is what this fault must fail (its own scenario)."""
+        return self.fails <= failed <= self.fails | self.may_also
 
     def argv(self, scenario: str) -> list[str]:
         if self.mode == OURS:
@@ -45,8 +51,15 @@ class Fault:
         return ["--scenario", scenario, *server, *self.extra]
 
 
-def _f(mode: str, scenario: str, *fails: str, extra: tuple[str, ...] = (), why: str = "") -> Fault:
-    return Fault(mode, scenario, frozenset(fails), extra, why)
+def _f(
+    mode: str,
+    scenario: str,
+    *fails: str,
+    extra: tuple[str, ...] = (),
+    why: str = "",
+    may_also: tuple[str, ...] = (),
+) -> Fault:
+    return Fault(mode, scenario, frozenset(fails), extra, why, frozenset(may_also))
 
 
 # One row per fault. `extra` is empty unless the fault cannot end otherwise.
@@ -59,7 +72,15 @@ FAULTS: list[Fault] = [
     _f("simplex", "duplex", "no loss", "full duplex"),
     _f("halfduplex", "duplex", "full duplex"),
     _f("halfclient", "duplex", "full duplex"),
-    _f("chunkprefix", "duplex", "no loss", "payload intact", "one message per line"),
+    _f(
+        "chunkprefix",
+        "duplex",
+        "no loss",
+        "payload intact",
+        may_also=("one message per line",),
+        why="a name glued after a token ('stray bytes') needs a read to end exactly "
+        "between a token and its newline, which only some runs have",
+    ),
     _f(
         "trickle",
         "duplex",
@@ -97,7 +118,13 @@ class Cell:
 
     @property
     def ok(self) -> bool:
-        return not self.error and (self.expected is None or self.failed == self.expected)
+        if self.error:
+            return False
+        if self.expected is None:
+            return True
+        if self.fault.mode in ("ok", OURS):
+            return not self.failed
+        return self.fault.judge(self.failed)
 
     def text(self) -> str:
         if self.error:
@@ -164,6 +191,8 @@ def render(cells: Sequence[Cell], scenarios: Sequence[str]) -> str:
     for f in {c.fault.mode: c.fault for c in cells}.values():
         if f.extra:
             out.append(f"{f.mode}: also {' '.join(f.extra)}: {f.why}")
+        if f.may_also:
+            out.append(f"{f.mode}: may also fail {', '.join(sorted(f.may_also))}: {f.why}")
     bad = [c for c in cells if not c.ok]
     out.append(
         "selftest: every fault caught as expected"
