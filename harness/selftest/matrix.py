@@ -177,14 +177,15 @@ def render(cells: Sequence[Cell], scenarios: Sequence[str]) -> str:
     for c in cells:
         rows.setdefault(c.fault.mode, {})[c.scenario] = c
     width = max(len(m) for m in rows) + 2
-    out = [f"{'fault':<{width}}" + "".join(f"| {s:<44}" for s in scenarios)]
+    cols = {s: max([len(s)] + [len(c.text()) for c in cells if c.scenario == s]) for s in scenarios}
+    out = [f"{'fault':<{width}}" + "".join(f"| {s:<{cols[s]}} " for s in scenarios)]
     out.append("-" * len(out[0]))
     for mode, by in rows.items():
         line = f"{mode:<{width}}"
         for s in scenarios:
             c = by[s]
             mark = "*" if c.expected is not None and c.fault.mode not in ("ok", OURS) else " "
-            line += f"|{mark}{c.text():<44}"
+            line += f"|{mark}{c.text():<{cols[s]}} "
         out.append(line.rstrip())
     out.append("")
     out.append("* the scenario that must catch the fault (exactly those checks fail)")
