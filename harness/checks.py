@@ -499,6 +499,13 @@ def check_duplex(record: RunRecord) -> CheckResult:
     """
     if not record.duplex_pairs:
         return CheckResult(DUPLEX, NOT_APPLICABLE, "scenario does not claim full duplex")
+    if record.timed_out:
+        return CheckResult(
+            DUPLEX,
+            NOT_APPLICABLE,
+            "unknown: the run was cut at --timeout before its phases were done",
+            observed="unknown",
+        )
     never = []
     for party, peer in record.duplex_pairs:
         if not any(
