@@ -61,7 +61,7 @@ def test_duplex_verdict_names_what_was_observed(tmp_path: object) -> None:
 def test_correct_relay_with_other_decoration_passes(tmp_path: object, scenario: str) -> None:
     """A relay that decorates lines its own way (<userN>) is judged on tokens alone, and
     this project's specific expectations are n/a for it, not failures."""
-    args = ["--scenario", scenario, "--repeat", "2"]
+    args = ["--scenario", scenario, "--messages", "30", "--repeat", "2"]
     out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("ok"), *args)
     assert out.code == 0, out.stdout + out.stderr
     assert out.statuses()["this project's server"] == "n/a"
