@@ -4,20 +4,24 @@ Each check reads a `RunRecord` (plain data; no processes) and returns one `Check
 A failure names the *first* offending message - the earliest one by time, so the report
 points at where things started to go wrong - and carries the surrounding transcript.
 
-The checks rely only on tokens (see `harness.tokens`), never on how a server decorates a
-line, so they run unchanged against any implementation. Expectations that only this
-project's server promises (names, notices, slow-reader disconnects) are a separate check
-that reports "n/a" for other servers instead of failing.
+The checks rely on tokens (see `harness.tokens`) and on what a server shows *around*
+them only as far as it learns it from the run itself (a sender's usual decoration), so
+they run unchanged against any implementation. Expectations that only this project's
+server promises (names, notices, slow-reader disconnects) are a separate check that
+reports "n/a" for other servers instead of failing. A check with nothing to judge says
+"n/a" with the reason, never "pass". No check edits the record: what a scenario expects
+to go wrong on purpose (a line cut by a kill) is an expectation in it (`may_be_cut`).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from harness.tokens import Token
-from harness.transcript import COUNTED, Line, RunRecord
+from harness.transcript import COUNTED, Line, QuietPhase, Receipt, RunRecord
 
 PASS = "pass"
 FAIL = "fail"
@@ -28,6 +32,9 @@ NO_DUPLICATES = "no duplicates"
 INTACT = "payload intact"
 FIFO = "per-sender FIFO"
 SAME_ORDER = "same order at every receiver"
+ONE_PER_LINE = "one message per line"
+RIGHT_SENDER = "right sender"
+NO_ECHO = "no echo"
 DUPLEX = "full duplex"
 TURNS = "turn taking"
 BOUNDED = "bounded time"
@@ -50,6 +57,7 @@ class CheckResult:
     detail: str = ""
     offender: str = ""  # the first offending message, e.g. "p1#17"
     context: list[str] = field(default_factory=list)
+    observed: str = ""  # a classification the check made (duplex: "half duplex", ...)
 
     @property
     def failed(self) -> bool:
@@ -109,6 +117,8 @@ def check_no_duplicates(record: RunRecord) -> CheckResult:
     for name, log in record.parties.items():
         seen: set[tuple[str, int]] = set()
         for r in log.received:
+            if r.token.kind not in COUNTED:
+                continue  # a hello may be shown twice (a server that names a party by it)
             if r.token.key in seen:
                 dups.append((r.t, name, r.token, r.index))
             seen.add(r.token.key)
@@ -131,9 +141,14 @@ def check_intact(record: RunRecord) -> CheckResult:
         for s in log.sent:
             sent[s.token.key] = s.token
     bad: list[tuple[float, str, str, str, int]] = []
+    excused: list[str] = []
     for name, log in record.parties.items():
         lines = log.snapshot()
+        cut = _last_token_line(record, name) if name in record.may_be_cut else -1
         for index, dmg in log.damage:
+            if index == cut:
+                excused.append(f"{name}'s last line ({record.may_be_cut[name]})")
+                continue
             who = f"{dmg.sender}#{dmg.seq}" if dmg.sender else "unknown message"
             bad.append((lines[index].t, name, who, f"{dmg.reason}: {dmg.text!r}", index))
         for r in log.received:
@@ -144,7 +159,10 @@ def check_intact(record: RunRecord) -> CheckResult:
                 why = f"altered: sent {original.payload!r}, got {r.token.payload!r}"
                 bad.append((r.t, name, str(r.token), why, r.index))
     if not bad:
-        return CheckResult(INTACT, PASS, "every token arrived whole, checksums match")
+        also = f"; expected cut short, not counted: {', '.join(sorted(set(excused)))}"
+        return CheckResult(
+            INTACT, PASS, "every token arrived whole, checksums match" + (also if excused else "")
+        )
     bad.sort(key=lambda b: b[0])
     t, receiver, who, why, index = bad[0]
     return CheckResult(
@@ -154,6 +172,196 @@ def check_intact(record: RunRecord) -> CheckResult:
         who,
         _excerpt(receiver, record.party(receiver).snapshot(), index),
     )
+
+
+def _last_token_line(record: RunRecord, name: str) -> int:
+    """Index of ``name``'s last transcript line that holds a token or a piece of one."""
+    log = record.party(name)
+    indexes = [r.index for r in log.received] + [r.index for r in log.own]
+    indexes += [i for i, _ in log.damage]
+    return max(indexes, default=-1)
+
+
+def check_framing(record: RunRecord) -> CheckResult:
+    """One token per delivered line and nothing glued on after it.
+
+    A relay that loses a newline merges two messages into one line; one that adds bytes
+    after a message (the start of the next chunk, a stray prefix) glues them on. Text
+    *before* the token is the server's decoration, judged by "right sender".
+    """
+    bad: list[tuple[float, str, str, str, int]] = []
+    lines = 0
+    for name, log in record.parties.items():
+        seen: set[int] = set()
+        for r in log.received:
+            if r.index in seen:
+                continue
+            seen.add(r.index)
+            lines += 1
+            if r.line_tokens > 1:
+                bad.append(
+                    (
+                        r.t,
+                        name,
+                        str(r.token),
+                        f"merged: {r.line_tokens} tokens in one line",
+                        r.index,
+                    )
+                )
+            elif r.trailing.strip():
+                why = f"stray bytes after {r.token}: {r.trailing[:40]!r}"
+                bad.append((r.t, name, str(r.token), why, r.index))
+    if not lines:
+        return CheckResult(ONE_PER_LINE, NOT_APPLICABLE, "no line held a token")
+    if not bad:
+        return CheckResult(ONE_PER_LINE, PASS, f"{lines} lines, each one whole message")
+    bad.sort(key=lambda b: b[0])
+    t, receiver, who, why, index = bad[0]
+    return CheckResult(
+        ONE_PER_LINE,
+        FAIL,
+        f"{len(bad)} lines not one message; first at {receiver} ({t:.4f}s): {why}",
+        who,
+        _excerpt(receiver, record.party(receiver).snapshot(), index),
+    )
+
+
+_DIGITS = re.compile(r"\d+")
+USUAL_SHARE = 0.5  # a decoration is a sender's usual one when it is on half its lines
+
+
+@dataclass(frozen=True)
+class Usual:
+    """How a sender's lines are usually decorated at the other receivers."""
+
+    text: str
+    normalised: bool  # digit runs vary (timestamps): compare with digits as '#'
+
+    def form(self, decoration: str) -> str:
+        return _DIGITS.sub("#", decoration) if self.normalised else decoration
+
+    def matches(self, decoration: str) -> bool:
+        # The end of the text before a token: a client's prompt may precede the server's
+        # decoration on the same visible line.
+        return self.form(decoration).endswith(self.text)
+
+
+def usual_decorations(record: RunRecord) -> dict[str, Usual]:
+    """Per sender, the decoration receivers usually show before its tokens.
+
+    The exact text when it is on at least half the sender's lines, else the text with
+    digit runs normalised (timestamps vary); a sender with neither has no entry.
+    """
+    by_sender: dict[str, list[str]] = {}
+    for log in record.parties.values():
+        for r in log.received:
+            by_sender.setdefault(r.token.sender, []).append(r.decoration)
+    out: dict[str, Usual] = {}
+    for sender, decorations in by_sender.items():
+        for normalised in (False, True):
+            forms = [_DIGITS.sub("#", d) if normalised else d for d in decorations]
+            text, count = Counter(forms).most_common(1)[0]
+            if count >= USUAL_SHARE * len(forms):
+                out[sender] = Usual(text, normalised)
+                break
+    return out
+
+
+def check_attribution(record: RunRecord) -> CheckResult:
+    """A line shown with another sender's usual decoration is attributed to the wrong one."""
+    usual = usual_decorations(record)
+    named = {s: u for s, u in usual.items() if u.text.strip()}
+    if len(usual) < 2:
+        return CheckResult(RIGHT_SENDER, NOT_APPLICABLE, "fewer than two senders' lines arrived")
+    if len({u.text for u in named.values()}) < 2:
+        return CheckResult(
+            RIGHT_SENDER,
+            NOT_APPLICABLE,
+            "the server shows every sender's lines alike ("
+            + ", ".join(f"{s}: {u.text!r}" for s, u in sorted(usual.items()))
+            + "): nothing names the sender",
+        )
+    bad: list[tuple[float, str, Receipt, str]] = []
+    judged = 0
+    for name, log in record.parties.items():
+        for r in log.received:
+            mine = usual.get(r.token.sender)
+            if mine is None:
+                continue
+            judged += 1
+            if mine.matches(r.decoration):
+                continue
+            other = next(
+                (s for s, u in named.items() if s != r.token.sender and u.matches(r.decoration)),
+                None,
+            )
+            if other is not None:
+                bad.append((r.t, name, r, other))
+    shown = ", ".join(f"{s} as {u.text!r}" for s, u in sorted(named.items()))
+    if not bad:
+        return CheckResult(
+            RIGHT_SENDER, PASS, f"{judged} lines, each shown as its sender ({shown})"
+        )
+    bad.sort(key=lambda b: b[0])
+    t, receiver, r, other = bad[0]
+    return CheckResult(
+        RIGHT_SENDER,
+        FAIL,
+        f"{len(bad)} lines shown as another sender's; first: {r.token} at {receiver} "
+        f"({t:.4f}s) shown as {r.decoration!r}, which is how {other}'s lines are shown "
+        f"({shown})",
+        str(r.token),
+        _excerpt(receiver, record.party(receiver).snapshot(), r.index),
+    )
+
+
+def check_echo(record: RunRecord) -> CheckResult:
+    """A line the server returns to its own sender.
+
+    A terminal client may show what its user typed (readline redraws the input line):
+    that local echo is the bare text, while a server's echo carries the decoration the
+    server gives that sender's lines at the other receivers. When that decoration is
+    empty the two look alike, and the check says so instead of passing.
+    """
+    if record.echo:
+        return CheckResult(NO_ECHO, NOT_APPLICABLE, "the server echoes by design (--echo)")
+    usual = usual_decorations(record)
+    echoes: list[tuple[float, str, Receipt]] = []
+    unknown: list[str] = []
+    local = 0
+    for name, log in record.parties.items():
+        for r in log.own:
+            mine = usual.get(name)
+            if mine is None or not mine.text.strip():
+                unknown.append(name)
+            elif mine.matches(r.decoration):
+                echoes.append((r.t, name, r))
+            else:
+                local += 1
+    if echoes:
+        echoes.sort(key=lambda e: e[0])
+        t, who, r = echoes[0]
+        return CheckResult(
+            NO_ECHO,
+            FAIL,
+            f"{len(echoes)} lines came back to their sender; first: {r.token} at {who} "
+            f"({t:.4f}s) shown as {r.decoration!r}, the server's decoration for {who}",
+            str(r.token),
+            _excerpt(who, record.party(who).snapshot(), r.index),
+        )
+    if unknown:
+        names = ", ".join(sorted(set(unknown)))
+        return CheckResult(
+            NO_ECHO,
+            NOT_APPLICABLE,
+            f"unknown: {names} saw their own lines, and the server shows their lines with no "
+            "decoration, so a server echo cannot be told from the client's local echo",
+        )
+    if local:
+        return CheckResult(
+            NO_ECHO, PASS, f"no line came back from the server ({local} local echoes of typing)"
+        )
+    return CheckResult(NO_ECHO, PASS, "no line came back to its sender")
 
 
 def check_fifo(record: RunRecord) -> CheckResult:
@@ -190,6 +398,8 @@ def check_same_order(record: RunRecord) -> CheckResult:
             ra = [r for r in record.party(a).received if r.token.kind in COUNTED]
             rb = [r for r in record.party(b).received if r.token.kind in COUNTED]
             common = {r.token.key for r in ra} & {r.token.key for r in rb}
+            if len({sender for sender, _ in common}) < 2:
+                continue  # one sender's lines only: their order is per-sender FIFO's
             sa = [r for r in ra if r.token.key in common]
             sb = [r for r in rb if r.token.key in common]
             pairs += 1
@@ -206,38 +416,152 @@ def check_same_order(record: RunRecord) -> CheckResult:
                         context += _excerpt(b, record.party(b).snapshot(), y.index)
                     break
     if pairs == 0:
-        return CheckResult(SAME_ORDER, NOT_APPLICABLE, "fewer than two receivers")
+        return CheckResult(
+            SAME_ORDER,
+            NOT_APPLICABLE,
+            "no two receivers share lines from two senders: nothing to compare",
+        )
     if first is None:
         return CheckResult(SAME_ORDER, PASS, f"{pairs} receiver pairs agree on the order")
     return CheckResult(SAME_ORDER, FAIL, detail, first[1], context)
 
 
+SIMPLEX = "simplex"
+HALF_DUPLEX = "half duplex"
+FULL_DUPLEX = "full duplex"
+
+
+def _concurrent_proof(record: RunRecord, party: str, peer: str) -> tuple[bool, str, int]:
+    """(a) ``party`` displayed a line of ``peer`` while its own lines kept arriving at
+    ``peer`` afterwards: it read while it was still sending (lines it had written to the
+    socket, not lines merely typed into its terminal)."""
+    log = record.party(party)
+    until = record.concurrent_until
+    concurrent = {
+        s.token.key
+        for name in (party, peer)
+        for s in record.sent_by(name)
+        if until is None or s.t <= until
+    }
+    heard = [r for r in log.received if r.token.sender == peer and r.token.key in concurrent]
+    arrived = [
+        r.t
+        for r in record.party(peer).received
+        if r.token.sender == party and r.token.key in concurrent
+    ]
+    last = max(arrived, default=-1.0)
+    proof = next((r for r in heard if r.t < last), None)
+    if proof is not None:
+        later = sum(1 for t in arrived if t > proof.t)
+        return (
+            True,
+            f"{party} displayed {proof.token}, and {later} of its own lines reached {peer} "
+            "after that",
+            proof.index,
+        )
+    last_text = f"{last:.4f}s" if arrived else "never"
+    first = f"{heard[0].t:.4f}s" if heard else "never"
+    index = heard[0].index if heard else len(log.lines) - 1
+    return (
+        False,
+        f"{party} displayed nothing from {peer} while sending: its last line reached {peer} "
+        f"at {last_text}, the first of {peer}'s was displayed at {first}",
+        max(0, index),
+    )
+
+
+def _quiet_proof(record: RunRecord, phase: QuietPhase) -> tuple[bool | None, str, int]:
+    """(b) the listener, typing nothing, displayed the speaker's lines during the phase:
+    a client that reads only after it sent shows at most one read's worth, the rest
+    only once it types again (those late lines are not lost, they are late)."""
+    log = record.party(phase.listener)
+    wanted = set(phase.seqs)
+    got = [r for r in log.received if r.token.sender == phase.speaker and r.token.seq in wanted]
+    during = [r for r in got if r.t <= phase.end]
+    late = [r for r in got if r.t > phase.end]
+    what = (
+        f"{phase.listener}, typing nothing for {phase.end - phase.start:.2f}s, displayed "
+        f"{len(during)} of {phase.speaker}'s {len(wanted)} lines"
+    )
+    if late:
+        return False, f"{what}; {len(late)} more only after it typed again", late[0].index
+    if not during:
+        return None, f"{what} (none arrived at all: no material)", len(log.lines) - 1
+    return True, what, during[-1].index
+
+
 def check_duplex(record: RunRecord) -> CheckResult:
+    """Classify what was observed: simplex, half duplex or full duplex (which must hold).
+
+    Simplex: one direction never delivered. Half duplex: both directions flow, but a
+    party reads only after it sent (fails a quiet phase) or never reads while it is
+    sending (fails the concurrent phase). Full duplex: both proofs for every party.
+    """
     if not record.duplex_pairs:
         return CheckResult(DUPLEX, NOT_APPLICABLE, "scenario does not claim full duplex")
-    proofs: list[str] = []
+    if record.timed_out:
+        return CheckResult(
+            DUPLEX,
+            NOT_APPLICABLE,
+            "unknown: the run was cut at --timeout before its phases were done",
+            observed="unknown",
+        )
+    never = []
     for party, peer in record.duplex_pairs:
-        log = record.party(party)
-        heard = [r for r in log.received if r.token.sender == peer and r.token.kind in COUNTED]
-        own = [s for s in log.sent if s.token.kind in COUNTED]
-        proof = next((r for r in heard if own and r.t < own[-1].t), None)
-        if proof is None:
-            last_send = f"{own[-1].t:.4f}s" if own else "never"
-            first_heard = f"{heard[0].t:.4f}s" if heard else "never"
-            offender = str(heard[0].token) if heard else f"{peer}#?"
-            lines = log.snapshot()
-            index = heard[0].index if heard else len(lines) - 1
-            return CheckResult(
-                DUPLEX,
-                FAIL,
-                f"{party} heard nothing from {peer} while it was sending: its last line went "
-                f"out at {last_send}, the first of {peer}'s arrived at {first_heard}",
-                offender,
-                _excerpt(party, lines, max(0, index)),
-            )
-        later = sum(1 for s in own if s.t > proof.t)
-        proofs.append(f"{party} heard {proof.token} with {later} lines still to send")
-    return CheckResult(DUPLEX, PASS, "; ".join(proofs))
+        if not any(
+            r.token.sender == peer and r.token.kind in COUNTED for r in record.party(party).received
+        ):
+            never.append(f"{peer} -> {party}")
+    if never:
+        flowing = [f"{q} -> {p}" for p, q in record.duplex_pairs if f"{q} -> {p}" not in never]
+        observed = SIMPLEX if flowing else "nothing delivered"
+        party, peer = record.duplex_pairs[0]
+        return CheckResult(
+            DUPLEX,
+            FAIL,
+            f"observed {observed}: {', '.join(never)} never delivered a line"
+            + (f"; only {', '.join(flowing)} did" if flowing else ""),
+            never[0].split(" -> ")[0] + "#?",
+            [],
+            observed,
+        )
+    proofs: list[str] = []
+    failed: list[tuple[str, str, int]] = []
+    for party, peer in record.duplex_pairs:
+        ok, why, index = _concurrent_proof(record, party, peer)
+        proofs.append(("concurrent: " if ok else "concurrent FAILED: ") + why)
+        if not ok:
+            failed.append((party, why, index))
+    material = 0
+    for phase in record.quiet_phases:
+        okq, why, index = _quiet_proof(record, phase)
+        if okq is None:
+            proofs.append("quiet: " + why)
+            continue
+        material += 1
+        proofs.append(("quiet: " if okq else "quiet FAILED: ") + why)
+        if not okq:
+            failed.append((phase.listener, why, index))
+    if failed:
+        party, why, index = failed[0]
+        return CheckResult(
+            DUPLEX,
+            FAIL,
+            f"observed {HALF_DUPLEX}: " + "; ".join(proofs),
+            party,
+            _excerpt(party, record.party(party).snapshot(), index),
+            HALF_DUPLEX,
+        )
+    if record.quiet_phases and not material:
+        return CheckResult(
+            DUPLEX,
+            NOT_APPLICABLE,
+            "unknown: no quiet phase had material; " + "; ".join(proofs),
+            observed="unknown",
+        )
+    return CheckResult(
+        DUPLEX, PASS, f"observed {FULL_DUPLEX}: " + "; ".join(proofs), observed=FULL_DUPLEX
+    )
 
 
 def check_turns(record: RunRecord) -> CheckResult:
@@ -339,6 +663,9 @@ ALL_CHECKS: list[Callable[[RunRecord], CheckResult]] = [
     check_no_loss,
     check_no_duplicates,
     check_intact,
+    check_framing,
+    check_attribution,
+    check_echo,
     check_fifo,
     check_same_order,
     check_duplex,

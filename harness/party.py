@@ -77,6 +77,7 @@ class Party:
         env: dict[str, str],
         known_crcs: dict[str, tuple[str, int]],
         quit_line: str | None = None,
+        eof_ends: bool = True,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -85,6 +86,9 @@ class Party:
         self.env = env
         self.known_crcs = known_crcs
         self.quit_line = quit_line
+        # Whether Ctrl-D ends the client (not a byte-exact one, whose raw terminal passes
+        # it on as a byte): without it and without a quit line, close ends it at once.
+        self.eof_ends = eof_ends
         self.child: pexpect.spawn | None = None
         self.pid = 0
         self.cond = threading.Condition()
@@ -138,11 +142,12 @@ class Party:
         self.closed = True
         child = self.child
         self._reading.set()  # a paused reader must drain so the client can act on /quit
-        if child.isalive():
+        if child.isalive() and (self.quit_line or self.eof_ends):
             deadline = time.monotonic() + grace
             if self.quit_line:
                 self.send_text(self.quit_line, deadline)
-            self._write_raw(EOF_BYTE, deadline)
+            if self.eof_ends:
+                self._write_raw(EOF_BYTE, deadline)
             self.wait_exit(deadline)
         end_group(self.pid, lambda: not child.isalive())
         self._stop.set()
@@ -301,6 +306,19 @@ class Party:
         ok = self._write_raw(token.encode().encode() + b"\n", deadline)
         if ok:
             self.log.add_sent(self.clock(), token)
+        return ok
+
+    def send_block(self, prefix: bytes, tokens: list[Token], deadline: float) -> bool:
+        """Hand ``prefix`` and the lines of ``tokens`` over in ONE write (a paste, a pipe);
+        every token is recorded as sent when the write completes."""
+        data = prefix + b"".join(tok.encode().encode() + b"\n" for tok in tokens)
+        ok = self._write_raw(data, deadline)
+        if ok:
+            t = self.clock()
+            if prefix:
+                self.log.add_sent_raw(t, f"{len(prefix)} bytes before the lines below, same write")
+            for tok in tokens:
+                self.log.add_sent(t, tok)
         return ok
 
     def send_text(self, text: str, deadline: float) -> bool:

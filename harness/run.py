@@ -106,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--script", metavar="FILE", help="conversation script (default: sample)")
     parser.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a line each party sends before it chats, e.g. a nickname or '/pass x' "
+        "(repeatable; {name} is the party's name); never counted as a chat line",
+    )
+    parser.add_argument(
+        "--echo",
+        action="store_true",
+        help="the server echoes each line to its sender by design ('no echo' is n/a)",
+    )
+    parser.add_argument(
+        "--max-line",
+        type=positive_int,
+        default=0,
+        metavar="BYTES",
+        help="the server's line limit: the longest lines sent stay below it (default 4096 "
+        "for this project's server, 3500 for others)",
+    )
+    parser.add_argument(
         "--server-cmd",
         default=DEFAULT_SERVER,
         metavar="TEMPLATE",
@@ -275,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         client_template=args.client_cmd,
         ours=is_ours(args.server_cmd),
         script=args.script,
+        echo=args.echo,
+        join_lines=tuple(args.join),
+        max_line=args.max_line,
     )
     try:
         scenario.check_options(options)

@@ -20,7 +20,7 @@ import random
 import re
 import string
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MESSAGE = "m"
 HELLO = "h"
@@ -107,6 +107,8 @@ class Scan:
 
     tokens: list[Token]
     damage: list[Damage]
+    # Where each intact token sits in the line, parallel to ``tokens``: (start, end).
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def scan(line: str, known_crcs: dict[str, tuple[str, int]] | None = None) -> Scan:
@@ -117,6 +119,7 @@ def scan(line: str, known_crcs: dict[str, tuple[str, int]] | None = None) -> Sca
     """
     tokens: list[Token] = []
     damage: list[Damage] = []
+    spans: list[tuple[int, int]] = []
     covered: list[tuple[int, int]] = []
     for match in _FULL.finditer(line):
         sender, seq_text, kind, payload, crc = match.groups()
@@ -124,6 +127,7 @@ def scan(line: str, known_crcs: dict[str, tuple[str, int]] | None = None) -> Sca
         covered.append(match.span())
         if checksum(sender, seq, kind, payload) == crc:
             tokens.append(Token(sender, seq, kind, payload))
+            spans.append(match.span())
         else:
             damage.append(Damage(sender, seq, match.group(0), "checksum mismatch"))
 
@@ -134,12 +138,14 @@ def scan(line: str, known_crcs: dict[str, tuple[str, int]] | None = None) -> Sca
         if outside(match.start()):
             sender = match.group(1) or ""
             seq = int(match.group(2)) if match.group(2) else -1
-            damage.append(Damage(sender, seq, _context(line, match.start()), "broken token"))
+            why = "broken token: its start without its end (cut short or split)"
+            damage.append(Damage(sender, seq, _context(line, match.start()), why))
     for match in _TAIL.finditer(line):
         if outside(match.start()):
             sender, seq = (known_crcs or {}).get(match.group(1), ("", -1))
-            damage.append(Damage(sender, seq, _context(line, match.start()), "broken token"))
-    return Scan(tokens, damage)
+            why = "broken token: its end without its start (split or spliced)"
+            damage.append(Damage(sender, seq, _context(line, match.start()), why))
+    return Scan(tokens, damage, spans)
 
 
 def _context(line: str, at: int, width: int = 40) -> str:

@@ -41,6 +41,12 @@ class Receipt:
     t: float
     token: Token
     index: int  # position in the receiver's transcript
+    # What the line showed around the token: the text before it (the server's decoration,
+    # e.g. "<alice> "; after an earlier token in the same line, the text since that one),
+    # how many intact tokens the line held, and the text after the line's last token.
+    decoration: str = ""
+    line_tokens: int = 1
+    trailing: str = ""
 
 
 @dataclass
@@ -54,6 +60,7 @@ class PartyLog:
     sent: list[Sent] = field(default_factory=list)
     received: list[Receipt] = field(default_factory=list)
     damage: list[tuple[int, Damage]] = field(default_factory=list)
+    own: list[Receipt] = field(default_factory=list)  # its own tokens shown back to it
     exit_status: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -75,16 +82,27 @@ class PartyLog:
     ) -> list[Token]:
         """Record one received line; return the intact tokens of other senders in it.
 
-        A party's own tokens are ignored on the way in: a terminal client shows what its
-        user types (readline echoes and redraws the input line), which is not a delivery.
+        A party's own tokens are kept apart (`own`), not counted as deliveries: a terminal
+        client may show what its user types (readline echoes and redraws the input line),
+        and a server may echo; the "no echo" check tells the two apart by decoration.
+        Nothing is dropped: every token, damaged piece and line stays in the evidence.
         """
         found = scan(text, known_crcs)
-        mine = [tok for tok in found.tokens if tok.sender != self.name]
+        count = len(found.tokens)
         with self._lock:
             self.lines.append(Line(t, RECEIVED, text))
             index = len(self.lines) - 1
-            for tok in mine:
-                self.received.append(Receipt(t, tok, index))
+            mine: list[Token] = []
+            previous_end = 0
+            for tok, (start, end) in zip(found.tokens, found.spans, strict=True):
+                trailing = text[found.spans[-1][1] :] if count else ""
+                receipt = Receipt(t, tok, index, text[previous_end:start], count, trailing)
+                previous_end = end
+                if tok.sender == self.name:
+                    self.own.append(receipt)
+                else:
+                    self.received.append(receipt)
+                    mine.append(tok)
             for dmg in found.damage:
                 if dmg.sender != self.name:
                     self.damage.append((index, dmg))
@@ -93,17 +111,6 @@ class PartyLog:
     def snapshot(self) -> list[Line]:
         with self._lock:
             return list(self.lines)
-
-    def excuse_damage(self, index: int, t: float, why: str) -> int:
-        """Stop counting the damage on transcript line ``index`` (a line the server cut
-        short on purpose, as documented), noting ``why``; return how many were excused."""
-        with self._lock:
-            kept = [(i, d) for i, d in self.damage if i != index]
-            excused = len(self.damage) - len(kept)
-            self.damage = kept
-        if excused:
-            self.add_note(t, f"not counted as damaged: line {index} ({why})")
-        return excused
 
 
 @dataclass
@@ -124,6 +131,17 @@ class Turn:
 
 
 @dataclass
+class QuietPhase:
+    """``listener`` sent nothing from ``start`` to ``end`` while ``speaker`` sent ``seqs``."""
+
+    listener: str
+    speaker: str
+    seqs: list[int]
+    start: float
+    end: float
+
+
+@dataclass
 class RunRecord:
     """One scenario run, as the checks and reports see it."""
 
@@ -133,6 +151,17 @@ class RunRecord:
     # pairs (party, peer): party must be shown to receive peer's lines while sending.
     duplex_pairs: list[tuple[str, str]] = field(default_factory=list)
     turns: list[Turn] = field(default_factory=list)
+    # Quiet phases of the duplex scenario: ``listener`` typed nothing while ``speaker``
+    # sent ``seqs``; a full-duplex client shows them all before the phase ends.
+    quiet_phases: list[QuietPhase] = field(default_factory=list)
+    # When the duplex scenario's concurrent phase ended: its proof looks at lines sent
+    # before this only (later phases take turns on purpose).
+    concurrent_until: float | None = None
+    # party -> why its last line holding a token may arrive cut short (a victim killed
+    # mid-stream, a reader the server cut off on purpose): an expectation the checks
+    # honour when judging damage on that one line, so the evidence is never edited.
+    may_be_cut: dict[str, str] = field(default_factory=dict)
+    echo: bool = False  # the user declared that the server echoes a line to its sender
     # Parties whose order among common messages must agree (defaults to all receivers).
     order_group: list[str] | None = None
     duration: float = 0.0
@@ -177,6 +206,7 @@ __all__ = [
     "Expectation",
     "Line",
     "PartyLog",
+    "QuietPhase",
     "Receipt",
     "RunRecord",
     "Sent",

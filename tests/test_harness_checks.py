@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness import checks
 from harness.tokens import make
-from harness.transcript import Expectation, PartyLog, RunRecord, Turn
+from harness.transcript import Expectation, PartyLog, QuietPhase, RunRecord, Turn
 
 
 def two_party(
@@ -68,11 +68,89 @@ def test_spliced_line_fails_intact() -> None:
     assert checks.check_intact(rec).status == checks.FAIL
 
 
-def test_own_echo_is_not_a_delivery_or_damage() -> None:
+def test_own_local_echo_is_kept_as_evidence_but_not_a_delivery_or_damage() -> None:
     rec, a, _ = two_party()
     a.add_received(3.0, "> ~cbx|a|9|m|typ")  # a redrawn, half-typed line of its own
+    a.add_received(3.1, "> " + make("a", 1, "payload1").encode())  # typed text redrawn
     assert a.received == [] and a.damage == []
+    assert [r.token.seq for r in a.own] == [1]
     assert checks.check_intact(rec).status == checks.PASS
+    # Bare typed text is not the server's "<a> " decoration: a local echo, not a fault.
+    assert checks.check_echo(rec).status == checks.PASS
+
+
+def test_line_returned_to_its_sender_with_its_decoration_fails_no_echo() -> None:
+    rec, a, _ = two_party()
+    a.add_received(3.0, "<a> " + make("a", 2, "payload2").encode())
+    result = checks.check_echo(rec)
+    assert (result.status, result.offender) == (checks.FAIL, "a#2")
+    rec.echo = True  # declared: the server echoes by design
+    assert checks.check_echo(rec).status == checks.NOT_APPLICABLE
+
+
+def test_echo_cannot_be_told_from_local_echo_without_decoration() -> None:
+    rec = RunRecord("synthetic")
+    a, b = PartyLog("a"), PartyLog("b")
+    rec.parties = {"a": a, "b": b}
+    tok = make("a", 1, "x")
+    a.add_sent(0.1, tok)
+    b.add_received(0.2, tok.encode())
+    a.add_received(0.2, tok.encode())
+    result = checks.check_echo(rec)
+    assert result.status == checks.NOT_APPLICABLE
+    assert result.detail.startswith("unknown")
+
+
+def test_two_tokens_in_one_line_and_stray_bytes_fail_one_message_per_line() -> None:
+    rec, _, b = two_party([1])
+    b.add_received(2.0, "<a> " + make("a", 2, "p").encode() + "<a> " + make("a", 3, "q").encode())
+    result = checks.check_framing(rec)
+    assert (result.status, result.offender) == (checks.FAIL, "a#2")
+    assert "merged: 2 tokens in one line" in result.detail
+    rec2, _, b2 = two_party([1])
+    b2.add_received(2.0, "<a> " + make("a", 2, "p").encode() + "<a> ")
+    assert "stray bytes after a#2" in checks.check_framing(rec2).detail
+    assert checks.check_framing(two_party()[0]).status == checks.PASS
+
+
+def three_senders(decorate: dict[str, str]) -> tuple[RunRecord, PartyLog]:
+    rec = RunRecord("synthetic")
+    logs = {n: PartyLog(n) for n in ("a", "b", "r")}
+    rec.parties = dict(logs)
+    for seq in range(1, 6):
+        for sender in ("a", "b"):
+            tok = make(sender, seq, "x")
+            logs[sender].add_sent(seq * 0.1, tok)
+            logs["r"].add_received(
+                seq * 0.1 + 0.05, decorate[sender].replace("%d", str(seq)) + tok.encode()
+            )
+    return rec, logs["r"]
+
+
+def test_line_shown_as_another_senders_fails_right_sender() -> None:
+    rec, r = three_senders({"a": "[12:0%d] alice> ", "b": "[12:0%d] bob> "})
+    assert checks.check_attribution(rec).status == checks.PASS  # timestamps may vary
+    r.add_received(1.0, "[12:09] bob> " + make("a", 6, "x").encode())
+    result = checks.check_attribution(rec)
+    assert (result.status, result.offender) == (checks.FAIL, "a#6")
+    assert "how b's lines are shown" in result.detail
+
+
+def test_right_sender_is_na_when_nothing_names_the_sender() -> None:
+    rec, _ = three_senders({"a": "", "b": ""})
+    assert checks.check_attribution(rec).status == checks.NOT_APPLICABLE
+
+
+def test_expected_cut_on_the_last_line_is_honoured_not_edited() -> None:
+    rec, _, b = two_party([1, 2])
+    b.add_received(2.0, "<a> " + make("a", 3, "payload3").encode()[:12])
+    assert checks.check_intact(rec).status == checks.FAIL
+    rec.may_be_cut["b"] = "killed mid-stream"
+    result = checks.check_intact(rec)
+    assert result.status == checks.PASS and "killed mid-stream" in result.detail
+    assert len(b.damage) == 1  # the evidence is still there
+    b.add_received(2.1, "<a> " + make("a", 4, "payload4").encode()[:12])
+    assert checks.check_intact(rec).status == checks.FAIL  # only the last line may be cut
 
 
 def test_receivers_disagreeing_on_order_fail_same_order() -> None:
@@ -92,18 +170,56 @@ def test_receivers_disagreeing_on_order_fail_same_order() -> None:
     assert "r1 got s#1 where r2 got t#1" in result.detail
 
 
-def test_full_duplex_needs_a_receipt_before_the_last_send() -> None:
-    rec = RunRecord("synthetic", duplex_pairs=[("a", "b")])
+def duplex_record() -> tuple[RunRecord, PartyLog, PartyLog]:
+    rec = RunRecord("synthetic", duplex_pairs=[("a", "b"), ("b", "a")])
     a, b = PartyLog("a"), PartyLog("b")
     rec.parties = {"a": a, "b": b}
+    return rec, a, b
+
+
+def test_full_duplex_needs_own_lines_arriving_after_a_display() -> None:
+    rec, a, b = duplex_record()
     for seq in (1, 2, 3):
         a.add_sent(0.1 * seq, make("a", seq, "x"))
-    a.add_received(0.5, make("b", 1, "y").encode())  # after a's last line: half duplex
-    assert checks.check_duplex(rec).status == checks.FAIL
-    a.add_sent(0.6, make("a", 4, "x"))  # now a heard b while it still had a line to send
+        b.add_sent(0.1 * seq, make("b", seq, "y"))
+        b.add_received(0.2 + 0.1 * seq, make("a", seq, "x").encode())
+    a.add_received(0.9, make("b", 1, "y").encode())  # after all of a's arrived: serialised
     result = checks.check_duplex(rec)
-    assert result.status == checks.PASS
-    assert "1 lines still to send" in result.detail
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "a displayed nothing from b while sending" in result.detail
+    a.add_received(0.35, make("b", 2, "y").encode())  # before a#2 and a#3 reached b
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.PASS, checks.FULL_DUPLEX)
+    assert "2 of its own lines reached b after that" in result.detail
+
+
+def test_one_direction_never_delivered_is_simplex() -> None:
+    rec, a, b = duplex_record()
+    a.add_sent(0.1, make("a", 1, "x"))
+    b.add_sent(0.1, make("b", 1, "y"))
+    b.add_received(0.2, make("a", 1, "x").encode())
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.FAIL, checks.SIMPLEX)
+
+
+def test_lines_shown_only_after_typing_again_fail_the_quiet_phase() -> None:
+    rec, a, b = duplex_record()
+    for seq in (1, 2):
+        a.add_sent(0.1 * seq, make("a", seq, "x"))
+        b.add_sent(0.1 * seq, make("b", seq, "y"))
+    b.add_received(0.15, make("a", 1, "x").encode())
+    a.add_received(0.15, make("b", 1, "y").encode())
+    b.add_received(0.3, make("a", 2, "x").encode())
+    a.add_received(0.3, make("b", 2, "y").encode())
+    rec.concurrent_until = 0.5
+    for seq in (3, 4):
+        b.add_sent(1.0, make("b", seq, "y"))
+    rec.quiet_phases = [QuietPhase("a", "b", [3, 4], 1.0, 3.0)]
+    a.add_received(1.1, make("b", 3, "y").encode())  # one read's worth during the phase
+    a.add_received(3.5, make("b", 4, "y").encode())  # the rest once it typed again
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "displayed 1 of b's 2 lines; 1 more only after it typed again" in result.detail
 
 
 def test_turn_taken_before_the_cue_arrived_fails() -> None:

@@ -40,8 +40,9 @@ def test_duplex_proves_full_duplex_for_our_server(tmp_path: object) -> None:
     out = run_harness(str(tmp_path), "--scenario", "duplex", "--messages", "60")
     assert out.code == 0, out.stdout
     check = next(c for c in out.report["runs"][0]["checks"] if c["name"] == "full duplex")
-    assert check["status"] == "pass"
-    assert "still to send" in check["detail"]
+    assert (check["status"], check["observed"]) == ("pass", "full duplex")
+    assert "of its own lines reached" in check["detail"]
+    assert "quiet: p1, typing nothing" in check["detail"]
 
 
 def test_crash_scenario_kills_a_forked_worker(tmp_path: object) -> None:

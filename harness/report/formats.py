@@ -55,6 +55,9 @@ def to_junit(results: Sequence[RunResult]) -> str:
                 name=c.name,
                 time=f"{r.record.duration:.3f}",
             )
+            if c.observed:
+                props = ET.SubElement(case, "properties")
+                ET.SubElement(props, "property", name="observed", value=c.observed)
             if c.status == FAIL:
                 failure = ET.SubElement(case, "failure", message=c.detail)
                 failure.text = "\n".join([f"first offending message: {c.offender}", *c.context])

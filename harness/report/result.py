@@ -75,6 +75,7 @@ class RunResult:
                     "detail": c.detail,
                     "offender": c.offender,
                     "context": c.context,
+                    **({"observed": c.observed} if c.observed else {}),
                 }
                 for c in self.checks
             ],

@@ -3,7 +3,8 @@
 Requirement: "a party sends overlong lines, invalid UTF-8, control and escape sequences,
 NUL; the others are unaffected and the server survives." The bad party is byte-exact
 (`harness.rawclient`, its terminal in raw mode), so the bytes reach the server as
-written. It ends with one good token line: its own connection must still work.
+written. It ends with a NUL line and one good token line in the same write: its own connection
+must still work, and the good line must survive the NUL before it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from harness.scenarios.base import Context, Scenario
 
 OVERLONG = 5000  # past this project's default --max-line of 4096
+
+NUL_LINE = b"nul then a good line in the same write\x00lost by C-string handling\n"
 
 # (label for the transcript, bytes sent)
 BAD_LINES: list[tuple[str, bytes]] = [
@@ -43,9 +46,11 @@ class BadInput(Scenario):
         threads = [ctx.stream(a, n, window_to=[b]), ctx.stream(b, n, window_to=[a])]
         for label, data in BAD_LINES:
             bad.send_bytes(data, ctx.deadline, label)
-        # The bad party's connection must still carry a good line afterwards.
+        # The bad party's connection must still carry a good line afterwards - handed
+        # over in the same write as a NUL line, so a server that treats a read as a C
+        # string (everything after the NUL gone) loses it.
         last = ctx.token("bad", "still here")
-        bad.send(last, ctx.deadline)
+        bad.send_block(NUL_LINE, [last], ctx.deadline)
         ctx.finish_streams(threads)
         if ctx.record.specific is not None:
             ctx.specific(

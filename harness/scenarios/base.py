@@ -30,6 +30,15 @@ SYNC_BUDGET = 5  # x --settle: how long getting everyone into the room may take
 SYNC_ROUND = 0.3  # first wait for a hello before sending another (late joiners miss some)
 WINDOW = 32  # lines a talker may have in flight before it waits for them to arrive
 CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --messages
+# Payload lengths: mostly chat-like, but one line in LONG_EVERY is long (LONG_MIN up to
+# the line limit), so a server that silently truncates or frames by read() chunk fails.
+LONG_EVERY = 16
+LONG_MIN = 1024
+OUR_MAX_LINE = 4096  # this project's server's default --max-line
+FOREIGN_MAX_LINE = 3500  # a safe bound for servers we know nothing of (many use 4 KB)
+TOKEN_ROOM = 64  # bytes a token's framing and a line ending need beyond the payload
+BURST_BYTES = 16384  # one write of many lines, as a paste or a pipe hands them over
+NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines types a hello
 
 
 @dataclass
@@ -45,6 +54,15 @@ class Options:
     client_template: str = ""
     ours: bool = True  # the server under test is this project's
     script: str | None = None  # conversation script file
+    echo: bool = False  # the server echoes a line to its sender by design
+    join_lines: tuple[str, ...] = ()  # sent by each party before it chats ({name})
+    max_line: int = 0  # the server's line limit in bytes (0: ours 4096, others 3500)
+
+    @property
+    def long_payload(self) -> int:
+        """The longest payload a line may carry under the server's line limit."""
+        limit = self.max_line or (OUR_MAX_LINE if self.ours else FOREIGN_MAX_LINE)
+        return max(8, limit - TOKEN_ROOM)
 
 
 class Context:
@@ -67,6 +85,7 @@ class Context:
         self.network = network
         self.target = target
         self.record = record
+        record.echo = options.echo
         self.rng = random.Random(options.seed)
         self.t0 = time.monotonic()
         self.deadline = self.t0 + options.timeout
@@ -85,7 +104,9 @@ class Context:
 
     # -- parties -------------------------------------------------------------------
 
-    def _start(self, name: str, argv: list[str], quit_line: str | None) -> Party:
+    def _start(
+        self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
+    ) -> Party:
         host = self.network.client_host(self._count)
         self._count += 1
         command = host.command(argv, tty=True)
@@ -99,9 +120,13 @@ class Context:
             env=child_env(),
             known_crcs=self.known_crcs,
             quit_line=quit_line,
+            eof_ends=eof_ends,
         )
         self.parties[name] = party
         party.start()
+        for line in self.options.join_lines:
+            # Before any chat: a nickname, a password... (never a counted delivery).
+            party.send_text(line.replace("{name}", name), self.deadline)
         return party
 
     def party(self, name: str) -> Party:
@@ -129,7 +154,7 @@ class Context:
         ]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
-        return self._start(name, argv, "/quit" if self.options.ours else None)
+        return self._start(name, argv, "/quit" if self.options.ours else None, eof_ends=False)
 
     def close_all(self) -> None:
         for party in list(self.parties.values()):
@@ -146,7 +171,13 @@ class Context:
             seq = self._seq.get(sender, 0) + 1
             self._seq[sender] = seq
         if payload is None:
-            payload = random_payload(self.rng, size, size) if size else random_payload(self.rng)
+            if size:
+                payload = random_payload(self.rng, size, size)
+            elif kind == MESSAGE and self.rng.randrange(LONG_EVERY) == 0:
+                top = self.options.long_payload
+                payload = random_payload(self.rng, min(LONG_MIN, top), top)
+            else:
+                payload = random_payload(self.rng)
         tok = make(sender, seq, payload, kind)
         self.known_crcs[tok.crc] = tok.key
         return tok
@@ -172,6 +203,11 @@ class Context:
                 return True
             if not speaker.alive:
                 return False
+            for p in listeners:
+                if not p.has(hello.key) and p.alive:
+                    # A client that reads only after it sent shows the hello once it
+                    # types: a hello of its own (never counted) lets it.
+                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
             wait *= 1.5
         return False
 
@@ -196,6 +232,7 @@ class Context:
         more: Callable[[], bool] | None = None,
         size: int = 0,
         cap: int | None = None,
+        leave: bool = False,
     ) -> threading.Thread:
         """Start a thread that makes ``party`` send ``count`` lines.
 
@@ -211,6 +248,8 @@ class Context:
         proven, not assumed. ``more``: keep talking while it returns True (churn, crash).
         ``size``: the payload length of each line (default: chat-like, 8-48 characters).
         ``cap``: the most lines ``prove_with``/``more`` may add up to (default CAP_FACTOR x).
+        ``leave``: the party leaves (quit line, EOF) right after its last line, which must
+        still reach everyone.
         """
         if cap is None:
             cap = max(count * CAP_FACTOR, count + 100)
@@ -243,6 +282,8 @@ class Context:
                     return
                 sent += 1
                 proven = proven or heard
+            if leave:
+                party.close()
 
         thread = threading.Thread(target=run, name=f"stream-{party.name}", daemon=True)
         thread.start()
@@ -267,14 +308,19 @@ class Context:
                     out.append(f"{lack} of {sender}'s lines at {exp.receiver}")
         return out
 
-    def settle(self) -> None:
+    def settle(self, nudge: bool = False) -> None:
         """Wait until every expected delivery happened, or nothing moves for ``settle`` s.
+
+        ``nudge``: a receiver still missing lines after NUDGE_QUIET without progress types
+        a hello (never counted): a client that reads only after it sent then shows what
+        it holds back, so a late line is judged late (duplex), not lost.
 
         Error handling: passing the run's deadline marks the record timed out, with what
         was still awaited, so the "bounded time" check fails instead of the run hanging.
         """
-        last = self.record.deliveries()
-        quiet_since = time.monotonic()
+        last = self._missing_count()
+        quiet_since = nudged = time.monotonic()
+        interval = NUDGE_QUIET
         while True:
             missing = self.missing()
             if not missing:
@@ -284,23 +330,73 @@ class Context:
                 self.record.timed_out = True
                 self.record.stalled = missing
                 return
-            count = self.record.deliveries()
+            count = self._missing_count()
             if count != last:
-                last, quiet_since = count, now
-            elif now - quiet_since >= self.options.settle:
+                last, quiet_since, interval = count, now, NUDGE_QUIET
+            elif now - max(quiet_since, nudged) >= self.options.settle:
                 self.record.notes.append(
                     f"gave up waiting after {self.options.settle:g}s without progress: "
                     + "; ".join(missing[:3])
                 )
                 return
+            if nudge and now - max(quiet_since, nudged) >= interval:
+                # Each nudge waits twice as long as the last: a relay that serves one
+                # talker at a time needs that talker quiet before it serves the others.
+                nudged, interval = now, interval * 2
+                for receiver in self._lacking():
+                    if receiver.alive and not receiver.closed:
+                        receiver.send(self.token(receiver.name, "nudge", HELLO), self.deadline)
             # Polling: the absence of a delivery has no event to wait on.
             time.sleep(0.05)
 
-    def finish_streams(self, threads: list[threading.Thread]) -> None:
+    def _missing_count(self) -> int:
+        total = 0
+        for exp in self.record.expectations:
+            party = self.parties[exp.receiver]
+            for sender in exp.senders:
+                keys = {s.token.key for s in self.record.sent_by(sender, COUNTED)}
+                total += len(keys) - party.count_from(keys)
+        return total
+
+    def _lacking(self) -> list[Party]:
+        out = []
+        for exp in self.record.expectations:
+            party = self.parties[exp.receiver]
+            keys = {s.token.key for e in exp.senders for s in self.record.sent_by(e, COUNTED)}
+            if party.count_from(keys) < len(keys) and party not in out:
+                out.append(party)
+        return out
+
+    def burst_party(self, name: str, receivers: list[Party]) -> Party:
+        """A byte-exact party that joins the room to write a burst (`burst`)."""
+        party = self.raw_party(name)
+        party.wait_text("connected", self.deadline)
+        if not self.sync(party, receivers):
+            self.record.notes.append(f"{name}'s hello never reached everyone")
+        return party
+
+    def burst(self, party: Party) -> None:
+        """``party`` hands the server many lines in ONE write (about BURST_BYTES, mixed
+        lengths, as a paste or a pipe does): a server that frames by read() chunk instead
+        of by newline breaks the lines that straddle its reads."""
+        tokens: list[Token] = []
+        size = 0
+        while size < BURST_BYTES:
+            tok = self.token(party.name)
+            tokens.append(tok)
+            size += len(tok.encode()) + 1
+        if party.send_block(b"", tokens, self.deadline):
+            self.record.notes.append(
+                f"{party.name} wrote {len(tokens)} lines ({size} bytes) in one write"
+            )
+        else:
+            self.record.notes.append(f"{party.name} could not write its burst")
+
+    def finish_streams(self, threads: list[threading.Thread], nudge: bool = False) -> None:
         if not self.join(threads):
             self.record.timed_out = True
             self.record.stalled = [f"{t.name} still sending" for t in threads if t.is_alive()]
-        self.settle()
+        self.settle(nudge)
 
     def specific(self, name: str, ok: bool, detail: str) -> None:
         """Record an expectation only this project's server promises (n/a otherwise)."""

@@ -42,6 +42,8 @@ class Crash(Scenario):
         ]
         try:
             victim.wait_messages("p1", MID_STREAM, ctx.deadline)
+            # Killed mid-stream, it may have shown the first part of a line only.
+            ctx.record.may_be_cut[victim.name] = "killed with SIGKILL mid-stream"
             victim.kill()
             if workers:
                 orphan.wait_messages("p2", MID_STREAM, ctx.deadline)

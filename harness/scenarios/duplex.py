@@ -1,19 +1,34 @@
-"""duplex: two parties talk at once; every line arrives, and full duplex is proven.
+"""duplex: two parties talk at once, then in turns; what was observed is classified.
 
 Requirement: "two parties send M lines each at the same time; every line must reach the
-other side. Each party received some of the peer's lines while it still had its own to
-send." A party keeps talking past M (bounded) until that is shown, so a server that
-serialises the two directions fails the "full duplex" check instead of passing by luck.
+other side", and the verdict says which of simplex, half duplex and full duplex was
+observed, with the evidence:
+
+- a *concurrent* phase: both stream at once; a party must display a peer line while
+  its own lines keep arriving at the peer afterwards (it reads while it is sending). A
+  party keeps talking past M (bounded) until that is shown, so a server that serialises
+  the two directions fails instead of passing by luck;
+- two *quiet* phases: one party types nothing while the other sends QUIET_LINES lines. A
+  full-duplex client displays them at once; a client that reads only after it sent
+  shows at most one read's worth, the rest once it types again (late, not lost: the
+  final settle nudges it with hellos, which are never counted);
+- a *burst*: a byte-exact party hands the server ~16 KB of lines in one write.
 """
 
 from __future__ import annotations
 
+import time
+
+from harness.party import Party
 from harness.scenarios.base import Context, Scenario
+from harness.transcript import QuietPhase
+
+QUIET_LINES = 20  # lines of a quiet phase: fewer than the window, so nothing paces them
 
 
 class Duplex(Scenario):
     name = "duplex"
-    summary = "two parties send M lines each at once; full duplex must be proven"
+    summary = "two parties send M lines each at once, then in turns; duplex classified"
 
     def run(self, ctx: Context) -> None:
         a, b = ctx.party("p1"), ctx.party("p2")
@@ -27,8 +42,43 @@ class Duplex(Scenario):
             [
                 ctx.stream(a, n, window_to=[b], prove_with="p2"),
                 ctx.stream(b, n, window_to=[a], prove_with="p1"),
-            ]
+            ],
+            nudge=True,
         )
+        ctx.record.concurrent_until = ctx.clock()
+        for listener, speaker in ((a, b), (b, a)):
+            if ctx.expired:
+                break
+            self._quiet_phase(ctx, listener, speaker)
+        burst = ctx.burst_party("burst", [a, b])
+        ctx.burst(burst)
+        ctx.expect("p1", ["burst"])
+        ctx.expect("p2", ["burst"])
+        ctx.settle(nudge=True)
+        burst.close()
         if ctx.record.specific is not None:
             for p in (a, b):
                 ctx.specific(f"{p.name} welcomed", p.seen_text("* welcome"), "saw '* welcome'")
+
+    @staticmethod
+    def _quiet_phase(ctx: Context, listener: Party, speaker: Party) -> None:
+        """``listener`` types nothing while ``speaker`` sends QUIET_LINES lines; the phase
+        ends when all arrived, or after --settle seconds without one arriving."""
+        start = ctx.clock()
+        tokens = [ctx.token(speaker.name) for _ in range(QUIET_LINES)]
+        for tok in tokens:
+            if not speaker.send(tok, ctx.deadline):
+                break
+        keys = {tok.key for tok in tokens}
+        last, since = listener.count_from(keys), time.monotonic()
+        while not ctx.expired:
+            if listener.wait_tokens(keys, min(ctx.deadline, time.monotonic() + 0.1)):
+                break
+            count = listener.count_from(keys)
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= ctx.options.settle:
+                break
+        ctx.record.quiet_phases.append(
+            QuietPhase(listener.name, speaker.name, [t.seq for t in tokens], start, ctx.clock())
+        )
