@@ -204,7 +204,7 @@ class Context:
             if not speaker.alive:
                 return False
             for p in listeners:
-                if not p.has(hello.key) and p.alive:
+                if not p.count_from({hello.key}) and p.alive:
                     # A client that reads only after it sent shows the hello once it
                     # types: a hello of its own (never counted) lets it.
                     p.send(self.token(p.name, "nudge", HELLO), self.deadline)
