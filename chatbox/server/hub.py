@@ -19,11 +19,14 @@ not catching up: it is cut off alone, and the room goes on. So nobody is disconn
 for being momentarily behind a burst, and nobody holds the room for longer than
 ``slow_timeout``.
 
-Lifecycle of a client, as the hub sees it::
+Lifecycle of a client, as the hub sees it (`chatbox.server.link` owns the states)::
 
-    accept -> start worker -> in the room -> dismissed (its queue flushes, then its
-    socket and channel are shut down) -> the worker ends, closing its channel end ->
-    client socket closed, worker reaped
+    accept -> start worker -> OPEN (in the room) -> LEAVING (dismissed: its queue
+    flushes) -> SHUT (socket and channel shut down) -> GONE (the worker ended, closing
+    its channel end; client socket closed, worker reaped)
+
+Every event looks at the link's state first: an event for a link past the step it
+belongs to (a writable socket of a link that is already GONE) is ignored.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from chatbox import protocol
-from chatbox.server.channel import ChannelReader, LineDropped
+from chatbox.server.channel import LineDropped
 from chatbox.server.launcher import Launcher
+from chatbox.server.link import Link, State
 from chatbox.server.room import Room
 
 log = logging.getLogger("chatbox.hub")
@@ -74,22 +78,6 @@ class HubConfig:
     sendq: int = DEFAULT_SENDQ
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
-
-
-@dataclass(eq=False)
-class Link:
-    """The hub's side of one client: its socket, its worker's channel, its queue."""
-
-    id: int
-    client: socket.socket
-    channel: socket.socket
-    sendq: bytearray = field(default_factory=bytearray)
-    inbound: ChannelReader = field(default_factory=ChannelReader)
-    dismissed: bool = False  # out of the room: flush, then shut down
-    closed: bool = False  # shut down: nothing more is sent
-    over_since: float | None = None  # when its queue went over the bound, if it is
-    reading: bool = True  # its channel is watched (not paused)
-    want_write: bool = False  # its client socket is watched for room to write
 
 
 class Hub:
@@ -140,8 +128,11 @@ class Hub:
                     self._accept()
                 else:
                     self._drain_wakeup()
+            elif link.gone:
+                continue  # ended earlier in this batch: its other events mean nothing now
             elif key.fileobj is link.client:
-                self._dirty[link.id] = link  # room to write again
+                if link.sending:
+                    self._dirty[link.id] = link  # room to write again
             elif self._over and not self._stopping:
                 self._pause(link)
             else:
@@ -279,9 +270,10 @@ class Hub:
 
     def _close_link(self, link: Link) -> None:
         """Shut the client's socket and the channel down: the worker sees the end and
-        quits, and the client sees the end of the stream."""
-        link.closed = True
-        link.sendq.clear()
+        quits, and the client sees the end of the stream. Once: a link already SHUT or
+        GONE is left alone."""
+        if not link.shut():
+            return
         if link.want_write:
             link.want_write = False
             self._watch(link)
@@ -293,7 +285,9 @@ class Hub:
             link.channel.shutdown(socket.SHUT_WR)
 
     def _forget(self, link: Link) -> None:
-        """Drop every trace of a client whose worker has ended."""
+        """Drop every trace of a client whose worker has ended (once: -> GONE)."""
+        if not link.forget():
+            return
         self._links.pop(link.id, None)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
@@ -311,7 +305,7 @@ class Hub:
         dirty = self._dirty
         for member_id in member_ids:
             link = links[member_id]
-            if link.closed:
+            if not link.sending:
                 continue
             link.sendq += data
             dirty[member_id] = link
@@ -321,8 +315,7 @@ class Hub:
 
     def dismiss(self, member_id: int) -> None:
         link = self._links.get(member_id)
-        if link is not None:
-            link.dismissed = True
+        if link is not None and link.leave():
             self._dirty[member_id] = link
 
     # --- slow readers -------------------------------------------------------------------
@@ -343,11 +336,14 @@ class Hub:
         if not self._over and self._paused:
             paused, self._paused = self._paused, {}
             for link in paused.values():
-                if link.id in self._links:
+                if not link.gone:
                     link.reading = True
                     self._watch(link)
 
     def _cut(self, link: Link) -> None:
+        if not link.sending:
+            self._not_over(link)
+            return
         log.warning("%s is too slow: disconnecting", self._room_name(link))
         self._room.leave(link.id, "too slow")
         link.sendq.clear()
@@ -375,7 +371,7 @@ class Hub:
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
-                if link.closed:
+                if not link.sending:
                     continue
                 if link.sendq:
                     self._send(link)
@@ -383,7 +379,7 @@ class Hub:
                 if link.want_write != want_write:
                     link.want_write = want_write
                     self._watch(link)
-                if link.dismissed and not link.sendq:
+                if link.state is State.LEAVING and not link.sendq:
                     self._close_link(link)
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
@@ -406,7 +402,10 @@ class Hub:
 
     def _watch(self, link: Link) -> None:
         """Tell the selector what this link waits for now: input on its channel
-        (unless paused), room to write on its client socket (if output is queued)."""
+        (unless paused), room to write on its client socket (if output is queued).
+        A GONE link's sockets are closed and unregistered: nothing to tell."""
+        if link.gone:
+            return
         self._set_interest(link.channel, link, link.reading)
         self._set_interest(link.client, link, link.want_write, _WRITE)
 
