@@ -36,11 +36,14 @@ def child_env() -> dict[str, str]:
 class ServerProcess:
     """A chat server started with ``args``; ``port`` is the port it announced."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, python_code: str | None = None) -> None:
+        """``python_code``, if given, is run with ``args`` as its ``sys.argv[1:]``
+        instead of ``-m chatbox.server`` (a server started under some condition)."""
+        start = ["-m", "chatbox.server"] if python_code is None else ["-c", python_code]
         # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatbox.server", *args],
+            [sys.executable, *start, *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
@@ -50,8 +53,9 @@ class ServerProcess:
         first = self.proc.stdout.readline().strip()
         match = LISTENING.match(first)
         if not match:
+            said = self.stderr()
             self.stop()
-            raise AssertionError(f"server did not announce itself: {first!r} {self.stderr()}")
+            raise AssertionError(f"server did not announce itself: {first!r} {said}")
         self.host = match.group(1)
         self.port = int(match.group(2))
 
@@ -93,8 +97,8 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args)
+def running_server(*args: str, python_code: str | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, python_code=python_code)
     try:
         yield server
     finally:

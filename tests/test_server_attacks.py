@@ -55,3 +55,52 @@ def test_hub_survives_a_worker_dying_while_its_client_turns_writable() -> None:
         assert talker.expect("* here (1)") == ["* guest1 left (connection lost)"]
         assert srv.proc.poll() is None
         assert "Traceback" not in srv.stderr()
+
+
+# Run as root, the server first imports everything it will need (the interpreter lives
+# where only root can read), then takes a limit of 3 tasks for its user and becomes
+# that user: root ignores RLIMIT_NPROC, nobody (65534) does not. The hub is one task,
+# so two worker threads can start and the third cannot - a pids limit as in containers.
+_NPROC_SERVER = """
+import encodings.idna, gettext, locale, os, resource, shutil, sys
+import chatbox.server.__main__ as server
+resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "getuid") or os.getuid() != 0,
+    reason="needs root to become a user with no other processes",
+)
+def test_thread_mode_refuses_one_client_when_no_thread_can_start() -> None:
+    """A task limit reached: the one client that cannot get a thread is told so and
+    closed; the hub and everyone already here go on."""
+    if any(_owner(pid) == 65534 for pid in _pids()):
+        pytest.skip("uid 65534 already runs processes here; its task count is not ours")
+    with running_server(
+        "0", "--host", "127.0.0.1", "--mode", "thread", python_code=_NPROC_SERVER
+    ) as srv:
+        alice, bob = joined_peers(srv, 2)
+        extra = srv.connect()
+        assert extra.read_to_eof() == ["! server busy, try again later"]
+        alice.send(b"/who\n")
+        assert alice.line() == "* here (2): guest1, guest2"
+        alice.send(b"still here\n")
+        assert bob.line() == "<guest1> still here"
+        assert "cannot start a worker" in srv.stderr()
+        assert "Traceback" not in srv.stderr()
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
