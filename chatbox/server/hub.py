@@ -240,8 +240,12 @@ class Hub:
         try:
             self._launcher.start(client, worker_end)
         except OSError as exc:
+            # Out of processes or threads: this one client is refused, everyone else
+            # goes on. It may be told (best effort: its socket is fresh and empty).
             log.error("cannot start a worker: %s", exc)
             worker_end.close()
+            with contextlib.suppress(OSError):
+                client.send(protocol.SERVER_BUSY)
             self._forget(link)
             return
         self._room.join(link.id)
