@@ -104,3 +104,26 @@ def _owner(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
+
+
+MODES = [pytest.param("fork", marks=needs_fork), "thread"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_user_can_forge_a_server_notice(mode: str) -> None:
+    """An action is told apart from a notice on the wire, and names a notice starts
+    with cannot be taken, so nothing a user types reads as the server speaking."""
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        mallory, bob = joined_peers(srv, 2)
+        mallory.send(b"/nick server\n/nick You\n")
+        assert mallory.lines(2) == ["! name 'server' is reserved", "! name 'You' is reserved"]
+        mallory.send(b"/me left (quit)\n/me is now known as carol\n/me shutting down\n")
+        assert bob.lines(3) == [
+            "* <guest1> left (quit)",
+            "* <guest1> is now known as carol",
+            "* <guest1> shutting down",
+        ]
+        mallory.send(b"/who\n")
+        assert mallory.line() == "* here (2): guest1, guest2"
+        mallory.send(b"/quit\n")
+        assert bob.line() == "* guest1 left (quit)"  # the real one
