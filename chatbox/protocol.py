@@ -38,6 +38,11 @@ REPLACEMENT = "\ufffd"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")
 
+# Names nobody may take, because a notice starts with them: "* server shutting down",
+# "* you are now known as X", "* welcome X; ...", "* here (N): ...". A member called
+# "server" whose leaving reads "* server left (quit)" would look like the server going.
+RESERVED_NAMES = frozenset({"server", "you", "welcome", "here"})
+
 
 @dataclass(frozen=True)
 class Lines:
@@ -168,6 +173,29 @@ def name_key(name: str) -> str:
     return name.casefold()
 
 
+def name_reserved(name: str) -> bool:
+    """Whether ``name`` is one a notice could be mistaken for (`RESERVED_NAMES`)."""
+    return name_key(name) in RESERVED_NAMES
+
+
+# What the server answers to /nick NAME, for the one who asked: the room says these,
+# and a client that asked for NAME reads its verdict with `nick_verdict`.
+def name_taken(name: str) -> str:
+    return f"name {name!r} is taken"
+
+
+def name_is_reserved(name: str) -> str:
+    return f"name {name!r} is reserved"
+
+
+def already_named(name: str) -> str:
+    return f"you are already {name}"
+
+
+def you_renamed(name: str) -> str:
+    return f"you are now known as {name}"
+
+
 # --- commands ----------------------------------------------------------------------------
 
 
@@ -281,6 +309,12 @@ def private_line(sender: str, text: str) -> bytes:
     return f"[private] <{sender}> {text}\n".encode()
 
 
+def action_line(name: str, text: str) -> bytes:
+    """``/me`` as the others see it: ``* <NAME> TEXT``. A notice's text never starts
+    with ``<`` (a name cannot contain one), so no action reads as a notice."""
+    return f"* <{name}> {text}\n".encode()
+
+
 # The welcome names at most this many of the others: in a room of thousands, a welcome
 # listing everyone would be kilobytes long, built for every join. /who lists everyone.
 WELCOME_NAMES = 20
@@ -327,7 +361,30 @@ CHAT_LINE = re.compile(r"(\[private\] )?<([^>\s]{1,64})> ")
 WELCOME_LINE = re.compile(r"\* welcome (\S+); also here: (.+?)(?: and \d+ more \(.*\))?$")
 WELCOME_ALONE_LINE = re.compile(r"\* welcome (\S+); nobody else")
 HERE_LINE = re.compile(r"\* here \(\d+\): (.*)$")
-JOINED_LINE = re.compile(r"\* (\S+) joined$")
-LEFT_LINE = re.compile(r"\* (\S+) left( \(.*\))?$")
-RENAMED_LINE = re.compile(r"\* (\S+) is now known as (\S+)$")
+# A notice's name never starts with "<": that is an action ("* <NAME> TEXT").
+_NOTICE_NAME = r"([^<\s]\S*)"
+JOINED_LINE = re.compile(rf"\* {_NOTICE_NAME} joined$")
+LEFT_LINE = re.compile(rf"\* {_NOTICE_NAME} left( \(.*\))?$")
+RENAMED_LINE = re.compile(rf"\* {_NOTICE_NAME} is now known as (\S+)$")
 YOU_RENAMED_LINE = re.compile(r"\* you are now known as (\S+)$")
+ACTION_LINE = re.compile(r"\* <([^>\s]{1,64})> ")
+
+
+def nick_verdict(requested: str, line: str) -> tuple[bool, str] | None:
+    """Whether ``line`` (LF removed) is the server's answer to our own ``/nick
+    REQUESTED``: (accepted, what it said), or None for any other line.
+
+    Only the lines the server sends to the one who asked count, each naming the
+    requested name: another member's rename, real or imitated, is never the answer.
+    """
+    if line == notice(you_renamed(requested)).decode()[:-1]:
+        return True, line[2:]
+    if not line.startswith("! "):
+        return None
+    said = line[2:]
+    if said == already_named(requested):
+        return True, said
+    refusals = (name_taken(requested), name_is_reserved(requested))
+    if said in refusals or said.startswith(f"invalid name {requested!r}:"):
+        return False, said
+    return None

@@ -162,3 +162,33 @@ def test_help_names_every_command() -> None:
 @pytest.mark.parametrize("command", protocol.COMMANDS)
 def test_every_command_a_client_offers_is_one_the_server_knows(command: str) -> None:
     assert not isinstance(protocol.parse_line(command + " bob hi"), protocol.Invalid)
+
+
+NICK_VERDICTS = [
+    ("* you are now known as alice", (True, "you are now known as alice")),
+    ("! you are already alice", (True, "you are already alice")),
+    ("! name 'alice' is taken", (False, "name 'alice' is taken")),
+    ("! name 'alice' is reserved", (False, "name 'alice' is reserved")),
+    ("! invalid name 'alice': use 1-24 letters", (False, "invalid name 'alice': use 1-24 letters")),
+    # Not ours: other names, other people's renames, actions imitating them.
+    ("* you are now known as alicia", None),
+    ("! name 'bob' is taken", None),
+    ("* mallory is now known as alice", None),
+    ("* <mallory> is now known as alice", None),
+    ("<mallory> * you are now known as alice", None),
+]
+
+
+@pytest.mark.parametrize(("line", "verdict"), NICK_VERDICTS)
+def test_nick_verdict_is_the_answer_to_our_own_request_only(
+    line: str, verdict: tuple[bool, str] | None
+) -> None:
+    assert protocol.nick_verdict("alice", line) == verdict
+
+
+def test_action_lines_never_match_a_notice_pattern() -> None:
+    for text in ("joined", "left (quit)", "is now known as bob"):
+        line = protocol.action_line("eve", text).decode()[:-1]
+        for pattern in (protocol.JOINED_LINE, protocol.LEFT_LINE, protocol.RENAMED_LINE):
+            assert not pattern.match(line)
+        assert protocol.ACTION_LINE.match(line)

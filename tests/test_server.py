@@ -67,7 +67,7 @@ def test_server_names_are_unique_case_insensitively(server: ServerProcess) -> No
     bob.send(b"/nick aLiCe\n")
     assert bob.line() == "! name 'aLiCe' is taken"
     bob.send(b"/msg ALICE psst\n/me waves\n")
-    assert alice.lines(2) == ["[private] <guest2> psst", "* guest2 waves"]
+    assert alice.lines(2) == ["[private] <guest2> psst", "* <guest2> waves"]
 
 
 def test_server_bad_input_gets_errors_and_keeps_the_connection(server: ServerProcess) -> None:
