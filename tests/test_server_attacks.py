@@ -7,6 +7,7 @@ stall the room or forge what the server says, through a real server process.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -127,3 +128,73 @@ def test_no_user_can_forge_a_server_notice(mode: str) -> None:
         assert mallory.line() == "* here (2): guest1, guest2"
         mallory.send(b"/quit\n")
         assert bob.line() == "* guest1 left (quit)"  # the real one
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_max_line_admits_exactly_max_line_bytes(mode: str) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--max-line", "10") as srv:
+        alice, bob = joined_peers(srv, 2)
+        # Each alone, answered before the next is sent, so each is one read by itself:
+        # a short block is where the decoder takes its fast path.
+        alice.send(b"x" * 11 + b"\n")
+        assert alice.line() == "! line too long (max 10 bytes)"
+        alice.send(b"y" * 10 + b"\r\n")
+        assert bob.line() == "<guest1> " + "y" * 10
+        alice.send(b"z" * 11 + b"\r\n")
+        assert alice.line() == "! line too long (max 10 bytes)"
+        alice.send(b"/who\n")
+        assert alice.line() == "* here (2): guest1, guest2"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_private_message_to_yourself_is_refused_not_delivered(mode: str) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        alice, bob = joined_peers(srv, 2)
+        alice.send(b"/msg GUEST1 note to self\n/msg guest2 psst\n")
+        assert alice.line() == "! that is you: /msg sends to someone else"
+        assert bob.line() == "[private] <guest1> psst"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_server_full_reaches_a_client_that_already_sent_data(mode: str) -> None:
+    """Closing a socket with unread input resets it, and a reset discards what the
+    client had not read yet: the refusal must be a graceful close."""
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1") as srv:
+        (inside,) = joined_peers(srv, 1)
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+            sock.sendall(b"hello, anyone?\n" * 1000)
+            # Wait for the server's end of the stream (FIN) or a reset, unread.
+            waiter = select.poll()
+            waiter.register(sock, select.POLLRDHUP)
+            assert waiter.poll(20_000)
+            assert Peer(sock).read_to_eof() == ["! server full (max 1 clients)"]
+            sock.close()
+        inside.send(b"/who\n")
+        assert inside.line() == "* here (1): guest1"
+
+
+# The characters that make text read otherwise than it is: line and paragraph
+# separators, bidirectional embeddings, overrides and isolates, zero-width characters.
+INVISIBLE = "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+ZERO_WIDTH = "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_invisible_and_reordering_characters_are_never_relayed_or_logged(mode: str) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--log-level", "info") as srv:
+        alice, bob = joined_peers(srv, 2)
+        text = "a" + INVISIBLE + "b" + ZERO_WIDTH + "c"
+        alice.send(f"{text}\n/me {text}\n/quit {text}\n".encode())
+        shown = "a" + "\ufffd" * len(INVISIBLE) + "b" + "\ufffd" * len(ZERO_WIDTH) + "c"
+        assert bob.lines(3) == [
+            f"<guest1> {shown}",
+            f"* <guest1> {shown}",
+            f"* guest1 left ({shown})",
+        ]
+        bob.send(b"/quit\n")
+        bob.read_to_eof()
+        wait_until(lambda: "guest2 left" in srv.stderr(), "the server to log the leaves")
+        logged = srv.stderr()
+        assert shown in logged
+        assert not any(char in logged for char in INVISIBLE + ZERO_WIDTH)
