@@ -112,9 +112,10 @@ class LineDecoder:
             self._hold(data, events)
             return events
         complete, rest = data[: last + 1], data[last + 1 :]
-        # Fast path: no line can be too long if the whole block is short enough (+1 for
-        # the LF, +1 for an optional CR).
-        if len(complete) <= self.max_line + 2 or not self._has_long_line(complete):
+        # Fast path: no line can be too long if the whole block is no longer than one
+        # line of the limit and its LF. (Not +2 for a CR too: max-line + 1 bytes and an
+        # LF would pass; a CRLF line of exactly max-line bytes takes the check below.)
+        if len(complete) <= self.max_line + 1 or not self._has_long_line(complete):
             block = _clean_block(complete)
             if block:
                 events.append(Lines(block))

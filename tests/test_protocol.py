@@ -192,3 +192,11 @@ def test_action_lines_never_match_a_notice_pattern() -> None:
         for pattern in (protocol.JOINED_LINE, protocol.LEFT_LINE, protocol.RENAMED_LINE):
             assert not pattern.match(line)
         assert protocol.ACTION_LINE.match(line)
+
+
+def test_LineDecoder_limit_is_exact_alone_in_one_chunk() -> None:
+    decoder = LineDecoder(4)
+    assert decoder.feed(b"abcde\n") == [LineTooLong(4)]
+    assert decoder.feed(b"abcd\r\n") == [Lines(b"abcd\n")]
+    assert decoder.feed(b"abcd\n") == [Lines(b"abcd\n")]
+    assert decoder.feed(b"abcde\r\n") == [LineTooLong(4)]
