@@ -193,6 +193,9 @@ def already_named(name: str) -> str:
     return f"you are already {name}"
 
 
+MSG_TO_YOURSELF = "that is you: /msg sends to someone else"
+
+
 def you_renamed(name: str) -> str:
     return f"you are now known as {name}"
 

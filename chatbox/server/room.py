@@ -167,6 +167,10 @@ class Room:
             target = self._by_key.get(protocol.name_key(command.name))
             if target is None:
                 self._postbox.post((member.id,), protocol.error(f"no such user {command.name!r}"))
+            elif target is member:
+                # The sender gets nothing back of a private message (docs/protocol.md);
+                # one to oneself would be exactly that.
+                self._postbox.post((member.id,), protocol.error(protocol.MSG_TO_YOURSELF))
             else:
                 self._postbox.post((target.id,), protocol.private_line(member.name, command.text))
         elif isinstance(command, protocol.Action):
