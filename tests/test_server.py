@@ -396,4 +396,4 @@ def test_server_says_when_the_descriptor_limit_is_too_low() -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
-    assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 68 of --max-clients 1000" in err
+    assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 52 of --max-clients 1000" in err

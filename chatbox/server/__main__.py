@@ -15,6 +15,7 @@ import sys
 
 from chatbox import protocol
 from chatbox.argtypes import listening_port, positive_float, positive_int
+from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
@@ -29,7 +30,9 @@ DEFAULT_PORT = 4242
 # Descriptors the hub needs per client: the client socket and its channel end (plus, in
 # thread mode, the worker's channel end, which lives in the same process).
 FDS_PER_CLIENT = {"fork": 2, "thread": 3}
-FDS_SPARE = 64  # stdio, the listener, the selector, wakeup sockets, logging, imports
+# stdio, the listener, the selector, wakeup sockets, logging, imports; and the refused
+# connections being closed gracefully.
+FDS_SPARE = 64 + MAX_FAREWELLS
 
 log = logging.getLogger("chatbox.server")
 

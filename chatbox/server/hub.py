@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from chatbox import protocol
 from chatbox.server.channel import LineDropped
+from chatbox.server.farewell import Farewells
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
@@ -94,6 +95,7 @@ class Hub:
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         self._stopping = False
+        self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -116,6 +118,7 @@ class Hub:
             self._shutdown()
         finally:
             self._restore_signals(previous)
+            self._farewells.close_all()
             self._selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
@@ -126,8 +129,10 @@ class Hub:
             if link is None:
                 if key.fileobj is self._listener:
                     self._accept()
-                else:
+                elif key.fileobj is self._wakeup_r:
                     self._drain_wakeup()
+                else:
+                    self._farewells.readable(key.fileobj)  # type: ignore[arg-type]
             elif link.gone:
                 continue  # ended earlier in this batch: its other events mean nothing now
             elif key.fileobj is link.client:
@@ -140,13 +145,22 @@ class Hub:
         self._launcher.reap()
         self._flush()
         self._check_slow()
+        if self._farewells:
+            self._farewells.expire()
 
     def _next_deadline(self) -> float | None:
-        """How long the loop may wait: until the oldest over-full queue times out."""
-        if not self._over:
+        """How long the loop may wait: until the oldest over-full queue times out, or
+        the oldest farewell."""
+        deadlines = []
+        if self._over:
+            oldest = min(link.over_since or 0.0 for link in self._over.values())
+            deadlines.append(oldest + self._config.slow_timeout)
+        farewell = self._farewells.next_deadline()
+        if farewell is not None:
+            deadlines.append(farewell)
+        if not deadlines:
             return None
-        oldest = min(link.over_since or 0.0 for link in self._over.values())
-        return max(0.0, oldest + self._config.slow_timeout - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def _shutdown(self) -> None:
         log.info("shutting down: %d clients", len(self._room))
@@ -216,9 +230,7 @@ class Hub:
             client.setblocking(False)
             if len(self._links) >= self._config.max_clients:
                 log.warning("refused %s: server full", address)
-                with contextlib.suppress(OSError):
-                    client.send(protocol.server_full(self._config.max_clients))
-                client.close()
+                self._farewells.add(client, protocol.server_full(self._config.max_clients))
                 continue
             with contextlib.suppress(OSError):
                 # Chat is small lines that should go now, and every send here is
@@ -244,9 +256,11 @@ class Hub:
             # goes on. It may be told (best effort: its socket is fresh and empty).
             log.error("cannot start a worker: %s", exc)
             worker_end.close()
-            with contextlib.suppress(OSError):
-                client.send(protocol.SERVER_BUSY)
-            self._forget(link)
+            self._links.pop(link.id)
+            link.forget()
+            self._selector.unregister(hub_end)
+            hub_end.close()
+            self._farewells.add(client, protocol.SERVER_BUSY)
             return
         self._room.join(link.id)
 
