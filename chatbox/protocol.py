@@ -1,7 +1,7 @@
 """The chatbox line protocol, sans-IO: bytes in, events out; events in, bytes out.
 
 Everything a client can send and everything the server says lives here: line framing
-and its limit, the UTF-8 and control-character rules, names, command parsing, the text
+and its limit, the UTF-8 and unsafe-character rules, names, command parsing, the text
 of every server line and the patterns that read those lines back. No sockets: the
 server's worker feeds received bytes to a `LineDecoder` and its room parses commands and
 formats replies with the functions below; the client reads the server's lines with the
@@ -25,15 +25,21 @@ MAX_NAME = 24
 # A chunk made only of these is relayed (and shown) as it is.
 PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 
-# The control-character rule, in one place. C0 controls except TAB, DEL and C1 controls
-# are never relayed raw, so no client can drive another client's terminal (ESC sequences,
-# bell, backspace tricks, NUL). A client shows no more than that, and spells out the
-# bidirectional overrides and isolates too, which can make a line read differently from
-# what it says ("Trojan Source"); the server relays those, as right-to-left text uses them.
+# The unsafe-character rule, in one place, for both sides: what the server replaces in
+# names, text and its logs, and what a client spells out instead of showing.
+# - C0 controls except TAB, DEL and C1 controls: no client may drive another client's
+#   terminal (ESC sequences, bell, backspace tricks, NUL).
+# - Characters that make a line read otherwise than it is: the line and paragraph
+#   separators U+2028/2029 (a line break to some displays, none to the protocol), the
+#   bidirectional embeddings, overrides and isolates U+202A-202E, U+2066-2069
+#   ("Trojan Source": text shown in another order than sent), and the zero-width
+#   characters U+200B-200F, U+2060, U+FEFF (names and words that look alike but are
+#   not). Right-to-left text needs none of them: the Unicode bidi algorithm orders it
+#   by itself; a few emoji sequences lose their zero-width joiner, and show as the
+#   separate emoji they are made of.
 _CONTROL_CHARS = "\x00-\x08\x0a-\x1f\x7f-\x9f"
-_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
-CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
-UNSAFE_TO_SHOW = re.compile(f"[{_CONTROL_CHARS}{_BIDI_CONTROLS}]")
+_INVISIBLE_CHARS = "\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
+UNSAFE = re.compile(f"[{_CONTROL_CHARS}{_INVISIBLE_CHARS}]")
 REPLACEMENT = "\ufffd"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")
@@ -62,8 +68,9 @@ Event = Lines | LineTooLong
 
 
 def sanitize(text: str) -> str:
-    """Replace every control character (but TAB) with U+FFFD."""
-    return CONTROL.sub(REPLACEMENT, text)
+    """Replace every unsafe character (`UNSAFE`: controls but TAB, invisible and
+    reordering characters) with U+FFFD."""
+    return UNSAFE.sub(REPLACEMENT, text)
 
 
 def _clean_block(block: bytes) -> bytes:

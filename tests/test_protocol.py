@@ -35,6 +35,10 @@ FRAMING_CASES = [
     ([b"del\x7f\n"], ["del\ufffd".encode()]),
     (["c1\u009b31m".encode() + b"\n"], ["c1\ufffd31m".encode()]),
     ([b"bare\rcr\n"], ["bare\ufffdcr".encode()]),
+    (["ls\u2028sep\u2029p".encode() + b"\n"], ["ls\ufffdsep\ufffdp".encode()]),
+    (["bidi\u202eevil\u2066x\u2069".encode() + b"\n"], ["bidi\ufffdevil\ufffdx\ufffd".encode()]),
+    (["zw\u200bj\u200d\u2060\ufeff".encode() + b"\n"], ["zw\ufffdj\ufffd\ufffd\ufffd".encode()]),
+    (["rtl \u05e9\u05dc\u05d5\u05dd".encode() + b"\n"], ["rtl \u05e9\u05dc\u05d5\u05dd".encode()]),
 ]
 
 
@@ -90,8 +94,14 @@ def test_LineDecoder_survives_any_bytes(chunks: list[bytes], limit: int) -> None
                 assert event == LineTooLong(limit)
 
 
+# Text with nothing unsafe in it. Bidirectional controls and zero-width characters were
+# once relayed unchanged; they are unsafe now, like controls, so they are left out here
+# and their replacement is checked in FRAMING_CASES.
+_SAFE_TEXT = st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1)))
+@given(st.lists(_SAFE_TEXT.filter(lambda text: not protocol.UNSAFE.search(text))))
 def test_LineDecoder_relays_clean_text_unchanged_however_it_is_split(lines: list[str]) -> None:
     stream = "".join(line + "\n" for line in lines).encode()
     decoder = LineDecoder(1 << 20)
