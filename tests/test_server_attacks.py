@@ -11,9 +11,18 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
-from live_server import Peer, joined_peers, running_server, wait_until
+from live_server import (
+    Peer,
+    ServerProcess,
+    child_env,
+    joined_peers,
+    running_server,
+    wait_until,
+)
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 
@@ -199,3 +208,77 @@ def test_invisible_and_reordering_characters_are_never_relayed_or_logged(mode: s
         logged = srv.stderr()
         assert shown in logged
         assert not any(char in logged for char in INVISIBLE + ZERO_WIDTH)
+
+
+def _refused_connections(port: int, count: int) -> None:
+    """Open ``count`` connections to a full server, each closed at once: every one
+    makes the server log a warning."""
+    for _ in range(count):
+        socket.create_connection(("127.0.0.1", port), timeout=20).close()
+
+
+SERVER_ARGS = ("0", "--host", "127.0.0.1", "--max-clients", "2")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logging_to_a_pipe_nobody_reads_never_blocks_the_room(mode: str) -> None:
+    """An unread stderr pipe fills at 64 KiB; warnings an attacker triggers past that
+    must be dropped (and counted), not block the hub."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chatbox.server",
+            *("0", "--host", "127.0.0.1"),
+            "--mode",
+            mode,
+            "--max-clients",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+        alice = _peer(port)
+        alice.expect("* welcome")
+        bob = _peer(port)
+        bob.expect("* welcome")
+        alice.expect("* guest2 joined")
+        # About 80 bytes of warning each: 3000 are several times what the pipe holds.
+        _refused_connections(port, 3000)
+        for i in range(3):
+            alice.send(b"still relayed %d\n" % i)
+            assert bob.line() == f"<guest1> still relayed {i}"
+        proc.send_signal(signal.SIGTERM)
+        logged = proc.stderr.read().decode()  # read at last: the pipe drains, the end comes
+        assert proc.wait(20) == 0
+        assert "log lines were dropped" in logged
+        assert "Traceback" not in logged
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_repeated_warnings_are_rate_limited() -> None:
+    srv = ServerProcess("0", "--host", "127.0.0.1", "--max-clients", "1")
+    try:
+        joined_peers(srv, 1)
+        _refused_connections(srv.port, 300)
+        assert srv.terminate() == 0
+        logged = srv.stderr().splitlines()
+        refusals = [line for line in logged if "server full" in line]
+        assert 1 <= len(refusals) < 50, refusals[-3:]
+        assert any("more like this were not logged" in line for line in logged), logged[-5:]
+    finally:
+        srv.stop()
+
+
+def _peer(port: int) -> Peer:
+    return Peer(socket.create_connection(("127.0.0.1", port), timeout=20))
