@@ -24,6 +24,7 @@ from chatbox.server.hub import (
     HubConfig,
 )
 from chatbox.server.launcher import MODES, default_mode, make_launcher
+from chatbox.server.logs import ServerLog
 
 DEFAULT_PORT = 4242
 
@@ -139,11 +140,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     needed = args.max_clients * FDS_PER_CLIENT[args.mode] + FDS_SPARE
     have = raise_fd_limit(needed)
     max_clients = args.max_clients
@@ -174,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
     )
-    Hub(listener, launcher, config).serve_forever()
+    server_log = ServerLog(args.log_level)
+    server_log.start()
+    try:
+        Hub(listener, launcher, config).serve_forever()
+    finally:
+        server_log.stop()
     return 0
 
 

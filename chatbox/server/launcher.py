@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 
+from chatbox.server import logs
 from chatbox.server.worker import serve_connection
 
 log = logging.getLogger("chatbox.launcher")
@@ -130,6 +131,7 @@ def _become_worker(client: socket.socket, channel: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    logs.for_worker(logging.getLogger().level)
     keep = sorted({0, 1, 2, client.fileno(), channel.fileno()})
     low = 0
     for fd in keep:
