@@ -69,13 +69,14 @@ def test_hub_survives_a_worker_dying_while_its_client_turns_writable() -> None:
 
 
 # Run as root, the server first imports everything it will need (the interpreter lives
-# where only root can read), then takes a limit of 3 tasks for its user and becomes
-# that user: root ignores RLIMIT_NPROC, nobody (65534) does not. The hub is one task,
-# so two worker threads can start and the third cannot - a pids limit as in containers.
+# where only root can read), then takes a limit of 4 tasks for its user and becomes
+# that user: root ignores RLIMIT_NPROC, nobody (65534) does not. The hub and its log
+# writer are two tasks, so two worker threads can start and the third cannot - a pids
+# limit as in containers.
 _NPROC_SERVER = """
 import encodings.idna, gettext, locale, os, resource, shutil, sys
 import chatbox.server.__main__ as server
-resource.setrlimit(resource.RLIMIT_NPROC, (3, 3))
+resource.setrlimit(resource.RLIMIT_NPROC, (4, 4))
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)
