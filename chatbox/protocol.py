@@ -1,7 +1,7 @@
 """The chatbox line protocol, sans-IO: bytes in, events out; events in, bytes out.
 
 Everything a client can send and everything the server says lives here: line framing
-and its limit, the UTF-8 and control-character rules, names, command parsing, the text
+and its limit, the UTF-8 and unsafe-character rules, names, command parsing, the text
 of every server line and the patterns that read those lines back. No sockets: the
 server's worker feeds received bytes to a `LineDecoder` and its room parses commands and
 formats replies with the functions below; the client reads the server's lines with the
@@ -25,18 +25,29 @@ MAX_NAME = 24
 # A chunk made only of these is relayed (and shown) as it is.
 PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 
-# The control-character rule, in one place. C0 controls except TAB, DEL and C1 controls
-# are never relayed raw, so no client can drive another client's terminal (ESC sequences,
-# bell, backspace tricks, NUL). A client shows no more than that, and spells out the
-# bidirectional overrides and isolates too, which can make a line read differently from
-# what it says ("Trojan Source"); the server relays those, as right-to-left text uses them.
+# The unsafe-character rule, in one place, for both sides: what the server replaces in
+# names, text and its logs, and what a client spells out instead of showing.
+# - C0 controls except TAB, DEL and C1 controls: no client may drive another client's
+#   terminal (ESC sequences, bell, backspace tricks, NUL).
+# - Characters that make a line read otherwise than it is: the line and paragraph
+#   separators U+2028/2029 (a line break to some displays, none to the protocol), the
+#   bidirectional embeddings, overrides and isolates U+202A-202E, U+2066-2069
+#   ("Trojan Source": text shown in another order than sent), and the zero-width
+#   characters U+200B-200F, U+2060, U+FEFF (names and words that look alike but are
+#   not). Right-to-left text needs none of them: the Unicode bidi algorithm orders it
+#   by itself; a few emoji sequences lose their zero-width joiner, and show as the
+#   separate emoji they are made of.
 _CONTROL_CHARS = "\x00-\x08\x0a-\x1f\x7f-\x9f"
-_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
-CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
-UNSAFE_TO_SHOW = re.compile(f"[{_CONTROL_CHARS}{_BIDI_CONTROLS}]")
+_INVISIBLE_CHARS = "\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
+UNSAFE = re.compile(f"[{_CONTROL_CHARS}{_INVISIBLE_CHARS}]")
 REPLACEMENT = "\ufffd"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")
+
+# Names nobody may take, because a notice starts with them: "* server shutting down",
+# "* you are now known as X", "* welcome X; ...", "* here (N): ...". A member called
+# "server" whose leaving reads "* server left (quit)" would look like the server going.
+RESERVED_NAMES = frozenset({"server", "you", "welcome", "here"})
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,9 @@ Event = Lines | LineTooLong
 
 
 def sanitize(text: str) -> str:
-    """Replace every control character (but TAB) with U+FFFD."""
-    return CONTROL.sub(REPLACEMENT, text)
+    """Replace every unsafe character (`UNSAFE`: controls but TAB, invisible and
+    reordering characters) with U+FFFD."""
+    return UNSAFE.sub(REPLACEMENT, text)
 
 
 def _clean_block(block: bytes) -> bytes:
@@ -107,9 +119,10 @@ class LineDecoder:
             self._hold(data, events)
             return events
         complete, rest = data[: last + 1], data[last + 1 :]
-        # Fast path: no line can be too long if the whole block is short enough (+1 for
-        # the LF, +1 for an optional CR).
-        if len(complete) <= self.max_line + 2 or not self._has_long_line(complete):
+        # Fast path: no line can be too long if the whole block is no longer than one
+        # line of the limit and its LF. (Not +2 for a CR too: max-line + 1 bytes and an
+        # LF would pass; a CRLF line of exactly max-line bytes takes the check below.)
+        if len(complete) <= self.max_line + 1 or not self._has_long_line(complete):
             block = _clean_block(complete)
             if block:
                 events.append(Lines(block))
@@ -166,6 +179,32 @@ def name_error(name: str) -> str | None:
 def name_key(name: str) -> str:
     """The form in which names are compared: unique case-insensitively."""
     return name.casefold()
+
+
+def name_reserved(name: str) -> bool:
+    """Whether ``name`` is one a notice could be mistaken for (`RESERVED_NAMES`)."""
+    return name_key(name) in RESERVED_NAMES
+
+
+# What the server answers to /nick NAME, for the one who asked: the room says these,
+# and a client that asked for NAME reads its verdict with `nick_verdict`.
+def name_taken(name: str) -> str:
+    return f"name {name!r} is taken"
+
+
+def name_is_reserved(name: str) -> str:
+    return f"name {name!r} is reserved"
+
+
+def already_named(name: str) -> str:
+    return f"you are already {name}"
+
+
+MSG_TO_YOURSELF = "that is you: /msg sends to someone else"
+
+
+def you_renamed(name: str) -> str:
+    return f"you are now known as {name}"
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -281,6 +320,12 @@ def private_line(sender: str, text: str) -> bytes:
     return f"[private] <{sender}> {text}\n".encode()
 
 
+def action_line(name: str, text: str) -> bytes:
+    """``/me`` as the others see it: ``* <NAME> TEXT``. A notice's text never starts
+    with ``<`` (a name cannot contain one), so no action reads as a notice."""
+    return f"* <{name}> {text}\n".encode()
+
+
 # The welcome names at most this many of the others: in a room of thousands, a welcome
 # listing everyone would be kilobytes long, built for every join. /who lists everyone.
 WELCOME_NAMES = 20
@@ -307,6 +352,8 @@ def line_too_long(limit: int) -> bytes:
 
 SERVER_SHUTTING_DOWN = notice("server shutting down")
 TOO_SLOW = error("disconnected: too slow")
+# The server could not start a worker for this connection (out of processes or threads).
+SERVER_BUSY = error("server busy, try again later")
 
 
 def server_full(limit: int) -> bytes:
@@ -325,7 +372,30 @@ CHAT_LINE = re.compile(r"(\[private\] )?<([^>\s]{1,64})> ")
 WELCOME_LINE = re.compile(r"\* welcome (\S+); also here: (.+?)(?: and \d+ more \(.*\))?$")
 WELCOME_ALONE_LINE = re.compile(r"\* welcome (\S+); nobody else")
 HERE_LINE = re.compile(r"\* here \(\d+\): (.*)$")
-JOINED_LINE = re.compile(r"\* (\S+) joined$")
-LEFT_LINE = re.compile(r"\* (\S+) left( \(.*\))?$")
-RENAMED_LINE = re.compile(r"\* (\S+) is now known as (\S+)$")
+# A notice's name never starts with "<": that is an action ("* <NAME> TEXT").
+_NOTICE_NAME = r"([^<\s]\S*)"
+JOINED_LINE = re.compile(rf"\* {_NOTICE_NAME} joined$")
+LEFT_LINE = re.compile(rf"\* {_NOTICE_NAME} left( \(.*\))?$")
+RENAMED_LINE = re.compile(rf"\* {_NOTICE_NAME} is now known as (\S+)$")
 YOU_RENAMED_LINE = re.compile(r"\* you are now known as (\S+)$")
+ACTION_LINE = re.compile(r"\* <([^>\s]{1,64})> ")
+
+
+def nick_verdict(requested: str, line: str) -> tuple[bool, str] | None:
+    """Whether ``line`` (LF removed) is the server's answer to our own ``/nick
+    REQUESTED``: (accepted, what it said), or None for any other line.
+
+    Only the lines the server sends to the one who asked count, each naming the
+    requested name: another member's rename, real or imitated, is never the answer.
+    """
+    if line == notice(you_renamed(requested)).decode()[:-1]:
+        return True, line[2:]
+    if not line.startswith("! "):
+        return None
+    said = line[2:]
+    if said == already_named(requested):
+        return True, said
+    refusals = (name_taken(requested), name_is_reserved(requested))
+    if said in refusals or said.startswith(f"invalid name {requested!r}:"):
+        return False, said
+    return None

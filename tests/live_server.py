@@ -32,8 +32,11 @@ class ServerProcess:
     Started, waited for and ended as a `harness.daemon.Daemon`: its own process group,
     its ``listening on`` line, its whole stderr."""
 
-    def __init__(self, *args: str) -> None:
-        self.daemon = Daemon("server", [sys.executable, "-m", "chatbox.server", *args])
+    def __init__(self, *args: str, python_code: str | None = None) -> None:
+        """``python_code``, if given, is run with ``args`` as its ``sys.argv[1:]``
+        instead of ``-m chatbox.server`` (a server started under some condition)."""
+        start = ["-m", "chatbox.server"] if python_code is None else ["-c", python_code]
+        self.daemon = Daemon("server", [sys.executable, *start, *args])
         self.daemon.start()
         assert self.daemon.proc is not None
         self.proc = self.daemon.proc
@@ -77,8 +80,8 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args)
+def running_server(*args: str, python_code: str | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, python_code=python_code)
     try:
         yield server
     finally:

@@ -353,3 +353,20 @@ def test_client_reaches_the_server_by_host_name(server: Server, listener: Party)
     proc = run_client(str(server.port), "localhost", stdin=b"by name\n")
     assert (proc.returncode, proc.stderr) == (0, "")
     listener.expect(r"<guest\d+> by name$")
+
+
+def test_client_name_takes_only_the_answer_to_its_own_request(spawn: Spawn) -> None:
+    """Other people's renames (real or imitated) are not the server's verdict on ours."""
+    with OneShotServer() as srv:
+        client = spawn(client_argv(str(srv.port), "--name", "alice"))
+        conn = srv.accept()
+        client.close_stdin()
+        conn.sendall(
+            b"* welcome guest2; also here: alice, mallory\n"
+            b"* <mallory> is now known as alice\n"
+            b"* mallory is now known as alice\n"
+            b"! name 'alice' is taken\n"
+        )
+        assert srv.read_until_eof() == b"/nick alice\n/quit\n"
+        conn.close()
+        assert client.wait() == (1, "cannot use the name 'alice': name 'alice' is taken\n")

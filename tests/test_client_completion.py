@@ -18,6 +18,8 @@ LEARNING = [
     (["* welcome guest1; also here: x", "* you are now known as x2"], ["x"]),
     (["<Alice> hi", "<alice> hi again"], ["alice"]),
     (["* alice waves", "! name 'bob' is taken"], []),
+    # An action names its author; an imitated leave ("/me left") removes nobody.
+    (["* welcome me; also here: bo", "* <amy> waves", "* <bo> left (quit)"], ["amy", "bo"]),
 ]
 
 

@@ -69,7 +69,7 @@ def test_Room_handles_commands_between_chat_lines_in_order(room: tuple[Room, Rec
         "* guest1 is now known as alice",
         "<alice> b",
         "<alice> /c",
-        "* alice waves",
+        "* <alice> waves",
     ]
     assert box.take(1) == ["* you are now known as alice"]
 

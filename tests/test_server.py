@@ -67,7 +67,7 @@ def test_server_names_are_unique_case_insensitively(server: ServerProcess) -> No
     bob.send(b"/nick aLiCe\n")
     assert bob.line() == "! name 'aLiCe' is taken"
     bob.send(b"/msg ALICE psst\n/me waves\n")
-    assert alice.lines(2) == ["[private] <guest2> psst", "* guest2 waves"]
+    assert alice.lines(2) == ["[private] <guest2> psst", "* <guest2> waves"]
 
 
 def test_server_bad_input_gets_errors_and_keeps_the_connection(server: ServerProcess) -> None:
@@ -396,4 +396,4 @@ def test_server_says_when_the_descriptor_limit_is_too_low() -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
-    assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 68 of --max-clients 1000" in err
+    assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 52 of --max-clients 1000" in err

@@ -37,6 +37,8 @@ class Completer:
     def _learn(self, line: str) -> None:
         if match := protocol.CHAT_LINE.match(line):
             self._add(match.group(2))
+        elif match := protocol.ACTION_LINE.match(line):
+            self._add(match.group(1))
         elif match := protocol.WELCOME_LINE.match(line):
             self._me = match.group(1)
             for name in match.group(2).split(", "):

@@ -1,9 +1,9 @@
 """How received text looks on the client: made visible, then timestamped and coloured.
 
 Received text is always made visible before it is shown (`visible`): the server already
-replaces control characters, but a client must not trust that (defence in depth), and it
-spells out the bidirectional overrides too, which the server relays. The rule is the
-protocol's (`protocol.UNSAFE_TO_SHOW`); so is the chat-line pattern that colours names.
+replaces unsafe characters, but a client must not trust that (defence in depth: other
+servers speak this protocol too). The rule is the protocol's, the one the server applies
+(`protocol.UNSAFE`); so is the chat-line pattern that colours names.
 `Style` turns a received block into display lines for a terminal, or bytes for a pipe.
 """
 
@@ -28,8 +28,9 @@ def _show_char(match: re.Match[str]) -> str:
 
 
 def visible(text: str) -> str:
-    """TEXT with every control character spelled out, so it cannot drive the terminal."""
-    return protocol.UNSAFE_TO_SHOW.sub(_show_char, text)
+    """TEXT with every unsafe character spelled out, so it cannot drive the terminal
+    or make the line read otherwise than it is."""
+    return protocol.UNSAFE.sub(_show_char, text)
 
 
 # SGR colours, chosen to read on dark and light backgrounds alike.

@@ -27,6 +27,7 @@ import re
 import socket
 import threading
 
+from chatbox import protocol
 from chatbox.client.consoles import (
     Console,
     Hangup,
@@ -259,11 +260,14 @@ class Session:
             self._watch_nick(block)
 
     def _watch_nick(self, block: bytes) -> None:
+        assert self.name is not None
         for line in block.decode("utf-8", "replace").split("\n"):
-            if line.startswith("! ") and "name" in line:
-                self._nick_refusal = line[2:]
-            elif not (line.startswith("* ") and "known as" in line):
+            verdict = protocol.nick_verdict(self.name, line)
+            if verdict is None:
                 continue
+            accepted, said = verdict
+            if not accepted:
+                self._nick_refusal = said
             self._nick_pending = False
             self._nick_answered.set()
             self.console.wake()

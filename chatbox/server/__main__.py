@@ -15,6 +15,7 @@ import sys
 
 from chatbox import protocol
 from chatbox.argtypes import listening_port, positive_float, positive_int
+from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
@@ -23,13 +24,16 @@ from chatbox.server.hub import (
     HubConfig,
 )
 from chatbox.server.launcher import MODES, default_mode, make_launcher
+from chatbox.server.logs import ServerLog
 
 DEFAULT_PORT = 4242
 
 # Descriptors the hub needs per client: the client socket and its channel end (plus, in
 # thread mode, the worker's channel end, which lives in the same process).
 FDS_PER_CLIENT = {"fork": 2, "thread": 3}
-FDS_SPARE = 64  # stdio, the listener, the selector, wakeup sockets, logging, imports
+# stdio, the listener, the selector, wakeup sockets, logging, imports; and the refused
+# connections being closed gracefully.
+FDS_SPARE = 64 + MAX_FAREWELLS
 
 log = logging.getLogger("chatbox.server")
 
@@ -136,11 +140,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     needed = args.max_clients * FDS_PER_CLIENT[args.mode] + FDS_SPARE
     have = raise_fd_limit(needed)
     max_clients = args.max_clients
@@ -171,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
     )
-    Hub(listener, launcher, config).serve_forever()
+    server_log = ServerLog(args.log_level)
+    server_log.start()
+    try:
+        Hub(listener, launcher, config).serve_forever()
+    finally:
+        server_log.stop()
     return 0
 
 

@@ -19,11 +19,14 @@ not catching up: it is cut off alone, and the room goes on. So nobody is disconn
 for being momentarily behind a burst, and nobody holds the room for longer than
 ``slow_timeout``.
 
-Lifecycle of a client, as the hub sees it::
+Lifecycle of a client, as the hub sees it (`chatbox.server.link` owns the states)::
 
-    accept -> start worker -> in the room -> dismissed (its queue flushes, then its
-    socket and channel are shut down) -> the worker ends, closing its channel end ->
-    client socket closed, worker reaped
+    accept -> start worker -> OPEN (in the room) -> LEAVING (dismissed: its queue
+    flushes) -> SHUT (socket and channel shut down) -> GONE (the worker ended, closing
+    its channel end; client socket closed, worker reaped)
+
+Every event looks at the link's state first: an event for a link past the step it
+belongs to (a writable socket of a link that is already GONE) is ignored.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ import signal
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from chatbox import protocol
-from chatbox.server.channel import ChannelReader, LineDropped
+from chatbox.server.channel import LineDropped
+from chatbox.server.farewell import Farewells
 from chatbox.server.launcher import Launcher
+from chatbox.server.link import Link, State
 from chatbox.server.room import Room
 
 log = logging.getLogger("chatbox.hub")
@@ -76,22 +81,6 @@ class HubConfig:
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
 
 
-@dataclass(eq=False)
-class Link:
-    """The hub's side of one client: its socket, its worker's channel, its queue."""
-
-    id: int
-    client: socket.socket
-    channel: socket.socket
-    sendq: bytearray = field(default_factory=bytearray)
-    inbound: ChannelReader = field(default_factory=ChannelReader)
-    dismissed: bool = False  # out of the room: flush, then shut down
-    closed: bool = False  # shut down: nothing more is sent
-    over_since: float | None = None  # when its queue went over the bound, if it is
-    reading: bool = True  # its channel is watched (not paused)
-    want_write: bool = False  # its client socket is watched for room to write
-
-
 class Hub:
     def __init__(self, listener: socket.socket, launcher: Launcher, config: HubConfig) -> None:
         self._listener = listener
@@ -106,6 +95,7 @@ class Hub:
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         self._stopping = False
+        self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -128,6 +118,7 @@ class Hub:
             self._shutdown()
         finally:
             self._restore_signals(previous)
+            self._farewells.close_all()
             self._selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
@@ -138,10 +129,15 @@ class Hub:
             if link is None:
                 if key.fileobj is self._listener:
                     self._accept()
-                else:
+                elif key.fileobj is self._wakeup_r:
                     self._drain_wakeup()
+                else:
+                    self._farewells.readable(key.fileobj)  # type: ignore[arg-type]
+            elif link.gone:
+                continue  # ended earlier in this batch: its other events mean nothing now
             elif key.fileobj is link.client:
-                self._dirty[link.id] = link  # room to write again
+                if link.sending:
+                    self._dirty[link.id] = link  # room to write again
             elif self._over and not self._stopping:
                 self._pause(link)
             else:
@@ -149,13 +145,22 @@ class Hub:
         self._launcher.reap()
         self._flush()
         self._check_slow()
+        if self._farewells:
+            self._farewells.expire()
 
     def _next_deadline(self) -> float | None:
-        """How long the loop may wait: until the oldest over-full queue times out."""
-        if not self._over:
+        """How long the loop may wait: until the oldest over-full queue times out, or
+        the oldest farewell."""
+        deadlines = []
+        if self._over:
+            oldest = min(link.over_since or 0.0 for link in self._over.values())
+            deadlines.append(oldest + self._config.slow_timeout)
+        farewell = self._farewells.next_deadline()
+        if farewell is not None:
+            deadlines.append(farewell)
+        if not deadlines:
             return None
-        oldest = min(link.over_since or 0.0 for link in self._over.values())
-        return max(0.0, oldest + self._config.slow_timeout - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def _shutdown(self) -> None:
         log.info("shutting down: %d clients", len(self._room))
@@ -225,9 +230,7 @@ class Hub:
             client.setblocking(False)
             if len(self._links) >= self._config.max_clients:
                 log.warning("refused %s: server full", address)
-                with contextlib.suppress(OSError):
-                    client.send(protocol.server_full(self._config.max_clients))
-                client.close()
+                self._farewells.add(client, protocol.server_full(self._config.max_clients))
                 continue
             with contextlib.suppress(OSError):
                 # Chat is small lines that should go now, and every send here is
@@ -249,9 +252,15 @@ class Hub:
         try:
             self._launcher.start(client, worker_end)
         except OSError as exc:
+            # Out of processes or threads: this one client is refused, everyone else
+            # goes on. It may be told (best effort: its socket is fresh and empty).
             log.error("cannot start a worker: %s", exc)
             worker_end.close()
-            self._forget(link)
+            self._links.pop(link.id)
+            link.forget()
+            self._selector.unregister(hub_end)
+            hub_end.close()
+            self._farewells.add(client, protocol.SERVER_BUSY)
             return
         self._room.join(link.id)
 
@@ -279,9 +288,10 @@ class Hub:
 
     def _close_link(self, link: Link) -> None:
         """Shut the client's socket and the channel down: the worker sees the end and
-        quits, and the client sees the end of the stream."""
-        link.closed = True
-        link.sendq.clear()
+        quits, and the client sees the end of the stream. Once: a link already SHUT or
+        GONE is left alone."""
+        if not link.shut():
+            return
         if link.want_write:
             link.want_write = False
             self._watch(link)
@@ -293,7 +303,9 @@ class Hub:
             link.channel.shutdown(socket.SHUT_WR)
 
     def _forget(self, link: Link) -> None:
-        """Drop every trace of a client whose worker has ended."""
+        """Drop every trace of a client whose worker has ended (once: -> GONE)."""
+        if not link.forget():
+            return
         self._links.pop(link.id, None)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
@@ -311,7 +323,7 @@ class Hub:
         dirty = self._dirty
         for member_id in member_ids:
             link = links[member_id]
-            if link.closed:
+            if not link.sending:
                 continue
             link.sendq += data
             dirty[member_id] = link
@@ -321,8 +333,7 @@ class Hub:
 
     def dismiss(self, member_id: int) -> None:
         link = self._links.get(member_id)
-        if link is not None:
-            link.dismissed = True
+        if link is not None and link.leave():
             self._dirty[member_id] = link
 
     # --- slow readers -------------------------------------------------------------------
@@ -343,11 +354,14 @@ class Hub:
         if not self._over and self._paused:
             paused, self._paused = self._paused, {}
             for link in paused.values():
-                if link.id in self._links:
+                if not link.gone:
                     link.reading = True
                     self._watch(link)
 
     def _cut(self, link: Link) -> None:
+        if not link.sending:
+            self._not_over(link)
+            return
         log.warning("%s is too slow: disconnecting", self._room_name(link))
         self._room.leave(link.id, "too slow")
         link.sendq.clear()
@@ -375,7 +389,7 @@ class Hub:
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
-                if link.closed:
+                if not link.sending:
                     continue
                 if link.sendq:
                     self._send(link)
@@ -383,7 +397,7 @@ class Hub:
                 if link.want_write != want_write:
                     link.want_write = want_write
                     self._watch(link)
-                if link.dismissed and not link.sendq:
+                if link.state is State.LEAVING and not link.sendq:
                     self._close_link(link)
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
@@ -406,7 +420,10 @@ class Hub:
 
     def _watch(self, link: Link) -> None:
         """Tell the selector what this link waits for now: input on its channel
-        (unless paused), room to write on its client socket (if output is queued)."""
+        (unless paused), room to write on its client socket (if output is queued).
+        A GONE link's sockets are closed and unregistered: nothing to tell."""
+        if link.gone:
+            return
         self._set_interest(link.channel, link, link.reading)
         self._set_interest(link.client, link, link.want_write, _WRITE)
 

@@ -8,6 +8,7 @@ loop - is the same code, so thread mode on Linux exercises the path Windows take
 from __future__ import annotations
 
 import abc
+import errno
 import gc
 import logging
 import os
@@ -16,6 +17,7 @@ import socket
 import threading
 import time
 
+from chatbox.server import logs
 from chatbox.server.worker import serve_connection
 
 log = logging.getLogger("chatbox.launcher")
@@ -46,6 +48,10 @@ class Launcher(abc.ABC):
         Resource handling: the worker owns ``channel`` from here on (the launcher closes
         the hub's copy where the mode makes one). The hub keeps ``client`` and closes it
         when the worker's channel reports the end.
+
+        Error handling: a worker that cannot start (no process or thread to be had: a
+        pids or tasks limit, memory) raises `OSError` in either mode, and nothing was
+        started; the caller still owns ``channel`` then, and refuses this one client.
         """
 
     def reap(self) -> None:  # noqa: B027 - threads need no reaping
@@ -125,6 +131,7 @@ def _become_worker(client: socket.socket, channel: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    logs.for_worker(logging.getLogger().level)
     keep = sorted({0, 1, 2, client.fileno(), channel.fileno()})
     low = 0
     for fd in keep:
@@ -161,7 +168,12 @@ class ThreadLauncher(Launcher):
             name=f"worker-{client.fileno()}",
             daemon=True,  # a worker stuck on a dead client must not hold up the exit
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # What threading raises when the system refuses a thread (EAGAIN from
+            # pthread_create): the same condition fork reports as OSError.
+            raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from None
         self._threads.add(thread)
 
     def reap(self) -> None:

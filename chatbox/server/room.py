@@ -167,11 +167,15 @@ class Room:
             target = self._by_key.get(protocol.name_key(command.name))
             if target is None:
                 self._postbox.post((member.id,), protocol.error(f"no such user {command.name!r}"))
+            elif target is member:
+                # The sender gets nothing back of a private message (docs/protocol.md);
+                # one to oneself would be exactly that.
+                self._postbox.post((member.id,), protocol.error(protocol.MSG_TO_YOURSELF))
             else:
                 self._postbox.post((target.id,), protocol.private_line(member.name, command.text))
         elif isinstance(command, protocol.Action):
             recipients = [i for i in self._everyone if i != member.id]
-            self._postbox.post(recipients, protocol.notice(f"{member.name} {command.text}"))
+            self._postbox.post(recipients, protocol.action_line(member.name, command.text))
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
             self._postbox.dismiss(member.id)
@@ -185,10 +189,12 @@ class Room:
     def _rename(self, member: Member, new: str) -> None:
         problem = protocol.name_error(new)
         if problem is None and new == member.name:
-            problem = f"you are already {new}"
+            problem = protocol.already_named(new)
+        if problem is None and protocol.name_reserved(new):
+            problem = protocol.name_is_reserved(new)
         key = protocol.name_key(new)
         if problem is None and key in self._by_key and self._by_key[key] is not member:
-            problem = f"name {new!r} is taken"
+            problem = protocol.name_taken(new)
         if problem is not None:
             self._postbox.post((member.id,), protocol.error(problem))
             return
@@ -199,5 +205,5 @@ class Room:
         self._by_key[key] = member
         others = [i for i in self._everyone if i != member.id]
         self._postbox.post(others, protocol.notice(f"{old} is now known as {new}"))
-        self._postbox.post((member.id,), protocol.notice(f"you are now known as {new}"))
+        self._postbox.post((member.id,), protocol.notice(protocol.you_renamed(new)))
         log.info("%s is now known as %s", old, new)

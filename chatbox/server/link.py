@@ -1,0 +1,87 @@
+"""A link: the hub's side of one client, and the one lifecycle every event consults.
+
+A link holds the client's socket, its worker's channel, its outbound queue (SendQ) and
+the state it is in. The state is the only answer to "may this client still be sent
+to, read from, shut down, closed?", so an event that arrives late - a socket reported
+writable in the same select batch in which its worker ended - finds the link already
+past the point where that event means anything, and is ignored::
+
+    OPEN ----dismiss----> LEAVING ----queue flushed----> SHUT ----channel ends----> GONE
+      |                                                   ^                          ^
+      +---------cut off (too slow), send failed-----------+                          |
+      +----------------worker ended (channel closed) before anything else------------+
+
+- OPEN: in the room; what is posted is queued and sent; its channel is read.
+- LEAVING: out of the room (quit, connection closed, server closing); what is queued
+  still goes out (the room posts nothing new to a non-member); then it is shut.
+- SHUT: the client socket is shut down and the hub's direction of the channel too;
+  nothing is sent any more. The worker sees the end and closes its channel end.
+- GONE: the worker has ended; both sockets are closed and unregistered. Final.
+
+Transitions only go forward; each method below returns whether it moved the link, so
+the hub does each step's work exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from dataclasses import dataclass, field
+
+from chatbox.server.channel import ChannelReader
+
+
+class State(enum.Enum):
+    OPEN = 1
+    LEAVING = 2
+    SHUT = 3
+    GONE = 4
+
+
+@dataclass(eq=False)
+class Link:
+    """The hub's side of one client: its socket, its worker's channel, its queue, its state."""
+
+    id: int
+    client: socket.socket
+    channel: socket.socket
+    sendq: bytearray = field(default_factory=bytearray)
+    inbound: ChannelReader = field(default_factory=ChannelReader)
+    state: State = State.OPEN
+    over_since: float | None = None  # when its queue went over the bound, if it is
+    # What the selector watches for it, mirrored here so the hub changes a
+    # registration only when it must (these are interest, not lifecycle).
+    reading: bool = True  # its channel (unless paused for backpressure)
+    want_write: bool = False  # its client socket, while output waits for room
+
+    @property
+    def sending(self) -> bool:
+        """Output may still be queued for it (OPEN) or still goes out (LEAVING)."""
+        return self.state is State.OPEN or self.state is State.LEAVING
+
+    @property
+    def gone(self) -> bool:
+        return self.state is State.GONE
+
+    def leave(self) -> bool:
+        """OPEN -> LEAVING: flush what is queued, then shut."""
+        if self.state is not State.OPEN:
+            return False
+        self.state = State.LEAVING
+        return True
+
+    def shut(self) -> bool:
+        """OPEN or LEAVING -> SHUT: nothing more is sent; the caller shuts the sockets down."""
+        if not self.sending:
+            return False
+        self.state = State.SHUT
+        self.sendq.clear()
+        return True
+
+    def forget(self) -> bool:
+        """Any state but GONE -> GONE: the caller closes the sockets, once."""
+        if self.state is State.GONE:
+            return False
+        self.state = State.GONE
+        self.sendq.clear()
+        return True
