@@ -124,9 +124,8 @@ def test_a_long_run_is_a_window_around_the_first_failure_and_counts_for_the_rest
     assert sum(1 for t in labels if "#" in t) < 2 * FULL_EVENTS  # not 100,000 labels
     assert len(svg) < 600_000 and len(timeline) < 200_000 and len(page) < 3_000_000
     assert took < 60, took  # generous: a shared, loaded machine
-    print(
-        f"100k lines: svg {len(svg)} B, timeline {len(timeline)} B, html {len(page)} B, {took:.2f} s"
-    )
+    sizes = f"svg {len(svg)} B, timeline {len(timeline)} B, html {len(page)} B"
+    print(f"100k lines: {sizes}, {took:.2f} s")
 
 
 def test_timeline_counts_each_partys_lines_per_direction() -> None:
