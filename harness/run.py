@@ -13,6 +13,7 @@ stderr is shown - or a client command that cannot run).
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from types import FrameType
@@ -22,7 +23,16 @@ from harness.checks import check_no_reset, run_checks
 from harness.daemon import Readiness
 from harness.hosts import NETWORK_KINDS, NetworkOptions
 from harness.party import PartyError
-from harness.report import Progress, RunResult, summary, to_json, to_junit, write, write_artifacts
+from harness.report import (
+    Progress,
+    RunResult,
+    html_report,
+    summary,
+    to_json,
+    to_junit,
+    write,
+    write_artifacts,
+)
 from harness.scenarios import SCENARIOS, Options, Scenario
 from harness.session import Run
 from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, is_ours
@@ -199,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", metavar="FILE", help="write the results as JSON")
     out.add_argument("--junit", metavar="FILE", help="write JUnit XML (for CI systems)")
     out.add_argument(
-        "--artifacts", metavar="DIR", help="write transcripts and a sequence diagram per run"
+        "--artifacts",
+        metavar="DIR",
+        help="write transcripts, a sequence diagram, a timeline and index.html per run",
+    )
+    out.add_argument(
+        "--html", metavar="FILE", help="write one self-contained HTML report of every run"
     )
     out.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
@@ -308,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     results: list[RunResult] = []
+    command = shlex.join(["python", "-m", "harness.run", *(sys.argv[1:] if argv is None else argv)])
     try:
         for i in range(1, args.repeat + 1):
             result = run_once(scenario, options, args, i)
             results.append(result)
             if args.artifacts:
-                write_artifacts(args.artifacts, result)
+                write_artifacts(args.artifacts, result, results, command)
             if result.error:
                 break
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -336,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             write(args.json, to_json(results, code))
         if args.junit:
             write(args.junit, to_junit(results))
+        if args.html:
+            write(args.html, html_report(results, command))
     except OSError as exc:
         print(f"chatbox-harness: cannot write report: {exc}", file=sys.stderr)
         return EXIT_SETUP

@@ -10,7 +10,8 @@ from harness.report.result import RunResult
 MARKS = {PASS: "PASS", FAIL: "FAIL", NOT_APPLICABLE: "n/a"}
 
 
-def _where(result: RunResult) -> list[str]:
+def where_lines(result: RunResult) -> list[str]:
+    """Where the run's processes ran and the measured round trips, one line each."""
     net = result.record.network
     lines = []
     server = net.get("server")
@@ -53,7 +54,7 @@ def summary(results: Sequence[RunResult]) -> str:
     out: list[str] = []
     first = results[0]
     out.append(f"scenario {first.scenario}, seed {first.record.seed}, {len(results)} run(s)")
-    out.extend("  " + w for w in _where(first))
+    out.extend("  " + w for w in where_lines(first))
     out.append(f"  server command: {first.record.server_command}")
     names = [c.name for c in first.checks]
     width = max([len(n) for n in names] + [5])
