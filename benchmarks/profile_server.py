@@ -15,29 +15,17 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.bench.servers import RunningServer, builtin_specs
+from harness.bench.servers import RunningServer, builtin_specs, cpu_seconds, prepare
 from harness.bench.workloads import Sizes, run_on
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the process itself, of its children that ended and were reaped),
-    user plus system; workers have ended and been reaped by the time we read."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICK
-    children = (int(fields[13]) + int(fields[14])) / TICK
-    return own, children
 
 
 def wait_workers_reaped(server: RunningServer, deadline: float) -> None:
@@ -81,7 +69,10 @@ def main() -> int:
         "--subprocesses", action="store_true", help="sample the workers too (fork mode)"
     )
     args = parser.parse_args()
-    spec = builtin_specs()[args.server]
+    spec, why = prepare(builtin_specs()[args.server], Path(tempfile.mkdtemp()))
+    if why:
+        print(f"{args.server}: {why}", file=sys.stderr)
+        return 1
     sizes = Sizes(ramp=args.ramp)
     if args.lines:
         sizes = Sizes(

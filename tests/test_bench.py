@@ -197,5 +197,5 @@ def test_bench_refuses_an_unknown_server_in_one_line(tmp_path: Path) -> None:
     run = _bench("--servers", "nosuch", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "bench: unknown server 'nosuch' (built in: fork, thread, asyncio, ncat)"
+        "bench: unknown server 'nosuch' (built in: fork, thread, asyncio, select, c, ncat)"
     ]

@@ -1,9 +1,11 @@
 """`python -m harness.bench`: run every workload against every named server, side by side.
 
 One run, on loopback: this project's server in fork and in thread mode, the asyncio
-baseline from benchmarks/, ncat --chat where it is installed, and any other server named
-with ``--server-cmd``. Prints the figures, the ratios against the baseline and the
-targets; writes JSON (``--json``) and an SVG plot (``--plot``).
+baseline from benchmarks/, the two references (a minimal Python select relay from
+benchmarks/, and the C example relay built with ``cc -O2`` where a compiler exists),
+ncat --chat where it is installed, and any other server named with ``--server-cmd``.
+Prints the figures, the ratios against the baseline and against both references, the
+targets and the goals; writes JSON (``--json``) and an SVG plot (``--plot``).
 """
 
 from __future__ import annotations
@@ -16,21 +18,24 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness.bench import plot, report
 from harness.bench.servers import (
+    TICK,
     ServerError,
     ServerSpec,
     available,
     builtin_specs,
     parse_server_cmd,
+    prepare,
 )
 from harness.bench.workloads import QUICK, WORKLOADS, Sizes, run
 
-DEFAULT_SERVERS = ("fork", "thread", "asyncio", "ncat")
+DEFAULT_SERVERS = ("fork", "thread", "asyncio", "select", "c", "ncat")
 # Descriptors the bench needs besides one per client: stdio, pipes, the selector, imports.
 FD_SPARE = 200
 
@@ -70,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         default="asyncio",
         help="the server ratios are computed against (default asyncio)",
+    )
+    parser.add_argument(
+        "--python-ref",
+        default="select",
+        metavar="NAME",
+        help="the minimal Python relay the single-line goals are judged against "
+        "(default select: benchmarks/select_relay.py)",
+    )
+    parser.add_argument(
+        "--c-ref",
+        default="c",
+        metavar="NAME",
+        help="the C relay, the practical limit, the fan-out goals are judged against "
+        "(default c: examples/c_chatbox/server.c built with cc -O2)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
     parser.add_argument(
@@ -170,7 +189,12 @@ HEADLINE = {
 
 
 def measure(
-    specs: list[ServerSpec], workloads: list[str], sizes: Sizes, baseline: str, repeat: int = 1
+    specs: list[ServerSpec],
+    workloads: list[str],
+    sizes: Sizes,
+    baseline: str,
+    repeat: int = 1,
+    references: tuple[str, str] = ("select", "c"),
 ) -> dict[str, Any]:
     """Run every workload against every server.
 
@@ -186,13 +210,36 @@ def measure(
         "baseline": baseline,
         "workloads": workloads,
         "repeat": repeat,
+        "references": {"python": references[0], "c": references[1]},
         "servers": {},
     }
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        _measure(results, specs, workloads, sizes, repeat, Path(workdir))
+    results["ratios"] = report.ratios(results)
+    results["ratios_against"] = {
+        name: report.ratios(results, name)
+        for name in dict.fromkeys([baseline, *references])
+        if name in results["servers"]
+    }
+    results["targets"] = report.targets(results)
+    results["goals"] = report.goals(results)
+    return results
+
+
+def _measure(
+    results: dict[str, Any],
+    specs: list[ServerSpec],
+    workloads: list[str],
+    sizes: Sizes,
+    repeat: int,
+    workdir: Path,
+) -> None:
     runnable = []
     for spec in specs:
+        spec, why = prepare(spec, workdir)
         entry: dict[str, Any] = {"command": spec.template, "ramp": sizes.ramp or spec.ramp}
         results["servers"][spec.name] = entry
-        why = available(spec)
+        why = why or available(spec)
         if why:
             entry["skipped"] = why
             _say(f"{spec.name}: skipped: {why}")
@@ -222,9 +269,6 @@ def measure(
     for spec in runnable:
         for name in workloads:
             results["servers"][spec.name]["workloads"][name] = _median(name, tries[spec.name, name])
-    results["ratios"] = report.ratios(results)
-    results["targets"] = report.targets(results)
-    return results
 
 
 def _median(name: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -239,6 +283,17 @@ def _median(name: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(attempts, key=lambda r: r.get(key) or 0)
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["repeats"] = [r.get(key) for r in attempts]
+    # CPU is pooled over every repetition (total CPU over total lines): a tick's error
+    # per process then weighs a third as much, and no repetition is picked twice.
+    per = "line" if name == "pingpong" else "delivery"
+    count = sum(r.get(f"cpu_per_{per}_count") or 0 for r in attempts)
+    if count:
+        seconds = sum(r.get("server_cpu_s") or 0.0 for r in attempts)
+        chosen["cpu_repeats_us"] = [r.get(f"cpu_per_{per}_us") for r in attempts]
+        chosen["server_cpu_s"] = round(seconds, 3)
+        chosen[f"cpu_per_{per}_count"] = count
+        chosen[f"cpu_per_{per}_us"] = round(1e6 * seconds / count, 4)
+        chosen[f"cpu_tick_us_per_{per}"] = round(1e6 / TICK / count, 4)
     return chosen
 
 
@@ -275,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     # every server and close every socket.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        results = measure(specs, workloads, sizes, args.baseline, args.repeat)
+        results = measure(
+            specs, workloads, sizes, args.baseline, args.repeat, (args.python_ref, args.c_ref)
+        )
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130

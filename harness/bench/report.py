@@ -1,9 +1,10 @@
-"""What a bench run shows: the figures, the ratios against the baseline, the targets.
+"""What a bench run shows: the figures, the ratios, the targets and the goals.
 
 Absolute figures drift with whatever else the machine is doing; ratios measured side
 by side in the same run hold. So every figure is also given as a ratio against the
-baseline server (the asyncio broker unless ``--baseline`` says otherwise), and the
-issue's targets are judged on those ratios where they are relative.
+baseline server (the asyncio broker unless ``--baseline`` says otherwise) and against
+both references (a minimal Python select relay, and the C example relay), and the
+issue's targets and goals are judged on those ratios where they are relative.
 
 A workload whose ledger found a lost, repeated, reordered or broken line is shown as
 INVALID instead of its figure, and its ratios and targets are not computed from it.
@@ -67,10 +68,27 @@ COMPARE_AT = 1000
 METRICS = (
     Metric("rtt_p50_us", "rtt p50 us", "pingpong", False, "{:.0f}", _get("rtt_p50_us")),
     Metric("rtt_p99_us", "rtt p99 us", "pingpong", False, "{:.0f}", _get("rtt_p99_us")),
+    Metric("cpu_line_us", "cpu/line us", "pingpong", False, "{:.1f}", _get("cpu_per_line_us")),
     Metric("duplex_per_s", "duplex del/s", "duplex", True, "{:,.0f}", _get("deliveries_per_s")),
     Metric("fanout10_per_s", "fan10 del/s", "fanout10", True, "{:,.0f}", _get("deliveries_per_s")),
     Metric(
         "fanout100_per_s", "fan100 del/s", "fanout100", True, "{:,.0f}", _get("deliveries_per_s")
+    ),
+    Metric(
+        "fanout10_cpu_us",
+        "fan10 cpu/del us",
+        "fanout10",
+        False,
+        "{:.3f}",
+        _get("cpu_per_delivery_us"),
+    ),
+    Metric(
+        "fanout100_cpu_us",
+        "fan100 cpu/del us",
+        "fanout100",
+        False,
+        "{:.3f}",
+        _get("cpu_per_delivery_us"),
     ),
     Metric(
         "pss_per_client_mib_1000",
@@ -136,9 +154,10 @@ def metric_values(server: dict[str, Any]) -> dict[str, float | None]:
     return values
 
 
-def ratios(results: Results) -> dict[str, dict[str, float | None]]:
-    """Every server's metrics divided by the baseline's (same run)."""
-    baseline = results["servers"].get(results["baseline"])
+def ratios(results: Results, against: str | None = None) -> dict[str, dict[str, float | None]]:
+    """Every server's metrics divided by those of ``against`` (default: the baseline),
+    measured in the same run."""
+    baseline = results["servers"].get(against or results["baseline"])
     if baseline is None:
         return {}
     base = metric_values(baseline)
@@ -235,6 +254,64 @@ def targets(results: Results) -> list[dict[str, Any]]:
     return out
 
 
+# The issue's goals, as (number, servers, what, metric, reference role, limit).
+GOALS = (
+    (1, ("fork", "thread"), "ping-pong p50", "rtt_p50_us", "python", 1.3),
+    (1, ("fork", "thread"), "server CPU per relayed line", "cpu_line_us", "python", 1.5),
+    (2, ("fork",), "fan-out (10) CPU per delivery", "fanout10_cpu_us", "c", 2.0),
+    (2, ("fork",), "fan-out (100) CPU per delivery", "fanout100_cpu_us", "c", 2.0),
+    (2, ("thread",), "fan-out (10) CPU per delivery", "fanout10_cpu_us", "c", 1.3),
+    (2, ("thread",), "fan-out (100) CPU per delivery", "fanout100_cpu_us", "c", 1.3),
+)
+
+
+def goals(results: Results) -> list[dict[str, Any]]:
+    """The issue's goals judged as ratios against the references measured in this run:
+    met (PASS), missed (MISS, with by how much), or not judged and why (n/a)."""
+    servers = results["servers"]
+    roles = results.get("references", {})
+    out: list[dict[str, Any]] = []
+    for number, names, what, key, role, limit in GOALS:
+        reference = roles.get(role, role)
+        ref = servers.get(reference)
+        for name in names:
+            if name not in servers:
+                continue
+            text = f"{name}: {what} <= {limit:g}x {reference}"
+            goal: dict[str, Any] = {
+                "goal": number,
+                "server": name,
+                "target": text,
+                "reference": reference,
+                "metric": key,
+                "limit": limit,
+                "met": None,
+                "value": None,
+            }
+            mine = metric_values(servers[name])[key]
+            theirs = metric_values(ref)[key] if ref and not ref.get("skipped") else None
+            if ref is None:
+                goal["detail"] = f"n/a: {reference} was not measured in this run"
+            elif ref.get("skipped"):
+                goal["detail"] = f"n/a: {reference}: {ref['skipped']}"
+            elif theirs is None:
+                goal["detail"] = f"n/a: {reference} has no valid figure (INVALID or not run)"
+            elif mine is None:
+                goal["detail"] = f"n/a: {name} has no valid figure (INVALID or not run)"
+            elif not theirs:
+                goal["detail"] = f"n/a: {reference} used less CPU than one clock tick (run longer)"
+            else:
+                value = round(mine / theirs, 3)
+                goal["value"], goal["met"] = value, value <= limit
+                goal["detail"] = f"{value:.2f}x" + (
+                    f" ({limit / value:.2f}x inside the limit)"
+                    if value <= limit
+                    else f" (missed by {value / limit:.2f}x)"
+                )
+            out.append(goal)
+    return out
+
+
 # --- the terminal --------------------------------------------------------------------
 
 
@@ -280,14 +357,15 @@ def render(results: Results) -> str:
             f"{title.capitalize()}: figures (loopback, this machine, this run)\n" + _grid(rows)
         )
         compared = [m for m in shown if m.ratio]
-        if rel and compared:
+        against = results.get("ratios_against") or {results["baseline"]: rel}
+        for reference, table in against.items():
+            if not (table and compared):
+                continue
             rows = [["server"] + [m.label for m in compared]]
             for name in servers:
-                values = [rel.get(name, {}).get(m.key) for m in compared]
+                values = [table.get(name, {}).get(m.key) for m in compared]
                 rows.append([name] + ["-" if v is None else f"{v:.2f}x" for v in values])
-            out.append(
-                f"{title.capitalize()}: ratios against {results['baseline']}\n" + _grid(rows)
-            )
+            out.append(f"{title.capitalize()}: ratios against {reference}\n" + _grid(rows))
     if not out:
         out.append("no workload ran")
     elif not rel:
@@ -314,4 +392,15 @@ def render(results: Results) -> str:
             verdict = {True: "MET   ", False: "MISSED", None: "n/a   "}[goal["met"]]
             lines.append(f"  {verdict} {goal['server']:7} {goal['target']}: {goal['detail']}")
         out.append("Targets\n" + "\n".join(lines))
+    judged = results.get("goals", [])
+    if judged:
+        lines = []
+        for goal in judged:
+            verdict = {True: "PASS", False: "MISS", None: "n/a "}[goal["met"]]
+            lines.append(f"  {verdict} goal {goal['goal']} {goal['target']}: {goal['detail']}")
+        roles = results.get("references", {})
+        out.append(
+            f"Goals (ratios against the references: {roles.get('python')} for the single "
+            f"line, {roles.get('c')} for fan-out)\n" + "\n".join(lines)
+        )
     return "\n\n".join(out)

@@ -11,10 +11,12 @@ it. Each workload gets a fresh server, so none inherits another's state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ HOST = "127.0.0.1"  # loopback only: the benchmark never sends anything off this
 # A server has this long to say it is listening; Python servers start in well under 1 s.
 START_TIMEOUT = 15.0
 _REPO = Path(__file__).resolve().parents[2]
+C_RELAY = _REPO / "examples" / "c_chatbox" / "server.c"
+NO_COMPILER = "not built: no C compiler"
 _NAME = re.compile(r"^([A-Za-z][\w.-]*)=(?=\S)")
 
 
@@ -47,6 +51,9 @@ class ServerSpec:
     # The server's accept backlog where it is small (ncat listens with 10): the load
     # generator then connects that many at a time and waits until they are in.
     backlog: int | None = None
+    # A C source built with `cc -O2` before the run (`prepare`); the template's
+    # ``{binary}`` is where the build went.
+    source: Path | None = None
 
     def argv(self, host: str, port: int) -> list[str]:
         return shlex.split(self.template.format(host=host, port=port))
@@ -56,10 +63,15 @@ def builtin_specs() -> dict[str, ServerSpec]:
     python = shlex.quote(sys.executable)
     server = f"{python} -m chatbox.server {{port}} --host {{host}} --max-clients 6000"
     broker = shlex.quote(str(_REPO / "benchmarks" / "asyncio_broker.py"))
+    relay = shlex.quote(str(_REPO / "benchmarks" / "select_relay.py"))
     return {
         "fork": ServerSpec("fork", f"{server} --mode fork", 1000, True),
         "thread": ServerSpec("thread", f"{server} --mode thread", 5000, True),
         "asyncio": ServerSpec("asyncio", f"{python} {broker} {{port}} --host {{host}}", 5000, True),
+        # The references: the floor for one line in Python, and the practical limit.
+        "select": ServerSpec("select", f"{python} {relay} {{port}} --host {{host}}", 5000, True),
+        # The C example holds at most 1,000 clients (its MAX_CLIENTS).
+        "c": ServerSpec("c", "{binary} {port} {host}", 1000, True, source=C_RELAY),
         # ncat multiplexes with select(), so FD_SETSIZE (1024) bounds it; its default
         # --max-conns of 100 would bound it first.
         "ncat": ServerSpec(
@@ -83,8 +95,38 @@ def parse_server_cmd(text: str, index: int) -> ServerSpec:
     return ServerSpec(name, template, 1000)
 
 
+def compiler() -> str | None:
+    """The C compiler on PATH, if any."""
+    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+
+
+def prepare(spec: ServerSpec, workdir: Path) -> tuple[ServerSpec, str | None]:
+    """Build ``spec``'s C source into ``workdir`` with ``cc -O2``: the spec that runs the
+    build, or why there is none ("not built: ..."). Specs without a source pass as they are."""
+    if spec.source is None:
+        return spec, None
+    if not spec.source.is_file():
+        return spec, f"not built: {spec.source.name} not found (it comes with a source checkout)"
+    cc = compiler()
+    if cc is None:
+        return spec, NO_COMPILER
+    binary = workdir / spec.name
+    argv = [cc, "-O2", "-o", str(binary), str(spec.source)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return spec, f"not built: {cc}: {exc}"
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        return spec, f"not built: {cc} -O2 failed: {first}"
+    template = spec.template.replace("{binary}", shlex.quote(str(binary)))
+    return dataclasses.replace(spec, template=template, source=None), None
+
+
 def available(spec: ServerSpec) -> str | None:
     """Why ``spec`` cannot run here, or None if it can."""
+    if spec.source is not None:
+        return "not built"  # `prepare` builds it first
     argv = spec.argv(HOST, 0)
     if not argv:
         return "empty command"
@@ -154,6 +196,21 @@ class RunningServer:
             self._daemon.stop()
             self._daemon = None
 
+    # --- CPU ----------------------------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by the server, all its threads, its
+        live workers and the workers it has reaped. Read before and after a timed
+        window, the difference is what the window cost the server."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                own, reaped = cpu_seconds(pid)
+            except (OSError, ValueError, IndexError):
+                continue  # ended while we looked: its parent's reaped time has it
+            total += own + (reaped if pid == self.pid else 0.0)
+        return total
+
     # --- memory -------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
@@ -194,6 +251,20 @@ class RunningServer:
             except OSError:
                 continue  # ended while we looked
         return total, len(pids)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the process itself - all its threads -, of its children that
+    ended and were reaped), user plus system, from /proc/PID/stat. The kernel counts
+    in clock ticks (1/TICK s), so a difference is exact to a tick per process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    children = (int(fields[13]) + int(fields[14])) / TICK
+    return own, children
 
 
 def _listening(port: int) -> bool:

@@ -6,9 +6,11 @@ JSON the report and the plot read) with ``valid`` and the ledger's ``tally``: a 
 that loses, repeats, reorders or breaks a line gets ``valid: false`` and its figures are
 shown as INVALID, never as fast.
 
-- ``pingpong``: two clients bounce a line back and forth; round-trip p50 / p99.
+- ``pingpong``: two clients bounce a line back and forth; round-trip p50 / p99 and the
+  server's CPU (all its processes and threads, /proc/PID/stat) per relayed line.
 - ``duplex``: two clients each send a stream at the same time; deliveries per second.
 - ``fanout10`` / ``fanout100``: every client sends a stream to all the others.
+  Streams also give the server's CPU per delivery.
 - ``connections``: ramp up to the server's client target in steps; at each step the
   time it took to get them all in the room, the memory (PSS) of the server and all its
   workers, and how long one broadcast takes to reach everybody.
@@ -22,7 +24,7 @@ from typing import Any
 
 from harness.bench import ledger
 from harness.bench.loadgen import Client, LoadError, Swarm
-from harness.bench.servers import RunningServer, ServerError, ServerSpec
+from harness.bench.servers import TICK, RunningServer, ServerError, ServerSpec
 
 Result = dict[str, Any]
 
@@ -103,7 +105,10 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         total = sizes.warmup + sizes.rounds
         rtts: list[float] = []
         stalled = False
+        cpu_start = server.cpu_seconds()
         for seq in range(total):
+            if seq == sizes.warmup:
+                cpu_start = server.cpu_seconds()  # the CPU counted is the measured rounds'
             start = time.perf_counter()
             if not (
                 _bounce(swarm, a, b, seq, deadline, sizes)
@@ -114,6 +119,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
             assert a.seen_at is not None
             if seq >= sizes.warmup:
                 rtts.append(a.seen_at - start)
+        cpu = server.cpu_seconds() - cpu_start
         tally = ledger.verify_all(
             ((c.index, c.received()) for c in swarm.clients), {0: total, 1: total}
         )
@@ -123,6 +129,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         "rounds": len(rtts),
         "rtt_p50_us": _us(_percentile(rtts, 50)),
         "rtt_p99_us": _us(_percentile(rtts, 99)),
+        **_cpu(cpu, 2 * len(rtts), "line"),
         "valid": tally.valid and not stalled,
         "tally": tally.as_dict(),
         "error": "a line never arrived (timed out)" if stalled else None,
@@ -148,10 +155,12 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
         swarm.grow(clients, deadline, server.spec.backlog)
         outboxes = {c.index: ledger.stream(c.index, lines) for c in swarm.clients}
         swarm.expect(swarm.clients, ledger.markers_per(lines * (clients - 1)))
+        cpu_start = server.cpu_seconds()
         start = time.perf_counter()
         swarm.load(outboxes)
         finished = swarm.pump(swarm.complete(clients), deadline, sizes.idle)
         end = time.perf_counter()
+        cpu = server.cpu_seconds() - cpu_start
         if finished:
             end = max(c.done_at or end for c in swarm.clients)
         elapsed = end - start
@@ -168,6 +177,7 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
         "expected": expected,
         "seconds_measured": round(elapsed, 4),
         "deliveries_per_s": round(tally.delivered / elapsed) if elapsed > 0 else None,
+        **_cpu(cpu, tally.delivered, "delivery"),
         "valid": tally.valid and finished,
         "tally": tally.as_dict(),
     }
@@ -258,6 +268,18 @@ def _broadcasts(swarm: Swarm, sizes: Sizes, deadline: float, step: int) -> tuple
         client.needle = None
     latencies.sort()
     return latencies, missed
+
+
+def _cpu(seconds: float, count: int, per: str) -> Result:
+    """The server's CPU over a timed window, per relayed line or per delivery. The
+    kernel counts CPU in clock ticks per process, so the figure is exact to
+    ``cpu_tick_us_per_*`` per process the server runs as."""
+    return {
+        "server_cpu_s": round(seconds, 3),
+        f"cpu_per_{per}_count": count,
+        f"cpu_per_{per}_us": round(1e6 * seconds / count, 4) if count else None,
+        f"cpu_tick_us_per_{per}": round(1e6 / TICK / count, 4) if count else None,
+    }
 
 
 def _percentile(ordered: list[float], pct: float) -> float | None:
