@@ -24,7 +24,7 @@ import pytest
 from faulty_relays import Outcome, relay_cmd, run_harness
 from needs import missing
 
-WINDOW = (1200, 1400)  # the first screen a person sees
+WINDOW = (1200, 1800)  # the first screen a person sees (a tall monitor in portrait)
 BROWSER_FLAGS = [
     "--headless",
     "--no-sandbox",

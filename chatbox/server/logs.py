@@ -84,6 +84,18 @@ def _append(record: logging.LogRecord, text: str) -> None:
     record.args = None
 
 
+def dropped_note(count: int) -> logging.LogRecord:
+    """The line that says how many log lines a full backlog cost."""
+    return logging.makeLogRecord(
+        {
+            "name": "chatbox.logs",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": f"{count} log lines were dropped: stderr is not read",
+        }
+    )
+
+
 class _DroppingQueueHandler(logging.handlers.QueueHandler):
     """A QueueHandler that never waits: a record that does not fit is counted."""
 
@@ -95,14 +107,7 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
     def enqueue(self, record: logging.LogRecord) -> None:
         with self._lock:
             if self.dropped:
-                note = logging.makeLogRecord(
-                    {
-                        "name": "chatbox.logs",
-                        "levelno": logging.WARNING,
-                        "levelname": "WARNING",
-                        "msg": f"{self.dropped} log lines were dropped: stderr is not read",
-                    }
-                )
+                note = dropped_note(self.dropped)
                 try:
                     self.queue.put_nowait(note)
                 except queue.Full:
@@ -165,12 +170,14 @@ class ServerLog:
         log = logging.getLogger("chatbox.logs")
         for line in self.rate_limit.left_out():
             log.warning("%s", line)
-        if self._handler.dropped:
-            log.warning("at exit")  # carries the count of dropped lines before it
         logging.getLogger().removeHandler(self._handler)
         if self._writer is None:
             return
         with contextlib.suppress(queue.Full):
+            # At exit the count may wait for room (bounded): the backlog may still be full
+            # of what a stuck stderr held back, and this is the line that says so.
+            if self._handler.dropped:
+                self._backlog.put(dropped_note(self._handler.dropped), timeout=STOP_WAIT)
             self._backlog.put(None, timeout=STOP_WAIT)
         self._writer.join(STOP_WAIT)
         if not self._writer.is_alive():

@@ -97,6 +97,21 @@ FAULTS: list[Fault] = [
     _f("crossorder", "broadcast", "same order at every receiver"),
     _f("dropclose", "broadcast", "no loss"),
     _f("nulswallow", "bad-input", "no loss"),
+    # Faults of the server's life, not of relaying: the cause line names them.
+    _f(
+        "probedie",
+        "duplex",
+        why="it dies of a probe; the default readiness waits for its line and never probes",
+    ),
+    _f(
+        "dies",
+        "duplex",
+        "server survived",
+        "no loss",
+        may_also=("full duplex",),
+        why="what was sent after its death never arrives; duplex cannot be judged if it dies "
+        "before the quiet phases",
+    ),
 ]
 assert {f.mode for f in FAULTS} - {OURS} == set(MODES), "every relay mode has a row"
 
