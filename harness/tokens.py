@@ -9,9 +9,8 @@ Wire form (printable ASCII framing, so any line-based chat box relays it untouch
 
     ~cbx|SENDER|SEQ|KIND|PAYLOAD|CRC32HEX~
 
-``KIND`` is ``m`` for a counted message, ``h`` for a hello (a sync probe that late joiners
-may legitimately miss) and ``e`` for a sender's last message. ``PAYLOAD`` is any text
-without ``|``, ``~``, CR or LF.
+``KIND`` is ``m`` for a counted message and ``h`` for a hello (a sync probe that late
+joiners may legitimately miss). ``PAYLOAD`` is any text without ``|``, ``~``, CR or LF.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ from dataclasses import dataclass, field
 
 MESSAGE = "m"
 HELLO = "h"
-END = "e"
-KINDS = (MESSAGE, HELLO, END)
+KINDS = (MESSAGE, HELLO)
 
-_FULL = re.compile(r"~cbx\|([A-Za-z0-9_]+)\|(\d+)\|([mhe])\|([^|~\r\n]*)\|([0-9a-f]{8})~")
+_FULL = re.compile(r"~cbx\|([A-Za-z0-9_]+)\|(\d+)\|([mh])\|([^|~\r\n]*)\|([0-9a-f]{8})~")
 # Pieces of a token that did not arrive whole: its head (which names the sender) or its
 # tail (whose CRC names the token, if the harness sent it).
 _HEAD = re.compile(r"cbx\|(?:([A-Za-z0-9_]+)(?:\|(\d+))?)?")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from harness.tokens import END, HELLO, MESSAGE, Damage, Token, scan
+from harness.tokens import HELLO, MESSAGE, Damage, Token, scan
 
 SENT = ">"
 RECEIVED = "<"
@@ -184,7 +184,7 @@ class RunRecord:
     def party(self, name: str) -> PartyLog:
         return self.parties[name]
 
-    def sent_by(self, sender: str, kinds: tuple[str, ...] = (MESSAGE, END)) -> list[Sent]:
+    def sent_by(self, sender: str, kinds: tuple[str, ...] = (MESSAGE,)) -> list[Sent]:
         return [s for s in self.parties[sender].sent if s.token.kind in kinds]
 
     def deliveries(self) -> int:
@@ -195,10 +195,9 @@ class RunRecord:
         return sum(len(self.sent_by(s)) for e in self.expectations for s in e.senders)
 
 
-COUNTED = (MESSAGE, END)
+COUNTED = (MESSAGE,)
 __all__ = [
     "COUNTED",
-    "END",
     "HELLO",
     "NOTE",
     "RECEIVED",
