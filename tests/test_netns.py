@@ -7,11 +7,14 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -33,6 +36,7 @@ from netns_fixture import (
     worker_namespaces,
 )
 
+import harness
 from harness.hosts import NetworkOptions, open_network
 from harness.hosts.base import HostError
 from harness.hosts.namespaces import JanitorLink, list_named
@@ -235,14 +239,28 @@ def test_open_network_reports_an_unusable_mode() -> None:
         open_network(NetworkOptions(kind="netns", clients=2, netns_mode="sideways"))
 
 
-def _python_for(prefix: list[str]) -> str:
+def _readable_harness(into: Path) -> dict[str, str]:
+    """An environment whose PYTHONPATH is a copy of the harness package that any user may
+    read: the installed one may sit in a folder only root can enter (tox's is mode 700)."""
+    into.chmod(0o755)
+    shutil.copytree(
+        Path(harness.__file__).parent, into / "harness", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    for folder in [into, *into.rglob("*")]:
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    env = child_env()
+    env["PYTHONPATH"] = str(into)
+    return env
+
+
+def _python_for(prefix: list[str], env: dict[str, str]) -> str:
     """An interpreter the unprivileged user may run inside its user namespace (ours may
     live under /root, out of its reach)."""
     for python in ("/usr/bin/python3", sys.executable):
         probe = subprocess.run(
             [*prefix, "unshare", "--user", "--map-root-user", python, "-c", "import harness"],
             capture_output=True,
-            env=child_env(),
+            env=env,
             cwd="/",
             timeout=WAIT_S,
             check=False,
@@ -265,16 +283,18 @@ def test_unprivileged_user_gets_namespaces_or_a_clear_reason() -> None:
         "    print('refused', e)\n"
     )
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    python = _python_for(as_nobody)
-    done = subprocess.run(
-        [*as_nobody, python, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        env={**child_env(), "HOME": "/tmp"},
-        cwd="/",
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="cbx-unpriv-") as tmp:
+        env = {**_readable_harness(Path(tmp)), "HOME": "/tmp"}
+        python = _python_for(as_nobody, env)
+        done = subprocess.run(
+            [*as_nobody, python, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            env=env,
+            cwd="/",
+            check=False,
+        )
     out = done.stdout.strip()
     assert out in ("ok held True",) or out.startswith(
         "refused netns needs root or unprivileged user namespaces"

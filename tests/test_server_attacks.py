@@ -70,16 +70,18 @@ def test_hub_survives_a_worker_dying_while_its_client_turns_writable() -> None:
 
 # Run as root, the server first imports everything it will need (the interpreter lives
 # where only root can read), then takes a limit of 4 tasks for its user and becomes
-# that user: root ignores RLIMIT_NPROC, nobody (65534) does not. The hub and its log
-# writer are two tasks, so two worker threads can start and the third cannot - a pids
-# limit as in containers.
-_NPROC_SERVER = """
+# that user: root ignores RLIMIT_NPROC, any other uid does not. The uid is one no other
+# test uses (the netns tests run as nobody, 65534, at the same time under xdist). The
+# hub and its log writer are two tasks, so two worker threads can start and the third
+# cannot - a pids limit as in containers.
+LIMITED_UID = 64999
+_NPROC_SERVER = f"""
 import encodings.idna, gettext, locale, os, resource, shutil, sys
 import chatbox.server.__main__ as server
 resource.setrlimit(resource.RLIMIT_NPROC, (4, 4))
 os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
+os.setgid({LIMITED_UID})
+os.setuid({LIMITED_UID})
 sys.exit(server.main(sys.argv[1:]))
 """
 
@@ -91,8 +93,8 @@ sys.exit(server.main(sys.argv[1:]))
 def test_thread_mode_refuses_one_client_when_no_thread_can_start() -> None:
     """A task limit reached: the one client that cannot get a thread is told so and
     closed; the hub and everyone already here go on."""
-    if any(_owner(pid) == 65534 for pid in _pids()):
-        pytest.skip("uid 65534 already runs processes here; its task count is not ours")
+    if any(_owner(pid) == LIMITED_UID for pid in _pids()):
+        pytest.skip(f"uid {LIMITED_UID} already runs processes here; its task count is not ours")
     with running_server(
         "0", "--host", "127.0.0.1", "--mode", "thread", python_code=_NPROC_SERVER
     ) as srv:
@@ -103,7 +105,8 @@ def test_thread_mode_refuses_one_client_when_no_thread_can_start() -> None:
         assert alice.line() == "* here (2): guest1, guest2"
         alice.send(b"still here\n")
         assert bob.line() == "<guest1> still here"
-        assert "cannot start a worker" in srv.stderr()
+        # Logged by the server's log-writer thread, a moment after the refusal.
+        wait_until(lambda: "cannot start a worker" in srv.stderr(), "the refusal to be logged")
         assert "Traceback" not in srv.stderr()
 
 
