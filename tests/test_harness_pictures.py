@@ -18,6 +18,7 @@ from needs import needs
 from harness.checks import run_checks
 from harness.report import RunResult, build, html_report, sequence_svg, timeline_svg
 from harness.report.sequence import FULL_EVENTS
+from harness.report.svg import LOST_COLOUR
 from harness.tokens import make
 from harness.transcript import Expectation, PartyLog, RunRecord
 
@@ -82,6 +83,8 @@ def test_sequence_labels_every_message_and_marks_the_lost_one_first_offending() 
     # every arrival has a label at its head; the lost ones end in a cross at the server
     assert labels.count("p1#3") == 1 and "p1#4" not in labels
     assert "p1#4 lost: never reached p2" in labels and "p1#9 lost: never reached p2" in labels
+    crosses = svg.count(f'stroke="{LOST_COLOUR}" stroke-width="2.5"/>')
+    assert crosses == 3  # the legend's, and one at the server for each lost message
     offender = next(c.offender for c in result.checks if c.failed)
     assert offender == "p1#4"
     assert "◀ first offending message: no loss" in labels
