@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness import checks
-from harness.tokens import make
+from harness.tokens import HELLO, make
 from harness.transcript import Expectation, PartyLog, QuietPhase, RunRecord, Turn
 
 
@@ -51,6 +51,21 @@ def test_fifo_names_the_message_that_overtook() -> None:
     result = checks.check_fifo(rec)
     assert (result.status, result.offender) == (checks.FAIL, "a#2")
     assert "after a#3" in result.detail
+
+
+def test_fifo_does_not_judge_a_nudge_numbered_before_lines_typed_ahead_of_it() -> None:
+    """A hello is numbered by the thread that nudges, then typed after the talker's next
+    lines: arriving after them is the order it was typed in, not a reordering."""
+    rec, a, b = two_party([1, 2, 3])
+    hello = make("a", 4, "nudge", HELLO)
+    a.add_sent(0.5, hello)
+    for seq in (5, 6):
+        a.add_sent(0.4, make("a", seq, f"payload{seq}"))
+        b.add_received(1.1, "<a> " + make("a", seq, f"payload{seq}").encode())
+    b.add_received(1.2, "<a> " + hello.encode())
+    assert checks.check_fifo(rec).status == checks.PASS
+    b.add_received(1.3, "<a> " + make("a", 3, "payload3").encode())
+    assert checks.check_fifo(rec).status == checks.FAIL  # a message out of order still fails
 
 
 def test_damaged_token_fails_intact() -> None:
