@@ -220,6 +220,10 @@ class Daemon:
             probing = mode == "port" or (
                 mode == "auto" and now - t0 >= AUTO_GRACE_S and not self.stdout
             )
+            if self.exit_status():
+                # It may have announced and died at once: read its last words before
+                # judging, so "ready, then died" is not told as "never ready".
+                self.join_drains()
             if mode != "port" and self.announced is not None:
                 self.ready_how = f"line ({self.announce_line!r} after {now - t0:.2f} s)"
                 return self.announced[1]
