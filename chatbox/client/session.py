@@ -111,7 +111,9 @@ class Session:
         self._ended = threading.Event()
         self._end_reason = "connection closed by server"
         self._end_clean = True
-        self._nick_pending = False
+        # Watched from the first byte: the receiver starts before /nick is sent, and a
+        # quick server's answer must not slip past unwatched.
+        self._nick_pending = name is not None
         self._nick_answered = threading.Event()
         self._nick_refusal: str | None = None
         self._receiver = threading.Thread(target=self._receive, name="receive", daemon=True)
@@ -151,7 +153,6 @@ class Session:
 
     def _claim_name(self, name: str) -> bool:
         """Send /nick NAME and wait for the verdict; False (reported) if it was refused."""
-        self._nick_pending = True
         self._send(b"/nick " + name.encode("utf-8", "surrogateescape") + b"\n")
         self.console.wait_for(self._nick_answered, NICK_TIMEOUT)
         refusal = self._nick_refusal
