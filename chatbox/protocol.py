@@ -342,6 +342,27 @@ def welcome(name: str, others: list[str], count: int | None = None) -> bytes:
     return notice(f"welcome {name}; also here: {listed}")
 
 
+# A coalesced join or leave notice names this many and counts the rest, so its length is
+# bounded however many arrived or went in one hub turn.
+NOTICE_NAMES = 3
+
+
+def arrivals(names: list[str], total: int, what: str) -> bytes:
+    """One notice for ``total`` members who joined or left together (``what`` is
+    ``joined`` or ``left (REASON)``), naming the first `NOTICE_NAMES` of ``names``:
+    ``* alice joined``, ``* alice and bob joined``, ``* alice, bob, carol and 37 others
+    joined``."""
+    named = names[: min(total, NOTICE_NAMES)]
+    rest = total - len(named)
+    if rest:
+        listed = f"{', '.join(named)} and {rest} other{'s' if rest > 1 else ''}"
+    elif len(named) > 1:
+        listed = f"{', '.join(named[:-1])} and {named[-1]}"
+    else:
+        listed = named[0]
+    return notice(f"{listed} {what}")
+
+
 def help_lines() -> bytes:
     return b"".join(notice(f"{usage:<16} {what}") for usage, what in COMMAND_HELP)
 
@@ -374,11 +395,32 @@ WELCOME_ALONE_LINE = re.compile(r"\* welcome (\S+); nobody else")
 HERE_LINE = re.compile(r"\* here \(\d+\): (.*)$")
 # A notice's name never starts with "<": that is an action ("* <NAME> TEXT").
 _NOTICE_NAME = r"([^<\s]\S*)"
-JOINED_LINE = re.compile(rf"\* {_NOTICE_NAME} joined$")
-LEFT_LINE = re.compile(rf"\* {_NOTICE_NAME} left( \(.*\))?$")
+# A join or leave notice may name several (`arrivals`): group 1 is the first name, group
+# 2 the whole list ("alice, bob and 3 others"); `notice_names` reads it.
+_LISTED = r"[^<\s,][^\s,]*"
+_NAMES = rf"({_LISTED})((?:, {_LISTED})*(?: and (?:\d+ others?|{_LISTED}))?)"
+JOINED_LINE = re.compile(rf"\* {_NAMES} joined$")
+LEFT_LINE = re.compile(rf"\* {_NAMES} left( \(.*\))?$")
 RENAMED_LINE = re.compile(rf"\* {_NOTICE_NAME} is now known as (\S+)$")
 YOU_RENAMED_LINE = re.compile(r"\* you are now known as (\S+)$")
 ACTION_LINE = re.compile(r"\* <([^>\s]{1,64})> ")
+
+
+_OTHERS = re.compile(r" and (\d+) others?$")
+
+
+def notice_names(match: re.Match[str]) -> tuple[list[str], int]:
+    """The names a `JOINED_LINE` or `LEFT_LINE` match lists, and how many it counts
+    without naming them: ``* alice, bob and 3 others joined`` -> (["alice", "bob"], 3)."""
+    listed = match.group(1) + match.group(2)
+    others = 0
+    counted = _OTHERS.search(listed)
+    if counted:
+        others = int(counted.group(1))
+        return listed[: counted.start()].split(", "), others
+    head, _, last = listed.rpartition(" and ")
+    names = [*head.split(", "), last] if head else [last]
+    return names, others
 
 
 def nick_verdict(requested: str, line: str) -> tuple[bool, str] | None:

@@ -11,6 +11,9 @@ LEARNING = [
     (["* welcome guest3; also here: alice, bob"], ["alice", "bob"]),
     (["* welcome guest1; nobody else is here yet"], []),
     (["* welcome me; also here: alice", "* carol joined"], ["alice", "carol"]),
+    # Coalesced notices of a connection storm: the named ones are learned.
+    (["* bo, cy, di and 37 others joined"], ["bo", "cy", "di"]),
+    (["* welcome me; also here: a, b, c", "* a and c left (connection lost)"], ["b"]),
     (["* welcome me; also here: alice", "* alice left (quit)"], []),
     (["* welcome me; also here: alice", "* alice is now known as alicia"], ["alicia"]),
     (["* welcome me; also here: alice", "* here (3): me, alice, dave"], ["alice", "dave"]),

@@ -210,3 +210,32 @@ def test_LineDecoder_limit_is_exact_alone_in_one_chunk() -> None:
     assert decoder.feed(b"abcd\r\n") == [Lines(b"abcd\n")]
     assert decoder.feed(b"abcd\n") == [Lines(b"abcd\n")]
     assert decoder.feed(b"abcde\r\n") == [LineTooLong(4)]
+
+
+ARRIVALS = [
+    (["alice"], 1, "* alice joined"),
+    (["alice", "bob"], 2, "* alice and bob joined"),
+    (["alice", "bob", "carol"], 3, "* alice, bob and carol joined"),
+    (["a", "b", "c", "d"], 4, "* a, b, c and 1 other joined"),
+    (["a", "b", "c"], 40, "* a, b, c and 37 others joined"),
+]
+
+
+@pytest.mark.parametrize(("names", "total", "line"), ARRIVALS)
+def test_coalesced_notices_read_back_to_every_name_and_count(
+    names: list[str], total: int, line: str
+) -> None:
+    assert protocol.arrivals(names, total, "joined").decode() == line + "\n"
+    match = protocol.JOINED_LINE.match(line)
+    assert match
+    listed, others = protocol.notice_names(match)
+    assert listed == names[:3] and len(listed) + others == total
+    left = line.replace(" joined", " left (too slow)")
+    match = protocol.LEFT_LINE.match(left)
+    assert match and match.group(3) == " (too slow)"
+    assert protocol.notice_names(match) == (listed, others)
+
+
+def test_coalesced_notice_patterns_refuse_actions_and_chat() -> None:
+    for line in ("* <eve> and 3 others joined", "<eve> a and b joined", "* a, <b> joined"):
+        assert not protocol.JOINED_LINE.match(line)

@@ -16,6 +16,7 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: dict[int, bytearray] = defaultdict(bytearray)
         self.dismissed: list[int] = []
+        self.room: Room | None = None  # whose turn `take` ends, as the hub would
 
     def post(self, member_ids: Iterable[int], data: bytes) -> None:
         for member_id in member_ids:
@@ -25,6 +26,9 @@ class Recorder:
         self.dismissed.append(member_id)
 
     def take(self, member_id: int) -> list[str]:
+        """What the member got by the end of the hub's turn."""
+        if self.room is not None:
+            self.room.end_turn()
         lines = self.sent.pop(member_id, bytearray()).decode().splitlines()
         return lines
 
@@ -32,7 +36,8 @@ class Recorder:
 @pytest.fixture
 def room() -> tuple[Room, Recorder]:
     box = Recorder()
-    return Room(box, max_line=50), box
+    box.room = Room(box, max_line=50)
+    return box.room, box
 
 
 def joined(room: Room, box: Recorder, count: int) -> None:
@@ -183,3 +188,50 @@ def test_Room_welcome_in_a_crowd_names_twenty_and_counts_the_rest(
     [welcome] = box.take(26)
     names = ", ".join(f"guest{i}" for i in range(1, 21))
     assert welcome == f"* welcome guest26; also here: {names} and 5 more (/who lists everyone)"
+
+
+def test_Room_coalesces_a_storm_of_joins_into_one_notice_per_member(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 2)
+    for member_id in range(3, 203):  # 200 joins in one hub turn
+        r.join(member_id)
+    r.end_turn()
+    # Those already here get one line that names three and counts the rest.
+    assert box.take(1) == ["* guest3, guest4, guest5 and 197 others joined"]
+    assert box.take(2) == ["* guest3, guest4, guest5 and 197 others joined"]
+    # Each newcomer: its welcome, then one line for exactly those who came after it.
+    assert box.take(3)[1:] == ["* guest4, guest5, guest6 and 196 others joined"]
+    assert box.take(200)[1:] == ["* guest201 and guest202 joined"]
+    assert box.take(201)[1:] == ["* guest202 joined"]
+    assert len(box.take(202)) == 1  # the last one gets its welcome alone
+
+
+def test_Room_coalesced_leaves_keep_their_reason_and_their_order_with_chat(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 6)
+    r.leave(2, "connection lost")
+    r.leave(3, "connection lost")
+    r.leave(4, "too slow")
+    r.receive(5, b"hi\n")
+    r.leave(6, "connection lost")
+    assert box.take(1) == [
+        "* guest2 and guest3 left (connection lost)",
+        "* guest4 left (too slow)",
+        "<guest5> hi",
+        "* guest6 left (connection lost)",
+    ]
+
+
+def test_Room_a_newcomer_that_leaves_in_the_same_turn_is_announced_both_ways(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 1)
+    r.join(2)
+    r.join(3)
+    r.leave(2, "connection lost")
+    assert box.take(1) == ["* guest2 and guest3 joined", "* guest2 left (connection lost)"]

@@ -23,6 +23,8 @@ from live_server import (
     wait_until,
 )
 
+from chatbox import protocol
+
 MODES = [
     pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
     "thread",
@@ -397,3 +399,52 @@ def test_server_says_when_the_descriptor_limit_is_too_low() -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert "the descriptor limit (RLIMIT_NOFILE 200) allows only 52 of --max-clients 1000" in err
+
+
+STORM = 200
+
+
+def test_server_storm_of_joins_gives_few_notice_lines_and_accounts_for_every_joiner(
+    mode: str,
+) -> None:
+    """200 clients arrive while the hub is stopped (SIGSTOP: they wait in the listen
+    backlog), so the hub takes them in a few turns. Everyone already in the room learns
+    of all 200 in a few coalesced lines, never 200 lines each."""
+    with running_server(
+        "0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", str(STORM + 10)
+    ) as server:
+        [watcher] = joined_peers(server, 1)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            peers = [server.connect() for _ in range(STORM)]
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        names: list[str] = []
+        counted = 0
+        notices = 0
+        while len(names) + counted < STORM:
+            match = protocol.JOINED_LINE.match(watcher.line())
+            assert match, "only join notices come before the storm is announced"
+            listed, others = protocol.notice_names(match)
+            names += listed
+            counted += others
+            notices += 1
+        # The hub takes at most 64 connections a turn: 200 need 4 turns.
+        assert notices <= 8, f"{notices} join notices for {STORM} joiners"
+        assert len(set(names)) == len(names)
+        assert len(names) + counted == STORM
+        watcher.send(b"sync\n")
+        for peer in peers:
+            before = peer.expect("<guest1> sync")
+            joins = [line for line in before if protocol.JOINED_LINE.match(line)]
+            assert before[0].startswith("* welcome")
+            assert len(joins) <= 8, f"a newcomer got {len(joins)} join notices"
+        for peer in peers:
+            peer.close()
+        left = 0
+        while left < STORM:
+            match = protocol.LEFT_LINE.match(watcher.line())
+            assert match
+            listed, others = protocol.notice_names(match)
+            left += len(listed) + others
+        assert left == STORM

@@ -50,12 +50,14 @@ class Completer:
             for name in match.group(1).split(", "):
                 self._add(name)
         elif match := protocol.JOINED_LINE.match(line):
-            self._add(match.group(1))
+            for name in protocol.notice_names(match)[0]:
+                self._add(name)
         elif match := protocol.RENAMED_LINE.match(line):
             self._names.pop(match.group(1).casefold(), None)
             self._add(match.group(2))
         elif match := protocol.LEFT_LINE.match(line):
-            self._names.pop(match.group(1).casefold(), None)
+            for name in protocol.notice_names(match)[0]:
+                self._names.pop(name.casefold(), None)
         elif match := protocol.YOU_RENAMED_LINE.match(line):
             self._me = match.group(1)
             self._names.pop(match.group(1).casefold(), None)

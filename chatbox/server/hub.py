@@ -385,7 +385,9 @@ class Hub:
 
     def _flush(self) -> None:
         """One send per recipient that has something queued; what does not fit waits
-        for its socket to have room again."""
+        for its socket to have room again. The room's run of join and leave notices
+        goes out first: this is where a hub turn ends."""
+        self._room.end_turn()
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
@@ -402,6 +404,7 @@ class Hub:
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
                 self._room.leave(self._broken.pop().id, "connection reset")
+            self._room.end_turn()
 
     def _send(self, link: Link) -> None:
         try:

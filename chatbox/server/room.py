@@ -10,6 +10,12 @@ Like the protocol module it does no I/O: the hub hands it decoded events - a mem
 lines, a line that was too long, a departure - and implements `Postbox`, so every rule
 here is testable with a list standing in for the sockets. A departure the hub reports
 (`leave`) is not reported back; only a member that quits is `dismiss`ed by the room.
+
+Join and leave notices are coalesced: consecutive joins (or consecutive leaves for the
+same reason) with nothing else posted in between wait in a run, and the run goes out as
+one notice per recipient when anything else is posted or when the hub ends its turn
+(`end_turn`). A connection storm of N clients thus costs O(N) notice lines, not O(N²),
+and every recipient still learns of every joiner (named, or counted in "and N others").
 """
 
 from __future__ import annotations
@@ -55,7 +61,12 @@ class Room:
         # The id lists recipients are drawn from, rebuilt only when the roster changes,
         # because fan-out reads them for every relayed block.
         self._everyone: list[int] = []
+        self._everyone_stale = False  # rebuilt once after a run of joins or leaves
         self._guest_numbers = itertools.count(1)
+        # The run of notices not yet posted: joined (member id, name) or left names.
+        self._joins: list[tuple[int, str]] = []
+        self._leaves: list[str] = []
+        self._leave_reason = ""
 
     def __len__(self) -> int:
         return len(self._members)
@@ -77,11 +88,15 @@ class Room:
         others = [
             m.name for m in itertools.islice(self._members.values(), protocol.WELCOME_NAMES + 1)
         ]
+        if self._leaves:
+            self._end_run()
         member = Member(member_id, name)
         self._members[member_id] = member
         self._by_key[protocol.name_key(name)] = member
-        self._postbox.post(self._everyone, protocol.notice(f"{name} joined"))
-        self._everyone = list(self._members)
+        self._joins.append((member_id, name))
+        self._everyone_stale = True
+        # Straight out, not through the run: no notice of the run goes to the newcomer
+        # before it, so its order against them is kept.
         self._postbox.post((member_id,), protocol.welcome(name, others, len(self._members) - 1))
         log.info("%s joined (%d here)", name, len(self._members))
         return name
@@ -96,13 +111,57 @@ class Room:
         if member is None:
             return
         del self._by_key[protocol.name_key(member.name)]
-        self._everyone = list(self._members)
-        self._postbox.post(self._everyone, protocol.notice(f"{member.name} left ({reason})"))
+        if self._joins or (self._leaves and reason != self._leave_reason):
+            self._end_run()
+        self._leaves.append(member.name)
+        self._leave_reason = reason
+        self._everyone_stale = True
         log.info("%s left (%s)", member.name, reason)
+
+    def end_turn(self) -> None:
+        """The hub ends its loop turn: post the run of join or leave notices."""
+        if self._joins or self._leaves:
+            self._end_run()
+
+    def _end_run(self) -> None:
+        joins, self._joins = self._joins, []
+        leaves, self._leaves = self._leaves, []
+        everyone = self._recipients()
+        if leaves:
+            self._postbox.post(
+                everyone, protocol.arrivals(leaves, len(leaves), f"left ({self._leave_reason})")
+            )
+        if not joins:
+            return
+        # Those who were here before the run hear of all of it; each newcomer of the
+        # run hears of those who came after it (its welcome named those before).
+        newcomers = {member_id for member_id, _ in joins}
+        names = [name for _, name in joins]
+        before = [i for i in everyone if i not in newcomers]
+        if before:
+            self._postbox.post(before, protocol.arrivals(names, len(names), "joined"))
+        for index, (member_id, _) in enumerate(joins[:-1], start=1):
+            later = names[index : index + protocol.NOTICE_NAMES]
+            self._postbox.post((member_id,), protocol.arrivals(later, len(names) - index, "joined"))
+
+    def _recipients(self) -> list[int]:
+        """Everyone here, in joining order (the list is rebuilt once per run of joins
+        or leaves, not once per join: a storm would make that O(N²))."""
+        if self._everyone_stale:
+            self._everyone = list(self._members)
+            self._everyone_stale = False
+        return self._everyone
+
+    def _post(self, member_ids: Iterable[int], data: bytes) -> None:
+        """Post anything but a welcome: the run of notices goes first, keeping the order."""
+        if self._joins or self._leaves:
+            self._end_run()
+        self._postbox.post(member_ids, data)
 
     def close(self) -> None:
         """The server is shutting down: tell everyone, and dismiss them all."""
-        everyone = self._everyone
+        self.end_turn()
+        everyone = self._recipients()
         self._postbox.post(everyone, protocol.SERVER_SHUTTING_DOWN)
         self._members.clear()
         self._by_key.clear()
@@ -146,14 +205,16 @@ class Room:
             self._relay(member, b"\n".join(chat) + b"\n")
 
     def _relay(self, member: Member, block: bytes) -> None:
-        recipients = [i for i in self._everyone if i != member.id]
+        if self._joins or self._leaves:
+            self._end_run()
+        recipients = [i for i in self._recipients() if i != member.id]
         if recipients:
             self._postbox.post(recipients, protocol.prefix_block(member.prefix, block))
 
     def line_too_long(self, member_id: int) -> None:
         """The member's worker discarded a line over the limit: tell the member alone."""
         if member_id in self._members:
-            self._postbox.post((member_id,), protocol.line_too_long(self._max_line))
+            self._post((member_id,), protocol.line_too_long(self._max_line))
 
     def _command(self, member: Member, line: bytes) -> None:
         command = protocol.parse_line(line.decode("utf-8", "replace"))
@@ -162,27 +223,27 @@ class Room:
         elif isinstance(command, protocol.Who):
             names = self.names()
             text = f"here ({len(names)}): {', '.join(names)}"
-            self._postbox.post((member.id,), protocol.notice(text))
+            self._post((member.id,), protocol.notice(text))
         elif isinstance(command, protocol.Private):
             target = self._by_key.get(protocol.name_key(command.name))
             if target is None:
-                self._postbox.post((member.id,), protocol.error(f"no such user {command.name!r}"))
+                self._post((member.id,), protocol.error(f"no such user {command.name!r}"))
             elif target is member:
                 # The sender gets nothing back of a private message (docs/protocol.md);
                 # one to oneself would be exactly that.
-                self._postbox.post((member.id,), protocol.error(protocol.MSG_TO_YOURSELF))
+                self._post((member.id,), protocol.error(protocol.MSG_TO_YOURSELF))
             else:
-                self._postbox.post((target.id,), protocol.private_line(member.name, command.text))
+                self._post((target.id,), protocol.private_line(member.name, command.text))
         elif isinstance(command, protocol.Action):
-            recipients = [i for i in self._everyone if i != member.id]
-            self._postbox.post(recipients, protocol.action_line(member.name, command.text))
+            recipients = [i for i in self._recipients() if i != member.id]
+            self._post(recipients, protocol.action_line(member.name, command.text))
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
             self._postbox.dismiss(member.id)
         elif isinstance(command, protocol.Help):
-            self._postbox.post((member.id,), protocol.help_lines())
+            self._post((member.id,), protocol.help_lines())
         elif isinstance(command, protocol.Invalid):
-            self._postbox.post((member.id,), protocol.error(command.message))
+            self._post((member.id,), protocol.error(command.message))
         else:  # Chat never reaches here: receive() relays chat lines itself.
             raise AssertionError(f"unexpected command {command!r}")
 
@@ -196,14 +257,15 @@ class Room:
         if problem is None and key in self._by_key and self._by_key[key] is not member:
             problem = protocol.name_taken(new)
         if problem is not None:
-            self._postbox.post((member.id,), protocol.error(problem))
+            self._post((member.id,), protocol.error(problem))
             return
         old = member.name
         del self._by_key[protocol.name_key(old)]
         member.name = new
         member.prefix = protocol.chat_prefix(new)
         self._by_key[key] = member
-        others = [i for i in self._everyone if i != member.id]
-        self._postbox.post(others, protocol.notice(f"{old} is now known as {new}"))
-        self._postbox.post((member.id,), protocol.notice(protocol.you_renamed(new)))
+        self.end_turn()
+        others = [i for i in self._recipients() if i != member.id]
+        self._post(others, protocol.notice(f"{old} is now known as {new}"))
+        self._post((member.id,), protocol.notice(protocol.you_renamed(new)))
         log.info("%s is now known as %s", old, new)
