@@ -95,6 +95,9 @@ class Hub:
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         self._stopping = False
+        # More connections wait than one turn takes (a storm): the room's run of join
+        # notices goes on into the next turn instead of going out with this one.
+        self._storm = False
         self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
@@ -124,6 +127,7 @@ class Hub:
             self._wakeup_w.close()
 
     def _turn(self, timeout: float | None) -> None:
+        self._storm = False
         for key, _ in self._selector.select(timeout):
             link = key.data
             if link is None:
@@ -216,15 +220,18 @@ class Hub:
     # --- connections --------------------------------------------------------------------
 
     def _accept(self) -> None:
+        self._storm = True  # unless the backlog runs dry below
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 client, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
+                self._storm = False
                 return
             except OSError as exc:
                 # EMFILE and friends: the connection stays in the backlog; say so and
                 # keep relaying for everyone already here.
                 log.error("cannot accept: %s", exc)
+                self._storm = False
                 return
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
@@ -386,8 +393,10 @@ class Hub:
     def _flush(self) -> None:
         """One send per recipient that has something queued; what does not fit waits
         for its socket to have room again. The room's run of join and leave notices
-        goes out first: this is where a hub turn ends."""
-        self._room.end_turn()
+        goes out first - unless more connections wait in the backlog: then the run
+        goes on, and the next turn (at once: the listener is readable) adds to it."""
+        if not self._storm:
+            self._room.end_turn()
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
