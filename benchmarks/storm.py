@@ -50,7 +50,6 @@ def storm(
         if spy_out is not None:
             spy = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                  str(server.pid), "--rate", "500", "--format", "raw", "--output",
                  str(spy_out), "--nonblocking", "--gil"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
