@@ -398,28 +398,37 @@ def check_same_order(record: RunRecord) -> CheckResult:
     detail = ""
     context: list[str] = []
     pairs = 0
+    # Each receiver's counted lines and their keys, computed once: the pairs are
+    # O(receivers²), so everything done per pair is kept to set and list operations.
+    counted = {p: [r for r in record.party(p).received if r.token.kind in COUNTED] for p in group}
+    keys = {p: [r.token.key for r in rs] for p, rs in counted.items()}
+    key_sets = {p: set(ks) for p, ks in keys.items()}
     for i, a in enumerate(group):
         for b in group[i + 1 :]:
-            ra = [r for r in record.party(a).received if r.token.kind in COUNTED]
-            rb = [r for r in record.party(b).received if r.token.kind in COUNTED]
-            common = {r.token.key for r in ra} & {r.token.key for r in rb}
-            if len({sender for sender, _ in common}) < 2:
+            common = key_sets[a] & key_sets[b]
+            sa = [k for k in keys[a] if k in common]
+            if not sa or all(k[0] == sa[0][0] for k in sa):
                 continue  # one sender's lines only: their order is per-sender FIFO's
-            sa = [r for r in ra if r.token.key in common]
-            sb = [r for r in rb if r.token.key in common]
+            sb = [k for k in keys[b] if k in common]
             pairs += 1
-            for x, y in zip(sa, sb, strict=False):
-                if x.token.key != y.token.key:
-                    t = max(x.t, y.t)
-                    if first is None or t < first[0]:
-                        first = (t, str(x.token))
-                        detail = (
-                            f"{a} got {x.token} where {b} got {y.token} "
-                            f"(among the {len(common)} messages both received)"
-                        )
-                        context = _excerpt(a, record.party(a).snapshot(), x.index)
-                        context += _excerpt(b, record.party(b).snapshot(), y.index)
-                    break
+            if sa == sb:
+                continue
+            ra = [r for r in counted[a] if r.token.key in common]
+            rb = [r for r in counted[b] if r.token.key in common]
+            pairs_apart = zip(ra, rb, strict=False)
+            found = next(((x, y) for x, y in pairs_apart if x.token.key != y.token.key), None)
+            if found is None:
+                continue  # the same order, one line repeated: the duplicates check's
+            x, y = found
+            t = max(x.t, y.t)
+            if first is None or t < first[0]:
+                first = (t, str(x.token))
+                detail = (
+                    f"{a} got {x.token} where {b} got {y.token} "
+                    f"(among the {len(common)} messages both received)"
+                )
+                context = _excerpt(a, record.party(a).snapshot(), x.index)
+                context += _excerpt(b, record.party(b).snapshot(), y.index)
     if pairs == 0:
         return CheckResult(
             SAME_ORDER,

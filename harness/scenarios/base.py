@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness.hosts import Network
@@ -28,6 +29,7 @@ from harness.transcript import COUNTED, Expectation, PartyLog, RunRecord
 
 SYNC_BUDGET = 5  # x --settle: how long getting everyone into the room may take
 SYNC_ROUND = 0.3  # first wait for a hello before sending another (late joiners miss some)
+CLOSERS = 64  # parties started, synced or closed at once (threads that mostly wait)
 WINDOW = 32  # lines a talker may have in flight before it waits for them to arrive
 CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --messages
 # Payload lengths: mostly chat-like, but one line in LONG_EVERY is long (LONG_MIN up to
@@ -107,6 +109,14 @@ class Context:
     def _start(
         self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
     ) -> Party:
+        party = self._prepare(name, argv, quit_line, eof_ends)
+        self._launch(party)
+        return party
+
+    def _prepare(
+        self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
+    ) -> Party:
+        """A party on the next client host, recorded, not yet started."""
         host = self.network.client_host(self._count)
         self._count += 1
         command = host.command(argv, tty=True)
@@ -123,22 +133,40 @@ class Context:
             eof_ends=eof_ends,
         )
         self.parties[name] = party
+        return party
+
+    def _launch(self, party: Party) -> None:
         party.start()
         for line in self.options.join_lines:
             # Before any chat: a nickname, a password... (never a counted delivery).
-            party.send_text(line.replace("{name}", name), self.deadline)
-        return party
+            party.send_text(line.replace("{name}", party.name), self.deadline)
 
-    def party(self, name: str) -> Party:
-        """Start a client party (the client command template) on the next client host."""
+    def _client_argv(self) -> list[str]:
         host = self.network.client_host(self._count)
-        argv = expand(
+        return expand(
             self.options.client_template,
             host=self.target.connect_address,
             port=self.target.client_port,
             python=python_for(host),
         )
-        return self._start(name, argv, "/quit" if self.options.ours else None)
+
+    def party(self, name: str) -> Party:
+        """Start a client party (the client command template) on the next client host."""
+        return self._start(name, self._client_argv(), "/quit" if self.options.ours else None)
+
+    def many_parties(self, names: Sequence[str]) -> list[Party]:
+        """Start client parties for ``names`` at once (`CLOSERS` at a time): starting a
+        process in a pty waits for its exec, and 100 of those one after the other take
+        seconds. Hosts are given out in the order of ``names``, as `party` would."""
+        quit_line = "/quit" if self.options.ours else None
+        parties = [self._prepare(name, self._client_argv(), quit_line) for name in names]
+        if len(parties) <= 1:
+            for party in parties:
+                self._launch(party)
+            return parties
+        with ThreadPoolExecutor(min(CLOSERS, len(parties)), "start") as pool:
+            list(pool.map(self._launch, parties))
+        return parties
 
     def raw_party(self, name: str, options: Sequence[str] = ()) -> Party:
         """Start a byte-exact party (`harness.rawclient`) for input no client would type;
@@ -157,8 +185,16 @@ class Context:
         return self._start(name, argv, "/quit" if self.options.ours else None, eof_ends=False)
 
     def close_all(self) -> None:
-        for party in list(self.parties.values()):
-            party.close()
+        """Close every party at once: each close waits up to seconds for its client to
+        act on the quit line and exit, and 100 of those one after the other would make
+        the ending take longer than the run (bounded by `CLOSERS` at a time)."""
+        parties = list(self.parties.values())
+        if len(parties) <= 1:
+            for party in parties:
+                party.close()
+            return
+        with ThreadPoolExecutor(min(CLOSERS, len(parties)), "close") as pool:
+            list(pool.map(Party.close, parties))
 
     # -- tokens --------------------------------------------------------------------
 
@@ -214,13 +250,21 @@ class Context:
     def sync_all(self, parties: list[Party]) -> bool:
         """Everyone in the room: the first hears from the rest and the rest from the first."""
         first, rest = parties[0], parties[1:]
-        if self.sync(first, rest) and all(self.sync(p, [first]) for p in rest):
+        if self.sync(first, rest) and self._sync_each_to(first, rest):
             return True
         for p in parties:
             if not p.alive:
                 tail = " | ".join(line.text for line in p.log.snapshot()[-4:])
                 raise SetupError(f"client {p.name} exited before joining the room: {tail}")
         return False
+
+    def _sync_each_to(self, first: Party, rest: list[Party]) -> bool:
+        """Each of ``rest`` is heard by ``first``: all at once, not one round trip after
+        the other (100 parties would wait 99 round trips and their resends)."""
+        if len(rest) <= 1:
+            return all(self.sync(p, [first]) for p in rest)
+        with ThreadPoolExecutor(min(CLOSERS, len(rest)), "sync") as pool:
+            return all(pool.map(lambda p: self.sync(p, [first]), rest))
 
     def stream(
         self,

@@ -19,7 +19,7 @@ class Broadcast(Scenario):
 
     def run(self, ctx: Context) -> None:
         count = max(2, ctx.options.clients)
-        parties = [ctx.party(f"p{i + 1}") for i in range(count)]
+        parties = ctx.many_parties([f"p{i + 1}" for i in range(count)])
         if not ctx.sync_all(parties):
             ctx.record.notes.append("not every party heard the others' hellos")
         names = [p.name for p in parties]
