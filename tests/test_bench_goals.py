@@ -72,4 +72,5 @@ def test_the_C_reference_is_not_built_without_a_compiler(
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no cc, gcc or clang on it
     spec, why = prepare(builtin_specs()["c"], tmp_path)
     assert why == NO_COMPILER == "not built: no C compiler"
+    assert spec.source is not None  # still a source, no binary to run
     assert not list(tmp_path.iterdir())
