@@ -79,6 +79,35 @@ return 0
 """
 
 
+# Append entries only while the node still waits for the answer: a command that reaches
+# Redis late (it was stalled, not gone) after the node told its client "unavailable"
+# must not be appended after all. ARGV: deadline (microseconds, Redis's clock), MAXLEN,
+# then for each entry its count of field-and-value strings and those strings.
+_APPEND = """
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[1]) then
+  return -1
+end
+local i = 3
+local n = 0
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*'}
+  for j = 1, count do
+    args[#args + 1] = ARGV[i + j]
+  end
+  redis.call(unpack(args))
+  i = i + count + 1
+  n = n + 1
+end
+return n
+"""
+
+# An append must have run within this much of being sent, well inside CALL_TIMEOUT, so
+# that a reply still on its way when the node gives up is (nearly) impossible.
+APPEND_DEADLINE = CALL_TIMEOUT / 2
+
+
 class Unavailable(Exception):
     """Redis cannot be reached now (the caller tells its client, nothing is dropped silently)."""
 
@@ -115,6 +144,8 @@ class Cluster:
         self._keep_r = redis.Redis.from_url(url, **opts)
         self._renew = self._keep_r.register_script(_RENEW)
         self._release = self._hub_r.register_script(_RELEASE)
+        self._append = self._hub_r.register_script(_APPEND)
+        self._clock_offset = 0.0  # Redis's clock minus ours, in seconds
         self._down_until = 0.0
         self._backoff = BACKOFF_MIN
         self._inbox: collections.deque[tuple[bytes, Fields]] = collections.deque()
@@ -134,6 +165,7 @@ class Cluster:
         line says so in one line); later outages are survived with backoff."""
         try:
             self._hub_r.ping()
+            self._measure_clock(self._hub_r)
             last = self._hub_r.xrevrange(self._log_key, count=1)
             self._last_id = last[0][0] if last else b"0-0"
             self._heartbeat(self._hub_r)
@@ -247,13 +279,24 @@ class Cluster:
     def append(self, entries: Iterable[Fields]) -> None:
         """Append entries to the stream in this order, in one pipelined round trip."""
 
-        def work(r: Any) -> Any:
-            pipe = r.pipeline(transaction=False)
-            for fields in entries:
-                pipe.xadd(self._log_key, fields, maxlen=STREAM_MAXLEN, approximate=True)
-            return pipe.execute()
+        deadline = (time.time() + self._clock_offset + APPEND_DEADLINE) * 1_000_000
+        argv: list[bytes | int] = [int(deadline), STREAM_MAXLEN]
+        for fields in entries:
+            argv.append(2 * len(fields))
+            for key, value in fields.items():
+                argv += (key, value)
+        if len(argv) == 2:
+            return
+        done = self._call(lambda r: self._append(keys=[self._log_key], args=argv, client=r))
+        if done < 0:
+            raise Unavailable("the append reached Redis too late")
 
-        self._call(work)
+    def _measure_clock(self, r: Any) -> None:
+        """Where Redis's clock stands against ours (the appends' deadlines are on its)."""
+        before = time.time()
+        seconds, micros = r.time()
+        after = time.time()
+        self._clock_offset = seconds + micros / 1_000_000 - (before + after) / 2
 
     def history(self, count: int) -> list[Fields]:
         """The last ``count`` entries of the stream, oldest first."""
@@ -306,6 +349,7 @@ class Cluster:
         while not self._stop.wait(period):
             try:
                 self._heartbeat(self._keep_r)
+                self._measure_clock(self._keep_r)
                 with self._names_lock:
                     keys = [self._key("name:", key) for key in self._held.values()]
                 if keys:
