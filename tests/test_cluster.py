@@ -7,14 +7,20 @@ line refused aloud while Redis does not answer.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
-from live_server import Peer, ServerProcess
+from live_server import WAIT, Peer, ServerProcess
+from needs import needs
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
+
+from harness.daemon import free_port
 
 LEASE = "1"
 
@@ -146,3 +152,54 @@ def test_lines_are_refused_aloud_while_redis_does_not_answer(
     assert until(b1, "<") == f"<{n_a1}> after the outage"
     a1.close()
     b1.close()
+
+
+def test_a_private_message_reaches_its_name_on_another_node(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (a2, _) = join(a), join(a)
+    (b1, _) = join(b)
+    b1.send(b"/nick bob\n")
+    b1.expect("* you are now known as bob")
+    a1.send(b"/msg bob for bob only\nfor all\n")
+    assert until(b1, "[private]") == f"[private] <{n_a1}> for bob only"
+    assert until(b1, "<") == f"<{n_a1}> for all"
+    # The other client on A got the public line and nothing of the private one.
+    assert [line for line in a2.expect(f"<{n_a1}> for all") if not line.startswith("* ")] == []
+    for peer in (a1, a2, b1):
+        peer.close()
+
+
+def test_a_stopped_node_s_members_leave_at_once(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, _), (b1, _) = join(a), join(b)
+    a1.send(b"/nick alice\n")
+    a1.expect("* you are now known as alice")
+    assert a.terminate() == 0
+    assert a1.read_to_eof()[-1:] == ["* server shutting down"]
+    b1.expect("* alice left (server shutting down)")
+    b1.send(b"/nick alice\n")
+    b1.expect("* you are now known as alice")
+    b1.close()
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "chatbox.server", "--host", "127.0.0.1", *args, "0"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
+
+
+@needs(None if importlib.util.find_spec("redis") else "redis-py is not installed")
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--cluster", "redis://127.0.0.1:{port}/0"], "cannot reach the cluster at"),
+        (["--cluster", "nowhere://x"], "bad --cluster URL"),
+        (["--mode", "fork", "--cluster", "redis://127.0.0.1:{port}/0"], "--mode thread only"),
+    ],
+)
+def test_a_cluster_that_cannot_be_used_is_said_in_one_line(args: list[str], said: str) -> None:
+    port = str(free_port())  # nothing listens there
+    done = run_server(*(arg.replace("{port}", port) for arg in args))
+    assert done.returncode != 0
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
