@@ -185,7 +185,10 @@ class Cluster:
         """End both threads and say this node is gone (best effort: Redis may be down)."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(READ_BLOCK_MS / 1000 + 1)
+            # The reader may be inside a blocking XREAD: the server must be gone soon
+            # after SIGTERM, so it is not waited for long (it is a daemon thread, and
+            # what it reads now nobody will deliver).
+            thread.join(0.2)
         with contextlib.suppress(*self._errors):
             pipe = self._hub_r.pipeline(transaction=False)
             pipe.delete(self._key("node:", self.node), self._key("members:", self.node))
