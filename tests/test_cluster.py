@@ -203,3 +203,21 @@ def test_a_cluster_that_cannot_be_used_is_said_in_one_line(args: list[str], said
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and said in lines[0], done.stderr
+
+
+def test_history_replays_lines_said_on_every_node(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (b1, n_b1) = join(a), join(b)
+    a1.send(b"from a\n")
+    until(b1, "<")
+    b1.send(b"from b\n/msg " + n_a1.encode() + b" secret\n")
+    until(a1, "[private]")
+    (b2, _) = join(b)
+    b2.send(b"/history 5\n")
+    assert b2.expect("* end of history")[-3:] == [
+        "* history: the last 2 lines",
+        f"[history] <{n_a1}> from a",
+        f"[history] <{n_b1}> from b",
+    ]
+    for peer in (a1, b1, b2):
+        peer.close()

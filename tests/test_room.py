@@ -183,3 +183,27 @@ def test_Room_welcome_in_a_crowd_names_twenty_and_counts_the_rest(
     [welcome] = box.take(26)
     names = ", ".join(f"guest{i}" for i in range(1, 21))
     assert welcome == f"* welcome guest26; also here: {names} and 5 more (/who lists everyone)"
+
+
+def test_history_replays_the_last_lines_marked_and_to_the_asker_alone(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 3)
+    for i in range(5):
+        r.receive(1, f"line {i}\n".encode())
+    r.receive(2, b"/me waves\n/msg guest1 secret\n")
+    box.sent.clear()
+    r.receive(3, b"/history 3\n")
+    assert box.take(3) == [
+        "* history: the last 3 lines",
+        "[history] <guest1> line 3",
+        "[history] <guest1> line 4",
+        "[history] * <guest2> waves",
+        "* end of history",
+    ]
+    assert box.take(1) == box.take(2) == []
+    r.receive(3, b"/history\n")
+    assert len(box.take(3)) == 2 + 6  # fewer lines than the default 20: all of them
+    r.receive(3, b"/history lots\n")
+    assert box.take(3) == ["! usage: /history [N], N from 1 to 500"]

@@ -84,6 +84,16 @@ class ClusterRoom:
         for _, fields in self._cluster.take():
             self._deliver(fields)
 
+    def _replay(self, count: int) -> bytes:
+        """The last ``count`` chat lines and actions of the stream (notices and private
+        messages are not replayed); looks back at most 4 entries per line asked for."""
+        lines: list[bytes] = []
+        for fields in self._cluster.history(4 * count):
+            data = _public(fields)
+            if data is not None:
+                lines += data.splitlines(keepends=True)
+        return protocol.history_lines(lines[-count:])
+
     def _deliver(self, fields: Fields) -> None:
         kind = fields.get(b"k")
         ours = fields.get(b"n") == self._node
@@ -96,13 +106,11 @@ class ClusterRoom:
         recipients = [i for i in self._everyone if i != sender]
         if not recipients:
             return
-        if kind == b"c":
-            data = protocol.prefix_block(protocol.chat_prefix(fields[b"p"].decode()), fields[b"b"])
-        elif kind == b"a":
-            data = protocol.action_line(fields[b"p"].decode(), fields[b"t"].decode())
-        elif kind == b"x":
-            data = protocol.notice(fields[b"t"].decode())
+        if kind == b"x":
+            data: bytes | None = protocol.notice(fields[b"t"].decode())
         else:
+            data = _public(fields)
+        if data is None:
             log.warning("unknown stream entry %r", fields)
             return
         self._postbox.post(recipients, data)
@@ -214,6 +222,8 @@ class ClusterRoom:
             self._postbox.dismiss(member.id)
         elif isinstance(command, protocol.Help):
             self._tell(member, protocol.help_lines())
+        elif isinstance(command, protocol.History):
+            self._tell(member, self._replay(command.count))
         elif isinstance(command, protocol.Invalid):
             self._tell(member, protocol.error(command.message))
         else:  # Chat never reaches here: receive() queues chat lines itself.
@@ -239,3 +249,13 @@ class ClusterRoom:
         self._queue(b"x", member, member.id, t=f"{old} is now known as {new}".encode())
         self._tell(member, protocol.notice(protocol.you_renamed(new)))
         log.info("%s is now known as %s", old, new)
+
+
+def _public(fields: Fields) -> bytes | None:
+    """A chat or action entry as its recipients read it; None for any other kind."""
+    kind = fields.get(b"k")
+    if kind == b"c":
+        return protocol.prefix_block(protocol.chat_prefix(fields[b"p"].decode()), fields[b"b"])
+    if kind == b"a":
+        return protocol.action_line(fields[b"p"].decode(), fields[b"t"].decode())
+    return None

@@ -14,6 +14,7 @@ here is testable with a list standing in for the sockets. A departure the hub re
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Iterable
@@ -23,6 +24,9 @@ from typing import Protocol
 from chatbox import protocol
 
 log = logging.getLogger("chatbox.room")
+
+# /history keeps the latest chat blocks up to about this many bytes.
+HISTORY_BYTES = 1 << 20
 
 
 class Postbox(Protocol):
@@ -56,6 +60,9 @@ class Room:
         # because fan-out reads them for every relayed block.
         self._everyone: list[int] = []
         self._guest_numbers = itertools.count(1)
+        # What /history replays: the latest relayed blocks (chat lines and actions).
+        self._history: collections.deque[bytes] = collections.deque()
+        self._history_bytes = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -147,8 +154,25 @@ class Room:
 
     def _relay(self, member: Member, block: bytes) -> None:
         recipients = [i for i in self._everyone if i != member.id]
+        data = protocol.prefix_block(member.prefix, block)
+        self._remember(data)
         if recipients:
-            self._postbox.post(recipients, protocol.prefix_block(member.prefix, block))
+            self._postbox.post(recipients, data)
+
+    def _remember(self, data: bytes) -> None:
+        history = self._history
+        history.append(data)
+        self._history_bytes += len(data)
+        while self._history_bytes > HISTORY_BYTES and len(history) > 1:
+            self._history_bytes -= len(history.popleft())
+
+    def _replay(self, count: int) -> bytes:
+        lines: list[bytes] = []
+        for block in reversed(self._history):
+            lines[:0] = block.splitlines(keepends=True)
+            if len(lines) >= count:
+                break
+        return protocol.history_lines(lines[-count:])
 
     def line_too_long(self, member_id: int) -> None:
         """The member's worker discarded a line over the limit: tell the member alone."""
@@ -175,7 +199,11 @@ class Room:
                 self._postbox.post((target.id,), protocol.private_line(member.name, command.text))
         elif isinstance(command, protocol.Action):
             recipients = [i for i in self._everyone if i != member.id]
-            self._postbox.post(recipients, protocol.action_line(member.name, command.text))
+            data = protocol.action_line(member.name, command.text)
+            self._remember(data)
+            self._postbox.post(recipients, data)
+        elif isinstance(command, protocol.History):
+            self._postbox.post((member.id,), self._replay(command.count))
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
             self._postbox.dismiss(member.id)
