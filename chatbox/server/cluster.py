@@ -238,8 +238,18 @@ class Cluster:
         if not granted:
             return str(holder.split(b"\t")[-1].decode()) if holder else key
         with self._names_lock:
+            previous = self._held.get(member_id)
             self._held[member_id] = key
-        self._call(lambda r: r.hset(self._key("members:", self.node), str(member_id), name))
+        try:
+            self._call(lambda r: r.hset(self._key("members:", self.node), str(member_id), name))
+        except Unavailable:
+            # Not granted after all: the claim lapses with its lease, nobody renews it.
+            with self._names_lock:
+                if previous is None:
+                    self._held.pop(member_id, None)
+                else:
+                    self._held[member_id] = previous
+            raise
         return None
 
     def release(self, member_id: int, key: str) -> None:

@@ -14,6 +14,7 @@ answered with ``! cluster unavailable``, never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -119,6 +120,7 @@ class ClusterRoom:
 
     def join(self, member_id: int) -> str:
         """Admit a member under a guest name fresh across the cluster."""
+        name = ""
         try:
             while True:
                 name = f"guest{self._cluster.guest_number()}"
@@ -126,6 +128,9 @@ class ClusterRoom:
                     break
             others = self._cluster.roster()
         except Unavailable:
+            if name:  # granted or not: this node no longer renews it
+                with contextlib.suppress(Unavailable):
+                    self._cluster.release(member_id, protocol.name_key(name))
             self._postbox.post((member_id,), UNAVAILABLE)
             self._postbox.dismiss(member_id)
             return ""
@@ -243,7 +248,9 @@ class ClusterRoom:
             return
         old = member.name
         if protocol.name_key(old) != key:
-            self._cluster.release_only(protocol.name_key(old))
+            # Best effort: no longer renewed, the old claim lapses with its lease anyway.
+            with contextlib.suppress(Unavailable):
+                self._cluster.release_only(protocol.name_key(old))
         member.name = new
         member.prefix = protocol.chat_prefix(new)
         self._queue(b"x", member, member.id, t=f"{old} is now known as {new}".encode())
