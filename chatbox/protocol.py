@@ -247,13 +247,22 @@ class Help:
 
 
 @dataclass(frozen=True)
+class History:
+    count: int
+
+
+@dataclass(frozen=True)
 class Invalid:
     """A line the room answers with an error line only to its sender."""
 
     message: str
 
 
-Command = Chat | Nick | Who | Private | Action | Quit | Help | Invalid
+Command = Chat | Nick | Who | Private | Action | Quit | Help | History | Invalid
+
+# /history replays this many lines unless asked for another count, and at most the other.
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 500
 
 COMMAND_HELP = (
     ("/nick NAME", "change your name"),
@@ -261,6 +270,7 @@ COMMAND_HELP = (
     ("/msg NAME TEXT", "send TEXT to NAME only"),
     ("/me ACTION", "say what you are doing: * you ACTION"),
     ("/quit [REASON]", "leave the chat"),
+    ("/history [N]", f"replay the last N lines (default {HISTORY_DEFAULT})"),
     ("/help", "show this help"),
     ("//TEXT", "send a line that starts with /"),
 )
@@ -292,6 +302,12 @@ def parse_line(line: str) -> Command:
         return Quit(rest or "quit")
     if verb == "help":
         return Help()
+    if verb == "history":
+        if not rest:
+            return History(HISTORY_DEFAULT)
+        if rest.isdigit() and 0 < int(rest) <= HISTORY_MAX:
+            return History(int(rest))
+        return Invalid(f"usage: /history [N], N from 1 to {HISTORY_MAX}")
     return Invalid(f"unknown command '/{word}' (try /help)")
 
 
@@ -361,6 +377,17 @@ def arrivals(names: list[str], total: int, what: str) -> bytes:
     else:
         listed = named[0]
     return notice(f"{listed} {what}")
+
+
+# A replayed line: never confused with a live one, which starts with `<`, `[private] `,
+# `* ` or `! `.
+HISTORY_PREFIX = b"[history] "
+
+
+def history_lines(lines: list[bytes]) -> bytes:
+    """``lines`` (each ending in LF) marked as replayed, between two notices."""
+    body = b"".join(HISTORY_PREFIX + line for line in lines)
+    return notice(f"history: the last {len(lines)} lines") + body + notice("end of history")
 
 
 def help_lines() -> bytes:

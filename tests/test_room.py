@@ -235,3 +235,27 @@ def test_Room_a_newcomer_that_leaves_in_the_same_turn_is_announced_both_ways(
     r.join(3)
     r.leave(2, "connection lost")
     assert box.take(1) == ["* guest2 and guest3 joined", "* guest2 left (connection lost)"]
+
+
+def test_history_replays_the_last_lines_marked_and_to_the_asker_alone(
+    room: tuple[Room, Recorder],
+) -> None:
+    r, box = room
+    joined(r, box, 3)
+    for i in range(5):
+        r.receive(1, f"line {i}\n".encode())
+    r.receive(2, b"/me waves\n/msg guest1 secret\n")
+    box.sent.clear()
+    r.receive(3, b"/history 3\n")
+    assert box.take(3) == [
+        "* history: the last 3 lines",
+        "[history] <guest1> line 3",
+        "[history] <guest1> line 4",
+        "[history] * <guest2> waves",
+        "* end of history",
+    ]
+    assert box.take(1) == box.take(2) == []
+    r.receive(3, b"/history\n")
+    assert len(box.take(3)) == 2 + 6  # fewer lines than the default 20: all of them
+    r.receive(3, b"/history lots\n")
+    assert box.take(3) == ["! usage: /history [N], N from 1 to 500"]

@@ -12,9 +12,11 @@ import argparse
 import logging
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.argtypes import listening_port, positive_float, positive_int
+from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
@@ -23,6 +25,9 @@ from chatbox.server.hub import (
     Hub,
     HubConfig,
 )
+
+if TYPE_CHECKING:
+    from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
 
@@ -61,8 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         choices=MODES,
-        default=default_mode(),
-        help=f"serve each client in a forked process or a thread (default here: {default_mode()})",
+        default=None,
+        help="serve each client in a forked process or a thread "
+        f"(default here: {default_mode()}; thread with --cluster)",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="share the room with the other servers on this Redis, e.g. "
+        "redis://HOST:6379/0 (rediss:// for TLS); needs chatbox[cluster] (docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--cluster-lease",
+        type=positive_float,
+        default=DEFAULT_LEASE,
+        metavar="SECONDS",
+        help="how long a node's names outlive it if it dies without a word "
+        f"(default {DEFAULT_LEASE})",
     )
     parser.add_argument(
         "--max-line",
@@ -140,6 +160,18 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mode is None:
+        args.mode = "thread" if args.cluster else default_mode()
+    elif args.cluster and args.mode == "fork":
+        # The cluster's reader and keeper are threads of the hub, and forking a process
+        # that runs threads can leave a worker holding a lock nobody will release.
+        print("chatbox-server: --cluster runs in --mode thread only", file=sys.stderr)
+        return 2
+    cluster = None
+    if args.cluster:
+        cluster = connect_cluster(args.cluster, args.cluster_lease)
+        if cluster is None:
+            return 1
     needed = args.max_clients * FDS_PER_CLIENT[args.mode] + FDS_SPARE
     have = raise_fd_limit(needed)
     max_clients = args.max_clients
@@ -173,10 +205,34 @@ def main(argv: list[str] | None = None) -> int:
     server_log = ServerLog(args.log_level)
     server_log.start()
     try:
-        Hub(listener, launcher, config).serve_forever()
+        hub = Hub(listener, launcher, config, cluster)
+        if cluster is not None:
+            cluster.start(hub.wake)
+        try:
+            hub.serve_forever()
+        finally:
+            if cluster is not None:
+                cluster.stop()
     finally:
         server_log.stop()
     return 0
+
+
+def connect_cluster(url: str, lease: float) -> Cluster | None:
+    """The node's link to Redis, checked; None (having said why in one line) if unusable."""
+    from chatbox.server.cluster import Cluster, Unavailable
+
+    try:
+        cluster = Cluster(url, lease)
+    except ValueError as exc:  # redis-py's word for a URL it cannot read
+        print(f"chatbox-server: bad --cluster URL {url!r}: {exc}", file=sys.stderr)
+        return None
+    try:
+        cluster.connect()
+    except Unavailable as exc:
+        print(f"chatbox-server: cannot reach the cluster at {url}: {exc}", file=sys.stderr)
+        return None
+    return cluster
 
 
 if __name__ == "__main__":

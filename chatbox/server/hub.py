@@ -38,8 +38,9 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.channel import LineDropped
@@ -47,6 +48,10 @@ from chatbox.server.farewell import Farewells
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
+
+if TYPE_CHECKING:
+    from chatbox.server.cluster import Cluster
+    from chatbox.server.cluster_room import ClusterRoom
 
 log = logging.getLogger("chatbox.hub")
 
@@ -82,11 +87,27 @@ class HubConfig:
 
 
 class Hub:
-    def __init__(self, listener: socket.socket, launcher: Launcher, config: HubConfig) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        launcher: Launcher,
+        config: HubConfig,
+        cluster: Cluster | None = None,
+    ) -> None:
         self._listener = listener
         self._launcher = launcher
         self._config = config
-        self._room = Room(self, config.max_line)
+        self._room: Room | ClusterRoom
+        # In a cluster the room appends to the shared log and delivers what comes back,
+        # once per turn (docs/cluster.md); alone it posts straight away.
+        self._tick: Callable[[], None] | None = None
+        if cluster is None:
+            self._room = Room(self, config.max_line)
+        else:
+            from chatbox.server.cluster_room import ClusterRoom
+
+            self._room = ClusterRoom(self, cluster, config.max_line)
+            self._tick = self._room.tick
         self._links: dict[int, Link] = {}
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
@@ -147,6 +168,8 @@ class Hub:
             else:
                 self._read(link)
         self._launcher.reap()
+        if self._tick is not None:
+            self._tick()
         self._flush()
         self._check_slow()
         if self._farewells:
@@ -211,6 +234,11 @@ class Hub:
         if signum in (signal.SIGINT, signal.SIGTERM) and not self._stopping:
             log.info("got %s", signal.Signals(signum).name)
             self._stopping = True
+
+    def wake(self) -> None:
+        """Make the loop turn now (from any thread): the cluster's reader has entries."""
+        with contextlib.suppress(OSError):
+            self._wakeup_w.send(b"\0")
 
     def _drain_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):

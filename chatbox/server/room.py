@@ -20,6 +20,7 @@ and every recipient still learns of every joiner (named, or counted in "and N ot
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Iterable
@@ -29,6 +30,9 @@ from typing import Protocol
 from chatbox import protocol
 
 log = logging.getLogger("chatbox.room")
+
+# /history keeps the latest chat blocks up to about this many bytes.
+HISTORY_BYTES = 1 << 20
 
 
 class Postbox(Protocol):
@@ -67,6 +71,9 @@ class Room:
         self._joins: list[tuple[int, str]] = []
         self._leaves: list[str] = []
         self._leave_reason = ""
+        # What /history replays: the latest relayed blocks (chat lines and actions).
+        self._history: collections.deque[bytes] = collections.deque()
+        self._history_bytes = 0
 
     def __len__(self) -> int:
         return len(self._members)
@@ -208,8 +215,25 @@ class Room:
         if self._joins or self._leaves:
             self._end_run()
         recipients = [i for i in self._recipients() if i != member.id]
+        data = protocol.prefix_block(member.prefix, block)
+        self._remember(data)
         if recipients:
-            self._postbox.post(recipients, protocol.prefix_block(member.prefix, block))
+            self._postbox.post(recipients, data)
+
+    def _remember(self, data: bytes) -> None:
+        history = self._history
+        history.append(data)
+        self._history_bytes += len(data)
+        while self._history_bytes > HISTORY_BYTES and len(history) > 1:
+            self._history_bytes -= len(history.popleft())
+
+    def _replay(self, count: int) -> bytes:
+        lines: list[bytes] = []
+        for block in reversed(self._history):
+            lines[:0] = block.splitlines(keepends=True)
+            if len(lines) >= count:
+                break
+        return protocol.history_lines(lines[-count:])
 
     def line_too_long(self, member_id: int) -> None:
         """The member's worker discarded a line over the limit: tell the member alone."""
@@ -236,7 +260,11 @@ class Room:
                 self._post((target.id,), protocol.private_line(member.name, command.text))
         elif isinstance(command, protocol.Action):
             recipients = [i for i in self._recipients() if i != member.id]
-            self._post(recipients, protocol.action_line(member.name, command.text))
+            data = protocol.action_line(member.name, command.text)
+            self._remember(data)
+            self._post(recipients, data)
+        elif isinstance(command, protocol.History):
+            self._post((member.id,), self._replay(command.count))
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
             self._postbox.dismiss(member.id)

@@ -1,0 +1,396 @@
+"""The cluster's engine: one Redis, its stream as the room's log, its keys as the roster.
+
+Several chatbox servers ("nodes") share one room through a Redis server. What one node
+says (chat lines, actions, notices, private messages) is appended to one stream
+(``XADD``); the stream id is the room's one order. Every node reads the stream back
+(``XREAD``, blocking, many entries at once) on a reader thread and its hub delivers the
+entries to its own clients in stream order, so every client on every node sees the same
+order. Names are keys claimed with ``SET NX`` under a lease that the owning node renews
+on its keeper thread; a node that stops renewing (killed, cut off) loses its names when
+the lease runs out, and a surviving node tells the room that its members left.
+
+This module is the Redis side alone: `chatbox.server.cluster_room` holds the room's
+rules. redis-py is imported here only, and only when a node starts (``pip install
+chatbox[cluster]``): the single-process server never loads it.
+
+Keys (``P`` is the prefix, ``chatbox:`` by default)::
+
+    P log              the room's stream
+    P name:KEY         NODE TAB MEMBER TAB NAME, leased: the claim on a name
+    P guests           counter for fresh guest names
+    P nodes            set of node ids that have run
+    P node:NODE        leased heartbeat of a live node
+    P members:NODE     hash MEMBER -> NAME, who is on that node (for the leave notices)
+    P reap:NODE        leased: the one node telling the room that NODE is gone
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from chatbox import protocol
+
+log = logging.getLogger("chatbox.cluster")
+
+DEFAULT_LEASE = 10.0
+# The stream keeps about this many entries (XADD MAXLEN ~): enough for history, bounded.
+STREAM_MAXLEN = 100_000
+# Entries taken per XREAD, and how long one blocks before the reader looks up again.
+READ_COUNT = 1000
+READ_BLOCK_MS = 1000
+# A call from the hub waits at most this long for Redis: the hub must not stall long
+# on a Redis that stopped answering; past it the line is refused, not lost.
+CALL_TIMEOUT = 1.0
+# After a failure the hub refuses at once (no connect attempt per line) for a while,
+# doubling up to this bound; the reader retries on the same schedule.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 2.0
+
+Fields = dict[bytes, bytes]
+
+# Renew the leases of the names this node still holds, and no other node's.
+_RENEW = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\\t' then
+    redis.call('PEXPIRE', key, ARGV[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Delete a name's claim if NODE still holds it.
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\\t' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# Append entries only while the node still waits for the answer: a command that reaches
+# Redis late (it was stalled, not gone) after the node told its client "unavailable"
+# must not be appended after all. ARGV: deadline (microseconds, Redis's clock), MAXLEN,
+# then for each entry its count of field-and-value strings and those strings.
+_APPEND = """
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000000 + tonumber(t[2]) > tonumber(ARGV[1]) then
+  return -1
+end
+local i = 3
+local n = 0
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*'}
+  for j = 1, count do
+    args[#args + 1] = ARGV[i + j]
+  end
+  redis.call(unpack(args))
+  i = i + count + 1
+  n = n + 1
+end
+return n
+"""
+
+# An append must have run within this much of being sent, well inside CALL_TIMEOUT, so
+# that a reply still on its way when the node gives up is (nearly) impossible.
+APPEND_DEADLINE = CALL_TIMEOUT / 2
+
+
+class Unavailable(Exception):
+    """Redis cannot be reached now (the caller tells its client, nothing is dropped silently)."""
+
+
+def import_redis() -> Any:
+    """redis-py, or a clear `SystemExit` where the extra is not installed."""
+    try:
+        import redis
+    except ImportError:
+        raise SystemExit(
+            "chatbox-server: --cluster needs redis-py: pip install 'chatbox[cluster]'"
+        ) from None
+    return redis
+
+
+class Cluster:
+    """One node's link to the shared Redis: claims, the roster, appends, the reader."""
+
+    def __init__(
+        self, url: str, lease: float = DEFAULT_LEASE, prefix: str = "chatbox:", node: str = ""
+    ) -> None:
+        redis = import_redis()
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.lease = lease
+        self.node = node or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        self._p = prefix
+        self._log_key = (prefix + "log").encode()
+        opts: dict[str, Any] = {"socket_timeout": CALL_TIMEOUT}
+        opts["socket_connect_timeout"] = CALL_TIMEOUT
+        self._hub_r = redis.Redis.from_url(url, **opts)
+        # The reader blocks in XREAD for READ_BLOCK_MS: its timeout must be longer.
+        read_opts = {**opts, "socket_timeout": READ_BLOCK_MS / 1000 + 5}
+        self._read_r = redis.Redis.from_url(url, **read_opts)
+        self._keep_r = redis.Redis.from_url(url, **opts)
+        self._renew = self._keep_r.register_script(_RENEW)
+        self._release = self._hub_r.register_script(_RELEASE)
+        self._append = self._hub_r.register_script(_APPEND)
+        self._clock_offset = 0.0  # Redis's clock minus ours, in seconds
+        self._down_until = 0.0
+        self._backoff = BACKOFF_MIN
+        self._inbox: collections.deque[tuple[bytes, Fields]] = collections.deque()
+        self._names_lock = threading.Lock()
+        self._held: dict[int, str] = {}  # member id -> name key this node holds
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_id = b"0-0"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Check Redis answers and note where the stream ends now: this node delivers
+        what is appended from here on.
+
+        Error handling: a Redis that cannot be reached raises `Unavailable` (the command
+        line says so in one line); later outages are survived with backoff."""
+        try:
+            self._hub_r.ping()
+            self._measure_clock(self._hub_r)
+            last = self._hub_r.xrevrange(self._log_key, count=1)
+            self._last_id = last[0][0] if last else b"0-0"
+            self._heartbeat(self._hub_r)
+        except self._errors as exc:
+            raise Unavailable(str(exc)) from None
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Start the reader (which calls ``wake`` when entries arrive) and the keeper."""
+        for name, target in (("reader", self._read_loop), ("keeper", self._keep_loop)):
+            thread = threading.Thread(
+                target=target, args=(wake,), name=f"cluster-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """End both threads and say this node is gone (best effort: Redis may be down)."""
+        self._stop.set()
+        for thread in self._threads:
+            # The reader may be inside a blocking XREAD: the server must be gone soon
+            # after SIGTERM, so it is not waited for long (it is a daemon thread, and
+            # what it reads now nobody will deliver).
+            thread.join(0.2)
+        with contextlib.suppress(*self._errors):
+            pipe = self._hub_r.pipeline(transaction=False)
+            pipe.delete(self._key("node:", self.node), self._key("members:", self.node))
+            pipe.srem(self._key("nodes"), self.node)
+            pipe.execute()
+        for client in (self._hub_r, self._read_r, self._keep_r):
+            with contextlib.suppress(*self._errors):
+                client.close()
+
+    def _key(self, kind: str, rest: str = "") -> str:
+        return f"{self._p}{kind}{rest}"
+
+    # --- calls from the hub -------------------------------------------------------------
+
+    def _call(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work`` on the hub's connection; `Unavailable` if Redis does not answer
+        (and at once, without trying, while backing off after a failure)."""
+        if time.monotonic() < self._down_until:
+            raise Unavailable("backing off")
+        try:
+            result = work(self._hub_r)
+        except self._errors as exc:
+            log.warning("cluster unavailable: %s", exc)
+            self._down_until = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            raise Unavailable(str(exc)) from None
+        self._backoff = BACKOFF_MIN
+        return result
+
+    def claim(self, member_id: int, name: str, key: str) -> str | None:
+        """Claim ``name`` for a member of this node: None if granted, else who holds it."""
+        value = f"{self.node}\t{member_id}\t{name}".encode()
+        name_key = self._key("name:", key)
+        px = int(self.lease * 1000)
+
+        def work(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.set(name_key, value, nx=True, px=px)
+            pipe.get(name_key)
+            return pipe.execute()
+
+        granted, holder = self._call(work)
+        if not granted and holder and holder.startswith(f"{self.node}\t{member_id}\t".encode()):
+            # The member's own name in another case: it keeps the claim, spelt anew.
+            self._call(lambda r: r.set(name_key, value, px=px))
+            granted = True
+        if not granted:
+            return str(holder.split(b"\t")[-1].decode()) if holder else key
+        with self._names_lock:
+            previous = self._held.get(member_id)
+            self._held[member_id] = key
+        try:
+            self._call(lambda r: r.hset(self._key("members:", self.node), str(member_id), name))
+        except Unavailable:
+            # Not granted after all: the claim lapses with its lease, nobody renews it.
+            with self._names_lock:
+                if previous is None:
+                    self._held.pop(member_id, None)
+                else:
+                    self._held[member_id] = previous
+            raise
+        return None
+
+    def release(self, member_id: int, key: str) -> None:
+        """Give a name back (the member left or took another name)."""
+        with self._names_lock:
+            if self._held.get(member_id) == key:
+                del self._held[member_id]
+        self.release_only(key)
+
+    def release_only(self, key: str) -> None:
+        """Delete this node's claim on a name (a member's old name after /nick)."""
+        self._call(
+            lambda r: self._release(keys=[self._key("name:", key)], args=[self.node], client=r)
+        )
+
+    def forget_member(self, member_id: int) -> None:
+        self._call(lambda r: r.hdel(self._key("members:", self.node), str(member_id)))
+
+    def guest_number(self) -> int:
+        return int(self._call(lambda r: r.incr(self._key("guests"))))
+
+    def lookup(self, key: str) -> tuple[str, int, str] | None:
+        """Who holds a name: (node, member id, name), or None."""
+        value = self._call(lambda r: r.get(self._key("name:", key)))
+        if value is None:
+            return None
+        node, member, name = value.decode().split("\t", 2)
+        return node, int(member), name
+
+    def roster(self) -> list[str]:
+        """Every name claimed on every node, sorted (one order for everyone's /who)."""
+
+        def work(r: Any) -> list[str]:
+            keys = list(r.scan_iter(match=self._key("name:*"), count=1000))
+            values = r.mget(keys) if keys else []
+            return [v.decode().split("\t", 2)[2] for v in values if v is not None]
+
+        return sorted(work_result for work_result in self._call(work))
+
+    def append(self, entries: Iterable[Fields]) -> None:
+        """Append entries to the stream in this order, in one pipelined round trip."""
+
+        deadline = (time.time() + self._clock_offset + APPEND_DEADLINE) * 1_000_000
+        argv: list[bytes | int] = [int(deadline), STREAM_MAXLEN]
+        for fields in entries:
+            argv.append(2 * len(fields))
+            for key, value in fields.items():
+                argv += (key, value)
+        if len(argv) == 2:
+            return
+        done = self._call(lambda r: self._append(keys=[self._log_key], args=argv, client=r))
+        if done < 0:
+            raise Unavailable("the append reached Redis too late")
+
+    def _measure_clock(self, r: Any) -> None:
+        """Where Redis's clock stands against ours (the appends' deadlines are on its)."""
+        before = time.time()
+        seconds, micros = r.time()
+        after = time.time()
+        self._clock_offset = seconds + micros / 1_000_000 - (before + after) / 2
+
+    def history(self, count: int) -> list[Fields]:
+        """The last ``count`` entries of the stream, oldest first."""
+        found = self._call(lambda r: r.xrevrange(self._log_key, count=count))
+        return [fields for _, fields in reversed(found)]
+
+    def take(self) -> list[tuple[bytes, Fields]]:
+        """The entries the reader has read since the last call, in stream order."""
+        taken: list[tuple[bytes, Fields]] = []
+        inbox = self._inbox
+        while inbox:
+            taken.append(inbox.popleft())
+        return taken
+
+    # --- the reader thread --------------------------------------------------------------
+
+    def _read_loop(self, wake: Callable[[], None]) -> None:
+        backoff = BACKOFF_MIN
+        while not self._stop.is_set():
+            try:
+                found = self._read_r.xread(
+                    {self._log_key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except self._errors as exc:
+                # Resumes from the last id read: nothing twice, nothing skipped (as long
+                # as the stream still holds it).
+                log.warning("cluster reader: %s (retrying in %.1f s)", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            for _, entries in found or ():
+                if entries:
+                    self._inbox.extend(entries)
+                    self._last_id = entries[-1][0]
+            if found:
+                wake()
+
+    # --- the keeper thread: leases and dead nodes ---------------------------------------
+
+    def _heartbeat(self, r: Any) -> None:
+        px = int(self.lease * 1000)
+        pipe = r.pipeline(transaction=False)
+        pipe.set(self._key("node:", self.node), b"1", px=px)
+        pipe.sadd(self._key("nodes"), self.node)
+        pipe.execute()
+
+    def _keep_loop(self, wake: Callable[[], None]) -> None:
+        period = self.lease / 3
+        while not self._stop.wait(period):
+            try:
+                self._heartbeat(self._keep_r)
+                self._measure_clock(self._keep_r)
+                with self._names_lock:
+                    keys = [self._key("name:", key) for key in self._held.values()]
+                if keys:
+                    self._renew(keys=keys, args=[self.node, int(self.lease * 1000)])
+                self._reap_dead()
+            except self._errors as exc:
+                log.warning("cluster keeper: %s", exc)
+
+    def _reap_dead(self) -> None:
+        """Tell the room that the members of a node whose lease ran out have left, and
+        free their names. One node does it: the one that claims the reaping first."""
+        r = self._keep_r
+        for raw in r.smembers(self._key("nodes")):
+            node = raw.decode()
+            if node == self.node or r.exists(self._key("node:", node)):
+                continue
+            if not r.set(self._key("reap:", node), self.node, nx=True, px=int(self.lease * 1000)):
+                continue
+            members = r.hgetall(self._key("members:", node))
+            pipe = r.pipeline(transaction=False)
+            for member, name in members.items():
+                fields = {b"k": b"x", b"t": name + b" left (server lost)"}
+                fields.update({b"n": node.encode(), b"m": member})
+                pipe.xadd(self._log_key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.delete(self._key("members:", node))
+            pipe.srem(self._key("nodes"), node)
+            pipe.execute()
+            for name in members.values():
+                key = protocol.name_key(name.decode())
+                self._release(keys=[self._key("name:", key)], args=[node], client=r)
+            log.warning("node %s is gone: %d members left", node, len(members))

@@ -1,0 +1,272 @@
+"""The room of a node in a cluster: the same rules as `chatbox.server.room`, one shared order.
+
+The single-node `Room` posts each line straight to its recipients. Here what concerns
+others (chat lines, actions, notices, private messages) is queued during the hub's turn
+and appended to the cluster's stream at its end (`tick`, one pipelined round trip); the
+entries the reader brings back, this node's and every other node's, are delivered to this
+node's members in stream order. So every member on every node sees one order, and a
+sender's lines keep theirs (they are appended in the order its worker read them).
+
+What concerns the asker alone (its welcome, /who, /help, errors) is posted at once, as in
+the single-node room. A line that cannot be appended because Redis is unreachable is
+answered with ``! cluster unavailable``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from chatbox import protocol
+from chatbox.server.cluster import Cluster, Fields, Unavailable
+from chatbox.server.room import Postbox
+
+log = logging.getLogger("chatbox.room")
+
+UNAVAILABLE = protocol.error("cluster unavailable")
+
+
+@dataclass
+class Member:
+    id: int
+    name: str
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = protocol.chat_prefix(self.name)
+
+
+class ClusterRoom:
+    def __init__(
+        self, postbox: Postbox, cluster: Cluster, max_line: int = protocol.DEFAULT_MAX_LINE
+    ) -> None:
+        self._postbox = postbox
+        self._cluster = cluster
+        self._node = cluster.node.encode()
+        self._max_line = max_line
+        self._members: dict[int, Member] = {}
+        self._everyone: list[int] = []
+        # Entries to append at the end of this turn, each with the member that caused it
+        # (told if the append fails), or None for notices nobody is waiting on.
+        self._pending: list[tuple[Fields, int | None]] = []
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, member_id: int) -> bool:
+        return member_id in self._members
+
+    def name_of(self, member_id: int) -> str:
+        return self._members[member_id].name
+
+    # --- the stream ---------------------------------------------------------------------
+
+    def _queue(self, kind: bytes, member: Member | None, sender: int | None, **rest: bytes) -> None:
+        fields: Fields = {b"k": kind, b"n": self._node}
+        if member is not None:
+            fields[b"m"] = str(member.id).encode()
+            fields[b"p"] = member.name.encode()
+        fields.update((key.encode(), value) for key, value in rest.items())
+        self._pending.append((fields, sender))
+
+    def tick(self) -> None:
+        """Once per hub turn: append what this turn queued, deliver what was read."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            try:
+                self._cluster.append(fields for fields, _ in pending)
+            except Unavailable:
+                told = {s for _, s in pending if s is not None and s in self._members}
+                self._postbox.post(told, UNAVAILABLE)
+                lost = sum(1 for _, s in pending if s is None)
+                if lost:
+                    log.warning("cluster unavailable: %d notices not appended", lost)
+        for _, fields in self._cluster.take():
+            self._deliver(fields)
+
+    def end_turn(self) -> None:
+        """Nothing to coalesce here: each join and leave is its own entry in the stream,
+        appended once per turn by `tick` (coalescing across nodes is not built)."""
+
+    def _replay(self, count: int) -> bytes:
+        """The last ``count`` chat lines and actions of the stream (notices and private
+        messages are not replayed); looks back at most 4 entries per line asked for."""
+        lines: list[bytes] = []
+        for fields in self._cluster.history(4 * count):
+            data = _public(fields)
+            if data is not None:
+                lines += data.splitlines(keepends=True)
+        return protocol.history_lines(lines[-count:])
+
+    def _deliver(self, fields: Fields) -> None:
+        kind = fields.get(b"k")
+        ours = fields.get(b"n") == self._node
+        sender = int(fields.get(b"m", b"0")) if ours else None
+        if kind == b"p":
+            if ours and sender in self._members:
+                text = fields[b"t"].decode()
+                self._postbox.post((sender,), protocol.private_line(fields[b"f"].decode(), text))
+            return
+        recipients = [i for i in self._everyone if i != sender]
+        if not recipients:
+            return
+        if kind == b"x":
+            data: bytes | None = protocol.notice(fields[b"t"].decode())
+        else:
+            data = _public(fields)
+        if data is None:
+            log.warning("unknown stream entry %r", fields)
+            return
+        self._postbox.post(recipients, data)
+
+    # --- arrivals and departures ------------------------------------------------------
+
+    def join(self, member_id: int) -> str:
+        """Admit a member under a guest name fresh across the cluster."""
+        name = ""
+        try:
+            while True:
+                name = f"guest{self._cluster.guest_number()}"
+                if self._cluster.claim(member_id, name, protocol.name_key(name)) is None:
+                    break
+            others = self._cluster.roster()
+        except Unavailable:
+            if name:  # granted or not: this node no longer renews it
+                with contextlib.suppress(Unavailable):
+                    self._cluster.release(member_id, protocol.name_key(name))
+            self._postbox.post((member_id,), UNAVAILABLE)
+            self._postbox.dismiss(member_id)
+            return ""
+        member = Member(member_id, name)
+        self._members[member_id] = member
+        self._everyone = list(self._members)
+        others.remove(name)
+        self._postbox.post((member_id,), protocol.welcome(name, others))
+        self._queue(b"x", member, None, t=f"{name} joined".encode())
+        log.info("%s joined (%d on this node)", name, len(self._members))
+        return name
+
+    def leave(self, member_id: int, reason: str) -> None:
+        member = self._members.pop(member_id, None)
+        if member is None:
+            return
+        self._everyone = list(self._members)
+        self._queue(b"x", member, None, t=f"{member.name} left ({reason})".encode())
+        try:
+            self._cluster.release(member_id, protocol.name_key(member.name))
+            self._cluster.forget_member(member_id)
+        except Unavailable:
+            pass  # the claim lapses with its lease: nobody renews it any more
+        log.info("%s left (%s)", member.name, reason)
+
+    def close(self) -> None:
+        """The node is shutting down: its members leave the room, everyone is told."""
+        everyone = self._everyone
+        self._postbox.post(everyone, protocol.SERVER_SHUTTING_DOWN)
+        for member_id in everyone:
+            self.leave(member_id, "server shutting down")
+        self.tick()
+        for member_id in everyone:
+            self._postbox.dismiss(member_id)
+
+    # --- what members say -------------------------------------------------------------
+
+    def receive(self, member_id: int, block: bytes) -> None:
+        member = self._members.get(member_id)
+        if member is None:
+            return
+        if not (block.startswith(b"/") or b"\n/" in block):
+            self._queue(b"c", member, member_id, b=block)
+            return
+        chat: list[bytes] = []
+        for line in block[:-1].split(b"\n"):
+            if line.startswith(b"/") and not line.startswith(b"//"):
+                if chat:
+                    self._queue(b"c", member, member_id, b=b"\n".join(chat) + b"\n")
+                    chat = []
+                self._command(member, line)
+                if member.id not in self._members:
+                    return
+            else:
+                chat.append(line[1:] if line.startswith(b"//") else line)
+        if chat:
+            self._queue(b"c", member, member_id, b=b"\n".join(chat) + b"\n")
+
+    def line_too_long(self, member_id: int) -> None:
+        if member_id in self._members:
+            self._postbox.post((member_id,), protocol.line_too_long(self._max_line))
+
+    def _tell(self, member: Member, data: bytes) -> None:
+        self._postbox.post((member.id,), data)
+
+    def _command(self, member: Member, line: bytes) -> None:
+        command = protocol.parse_line(line.decode("utf-8", "replace"))
+        try:
+            self._run(member, command)
+        except Unavailable:
+            self._tell(member, UNAVAILABLE)
+
+    def _run(self, member: Member, command: protocol.Command) -> None:
+        if isinstance(command, protocol.Nick):
+            self._rename(member, command.name)
+        elif isinstance(command, protocol.Who):
+            names = self._cluster.roster()
+            self._tell(member, protocol.notice(f"here ({len(names)}): {', '.join(names)}"))
+        elif isinstance(command, protocol.Private):
+            target = self._cluster.lookup(protocol.name_key(command.name))
+            if target is None:
+                self._tell(member, protocol.error(f"no such user {command.name!r}"))
+            elif target[:2] == (self._cluster.node, member.id):
+                self._tell(member, protocol.error(protocol.MSG_TO_YOURSELF))
+            else:
+                node, target_id, _ = target
+                fields: Fields = {b"k": b"p", b"n": node.encode(), b"m": str(target_id).encode()}
+                fields.update({b"f": member.name.encode(), b"t": command.text.encode()})
+                self._pending.append((fields, member.id))
+        elif isinstance(command, protocol.Action):
+            self._queue(b"a", member, member.id, t=command.text.encode())
+        elif isinstance(command, protocol.Quit):
+            self.leave(member.id, command.reason)
+            self._postbox.dismiss(member.id)
+        elif isinstance(command, protocol.Help):
+            self._tell(member, protocol.help_lines())
+        elif isinstance(command, protocol.History):
+            self._tell(member, self._replay(command.count))
+        elif isinstance(command, protocol.Invalid):
+            self._tell(member, protocol.error(command.message))
+        else:  # Chat never reaches here: receive() queues chat lines itself.
+            raise AssertionError(f"unexpected command {command!r}")
+
+    def _rename(self, member: Member, new: str) -> None:
+        problem = protocol.name_error(new)
+        if problem is None and new == member.name:
+            problem = protocol.already_named(new)
+        if problem is None and protocol.name_reserved(new):
+            problem = protocol.name_is_reserved(new)
+        key = protocol.name_key(new)
+        if problem is None and self._cluster.claim(member.id, new, key) is not None:
+            problem = protocol.name_taken(new)
+        if problem is not None:
+            self._tell(member, protocol.error(problem))
+            return
+        old = member.name
+        if protocol.name_key(old) != key:
+            # Best effort: no longer renewed, the old claim lapses with its lease anyway.
+            with contextlib.suppress(Unavailable):
+                self._cluster.release_only(protocol.name_key(old))
+        member.name = new
+        member.prefix = protocol.chat_prefix(new)
+        self._queue(b"x", member, member.id, t=f"{old} is now known as {new}".encode())
+        self._tell(member, protocol.notice(protocol.you_renamed(new)))
+        log.info("%s is now known as %s", old, new)
+
+
+def _public(fields: Fields) -> bytes | None:
+    """A chat or action entry as its recipients read it; None for any other kind."""
+    kind = fields.get(b"k")
+    if kind == b"c":
+        return protocol.prefix_block(protocol.chat_prefix(fields[b"p"].decode()), fields[b"b"])
+    if kind == b"a":
+        return protocol.action_line(fields[b"p"].decode(), fields[b"t"].decode())
+    return None

@@ -1,0 +1,223 @@
+"""Several real server processes sharing one room through a real redis-server.
+
+Every check is on what a client on one node or another reads: one order for everyone,
+names unique across nodes, /who across nodes, a killed node's members leaving, and a
+line refused aloud while Redis does not answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from live_server import WAIT, Peer, ServerProcess
+from needs import needs
+from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
+
+from harness.daemon import free_port
+
+LEASE = "1"
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:  # noqa: F811
+    """Two nodes (A and B) on one Redis, each on its own port."""
+    started: list[ServerProcess] = []
+    try:
+        for _ in range(2):
+            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", LEASE]
+            started.append(ServerProcess(*args, "0"))
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def join(node: ServerProcess) -> tuple[Peer, str]:
+    peer = node.connect()
+    welcome = peer.line()
+    assert welcome.startswith("* welcome "), welcome
+    return peer, welcome.split()[2].rstrip(";")
+
+
+def until(peer: Peer, prefix: str) -> str:
+    """The first line starting with ``prefix`` this peer reads (earlier ones skipped)."""
+    while True:
+        line = peer.line()
+        if line.startswith(prefix):
+            return line
+
+
+def chat_lines(peer: Peer, count: int) -> list[str]:
+    """The next ``count`` chat lines this peer reads (notices skipped)."""
+    got: list[str] = []
+    while len(got) < count:
+        line = peer.line()
+        if line.startswith("<"):
+            got.append(line)
+    return got
+
+
+def test_every_client_on_every_node_sees_one_order(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (a2, _) = join(a), join(a)
+    (b1, n_b1), (b2, _) = join(b), join(b)
+    peers = [a1, a2, b1, b2]
+    # Everyone is in the room once each has read a line said after the last join.
+    b2.send(b"ready\n")
+    for peer in (a1, a2, b1):
+        peer.expect("<")
+    rounds, per_round = 5, 20
+    for r in range(rounds):
+        senders = [
+            threading.Thread(
+                target=p.send,
+                args=(b"".join(f"{n}-{r}-{i}\n".encode() for i in range(per_round)),),
+            )
+            for p, n in ((a1, n_a1), (b1, n_b1))
+        ]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+    total = 2 * rounds * per_round
+    seen = {id(p): chat_lines(p, total) for p in (a2, b2)}
+    assert seen[id(a2)] == seen[id(b2)], "the two nodes delivered in different orders"
+    for name in (n_a1, n_b1):
+        mine = [line.split("> ")[1] for line in seen[id(a2)] if line.startswith(f"<{name}>")]
+        assert mine == [f"{name}-{r}-{i}" for r in range(rounds) for i in range(per_round)]
+    # Each sender got the other's lines, in that same order.
+    other_of_a1 = [line for line in seen[id(a2)] if line.startswith(f"<{n_b1}>")]
+    assert chat_lines(a1, len(other_of_a1)) == other_of_a1
+    for peer in peers:
+        peer.close()
+
+
+def test_a_name_is_unique_across_nodes_and_who_lists_every_node(
+    nodes: list[ServerProcess],
+) -> None:
+    a, b = nodes
+    (a1, _), (b1, n_b1) = join(a), join(b)
+    a1.send(b"/nick alice\n")
+    a1.expect("* you are now known as alice")
+    b1.send(b"/nick ALICE\n")
+    assert until(b1, "! ") == "! name 'ALICE' is taken"
+    b1.send(b"/who\n")
+    who = until(b1, "* here")
+    assert who == f"* here (2): {', '.join(sorted(['alice', n_b1]))}", who
+    a1.close()
+    b1.close()
+
+
+def test_a_killed_node_s_members_leave_and_free_their_names(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, _), (b1, _) = join(a), join(b)
+    a1.send(b"/nick alice\n")
+    a1.expect("* you are now known as alice")
+    b1.send(b"/nick alice\n")
+    assert until(b1, "! ") == "! name 'alice' is taken"  # while A lives
+    os.kill(a.pid, signal.SIGKILL)
+    b1.expect("* alice left (server lost)")
+    b1.send(b"/nick alice\n")
+    b1.expect("* you are now known as alice")
+    b1.close()
+
+
+def test_lines_are_refused_aloud_while_redis_does_not_answer(
+    nodes: list[ServerProcess],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    a, b = nodes
+    (a1, n_a1), (b1, _) = join(a), join(b)
+    redis_server.pause()
+    try:
+        a1.send(b"lost in the outage\n")
+        a1.expect("! cluster unavailable")
+    finally:
+        redis_server.resume()
+    # The node reconnects by itself: /who answers again once its backoff has passed.
+    while True:
+        a1.send(b"/who\n")
+        if a1.line().startswith("* here"):
+            break
+    a1.send(b"after the outage\n")
+    # The refused line was in Redis's socket when the node gave up on it: it must not be
+    # appended late, when Redis answers again. What comes after it arrives.
+    assert until(b1, "<") == f"<{n_a1}> after the outage"
+    a1.close()
+    b1.close()
+
+
+def test_a_private_message_reaches_its_name_on_another_node(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (a2, _) = join(a), join(a)
+    (b1, _) = join(b)
+    b1.send(b"/nick bob\n")
+    b1.expect("* you are now known as bob")
+    a1.send(b"/msg bob for bob only\nfor all\n")
+    assert until(b1, "[private]") == f"[private] <{n_a1}> for bob only"
+    assert until(b1, "<") == f"<{n_a1}> for all"
+    # The other client on A got the public line and nothing of the private one.
+    assert [line for line in a2.expect(f"<{n_a1}> for all") if not line.startswith("* ")] == []
+    for peer in (a1, a2, b1):
+        peer.close()
+
+
+def test_a_stopped_node_s_members_leave_at_once(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, _), (b1, _) = join(a), join(b)
+    a1.send(b"/nick alice\n")
+    a1.expect("* you are now known as alice")
+    assert a.terminate() == 0
+    assert a1.read_to_eof()[-1:] == ["* server shutting down"]
+    b1.expect("* alice left (server shutting down)")
+    b1.send(b"/nick alice\n")
+    b1.expect("* you are now known as alice")
+    b1.close()
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "chatbox.server", "--host", "127.0.0.1", *args, "0"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)
+
+
+@needs(None if importlib.util.find_spec("redis") else "redis-py is not installed")
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--cluster", "redis://127.0.0.1:{port}/0"], "cannot reach the cluster at"),
+        (["--cluster", "nowhere://x"], "bad --cluster URL"),
+        (["--mode", "fork", "--cluster", "redis://127.0.0.1:{port}/0"], "--mode thread only"),
+    ],
+)
+def test_a_cluster_that_cannot_be_used_is_said_in_one_line(args: list[str], said: str) -> None:
+    port = str(free_port())  # nothing listens there
+    done = run_server(*(arg.replace("{port}", port) for arg in args))
+    assert done.returncode != 0
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and said in lines[0], done.stderr
+
+
+def test_history_replays_lines_said_on_every_node(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (b1, n_b1) = join(a), join(b)
+    a1.send(b"from a\n")
+    until(b1, "<")
+    b1.send(b"from b\n/msg " + n_a1.encode() + b" secret\n")
+    until(a1, "[private]")
+    (b2, _) = join(b)
+    b2.send(b"/history 5\n")
+    assert b2.expect("* end of history")[-3:] == [
+        "* history: the last 2 lines",
+        f"[history] <{n_a1}> from a",
+        f"[history] <{n_b1}> from b",
+    ]
+    for peer in (a1, b1, b2):
+        peer.close()
