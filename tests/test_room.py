@@ -24,6 +24,9 @@ class Recorder:
     def dismiss(self, member_id: int) -> None:
         self.dismissed.append(member_id)
 
+    def has_room(self, member_id: int) -> bool:
+        return True
+
     def take(self, member_id: int) -> list[str]:
         lines = self.sent.pop(member_id, bytearray()).decode().splitlines()
         return lines
