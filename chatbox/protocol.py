@@ -400,6 +400,7 @@ def line_too_long(limit: int) -> bytes:
 
 SERVER_SHUTTING_DOWN = notice("server shutting down")
 TOO_SLOW = error("disconnected: too slow")
+FLOODING = error("disconnected: flooding")
 # The server could not start a worker for this connection (out of processes or threads).
 SERVER_BUSY = error("server busy, try again later")
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.argtypes import listening_port, positive_float, positive_int
+from chatbox.server import flood
 from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.hub import (
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"clients served at once; one more is told the server is full "
         f"(default {DEFAULT_MAX_CLIENTS})",
     )
+    add_flood_options(parser)
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -118,6 +120,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to log on stderr (default warning)",
     )
     return parser
+
+
+def add_flood_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "flood control", "per client; excess lines are delayed for that client alone"
+    )
+    group.add_argument(
+        "--flood-lines",
+        type=non_negative_float,
+        default=flood.DEFAULT_LINES,
+        help=f"lines a second one client may send on average; 0: no line limit "
+        f"(default {flood.DEFAULT_LINES:g})",
+    )
+    group.add_argument(
+        "--flood-bytes",
+        type=non_negative_float,
+        default=flood.DEFAULT_BYTES,
+        help=f"bytes a second one client may send on average; 0: no byte limit "
+        f"(default {flood.DEFAULT_BYTES:.0f})",
+    )
+    group.add_argument(
+        "--flood-burst",
+        type=positive_float,
+        default=flood.DEFAULT_BURST,
+        help="seconds' worth of either rate a client may send at once, as a paste "
+        f"(default {flood.DEFAULT_BURST:g})",
+    )
+    group.add_argument(
+        "--flood-timeout",
+        type=positive_float,
+        default=flood.DEFAULT_TIMEOUT,
+        help="seconds a client may stay over its rate before it is disconnected "
+        f"for flooding (default {flood.DEFAULT_TIMEOUT:g})",
+    )
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text) if text.replace(".", "", 1).isdigit() else -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -201,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         sendq=args.sendq,
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
+        flood=flood.FloodLimits(
+            args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
+        ),
     )
     server_log = ServerLog(args.log_level)
     server_log.start()

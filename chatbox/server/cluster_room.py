@@ -172,13 +172,15 @@ class ClusterRoom:
 
     # --- what members say -------------------------------------------------------------
 
-    def receive(self, member_id: int, block: bytes) -> None:
+    def receive(self, member_id: int, block: bytes) -> bytes:
+        """As `Room.receive`; every line is taken (replies are not yet held back for
+        the asker's queue in a cluster), so nothing comes back."""
         member = self._members.get(member_id)
         if member is None:
-            return
+            return b""
         if not (block.startswith(b"/") or b"\n/" in block):
             self._queue(b"c", member, member_id, b=block)
-            return
+            return b""
         chat: list[bytes] = []
         for line in block[:-1].split(b"\n"):
             if line.startswith(b"/") and not line.startswith(b"//"):
@@ -187,11 +189,12 @@ class ClusterRoom:
                     chat = []
                 self._command(member, line)
                 if member.id not in self._members:
-                    return
+                    return b""
             else:
                 chat.append(line[1:] if line.startswith(b"//") else line)
         if chat:
             self._queue(b"c", member, member_id, b=b"\n".join(chat) + b"\n")
+        return b""
 
     def line_too_long(self, member_id: int) -> None:
         if member_id in self._members:

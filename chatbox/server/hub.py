@@ -39,12 +39,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import LineDropped
+from chatbox.server.channel import ChannelEvent, LineDropped
 from chatbox.server.farewell import Farewells
+from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
@@ -84,6 +85,7 @@ class HubConfig:
     sendq: int = DEFAULT_SENDQ
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
+    flood: FloodLimits = field(default_factory=FloodLimits)
 
 
 class Hub:
@@ -115,6 +117,10 @@ class Hub:
         self._over: dict[int, Link] = {}  # queues over their bound
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
+        # Channels not read for one client's own sake: over its flood allowance (until
+        # when), or holding commands whose replies wait for room in its queue.
+        self._throttled: dict[int, tuple[float, Link]] = {}
+        self._held: dict[int, Link] = {}
         self._stopping = False
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
@@ -170,7 +176,11 @@ class Hub:
         self._launcher.reap()
         if self._tick is not None:
             self._tick()
+        if self._throttled:
+            self._end_throttles()
         self._flush()
+        if self._held:
+            self._release_held()
         self._check_slow()
         if self._farewells:
             self._farewells.expire()
@@ -182,6 +192,11 @@ class Hub:
         if self._over:
             oldest = min(link.over_since or 0.0 for link in self._over.values())
             deadlines.append(oldest + self._config.slow_timeout)
+        if self._throttled:
+            deadlines.append(min(at for at, _ in self._throttled.values()))
+        if any(self._releasable(link) for link in self._held.values()):
+            # Its replies went out in full (no writable event will come): go on at once.
+            deadlines.append(0.0)
         farewell = self._farewells.next_deadline()
         if farewell is not None:
             deadlines.append(farewell)
@@ -195,10 +210,15 @@ class Hub:
         self._listener.close()
         self._room.close()
         # Ending workers must be seen ending: read every channel again.
-        for link in self._paused.values():
+        for link in [*self._paused.values(), *self._held.values()]:
+            link.reading = True
+            self._watch(link)
+        for _, link in self._throttled.values():
             link.reading = True
             self._watch(link)
         self._paused.clear()
+        self._held.clear()
+        self._throttled.clear()
         self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self._links or self._launcher.pending():
@@ -282,6 +302,8 @@ class Hub:
             return
         hub_end.setblocking(False)
         link = Link(next(self._ids), client, hub_end)
+        if self._config.flood.enabled:
+            link.bucket = FloodBucket(self._config.flood, time.monotonic())
         self._links[link.id] = link
         self._selector.register(hub_end, _READ, link)
         try:
@@ -311,9 +333,34 @@ class Hub:
             self._room.leave(link.id, "connection lost")
             self._forget(link)
             return
-        for event in link.inbound.feed(data):
+        self._deliver(link, link.inbound.feed(data))
+
+    def _deliver(self, link: Link, events: list[ChannelEvent]) -> None:
+        """Hand the room a client's events in order, as far as its flood allowance and
+        its queue let it; the rest is held (and its channel not read) until they do."""
+        for index, event in enumerate(events):
             if isinstance(event, protocol.Lines):
-                self._room.receive(link.id, event.block)
+                block = event.block
+                bucket = link.bucket
+                if bucket is not None and link.state is State.OPEN:
+                    now = time.monotonic()
+                    cut = bucket.take(block, now)
+                    if cut < len(block):
+                        if bucket.flooding(now):
+                            self._flooded(link)
+                            return
+                        rest = self._room.receive(link.id, block[:cut]) if cut else b""
+                        link.held = [protocol.Lines(rest + block[cut:]), *events[index + 1 :]]
+                        self._held[link.id] = link
+                        self._throttle(link, now + bucket.wait())
+                        return
+                rest = self._room.receive(link.id, block)
+                if rest:
+                    # Its replies would not fit: the rest waits, and so does its channel.
+                    link.held = [protocol.Lines(rest), *events[index + 1 :]]
+                    self._held[link.id] = link
+                    self._stop_reading(link)
+                    return
             elif isinstance(event, LineDropped):
                 self._room.line_too_long(link.id)
             else:
@@ -344,6 +391,9 @@ class Hub:
         self._links.pop(link.id, None)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
+        self._throttled.pop(link.id, None)
+        self._held.pop(link.id, None)
+        link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
             with contextlib.suppress(KeyError, ValueError):
@@ -371,6 +421,80 @@ class Hub:
         if link is not None and link.leave():
             self._dirty[member_id] = link
 
+    def has_room(self, member_id: int) -> bool:
+        # Half the bound: a reply never takes the asker's queue over it, so its own
+        # replies never make it a slow reader.
+        link = self._links.get(member_id)
+        return link is None or len(link.sendq) <= self._config.sendq // 2
+
+    # --- one client's own limits: flood control, replies waiting for room -----------------
+
+    def _stop_reading(self, link: Link) -> None:
+        if link.reading:
+            link.reading = False
+            self._watch(link)
+
+    def _resume(self, link: Link) -> None:
+        """Read its channel again, unless something else still holds it back."""
+        if link.gone or link.id in self._throttled or link.id in self._held:
+            return
+        if self._over and not self._stopping:
+            self._paused[link.id] = link  # the room-wide pause resumes it
+            return
+        link.reading = True
+        self._watch(link)
+
+    def _throttle(self, link: Link, until: float) -> None:
+        self._throttled[link.id] = (until, link)
+        self._stop_reading(link)
+
+    def _end_throttles(self) -> None:
+        now = time.monotonic()
+        for member_id, (until, link) in list(self._throttled.items()):
+            if until <= now:
+                del self._throttled[member_id]
+                self._resume(link)
+
+    def _flooded(self, link: Link) -> None:
+        log.warning("%s is flooding: disconnecting", self._room_name(link))
+        self._throttled.pop(link.id, None)
+        self._held.pop(link.id, None)
+        link.held = []
+        self._room.leave(link.id, "flooding")
+        self.post((link.id,), protocol.FLOODING)
+        self.dismiss(link.id)
+        self._read_again(link)
+
+    def _read_again(self, link: Link) -> None:
+        # A leaving client's channel must be read to see its worker end.
+        link.reading = True
+        self._watch(link)
+
+    def _releasable(self, link: Link) -> bool:
+        return link.state is not State.OPEN or (
+            link.id not in self._throttled and self.has_room(link.id)
+        )
+
+    def _release_held(self) -> None:
+        """Hand the room what a client's commands left waiting, once its queue has
+        room; flush what that produced."""
+        released = False
+        for member_id, link in list(self._held.items()):
+            if link.state is not State.OPEN:
+                del self._held[member_id]
+                link.held = []
+                self._read_again(link)
+                continue
+            if not self._releasable(link):
+                continue
+            del self._held[member_id]
+            events, link.held = link.held, []
+            self._deliver(link, events)
+            self._resume(link)
+            released = True
+        if released:
+            self._flush()
+
     # --- slow readers -------------------------------------------------------------------
 
     def _pause(self, link: Link) -> None:
@@ -389,9 +513,7 @@ class Hub:
         if not self._over and self._paused:
             paused, self._paused = self._paused, {}
             for link in paused.values():
-                if not link.gone:
-                    link.reading = True
-                    self._watch(link)
+                self._resume(link)
 
     def _cut(self, link: Link) -> None:
         if not link.sending:

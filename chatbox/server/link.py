@@ -28,7 +28,8 @@ import enum
 import socket
 from dataclasses import dataclass, field
 
-from chatbox.server.channel import ChannelReader
+from chatbox.server.channel import ChannelEvent, ChannelReader
+from chatbox.server.flood import FloodBucket
 
 
 class State(enum.Enum):
@@ -53,6 +54,10 @@ class Link:
     # registration only when it must (these are interest, not lifecycle).
     reading: bool = True  # its channel (unless paused for backpressure)
     want_write: bool = False  # its client socket, while output waits for room
+    bucket: FloodBucket | None = None  # its flood allowance (None: flood control off)
+    # What it sent that waits for room in its own queue (commands whose replies would
+    # not fit); its channel is not read meanwhile.
+    held: list[ChannelEvent] = field(default_factory=list)
 
     @property
     def sending(self) -> bool:

@@ -45,6 +45,10 @@ class Postbox(Protocol):
         """The member chose to leave (or the room closed): flush what is queued for it,
         then disconnect it."""
 
+    def has_room(self, member_id: int) -> bool:
+        """Whether a reply to this member fits in its queue now; a command is handled
+        only then, so replies count against the asker's queue before they are built."""
+
 
 @dataclass
 class Member:
@@ -184,32 +188,40 @@ class Room:
 
     # --- what members say -------------------------------------------------------------
 
-    def receive(self, member_id: int, block: bytes) -> None:
-        """Handle complete lines from a member's worker (each ends in LF).
+    def receive(self, member_id: int, block: bytes) -> bytes:
+        """Handle complete lines from a member's worker (each ends in LF); return the
+        lines not handled yet (empty when all were), to be handed back later.
 
         The common case - a block of plain chat lines - is relayed as one prefixed
         block, without looking at each line. Lines from a member that has left are
-        ignored: its worker may still be sending what was already on the way.
+        ignored: its worker may still be sending what was already on the way. A command
+        is handled only while its reply fits in the member's queue (`Postbox.has_room`):
+        the lines from the first one that does not fit on come back to the caller, so
+        a storm of /who cannot grow the server past the asker's --sendq.
         """
         member = self._members.get(member_id)
         if member is None:
-            return
+            return b""
         if not (block.startswith(b"/") or b"\n/" in block):
             self._relay(member, block)
-            return
+            return b""
         chat: list[bytes] = []
-        for line in block[:-1].split(b"\n"):
+        lines = block[:-1].split(b"\n")
+        for index, line in enumerate(lines):
             if line.startswith(b"/") and not line.startswith(b"//"):
                 if chat:
                     self._relay(member, b"\n".join(chat) + b"\n")
                     chat = []
+                if not self._postbox.has_room(member.id):
+                    return b"\n".join(lines[index:]) + b"\n"
                 self._command(member, line)
                 if member.id not in self._members:
-                    return
+                    return b""
             else:
                 chat.append(line[1:] if line.startswith(b"//") else line)
         if chat:
             self._relay(member, b"\n".join(chat) + b"\n")
+        return b""
 
     def _relay(self, member: Member, block: bytes) -> None:
         if self._joins or self._leaves:
