@@ -105,7 +105,12 @@ class Context:
     # -- parties -------------------------------------------------------------------
 
     def _start(
-        self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
+        self,
+        name: str,
+        argv: list[str],
+        quit_line: str | None,
+        eof_ends: bool = True,
+        ready_text: str = "",
     ) -> Party:
         host = self.network.client_host(self._count)
         self._count += 1
@@ -124,6 +129,10 @@ class Context:
         )
         self.parties[name] = party
         party.start()
+        if ready_text and self.options.join_lines:
+            # What is typed before the client says it is ready may be thrown away (the
+            # raw client's switch to raw mode flushes pending input).
+            party.wait_text(ready_text, self.deadline)
         for line in self.options.join_lines:
             # Before any chat: a nickname, a password... (never a counted delivery).
             party.send_text(line.replace("{name}", name), self.deadline)
@@ -154,7 +163,8 @@ class Context:
         ]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
-        return self._start(name, argv, "/quit" if self.options.ours else None, eof_ends=False)
+        quit_line = "/quit" if self.options.ours else None
+        return self._start(name, argv, quit_line, eof_ends=False, ready_text="connected")
 
     def close_all(self) -> None:
         for party in list(self.parties.values()):
