@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from harness.tokens import Token
-from harness.transcript import COUNTED, Line, QuietPhase, Receipt, RunRecord
+from harness.transcript import COUNTED, RECEIVED, Line, QuietPhase, Receipt, RunRecord
 
 PASS = "pass"
 FAIL = "fail"
@@ -664,12 +664,47 @@ def check_no_reset(record: RunRecord) -> CheckResult:
     )
 
 
-def cause(results: Iterable[CheckResult]) -> str:
-    """What made a run fail when one failure explains the others (a reset), else ''."""
+def cause(results: Iterable[CheckResult], record: RunRecord | None = None) -> str:
+    """What made a run fail when one failure explains the others (a reset, a room that
+    never formed), else ''."""
+    results = list(results)
     for r in results:
         if r.name == NO_RESET and r.failed:
             return r.detail.split(":", 1)[0]
-    return ""
+    if record is None or not any(r.failed for r in results):
+        return ""
+    return room_never_formed(record)
+
+
+_PROMPTS = re.compile(r"^(?:[>$#%] )+")
+_WORDS = re.compile(r"[A-Za-z]{2}")
+
+
+def room_never_formed(record: RunRecord) -> str:
+    """The cause when lines were sent but no party received any other's line at all:
+    the server wants something before it relays (a nickname, a password), or relays
+    nothing; what it did say is quoted. '' when anything was delivered."""
+    logs = record.parties.values()
+    if not any(log.sent for log in logs) or any(log.received for log in logs):
+        return ""
+    said = next(
+        (
+            text
+            for log in logs
+            for line in log.snapshot()
+            if line.direction == RECEIVED
+            # Without a client's prompts ("> "): words, and not the raw party's own.
+            and _WORDS.search(text := _PROMPTS.sub("", line.text))
+            and "cbx|" not in text
+            and text != "connected"
+        ),
+        "",
+    )
+    heard = f"; it said {said[:120]!r}" if said else "; it said nothing"
+    return (
+        "nothing was relayed: no party ever received another's line (does the server "
+        f"want something first? --join LINE sends it, e.g. --join '{{name}}'){heard}"
+    )
 
 
 ALL_CHECKS: list[Callable[[RunRecord], CheckResult]] = [

@@ -67,12 +67,18 @@ def test_correct_relay_with_other_decoration_passes(tmp_path: object, scenario: 
     assert out.statuses()["this project's server"] == "n/a"
 
 
-def test_server_asking_for_a_nickname_first_is_driven_with_join(tmp_path: object) -> None:
-    """--join LINE goes first from every party and is never counted as chat."""
-    args = ["--scenario", "duplex", "--join", "NICK {name}", "--join", "/pass x"]
-    out = run_harness(str(tmp_path), "--server-cmd", relay_cmd("ok"), *args)
-    assert out.code == 0, out.stdout + out.stderr
-    assert out.report["runs"][0]["parties"]["p1"]["received"] > 0
+def test_server_asking_for_a_nickname_first_without_join_is_told_to_use_join(
+    tmp_path: object,
+) -> None:
+    """A relay that relays nothing until a client names itself (its matrix row passes
+    with --join, the byte-exact burst party's name included): without --join the
+    verdict's cause says what is wrong and quotes the server."""
+    args = ["--server-cmd", relay_cmd("nickname"), "--scenario", "duplex", "--messages", "30"]
+    out = run_harness(str(tmp_path), *args, "--settle", "0.5")
+    assert out.code == 1, out.stdout + out.stderr
+    cause = out.report["runs"][0]["cause"]
+    assert cause.startswith("nothing was relayed: no party ever received another's line")
+    assert "--join" in cause and "who are you? send your name first" in cause
 
 
 def test_selftest_prints_the_matrix(tmp_path: object) -> None:

@@ -29,8 +29,8 @@ class RunResult:
     @property
     def cause(self) -> str:
         """The one failure that explains the others (the server's death, a connection
-        reset), if any."""
-        return self.server_death or cause(self.checks)
+        reset, a room that never formed), if any."""
+        return self.server_death or cause(self.checks, self.record)
 
     def stderr_excerpt(self) -> tuple[list[str], list[str], int]:
         """The server's stderr as reports show it: (head, tail, lines left out between)."""

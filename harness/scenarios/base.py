@@ -107,7 +107,12 @@ class Context:
     # -- parties -------------------------------------------------------------------
 
     def _start(
-        self, name: str, argv: list[str], quit_line: str | None, eof_ends: bool = True
+        self,
+        name: str,
+        argv: list[str],
+        quit_line: str | None,
+        eof_ends: bool = True,
+        ready_text: str = "",
     ) -> Party:
         party = self._prepare(name, argv, quit_line, eof_ends)
         self._launch(party)
@@ -137,6 +142,10 @@ class Context:
 
     def _launch(self, party: Party) -> None:
         party.start()
+        if ready_text and self.options.join_lines:
+            # What is typed before the client says it is ready may be thrown away (the
+            # raw client's switch to raw mode flushes pending input).
+            party.wait_text(ready_text, self.deadline)
         for line in self.options.join_lines:
             # Before any chat: a nickname, a password... (never a counted delivery).
             party.send_text(line.replace("{name}", party.name), self.deadline)
@@ -182,7 +191,8 @@ class Context:
         ]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
-        return self._start(name, argv, "/quit" if self.options.ours else None, eof_ends=False)
+        quit_line = "/quit" if self.options.ours else None
+        return self._start(name, argv, quit_line, eof_ends=False, ready_text="connected")
 
     def close_all(self) -> None:
         """Close every party at once: each close waits up to seconds for its client to

@@ -97,6 +97,13 @@ FAULTS: list[Fault] = [
     _f("crossorder", "broadcast", "same order at every receiver"),
     _f("dropclose", "broadcast", "no loss"),
     _f("nulswallow", "bad-input", "no loss"),
+    # Correct, but a name first: passes with --join (without it the cause names --join).
+    _f(
+        "nickname",
+        "duplex",
+        extra=("--join", "{name}"),
+        why="each client must send its name first; --join '{name}' sends it",
+    ),
     # Faults of the server's life, not of relaying: the cause line names them.
     _f(
         "probedie",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import selectors
 import socket
 import sys
@@ -40,6 +41,7 @@ MODES: dict[str, str] = {
     "halfclient": "(a client) reads a line, sends it, reads the socket once, repeats",
     "probedie": "crashes when a connection closes before sending anything (a readiness probe)",
     "dies": "aborts (SIGABRT) after --after lines, with a long sanitizer-like stderr",
+    "nickname": "(correct, but asks each client for its name first: run it with --join)",
 }
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 SPLIT_READ = 4096  # split: one read() of this many bytes, each piece sent as a line
@@ -53,6 +55,9 @@ PROBEDIE_LATE = 0.5  # probedie: listens this long before it says so (loads some
 DIES_LINES = 60  # dies: its stderr report, longer than any tail a report might keep
 DIES_FIRST = "==4242==ERROR: AddressSanitizer: heap-use-after-free (faulty relay 'dies')"
 DIES_LAST = "==4242==ABORTING"
+# nickname: what a name may be, and what the relay says until it gets one.
+NICKNAME = re.compile(rb"[A-Za-z][A-Za-z0-9_]{0,15}")
+NAME_PROMPT = b"* who are you? send your name first (a letter, then letters, digits or _)\n"
 
 
 def die_loudly() -> None:
@@ -74,6 +79,7 @@ class Client:
         self.lazy: list[bytes] = []  # dropclose: the batch of lines not yet relayed
         self.lazy_since = 0.0
         self.spoke = False  # probedie: sent at least one byte
+        self.named = False  # nickname: its first valid line named it
 
 
 class Relay:
@@ -204,7 +210,18 @@ class Relay:
             client.lazy.extend(lines)
             return
         for line in lines:
+            if self.mode == "nickname" and not client.named:
+                self.take_name(client, line.rstrip(b"\r"))
+                continue
             self.relay_line(client, line.rstrip(b"\r"))
+
+    def take_name(self, client: Client, line: bytes) -> None:
+        """nickname: nothing is relayed until a line names the client."""
+        if NICKNAME.fullmatch(line) is None:
+            self.send_to(client, NAME_PROMPT)
+            return
+        client.name, client.named = line.decode(), True
+        self.send_to(client, f"* welcome {client.name}\n".encode())
 
     def flush_lazy(self, client: Client) -> None:
         lines, client.lazy = client.lazy, []
@@ -242,6 +259,8 @@ class Relay:
                     self.order.append(client)
                     if self.talker is None:
                         self.selector.register(sock, selectors.EVENT_READ)
+                    if self.mode == "nickname":
+                        self.send_to(client, NAME_PROMPT)
                 else:
                     client_sock = key.fileobj
                     assert isinstance(client_sock, socket.socket)
