@@ -115,7 +115,7 @@ class Context:
         ready_text: str = "",
     ) -> Party:
         party = self._prepare(name, argv, quit_line, eof_ends)
-        self._launch(party)
+        self._launch(party, ready_text)
         return party
 
     def _prepare(
@@ -140,7 +140,7 @@ class Context:
         self.parties[name] = party
         return party
 
-    def _launch(self, party: Party) -> None:
+    def _launch(self, party: Party, ready_text: str = "") -> None:
         party.start()
         if ready_text and self.options.join_lines:
             # What is typed before the client says it is ready may be thrown away (the
