@@ -69,7 +69,13 @@ def main() -> int:
         "--subprocesses", action="store_true", help="sample the workers too (fork mode)"
     )
     args = parser.parse_args()
-    spec, why = prepare(builtin_specs()[args.server], Path(tempfile.mkdtemp()))
+    # The C reference is built in here; the folder goes when the run ends.
+    with tempfile.TemporaryDirectory(prefix="chatbox-profile-") as build:
+        return profile(args, Path(build))
+
+
+def profile(args: argparse.Namespace, build: Path) -> int:
+    spec, why = prepare(builtin_specs()[args.server], build)
     if why:
         print(f"{args.server}: {why}", file=sys.stderr)
         return 1

@@ -279,22 +279,32 @@ COMMAND_HELP = (
 COMMANDS = tuple(sorted(usage.split()[0] for usage, _ in COMMAND_HELP if usage[1] != "/"))
 
 
+_BLANK = re.compile(r"[ \t]+")
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """A word and the rest, split at the first blank: a TAB is a blank as a space is
+    (a client that takes ``/quit<TAB>bye`` for a quit must find the server agreeing)."""
+    blank = _BLANK.search(text)
+    if blank is None:
+        return text, ""
+    return text[: blank.start()], text[blank.end() :].strip()
+
+
 def parse_line(line: str) -> Command:
     """What one sanitised, non-empty line asks for."""
     if not line.startswith("/"):
         return Chat(line)
     if line.startswith("//"):
         return Chat(line[1:])
-    word, _, rest = line[1:].partition(" ")
+    word, rest = _first_word(line[1:])
     verb = word.lower()
-    rest = rest.strip()
     if verb == "nick":
         return Nick(rest) if rest else Invalid("usage: /nick NAME")
     if verb == "who":
         return Who()
     if verb == "msg":
-        name, _, text = rest.partition(" ")
-        text = text.strip()
+        name, text = _first_word(rest)
         return Private(name, text) if name and text else Invalid("usage: /msg NAME TEXT")
     if verb == "me":
         return Action(rest) if rest else Invalid("usage: /me ACTION")

@@ -112,6 +112,15 @@ def check_no_loss(record: RunRecord) -> CheckResult:
     )
 
 
+def _offence(
+    record: RunRecord, check: str, detail: str, offender: str, receiver: str, index: int
+) -> CheckResult:
+    """A failed check, shown with the receiver's lines around its first offence."""
+    return CheckResult(
+        check, FAIL, detail, offender, _excerpt(receiver, record.party(receiver).snapshot(), index)
+    )
+
+
 def check_no_duplicates(record: RunRecord) -> CheckResult:
     dups: list[tuple[float, str, Token, int]] = []
     for name, log in record.parties.items():
@@ -126,12 +135,13 @@ def check_no_duplicates(record: RunRecord) -> CheckResult:
         return CheckResult(NO_DUPLICATES, PASS, "every message arrived at most once")
     dups.sort(key=lambda d: d[0])
     t, receiver, token, index = dups[0]
-    return CheckResult(
+    return _offence(
+        record,
         NO_DUPLICATES,
-        FAIL,
         f"{len(dups)} duplicate deliveries; first: {token} arrived again at {receiver} ({t:.4f}s)",
         str(token),
-        _excerpt(receiver, record.party(receiver).snapshot(), index),
+        receiver,
+        index,
     )
 
 
@@ -165,12 +175,13 @@ def check_intact(record: RunRecord) -> CheckResult:
         )
     bad.sort(key=lambda b: b[0])
     t, receiver, who, why, index = bad[0]
-    return CheckResult(
+    return _offence(
+        record,
         INTACT,
-        FAIL,
         f"{len(bad)} damaged deliveries; first: {who} at {receiver} ({t:.4f}s): {why}",
         who,
-        _excerpt(receiver, record.party(receiver).snapshot(), index),
+        receiver,
+        index,
     )
 
 
@@ -217,12 +228,13 @@ def check_framing(record: RunRecord) -> CheckResult:
         return CheckResult(ONE_PER_LINE, PASS, f"{lines} lines, each one whole message")
     bad.sort(key=lambda b: b[0])
     t, receiver, who, why, index = bad[0]
-    return CheckResult(
+    return _offence(
+        record,
         ONE_PER_LINE,
-        FAIL,
         f"{len(bad)} lines not one message; first at {receiver} ({t:.4f}s): {why}",
         who,
-        _excerpt(receiver, record.party(receiver).snapshot(), index),
+        receiver,
+        index,
     )
 
 
@@ -304,14 +316,15 @@ def check_attribution(record: RunRecord) -> CheckResult:
         )
     bad.sort(key=lambda b: b[0])
     t, receiver, r, other = bad[0]
-    return CheckResult(
+    return _offence(
+        record,
         RIGHT_SENDER,
-        FAIL,
         f"{len(bad)} lines shown as another sender's; first: {r.token} at {receiver} "
         f"({t:.4f}s) shown as {r.decoration!r}, which is how {other}'s lines are shown "
         f"({shown})",
         str(r.token),
-        _excerpt(receiver, record.party(receiver).snapshot(), r.index),
+        receiver,
+        r.index,
     )
 
 
@@ -341,13 +354,14 @@ def check_echo(record: RunRecord) -> CheckResult:
     if echoes:
         echoes.sort(key=lambda e: e[0])
         t, who, r = echoes[0]
-        return CheckResult(
+        return _offence(
+            record,
             NO_ECHO,
-            FAIL,
             f"{len(echoes)} lines came back to their sender; first: {r.token} at {who} "
             f"({t:.4f}s) shown as {r.decoration!r}, the server's decoration for {who}",
             str(r.token),
-            _excerpt(who, record.party(who).snapshot(), r.index),
+            who,
+            r.index,
         )
     if unknown:
         names = ", ".join(sorted(set(unknown)))
@@ -382,13 +396,14 @@ def check_fifo(record: RunRecord) -> CheckResult:
         return CheckResult(FIFO, PASS, "each sender's messages arrived in the order sent")
     bad.sort(key=lambda b: b[0])
     t, receiver, token, prev, index = bad[0]
-    return CheckResult(
+    return _offence(
+        record,
         FIFO,
-        FAIL,
         f"{len(bad)} out of order; first: {token} arrived at {receiver} after "
         f"{token.sender}#{prev} ({t:.4f}s)",
         str(token),
-        _excerpt(receiver, record.party(receiver).snapshot(), index),
+        receiver,
+        index,
     )
 
 

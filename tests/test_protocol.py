@@ -148,6 +148,10 @@ COMMAND_CASES: list[tuple[str, protocol.Command]] = [
     ("/me", protocol.Invalid("usage: /me ACTION")),
     ("/quit", protocol.Quit("quit")),
     ("/quit gone fishing", protocol.Quit("gone fishing")),
+    # A TAB ends the command word as a space does: the client takes `/quit<TAB>bye` for
+    # a quit and waits for the server to close, so the server must agree.
+    ("/quit\tbye", protocol.Quit("bye")),
+    ("/msg\tbob \thi\tthere", protocol.Private("bob", "hi\tthere")),
     ("/help", protocol.Help()),
     ("/frob x", protocol.Invalid("unknown command '/frob' (try /help)")),
 ]

@@ -267,16 +267,15 @@ def sequence_svg(history: History, title: str, uid: str = "seq") -> str:
     )
     arrows: list[str] = [f'<g clip-path="url(#{uid}-win)">']
     labels: list[str] = []
+    pen = _Pen(x, server_x, colour, marker, uid, arrows, labels)
     for i, e in enumerate(shown, start=lo):
         ey = row_y[i]
         labels.append(svg.text(8, ey + 4, f"{e.t:9.4f}s", size=10, fill=svg.GREY))
         if e.kind == 0 and e.message is not None:
-            _send(e.message, ey, x, server_x, colour, marker, uid, arrows, labels)
+            _send(pen, e.message, ey)
         elif e.kind == 1 and e.message is not None and e.delivery is not None:
             sy = y_of(send_index[id(e.message)])
-            _arrival(
-                e.message, e.delivery, sy, ey, x, server_x, colour, marker, uid, arrows, labels
-            )
+            _arrival(pen, e.message, e.delivery, sy, ey)
         elif e.orphan is not None:
             o = e.orphan
             labels.append(svg.diamond(x[o.receiver], ey))
@@ -308,18 +307,24 @@ def sequence_svg(history: History, title: str, uid: str = "seq") -> str:
     return svg.document(width, height, body, title, uid) + "\n"
 
 
-def _send(
-    m: Message,
-    y: float,
-    x: dict[str, float],
-    server_x: float,
-    colour: dict[str, str],
-    marker: dict[str, str],
-    uid: str,
-    arrows: list[str],
-    labels: list[str],
-) -> None:
+@dataclass(frozen=True)
+class _Pen:
+    """What every message row is drawn with: the columns, the senders' colours and arrow
+    heads, and the two layers (arrows clipped to the window, labels above them)."""
+
+    x: dict[str, float]
+    server_x: float
+    colour: dict[str, str]
+    marker: dict[str, str]
+    uid: str
+    arrows: list[str]
+    labels: list[str]
+
+
+def _send(pen: _Pen, m: Message, y: float) -> None:
     """The send row: sender to server, labelled; crosses at the server for each loss."""
+    x, server_x, colour, uid = pen.x, pen.server_x, pen.colour, pen.uid
+    arrows, labels = pen.arrows, pen.labels
     sx = x[m.sender]
     lost = [d for d in m.deliveries if d.outcome == LOST]
     arrived = [d for d in m.deliveries if d.outcome != LOST]
@@ -349,20 +354,10 @@ def _send(
         )
 
 
-def _arrival(
-    m: Message,
-    d: Delivery,
-    sy: float,
-    y: float,
-    x: dict[str, float],
-    server_x: float,
-    colour: dict[str, str],
-    marker: dict[str, str],
-    uid: str,
-    arrows: list[str],
-    labels: list[str],
-) -> None:
+def _arrival(pen: _Pen, m: Message, d: Delivery, sy: float, y: float) -> None:
     """Server to receiver, from the send row to the arrival row, labelled at its head."""
+    x, server_x, colour, marker, uid = pen.x, pen.server_x, pen.colour, pen.marker, pen.uid
+    arrows, labels = pen.arrows, pen.labels
     rx = x[d.receiver]
     side = 1 if rx >= server_x else -1
     if d.outcome == DAMAGED:

@@ -159,7 +159,7 @@ class SlowReader(Scenario):
     @staticmethod
     def _expect_cut_line(ctx: Context, stalled: Party) -> None:
         """The server drops a cut-off reader's queue mid-line: it ends that partial line
-        with a LF before ``! disconnected: too slow`` (chatbox/hub.py), or, when the notice
+        with a LF before ``! disconnected: too slow`` (chatbox/server/hub.py), or, when the notice
         does not fit, the connection closes after it. So that reader's last line holding a
         token may arrive cut short: an expectation the checks honour, the transcript
         stays as received."""
