@@ -35,11 +35,16 @@ PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 #   ("Trojan Source": text shown in another order than sent), and the zero-width
 #   characters U+200B-200F, U+2060, U+FEFF (names and words that look alike but are
 #   not). Right-to-left text needs none of them: the Unicode bidi algorithm orders it
-#   by itself; a few emoji sequences lose their zero-width joiner, and show as the
-#   separate emoji they are made of.
+#   by itself.
+# - The zero-width joiner U+200D is one of those, except between two emoji (after a
+#   variation selector or skin tone too): there it builds one emoji from several
+#   (family, flag and profession sequences), shows as that emoji, and hides nothing.
 _CONTROL_CHARS = "\x00-\x08\x0a-\x1f\x7f-\x9f"
-_INVISIBLE_CHARS = "\u200b-\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
-UNSAFE = re.compile(f"[{_CONTROL_CHARS}{_INVISIBLE_CHARS}]")
+_INVISIBLE_CHARS = "\u200b\u200c\u200e\u200f\u2028-\u202e\u2060\u2066-\u2069\ufeff"
+_EMOJI = "\u2600-\u27bf\U0001f000-\U0001faff"
+UNSAFE = re.compile(
+    f"[{_CONTROL_CHARS}{_INVISIBLE_CHARS}]|(?<![{_EMOJI}\ufe0f])\u200d|\u200d(?![{_EMOJI}])"
+)
 REPLACEMENT = "\ufffd"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-.\[\]{}|]*\Z")

@@ -38,6 +38,15 @@ FRAMING_CASES = [
     (["ls\u2028sep\u2029p".encode() + b"\n"], ["ls\ufffdsep\ufffdp".encode()]),
     (["bidi\u202eevil\u2066x\u2069".encode() + b"\n"], ["bidi\ufffdevil\ufffdx\ufffd".encode()]),
     (["zw\u200bj\u200d\u2060\ufeff".encode() + b"\n"], ["zw\ufffdj\ufffd\ufffd\ufffd".encode()]),
+    # An emoji built with zero-width joiners stays one emoji; a joiner elsewhere does not.
+    (
+        ["\U0001f468\u200d\U0001f469\u200d\U0001f467".encode() + b"\n"],
+        ["\U0001f468\u200d\U0001f469\u200d\U0001f467".encode()],
+    ),
+    (
+        ["\u2764\ufe0f\u200d\U0001f525 a\u200d\U0001f525".encode() + b"\n"],
+        ["\u2764\ufe0f\u200d\U0001f525 a\ufffd\U0001f525".encode()],
+    ),
     (["rtl \u05e9\u05dc\u05d5\u05dd".encode() + b"\n"], ["rtl \u05e9\u05dc\u05d5\u05dd".encode()]),
 ]
 
