@@ -409,6 +409,14 @@ def server_full(limit: int) -> bytes:
     return error(f"server full (max {limit} clients)")
 
 
+# Admission (chatbox.server.admission): refusals told to the one refused.
+CONNECTING_TOO_FAST = error("connecting too fast, try again later")
+
+
+def too_many_connections(limit: int) -> bytes:
+    return error(f"too many connections from your address (max {limit})")
+
+
 # --- reading what the server says --------------------------------------------------------
 # The client's side of the lines above: patterns matched from the start of one received
 # line (LF removed), so a client learns names and colours lines from the text alone.

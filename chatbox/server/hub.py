@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
+from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
 from chatbox.server.channel import ChannelEvent, LineDropped
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
@@ -86,6 +87,7 @@ class HubConfig:
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
     flood: FloodLimits = field(default_factory=FloodLimits)
+    admission: AdmissionRules = field(default_factory=AdmissionRules)
 
 
 class Hub:
@@ -111,6 +113,7 @@ class Hub:
             self._room = ClusterRoom(self, cluster, config.max_line)
             self._tick = self._room.tick
         self._links: dict[int, Link] = {}
+        self._admission = Admission(config.admission)
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
@@ -283,7 +286,12 @@ class Hub:
                 return
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
+            ticket = self._admission.check(address[0], time.monotonic())
+            if isinstance(ticket, Refusal):
+                self._refuse(client, address, ticket)
+                continue
             if len(self._links) >= self._config.max_clients:
+                self._admission.release(ticket)
                 log.warning("refused %s: server full", address)
                 self._farewells.add(client, protocol.server_full(self._config.max_clients))
                 continue
@@ -291,17 +299,27 @@ class Hub:
                 # Chat is small lines that should go now, and every send here is
                 # already one batch per turn: Nagle's delay would only add latency.
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._admit(client)
+            self._admit(client, ticket)
 
-    def _admit(self, client: socket.socket) -> None:
+    def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
+        """Turned away by admission, at the cost of a close: no worker, no notice."""
+        # One template per reason, so each is rate-limited on its own (logs.RateLimit).
+        log.warning("refused %s: " + refusal.reason, address)
+        if refusal.last_words:
+            self._farewells.add(client, refusal.last_words)
+        else:
+            client.close()
+
+    def _admit(self, client: socket.socket, ticket: Ticket) -> None:
         try:
             hub_end, worker_end = socket.socketpair()
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
+            self._admission.release(ticket)
             client.close()
             return
         hub_end.setblocking(False)
-        link = Link(next(self._ids), client, hub_end)
+        link = Link(next(self._ids), client, hub_end, ticket=ticket)
         if self._config.flood.enabled:
             link.bucket = FloodBucket(self._config.flood, time.monotonic())
         self._links[link.id] = link
@@ -315,6 +333,7 @@ class Hub:
             worker_end.close()
             self._links.pop(link.id)
             link.forget()
+            self._admission.release(ticket)
             self._selector.unregister(hub_end)
             hub_end.close()
             self._farewells.add(client, protocol.SERVER_BUSY)
@@ -389,6 +408,7 @@ class Hub:
         if not link.forget():
             return
         self._links.pop(link.id, None)
+        self._admission.release(link.ticket)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
         self._throttled.pop(link.id, None)

@@ -28,6 +28,7 @@ import enum
 import socket
 from dataclasses import dataclass, field
 
+from chatbox.server.admission import Ticket
 from chatbox.server.channel import ChannelEvent, ChannelReader
 from chatbox.server.flood import FloodBucket
 
@@ -58,6 +59,8 @@ class Link:
     # What it sent that waits for room in its own queue (commands whose replies would
     # not fit); its channel is not read meanwhile.
     held: list[ChannelEvent] = field(default_factory=list)
+    # Its place in its address's connection count, given back when it is GONE.
+    ticket: Ticket = field(default_factory=lambda: Ticket(None))
 
     @property
     def sending(self) -> bool:
