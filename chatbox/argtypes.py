@@ -42,6 +42,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A number of at least 0 (seconds, mostly; 0 meaning: never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0: {value}")
+    return value
+
+
 def listening_port(text: str) -> int:
     """A TCP port to listen on: 0 asks the system for a free one."""
     try:

@@ -7,10 +7,22 @@ a storm of commands cannot queue replies past the asker's --sendq.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 
 import pytest
-from live_server import Peer, joined_peers, running_server, send_in_background
+from live_server import (
+    WAIT,
+    Peer,
+    child_env,
+    joined_peers,
+    running_server,
+    send_in_background,
+)
 
 MODES = [
     pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
@@ -84,3 +96,96 @@ def test_a_who_storm_queues_no_reply_past_the_askers_sendq(mode: str) -> None:
             replies += 1
         asker.send(b"/quit\n")
         alice.expect("* guest1 left (quit)")
+
+
+def _silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
+    """Wait (bounded) for the server to end ``peer``'s connection while each of
+    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for other in keep_alive:
+            other.send(b"\n")
+        ready, _, _ = select.select([peer.sock], [], [], 0.3)
+        if ready:
+            return peer.read_to_eof()
+    raise AssertionError("the server never closed the idle connection")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_idle_client_is_closed_and_a_bare_newline_keeps_one_alive(mode: str) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--idle-timeout", "2") as srv:
+        quiet, talker = joined_peers(srv, 2)
+        assert _silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
+        assert talker.line() == "* guest1 left (idle)"
+        talker.send(b"/who\n")
+        assert talker.line() == "* here (1): guest2"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_line_that_is_never_finished_is_timed_out(mode: str) -> None:
+    """Slowloris: a byte every 100 ms, never a newline, from 20 connections at once."""
+    args = ("--line-timeout", "1", "--idle-timeout", "0")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        (witness,) = joined_peers(srv, 1)
+        loris = [srv.connect() for _ in range(20)]
+        for peer in loris:
+            peer.expect("* welcome")
+        witness.send(b"/who\n")
+        witness.expect("* here (21)")
+        ended: dict[int, list[str]] = {}
+        deadline = time.monotonic() + WAIT
+        while len(ended) < len(loris) and time.monotonic() < deadline:
+            for index, peer in enumerate(loris):
+                if index not in ended:
+                    peer.send(b"x")
+            ready, _, _ = select.select([p.sock for p in loris], [], [], 0.1)
+            for sock in ready:
+                index = next(i for i, p in enumerate(loris) if p.sock is sock)
+                if index not in ended:
+                    lines = loris[index].read_to_eof()
+                    # (Before it, they may hear of each other leaving.)
+                    ended[index] = [line for line in lines if line.startswith("!")]
+        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
+        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
+        witness.send(b"/who\n")
+        witness.expect("* here (1): guest1")
+
+
+def test_a_line_sent_in_pieces_within_the_line_timeout_goes_through() -> None:
+    with running_server("0", "--host", "127.0.0.1", "--line-timeout", "30") as srv:
+        alice, bob = joined_peers(srv, 2)
+        for piece in (b"one ", b"line ", b"in pieces\n"):
+            alice.send(piece)
+        assert bob.line() == "<guest1> one line in pieces"
+
+
+KEEPALIVE = ("--keepalive", "0.5")
+
+
+def test_chatbox_client_keeps_an_idle_connection_alive() -> None:
+    """The client, silent for twice the server's idle timeout, is still there: it sends
+    a bare newline when it has sent nothing for its --keepalive interval."""
+    with running_server("0", "--host", "127.0.0.1", "--idle-timeout", "1.5") as srv:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "chatbox.client", str(srv.port), "127.0.0.1", *KEEPALIVE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
+        )
+        try:
+            assert client.stdout is not None and client.stdin is not None
+            assert client.stdout.readline().startswith(b"* welcome guest1")
+            # Two raw connections in turn, each until the server finds it idle: the
+            # client has been silent longer than both.
+            for _ in range(2):
+                (raw,) = joined_peers(srv, 1)
+                assert _silence_until_closed(raw) == ["! disconnected: idle"]
+            (witness,) = joined_peers(srv, 1)
+            witness.send(b"/who\n")
+            assert witness.line() == "* here (2): guest1, guest4"
+            client.stdin.close()
+            assert client.wait(WAIT) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+            client.wait()

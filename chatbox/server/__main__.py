@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
+from chatbox.server.worker import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, InputTimeouts
 
 DEFAULT_PORT = 4242
 
@@ -111,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CLIENTS,
         help=f"clients served at once; one more is told the server is full "
         f"(default {DEFAULT_MAX_CLIENTS})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=non_negative_float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client that sent nothing for this long (a bare newline counts: "
+        f"chatbox-client sends one when idle); 0: never (default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--line-timeout",
+        type=non_negative_float,
+        default=DEFAULT_LINE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client that began a line and did not finish it within this long; "
+        f"0: never (default {DEFAULT_LINE_TIMEOUT:g})",
     )
     add_flood_options(parser)
     add_admission_options(parser)
@@ -344,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
-    launcher = make_launcher(args.mode, args.max_line)
+    launcher = make_launcher(
+        args.mode, args.max_line, InputTimeouts(args.idle_timeout, args.line_timeout)
+    )
     config = HubConfig(
         max_line=args.max_line,
         sendq=args.sendq,

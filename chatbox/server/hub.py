@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
-from chatbox.server.channel import ChannelEvent, LineDropped
+from chatbox.server.channel import ChannelEvent, LineDropped, TimedOut
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.launcher import Launcher
@@ -382,6 +382,8 @@ class Hub:
                     return
             elif isinstance(event, LineDropped):
                 self._room.line_too_long(link.id)
+            elif isinstance(event, TimedOut):
+                self._timed_out(link, event)
             else:
                 # The client has gone: what is queued for it still goes out, then it is shut.
                 self._room.leave(link.id, event.reason)
@@ -484,6 +486,16 @@ class Hub:
         self.post((link.id,), protocol.FLOODING)
         self.dismiss(link.id)
         self._read_again(link)
+
+    def _timed_out(self, link: Link, event: TimedOut) -> None:
+        """Its worker timed it out (silent, or a line never finished): it is told why,
+        the room hears it left, and it is closed once that line is out."""
+        if link.state is not State.OPEN:
+            return  # already on its way out
+        log.info("%s timed out: %s", self._room_name(link), event.reason)
+        self._room.leave(link.id, event.reason)
+        self.post((link.id,), event.notice)
+        self.dismiss(link.id)
 
     def _read_again(self, link: Link) -> None:
         # A leaving client's channel must be read to see its worker end.
