@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from live_server import (
     joined_peers,
     running_server,
     send_in_background,
+    wait_until,
 )
+from needs import needs
 
 MODES = [
     pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
@@ -189,3 +192,75 @@ def test_chatbox_client_keeps_an_idle_connection_alive() -> None:
             if client.poll() is None:
                 client.kill()
             client.wait()
+
+
+def _stopped_reader(srv_port: int) -> Peer:
+    """A client with a tiny receive buffer that reads its welcome and then stops."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", srv_port))
+    peer = Peer(raw)
+    peer.expect("* welcome")
+    return peer
+
+
+def _admitted(srv_port: int) -> bool:
+    peer = Peer(socket.create_connection(("127.0.0.1", srv_port), timeout=WAIT))
+    try:
+        return peer.line().startswith("* welcome")
+    finally:
+        peer.close()
+
+
+# A queue far under --sendq (never "too slow"), far over what the kernel's buffers hold.
+STUCK = ("--sendq", "67108864", "--flood-bytes", "0", "--flood-lines", "0")
+BULK = b"".join(b"%d %s\n" % (i, b"." * 1000) for i in range(8000))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_client_that_quits_and_stops_reading_gives_its_slot_back(mode: str) -> None:
+    """Its output waits, unread, under --sendq: without a limit on a queue that does not
+    move it held its slot forever (and the server stayed full)."""
+    args = ("--max-clients", "2", "--stall-timeout", "1", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        victim = _stopped_reader(srv.port)
+        (talker,) = joined_peers(srv, 1)
+        talker.send(BULK)
+        talker.send(b"/who\n")
+        talker.expect("* here (2)")  # the bulk is all queued for the victim by now
+        victim.send(b"/quit\n")
+        talker.expect("* guest1 left (quit)")
+        wait_until(lambda: _admitted(srv.port), "the quitter's slot to be given back")
+        assert "Traceback" not in srv.stderr()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reader_whose_queue_does_not_move_is_cut_off_under_sendq(mode: str) -> None:
+    args = ("--stall-timeout", "1", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        victim = _stopped_reader(srv.port)
+        (talker,) = joined_peers(srv, 1)
+        talker.send(BULK)
+        assert talker.expect("* guest1 left (too slow)") == []
+        talker.send(b"/who\n")
+        assert talker.line() == "* here (1): guest2"
+        victim.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@needs(None if shutil.which("ss") else "ss (iproute2) to read the server's socket timers")
+def test_client_sockets_have_tcp_keepalive(mode: str) -> None:
+    """A peer that vanished without a word is found by keepalive probes, even while
+    the server has nothing to send it: the server's socket runs a keepalive timer."""
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        (peer,) = joined_peers(srv, 1)
+        local_port = peer.sock.getsockname()[1]
+        out = subprocess.run(
+            ["ss", "-tnoH", "state", "established", f"( dport = :{local_port} )"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+        ).stdout
+        assert f":{srv.port}" in out, out
+        assert "timer:(keepalive," in out, out

@@ -23,6 +23,7 @@ from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
     DEFAULT_SLOW_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Hub,
     HubConfig,
 )
@@ -105,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SLOW_TIMEOUT,
         help="seconds a client's queue may stay over --sendq before it is disconnected "
         f"as too slow; meanwhile the room waits for it (default {DEFAULT_SLOW_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=non_negative_float,
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds a client's queue may wait without moving at all, however small, "
+        f"before it is disconnected as too slow; 0: never (default {DEFAULT_STALL_TIMEOUT:g})",
     )
     parser.add_argument(
         "--max-clients",
@@ -369,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         sendq=args.sendq,
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
+        stall_timeout=args.stall_timeout,
         flood=flood.FloodLimits(
             args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
         ),

@@ -75,6 +75,16 @@ DEFAULT_MAX_CLIENTS = 1024
 # CI box) always drains its queue in time; short enough that a reader that stopped
 # holds the room up only briefly.
 DEFAULT_SLOW_TIMEOUT = 2.0
+# A queue that has not moved at all for this long is a reader that is gone, however
+# small the queue (one that quit and stopped reading holds its slot otherwise). A
+# suspended terminal client in a busy room is cut off sooner, by the rule above.
+DEFAULT_STALL_TIMEOUT = 60.0
+# TCP keepalive on client sockets: a peer that vanished without a word (power cut, a
+# NAT that dropped the mapping) is found after KEEPIDLE + KEEPINTVL * KEEPCNT seconds
+# of silence, even while the server has nothing to send it.
+KEEPIDLE = 60
+KEEPINTVL = 10
+KEEPCNT = 6
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -86,8 +96,20 @@ class HubConfig:
     sendq: int = DEFAULT_SENDQ
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
     flood: FloodLimits = field(default_factory=FloodLimits)
     admission: AdmissionRules = field(default_factory=AdmissionRules)
+
+
+def keep_alive(client: socket.socket) -> None:
+    """Turn TCP keepalive on, with the probe timing wherever the system lets us set it."""
+    with contextlib.suppress(OSError):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL)):
+            if hasattr(socket, name):
+                client.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPCNT)
 
 
 class Hub:
@@ -118,6 +140,8 @@ class Hub:
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
         self._over: dict[int, Link] = {}  # queues over their bound
+        # Queues waiting for their socket to take more, least recently moved first.
+        self._waiting: dict[int, Link] = {}
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         # Channels not read for one client's own sake: over its flood allowance (until
@@ -185,6 +209,8 @@ class Hub:
         if self._held:
             self._release_held()
         self._check_slow()
+        if self._waiting and self._config.stall_timeout:
+            self._check_stalled()
         if self._farewells:
             self._farewells.expire()
 
@@ -197,6 +223,9 @@ class Hub:
             deadlines.append(oldest + self._config.slow_timeout)
         if self._throttled:
             deadlines.append(min(at for at, _ in self._throttled.values()))
+        if self._waiting and self._config.stall_timeout:
+            moved = next(iter(self._waiting.values())).moved_at
+            deadlines.append(moved + self._config.stall_timeout)
         if any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -299,6 +328,7 @@ class Hub:
                 # Chat is small lines that should go now, and every send here is
                 # already one batch per turn: Nagle's delay would only add latency.
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keep_alive(client)
             self._admit(client, ticket)
 
     def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
@@ -397,6 +427,7 @@ class Hub:
             return
         if link.want_write:
             link.want_write = False
+            self._waiting.pop(link.id, None)
             self._watch(link)
         with contextlib.suppress(OSError):
             link.client.shutdown(socket.SHUT_RDWR)
@@ -415,6 +446,7 @@ class Hub:
         self._paused.pop(link.id, None)
         self._throttled.pop(link.id, None)
         self._held.pop(link.id, None)
+        self._waiting.pop(link.id, None)
         link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
@@ -562,6 +594,18 @@ class Hub:
         self._not_over(link)
         self._flush()
 
+    def _check_stalled(self) -> None:
+        """Cut off whoever's queue has not moved for `stall_timeout`, also one that is
+        only leaving (it quit, then stopped reading): under --sendq, the slow-reader
+        rule above never sees them."""
+        expired = time.monotonic() - self._config.stall_timeout
+        while self._waiting:
+            link = next(iter(self._waiting.values()))
+            if link.moved_at > expired:
+                return
+            del self._waiting[link.id]
+            self._cut(link)
+
     def _not_over(self, link: Link) -> None:
         if link.over_since is not None:
             link.over_since = None
@@ -589,6 +633,11 @@ class Hub:
                 want_write = bool(link.sendq)
                 if link.want_write != want_write:
                     link.want_write = want_write
+                    if want_write:
+                        link.moved_at = time.monotonic()
+                        self._waiting[link.id] = link
+                    else:
+                        self._waiting.pop(link.id, None)
                     self._watch(link)
                 if link.state is State.LEAVING and not link.sendq:
                     self._close_link(link)
@@ -609,6 +658,11 @@ class Hub:
             self._broken.append(link)
             return
         del link.sendq[:sent]
+        if sent and link.want_write:
+            # It moved: to the back of the line of queues waiting.
+            link.moved_at = time.monotonic()
+            self._waiting.pop(link.id, None)
+            self._waiting[link.id] = link
         if link.over_since is not None and len(link.sendq) <= self._config.sendq:
             self._not_over(link)
 

@@ -55,6 +55,7 @@ class Link:
     # registration only when it must (these are interest, not lifecycle).
     reading: bool = True  # its channel (unless paused for backpressure)
     want_write: bool = False  # its client socket, while output waits for room
+    moved_at: float = 0.0  # while it waits: when its queue last moved
     bucket: FloodBucket | None = None  # its flood allowance (None: flood control off)
     # What it sent that waits for room in its own queue (commands whose replies would
     # not fit); its channel is not read meanwhile.
