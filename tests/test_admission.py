@@ -50,6 +50,8 @@ def test_connections_per_address_are_counted_until_released() -> None:
     assert isinstance(first, Ticket) and isinstance(second, Ticket)
     refused = gate.check("192.0.2.1", 0.0)
     assert isinstance(refused, Refusal) and b"max 2" in refused.last_words
+    silent = gate.check("192.0.2.1", 0.5)
+    assert isinstance(silent, Refusal) and silent.last_words == b""
     assert isinstance(gate.check("192.0.2.2", 0.0), Ticket)
     gate.release(first)
     gate.release(first)  # once only
@@ -74,7 +76,10 @@ def test_the_connect_rate_is_a_bucket_refilled_with_time() -> None:
     assert gate.check("192.0.2.1", 10.0) is TOO_FAST
     assert isinstance(gate.check("192.0.2.9", 10.0), Ticket)
     assert isinstance(gate.check("192.0.2.1", 10.5), Ticket)  # one token back
-    assert gate.check("192.0.2.1", 10.5) is TOO_FAST
+    again = gate.check("192.0.2.1", 10.5)
+    assert isinstance(again, Refusal) and again.last_words == b""  # told 0.5 s ago
+    assert isinstance(gate.check("192.0.2.1", 11.01), Ticket)
+    assert gate.check("192.0.2.1", 11.01) is TOO_FAST  # told again a second later
 
 
 def test_a_refused_connection_takes_no_place_in_the_count() -> None:

@@ -13,6 +13,10 @@ rules, in the order they are applied:
    refilled at ``connect_rate`` a second; a connection with no token left is told to
    try again later and closed.
 
+An address refused by rule 2 or 3 is told why at most once a second; the refusals in
+between are closed at once, without a word (the told one goes through the hub's
+graceful close, which costs a few more system calls and a descriptor for a moment).
+
 Addresses on the ``exempt`` list (this machine's own by default: a local proxy, or the
 tests and benchmarks, connect from there) skip rules 2 and 3, never rule 1. An IPv6
 address counts per /64, the block one subscriber gets, so a host cannot dodge rules 2
@@ -46,6 +50,10 @@ DEFAULT_EXEMPT: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.1/32"),
     ipaddress.ip_network("::1/128"),
 )
+
+# An address that keeps on being refused is told why at most once in this long; the
+# rest are closed at once, without a word: a churner costs the hub an accept and a close.
+TELL_INTERVAL = 1.0
 
 # Rate buckets of addresses that have come back to full (nothing to remember) are
 # dropped once this many are kept, so a sweep of many addresses cannot grow the table.
@@ -110,6 +118,8 @@ class Refusal:
 
 DENIED = Refusal("denied by the access list")
 TOO_FAST = Refusal("connecting too fast", protocol.CONNECTING_TOO_FAST)
+# Refused again within TELL_INTERVAL of being told.
+TOO_FAST_AGAIN = Refusal(TOO_FAST.reason)
 
 
 class Ticket:
@@ -157,11 +167,13 @@ class Admission:
         self._deny = _Ranges(rules.deny)
         self._exempt = _Ranges(rules.exempt)
         self._counts: dict[tuple[int, int], int] = {}
-        # Per address: [tokens left, when they were counted].
+        # Per address: [tokens left, when they were counted, when it was last told].
         self._buckets: dict[tuple[int, int], list[float]] = {}
         self.too_many = Refusal(
             "too many connections from it", protocol.too_many_connections(rules.max_per_ip)
         )
+        self._too_many_again = Refusal(self.too_many.reason)
+        self._told: dict[tuple[int, int], float] = {}  # when an address was last told
 
     def check(self, host: str, now: float) -> Ticket | Refusal:
         """Admit a connection from ``host`` (the accepted peer's address) or say why not.
@@ -177,9 +189,9 @@ class Admission:
         key = _key(address)
         count = self._counts.get(key, 0)
         if rules.max_per_ip and count >= rules.max_per_ip:
-            return self.too_many
+            return self.too_many if self._tell(key, now) else self._too_many_again
         if rules.connect_rate and not self._take_token(key, now):
-            return TOO_FAST
+            return TOO_FAST if self._tell(key, now) else TOO_FAST_AGAIN
         if not rules.max_per_ip:
             return Ticket(None)
         self._counts[key] = count + 1
@@ -195,6 +207,16 @@ class Admission:
             self._counts[key] = left
         else:
             del self._counts[key]
+
+    def _tell(self, key: tuple[int, int], now: float) -> bool:
+        """Whether a refusal to this address is told (once in TELL_INTERVAL)."""
+        told = self._told.get(key)
+        if told is not None and now - told < TELL_INTERVAL:
+            return False
+        if len(self._told) >= PRUNE_AT:
+            self._told = {k: t for k, t in self._told.items() if now - t < TELL_INTERVAL}
+        self._told[key] = now
+        return True
 
     def connections_from(self, host: str) -> int:
         address = _address(host)
