@@ -29,6 +29,7 @@ Like the room it does no I/O and reads no clock: the hub passes ``now`` in.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -110,16 +111,18 @@ class AdmissionRules:
 @dataclass(frozen=True)
 class Refusal:
     """Why a connection is refused: ``reason`` for the log, ``last_words`` for the
-    client (empty: closed at once, without a word)."""
+    client (empty: closed at once, without a word); ``repeat``: the address was told
+    (and the refusal logged) less than TELL_INTERVAL ago, so it is neither again."""
 
     reason: str
     last_words: bytes = b""
+    repeat: bool = False
 
 
 DENIED = Refusal("denied by the access list")
 TOO_FAST = Refusal("connecting too fast", protocol.CONNECTING_TOO_FAST)
 # Refused again within TELL_INTERVAL of being told.
-TOO_FAST_AGAIN = Refusal(TOO_FAST.reason)
+TOO_FAST_AGAIN = Refusal(TOO_FAST.reason, repeat=True)
 
 
 class Ticket:
@@ -172,7 +175,7 @@ class Admission:
         self.too_many = Refusal(
             "too many connections from it", protocol.too_many_connections(rules.max_per_ip)
         )
-        self._too_many_again = Refusal(self.too_many.reason)
+        self._too_many_again = Refusal(self.too_many.reason, repeat=True)
         self._told: dict[tuple[int, int], float] = {}  # when an address was last told
 
     def check(self, host: str, now: float) -> Ticket | Refusal:
@@ -244,6 +247,8 @@ class Admission:
                 del self._buckets[key]
 
 
+# A churner's connections all come from one address: parse it once, not per connection.
+@functools.lru_cache(maxsize=PRUNE_AT)
 def _address(host: str) -> Address | None:
     try:
         address = ipaddress.ip_address(host)

@@ -333,8 +333,9 @@ class Hub:
 
     def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
         """Turned away by admission, at the cost of a close: no worker, no notice."""
-        # One template per reason, so each is rate-limited on its own (logs.RateLimit).
-        log.warning("refused %s: " + refusal.reason, address)
+        if not refusal.repeat:
+            # One template per reason, so each is rate-limited on its own (logs.RateLimit).
+            log.warning("refused %s: " + refusal.reason, address)
         if refusal.last_words:
             self._farewells.add(client, refusal.last_words)
         else:
