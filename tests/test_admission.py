@@ -101,3 +101,12 @@ def test_bad_networks_are_one_line(text: str, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_network(text)
     assert message in str(caught.value)
+
+
+def test_a_denied_address_is_logged_once_a_second() -> None:
+    gate = Admission(_rules(deny=_nets("192.0.2.0/24")))
+    assert gate.check("192.0.2.1", 0.0) is DENIED
+    again = gate.check("192.0.2.1", 0.5)
+    assert isinstance(again, Refusal) and again.repeat and again.reason == DENIED.reason
+    assert gate.check("192.0.2.2", 0.5) is DENIED
+    assert gate.check("192.0.2.1", 1.0) is DENIED

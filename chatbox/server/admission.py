@@ -6,7 +6,7 @@ and resets hundreds of connections a second from costing anyone else anything. T
 rules, in the order they are applied:
 
 1. **Access lists.** An address on a deny list is refused; if any allow list was given,
-   so is every address not on it. Deny wins over allow. Refused without a word.
+   so is every address not on it. Deny wins over allow. Closed without a word.
 2. **Connections per address** (``max_per_ip``): counted from accept until the
    connection's worker has ended; one more is told so and closed.
 3. **Connect rate per address**: a token bucket of ``connect_burst`` connections,
@@ -16,6 +16,7 @@ rules, in the order they are applied:
 An address refused by rule 2 or 3 is told why at most once a second; the refusals in
 between are closed at once, without a word (the told one goes through the hub's
 graceful close, which costs a few more system calls and a descriptor for a moment).
+Every rule logs a refused address at most once a second too.
 
 Addresses on the ``exempt`` list (this machine's own by default: a local proxy, or the
 tests and benchmarks, connect from there) skip rules 2 and 3, never rule 1. An IPv6
@@ -120,6 +121,7 @@ class Refusal:
 
 
 DENIED = Refusal("denied by the access list")
+DENIED_AGAIN = Refusal(DENIED.reason, repeat=True)  # logged less than a second ago
 TOO_FAST = Refusal("connecting too fast", protocol.CONNECTING_TOO_FAST)
 # Refused again within TELL_INTERVAL of being told.
 TOO_FAST_AGAIN = Refusal(TOO_FAST.reason, repeat=True)
@@ -185,7 +187,7 @@ class Admission:
         if address is None:
             return Ticket(None)  # not an IP connection: nothing here applies
         if address in self._deny or (self._allow and address not in self._allow):
-            return DENIED
+            return DENIED if self._tell(_key(address), now) else DENIED_AGAIN
         rules = self._rules
         if address in self._exempt or not (rules.max_per_ip or rules.connect_rate):
             return Ticket(None)

@@ -659,7 +659,7 @@ class Hub:
             self._broken.append(link)
             return
         del link.sendq[:sent]
-        if sent and link.want_write:
+        if sent and link.sendq and link.want_write:
             # It moved: to the back of the line of queues waiting.
             link.moved_at = time.monotonic()
             self._waiting.pop(link.id, None)
