@@ -6,7 +6,8 @@ can costs everyone else, with the per-address limits on and off, in one run.
 
 For each server mode and each setting (``limits``: the defaults, ``no-limits``:
 ``--max-per-ip 0 --connect-rate 0``, how the server behaved before admission), a fresh
-server is started and ``--chatters`` honest clients from 127.0.0.3 join. They play
+server is started and ``--chatters`` honest clients join, each from an address of its
+own (127.0.1.1, 127.0.1.2, ...). They play
 ping-pong one message at a time (A says ``pN``; when B has it, B says ``qN``; the
 figure is A's round trip), first alone (``quiet``), then while a churner process,
 from 127.0.0.2, opens and resets (SO_LINGER 0) connections as fast as it can
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.daemon import Daemon, Readiness
 
-CHATTER_ADDRESS = "127.0.0.3"
+CHATTER_NETWORK = "127.0.1."  # chatter i comes from 127.0.1.(i + 1): one address each
 CHURNER_ADDRESS = "127.0.0.2"
 SETTINGS = {"limits": (), "no-limits": ("--max-per-ip", "0", "--connect-rate", "0")}
 PING_TIMEOUT = 10.0  # one round trip longer than this ends the phase: the room stalled
@@ -122,9 +123,10 @@ class Chatters:
         self.selector = selectors.DefaultSelector()
         self.socks: list[socket.socket] = []
         self.inbox: dict[socket.socket, bytearray] = {}
-        for _ in range(count):
+        for index in range(count):
+            source = f"{CHATTER_NETWORK}{index % 250 + 1}"
             sock = socket.create_connection(
-                ("127.0.0.1", port), timeout=PING_TIMEOUT, source_address=(CHATTER_ADDRESS, 0)
+                ("127.0.0.1", port), timeout=PING_TIMEOUT, source_address=(source, 0)
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.socks.append(sock)

@@ -44,10 +44,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # An operator on the internet wants a small number here: a person needs one or two
 # connections, a household behind one address a few more.
 DEFAULT_MAX_PER_IP = 16
-# A client reconnecting after a drop, a script starting a few bots: far under this. A
-# churner opening hundreds a second gets 20 and then 5 a second.
-DEFAULT_CONNECT_RATE = 5.0
-DEFAULT_CONNECT_BURST = 20.0
+# A client reconnecting after a drop, a few people behind one address arriving together:
+# within the burst. A churner opening thousands a second gets 10, then one every 2 s:
+# each admitted connection costs a worker and a join and a leave notice to everyone, so
+# the rate is as low as IRC servers keep theirs.
+DEFAULT_CONNECT_RATE = 0.5
+DEFAULT_CONNECT_BURST = 10.0
 DEFAULT_EXEMPT: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.1/32"),
     ipaddress.ip_network("::1/128"),
