@@ -136,6 +136,12 @@ class LineDecoder:
         self._hold(rest, events)
         return events
 
+    @property
+    def holding(self) -> bool:
+        """Part of a line has arrived and waits for the rest (or for the end of an
+        overlong line being discarded)."""
+        return self._discarding or bool(self._partial)
+
     def _has_long_line(self, complete: bytes) -> bool:
         limit = self.max_line
         return any(len(line.removesuffix(b"\r")) > limit for line in complete.split(b"\n"))
@@ -416,12 +422,24 @@ def line_too_long(limit: int) -> bytes:
 SERVER_SHUTTING_DOWN = notice("server shutting down")
 TOO_SLOW = error("disconnected: too slow")
 FLOODING = error("disconnected: flooding")
+# Input timeouts (--idle-timeout, --line-timeout): sent nothing at all; began a line and
+# did not finish it.
+IDLE = error("disconnected: idle")
+UNFINISHED_LINE = error("disconnected: unfinished line")
 # The server could not start a worker for this connection (out of processes or threads).
 SERVER_BUSY = error("server busy, try again later")
 
 
 def server_full(limit: int) -> bytes:
     return error(f"server full (max {limit} clients)")
+
+
+# Admission (chatbox.server.admission): refusals told to the one refused.
+CONNECTING_TOO_FAST = error("connecting too fast, try again later")
+
+
+def too_many_connections(limit: int) -> bytes:
+    return error(f"too many connections from your address (max {limit})")
 
 
 # --- reading what the server says --------------------------------------------------------

@@ -27,8 +27,12 @@ from harness.processes import children_of
 
 # {server_options}: what the scenario asks of this project's server (slow-reader: a small
 # --sendq and --slow-timeout); empty for the others. Foreign --server-cmd templates simply
-# do not contain it and are run as given.
-DEFAULT_SERVER = "{python} -m chatbox.server {port} --host {host} {server_options}"
+# do not contain it and are run as given. The harness is one machine posing as many
+# clients, often from one address (a netns host, an ssh host): per-address limits off.
+DEFAULT_SERVER = (
+    "{python} -m chatbox.server {port} --host {host} --max-per-ip 0 --connect-rate 0 "
+    "{server_options}"
+)
 DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host}"
 PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
 START_TIMEOUT = 30.0  # the most a server may take to be ready, within --timeout

@@ -7,10 +7,25 @@ a storm of commands cannot queue replies past the asker's --sendq.
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
 
 import pytest
-from live_server import Peer, joined_peers, running_server, send_in_background
+from live_server import (
+    WAIT,
+    Peer,
+    child_env,
+    joined_peers,
+    running_server,
+    send_in_background,
+    wait_until,
+)
+from needs import needs
 
 MODES = [
     pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
@@ -84,3 +99,168 @@ def test_a_who_storm_queues_no_reply_past_the_askers_sendq(mode: str) -> None:
             replies += 1
         asker.send(b"/quit\n")
         alice.expect("* guest1 left (quit)")
+
+
+def _silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
+    """Wait (bounded) for the server to end ``peer``'s connection while each of
+    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for other in keep_alive:
+            other.send(b"\n")
+        ready, _, _ = select.select([peer.sock], [], [], 0.3)
+        if ready:
+            return peer.read_to_eof()
+    raise AssertionError("the server never closed the idle connection")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_idle_client_is_closed_and_a_bare_newline_keeps_one_alive(mode: str) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--idle-timeout", "2") as srv:
+        quiet, talker = joined_peers(srv, 2)
+        assert _silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
+        assert talker.line() == "* guest1 left (idle)"
+        talker.send(b"/who\n")
+        assert talker.line() == "* here (1): guest2"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_line_that_is_never_finished_is_timed_out(mode: str) -> None:
+    """Slowloris: a byte every 100 ms, never a newline, from 20 connections at once."""
+    args = ("--line-timeout", "1", "--idle-timeout", "0")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        (witness,) = joined_peers(srv, 1)
+        loris = [srv.connect() for _ in range(20)]
+        for peer in loris:
+            peer.expect("* welcome")
+        witness.send(b"/who\n")
+        witness.expect("* here (21)")
+        ended: dict[int, list[str]] = {}
+        deadline = time.monotonic() + WAIT
+        while len(ended) < len(loris) and time.monotonic() < deadline:
+            for index, peer in enumerate(loris):
+                if index not in ended:
+                    peer.send(b"x")
+            ready, _, _ = select.select([p.sock for p in loris], [], [], 0.1)
+            for sock in ready:
+                index = next(i for i, p in enumerate(loris) if p.sock is sock)
+                if index not in ended:
+                    lines = loris[index].read_to_eof()
+                    # (Before it, they may hear of each other leaving.)
+                    ended[index] = [line for line in lines if line.startswith("!")]
+        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
+        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
+        witness.send(b"/who\n")
+        witness.expect("* here (1): guest1")
+
+
+def test_a_line_sent_in_pieces_within_the_line_timeout_goes_through() -> None:
+    with running_server("0", "--host", "127.0.0.1", "--line-timeout", "30") as srv:
+        alice, bob = joined_peers(srv, 2)
+        for piece in (b"one ", b"line ", b"in pieces\n"):
+            alice.send(piece)
+        assert bob.line() == "<guest1> one line in pieces"
+
+
+KEEPALIVE = ("--keepalive", "0.5")
+
+
+def test_chatbox_client_keeps_an_idle_connection_alive() -> None:
+    """The client, silent for twice the server's idle timeout, is still there: it sends
+    a bare newline when it has sent nothing for its --keepalive interval."""
+    with running_server("0", "--host", "127.0.0.1", "--idle-timeout", "1.5") as srv:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "chatbox.client", str(srv.port), "127.0.0.1", *KEEPALIVE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(),
+        )
+        try:
+            assert client.stdout is not None and client.stdin is not None
+            assert client.stdout.readline().startswith(b"* welcome guest1")
+            # Two raw connections in turn, each until the server finds it idle: the
+            # client has been silent longer than both.
+            for _ in range(2):
+                (raw,) = joined_peers(srv, 1)
+                assert _silence_until_closed(raw) == ["! disconnected: idle"]
+            (witness,) = joined_peers(srv, 1)
+            witness.send(b"/who\n")
+            assert witness.line() == "* here (2): guest1, guest4"
+            client.stdin.close()
+            assert client.wait(WAIT) == 0
+        finally:
+            if client.poll() is None:
+                client.kill()
+            client.wait()
+
+
+def _stopped_reader(srv_port: int) -> Peer:
+    """A client with a tiny receive buffer that reads its welcome and then stops."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", srv_port))
+    peer = Peer(raw)
+    peer.expect("* welcome")
+    return peer
+
+
+def _admitted(srv_port: int) -> bool:
+    peer = Peer(socket.create_connection(("127.0.0.1", srv_port), timeout=WAIT))
+    try:
+        return peer.line().startswith("* welcome")
+    finally:
+        peer.close()
+
+
+# A queue far under --sendq (never "too slow"), far over what the kernel's buffers hold.
+STUCK = ("--sendq", "67108864", "--flood-bytes", "0", "--flood-lines", "0")
+BULK = b"".join(b"%d %s\n" % (i, b"." * 1000) for i in range(8000))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_client_that_quits_and_stops_reading_gives_its_slot_back(mode: str) -> None:
+    """Its output waits, unread, under --sendq: without a limit on a queue that does not
+    move it held its slot forever (and the server stayed full)."""
+    args = ("--max-clients", "2", "--stall-timeout", "1", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        victim = _stopped_reader(srv.port)
+        (talker,) = joined_peers(srv, 1)
+        talker.send(BULK)
+        talker.send(b"/who\n")
+        talker.expect("* here (2)")  # the bulk is all queued for the victim by now
+        victim.send(b"/quit\n")
+        talker.expect("* guest1 left (quit)")
+        wait_until(lambda: _admitted(srv.port), "the quitter's slot to be given back")
+        assert "Traceback" not in srv.stderr()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reader_whose_queue_does_not_move_is_cut_off_under_sendq(mode: str) -> None:
+    args = ("--stall-timeout", "1", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        victim = _stopped_reader(srv.port)
+        (talker,) = joined_peers(srv, 1)
+        talker.send(BULK)
+        assert talker.expect("* guest1 left (too slow)") == []
+        talker.send(b"/who\n")
+        assert talker.line() == "* here (1): guest2"
+        victim.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@needs(None if shutil.which("ss") else "ss (iproute2) to read the server's socket timers")
+def test_client_sockets_have_tcp_keepalive(mode: str) -> None:
+    """A peer that vanished without a word is found by keepalive probes, even while
+    the server has nothing to send it: the server's socket runs a keepalive timer."""
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        (peer,) = joined_peers(srv, 1)
+        local_port = peer.sock.getsockname()[1]
+        out = subprocess.run(
+            ["ss", "-tnoH", "state", "established", f"( dport = :{local_port} )"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+        ).stdout
+        assert f":{srv.port}" in out, out
+        assert "timer:(keepalive," in out, out

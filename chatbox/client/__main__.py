@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from types import FrameType
 
 from chatbox import protocol
-from chatbox.argtypes import positive_float
+from chatbox.argtypes import non_negative_float, positive_float
 from chatbox.client.consoles import open_console
-from chatbox.client.session import QUIT_TIMEOUT, ConnectError, Session, connect
+from chatbox.client.session import (
+    KEEPALIVE_INTERVAL,
+    QUIT_TIMEOUT,
+    ConnectError,
+    Session,
+    connect,
+)
 
 PROG = "chatbox-client"
 DEFAULT_HOST = "127.0.0.1"
@@ -50,6 +56,7 @@ class Options:
     name: str | None
     timestamps: bool
     quit_timeout: float = QUIT_TIMEOUT
+    keepalive: float = KEEPALIVE_INTERVAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="after /quit, how long to wait for the server to close the connection "
         f"(default {QUIT_TIMEOUT:g}; exit 1 if it does not)",
     )
+    parser.add_argument(
+        "--keepalive",
+        type=non_negative_float,
+        default=KEEPALIVE_INTERVAL,
+        metavar="SECONDS",
+        help="after this long without sending, send a bare newline so the server knows "
+        f"you are still there; 0: never (default {KEEPALIVE_INTERVAL:g})",
+    )
     return parser
 
 
@@ -105,6 +120,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         name=name,
         timestamps=args.timestamps,
         quit_timeout=args.quit_timeout,
+        keepalive=args.keepalive,
     )
 
 
@@ -128,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
     signal.signal(signal.SIGTERM, _interrupt)
-    return Session(sock, console, options.name, options.quit_timeout).run()
+    return Session(sock, console, options.name, options.quit_timeout, options.keepalive).run()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -26,6 +26,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 from chatbox import protocol
 from chatbox.client.consoles import (
@@ -48,6 +49,11 @@ RECV_SIZE = 65536
 # A server that sends bytes without ever a newline must not grow our memory without bound:
 # past this much, what has arrived is shown as a line of its own.
 MAX_PARTIAL = 1 << 20
+
+# After this long without sending anything, the client sends a bare newline: servers
+# ignore empty lines, and this one closes a connection silent for --idle-timeout (5 min).
+KEEPALIVE_INTERVAL = 60.0
+KEEPALIVE_LINE = b"\n"
 
 QUIT_LINE = b"/quit\n"
 # A line that ends the session; commands are case-insensitive on the wire.
@@ -100,14 +106,19 @@ class Session:
         console: Console,
         name: str | None,
         quit_timeout: float = QUIT_TIMEOUT,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         self.sock = sock
         self.console = console
         self.name = name
         self.quit_timeout = quit_timeout
+        self.keepalive = keepalive
         # Guards the choice between "we quit" and "the server closed on us".
         self._lock = threading.Lock()
         self._quitting = False
+        # One sender at a time (the user's lines, the keepalive), so lines never mix.
+        self._send_lock = threading.Lock()
+        self._sent_at = time.monotonic()
         self._ended = threading.Event()
         self._end_reason = "connection closed by server"
         self._end_clean = True
@@ -133,6 +144,8 @@ class Session:
             # receiver that never started.
             with signals_held():
                 self._receiver.start()
+                if self.keepalive > 0:
+                    threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
             if self.name is not None and not self._claim_name(self.name):
                 self._quit(QUIT_LINE)
                 return 1
@@ -181,7 +194,29 @@ class Session:
 
     def _send(self, data: bytes) -> None:
         if data:
-            self.sock.sendall(data)
+            with self._send_lock:
+                self.sock.sendall(data)
+                self._sent_at = time.monotonic()
+
+    def _keep_alive(self) -> None:
+        """Send a bare newline whenever nothing was sent for `keepalive` seconds, until
+        the session ends or we quit (after /quit one more newline is harmless, and once
+        our half is closed the send fails and this ends)."""
+        keep_signals_off_this_thread()
+        wait = self.keepalive
+        while not self._ended.wait(wait):
+            with self._send_lock:
+                if self._quitting:
+                    return
+                wait = self._sent_at + self.keepalive - time.monotonic()
+                if wait > 0:
+                    continue
+                try:
+                    self.sock.sendall(KEEPALIVE_LINE)
+                except OSError:
+                    return  # the receiving thread reports the end
+                self._sent_at = time.monotonic()
+                wait = self.keepalive
 
     def _quit(self, quit_line: bytes | None) -> int:
         """Say goodbye and wait until the server has closed; the exit status."""

@@ -15,14 +15,15 @@ import sys
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.argtypes import listening_port, positive_float, positive_int
-from chatbox.server import flood
+from chatbox.argtypes import listening_port, non_negative_int, positive_float, positive_int
+from chatbox.server import admission, flood
 from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
     DEFAULT_SLOW_TIMEOUT,
+    DEFAULT_STALL_TIMEOUT,
     Hub,
     HubConfig,
 )
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
+from chatbox.server.worker import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, InputTimeouts
 
 DEFAULT_PORT = 4242
 
@@ -106,13 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
         f"as too slow; meanwhile the room waits for it (default {DEFAULT_SLOW_TIMEOUT})",
     )
     parser.add_argument(
+        "--stall-timeout",
+        type=non_negative_float,
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds a client's queue may wait without moving at all, however small, "
+        f"before it is disconnected as too slow; 0: never (default {DEFAULT_STALL_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--max-clients",
         type=positive_int,
         default=DEFAULT_MAX_CLIENTS,
         help=f"clients served at once; one more is told the server is full "
         f"(default {DEFAULT_MAX_CLIENTS})",
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=non_negative_float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client that sent nothing for this long (a bare newline counts: "
+        f"chatbox-client sends one when idle); 0: never (default {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--line-timeout",
+        type=non_negative_float,
+        default=DEFAULT_LINE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a client that began a line and did not finish it within this long; "
+        f"0: never (default {DEFAULT_LINE_TIMEOUT:g})",
+    )
     add_flood_options(parser)
+    add_admission_options(parser)
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -153,6 +180,111 @@ def add_flood_options(parser: argparse.ArgumentParser) -> None:
         default=flood.DEFAULT_TIMEOUT,
         help="seconds a client may stay over its rate before it is disconnected "
         f"for flooding (default {flood.DEFAULT_TIMEOUT:g})",
+    )
+
+
+def add_admission_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "who may connect",
+        "access lists (deny wins; with any allow, only allowed addresses get in) and "
+        "per-address limits; an IPv6 address counts per /64",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        type=network,
+        default=[],
+        metavar="CIDR",
+        help="admit only addresses in CIDR (an address or a network; repeatable)",
+    )
+    group.add_argument(
+        "--deny",
+        action="append",
+        type=network,
+        default=[],
+        metavar="CIDR",
+        help="refuse addresses in CIDR, closing at once (repeatable)",
+    )
+    group.add_argument(
+        "--allow-file",
+        action="append",
+        type=network_file,
+        default=[],
+        metavar="FILE",
+        help="--allow for each line of FILE (one CIDR a line, # comments)",
+    )
+    group.add_argument(
+        "--deny-file",
+        action="append",
+        type=network_file,
+        default=[],
+        metavar="FILE",
+        help="--deny for each line of FILE",
+    )
+    group.add_argument(
+        "--max-per-ip",
+        type=non_negative_int,
+        default=admission.DEFAULT_MAX_PER_IP,
+        metavar="N",
+        help="connections at once from one address; one more is told so; 0: no limit "
+        f"(default {admission.DEFAULT_MAX_PER_IP})",
+    )
+    group.add_argument(
+        "--connect-rate",
+        type=non_negative_float,
+        default=admission.DEFAULT_CONNECT_RATE,
+        metavar="N",
+        help="new connections a second one address may open on average; 0: no limit "
+        f"(default {admission.DEFAULT_CONNECT_RATE:g})",
+    )
+    group.add_argument(
+        "--connect-burst",
+        type=positive_float,
+        default=admission.DEFAULT_CONNECT_BURST,
+        metavar="N",
+        help="new connections one address may open at once "
+        f"(default {admission.DEFAULT_CONNECT_BURST:g})",
+    )
+    exempt = ", ".join(str(net) for net in admission.DEFAULT_EXEMPT)
+    group.add_argument(
+        "--exempt",
+        action="append",
+        type=exempt_network,
+        metavar="CIDR",
+        help="addresses the per-address limits do not apply to (repeatable; 'none' for "
+        f"no address; default this machine's own: {exempt}); the access lists still do",
+    )
+
+
+def network(text: str) -> admission.Network:
+    try:
+        return admission.parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def network_file(path: str) -> list[admission.Network]:
+    try:
+        return admission.read_networks(path)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def exempt_network(text: str) -> admission.Network | None:
+    return None if text.strip().lower() == "none" else network(text)
+
+
+def admission_rules(args: argparse.Namespace) -> admission.AdmissionRules:
+    exempt = admission.DEFAULT_EXEMPT
+    if args.exempt is not None:
+        exempt = tuple(net for net in args.exempt if net is not None)
+    return admission.AdmissionRules(
+        allow=(*args.allow, *(net for listing in args.allow_file for net in listing)),
+        deny=(*args.deny, *(net for listing in args.deny_file for net in listing)),
+        exempt=exempt,
+        max_per_ip=args.max_per_ip,
+        connect_rate=args.connect_rate,
+        connect_burst=args.connect_burst,
     )
 
 
@@ -238,15 +370,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
-    launcher = make_launcher(args.mode, args.max_line)
+    launcher = make_launcher(
+        args.mode, args.max_line, InputTimeouts(args.idle_timeout, args.line_timeout)
+    )
     config = HubConfig(
         max_line=args.max_line,
         sendq=args.sendq,
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
+        stall_timeout=args.stall_timeout,
         flood=flood.FloodLimits(
             args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
         ),
+        admission=admission_rules(args),
     )
     server_log = ServerLog(args.log_level)
     server_log.start()

@@ -24,6 +24,8 @@ NOTE_PREFIX = b"\x00"
 _TOO_LONG = b"toolong"
 _CLOSED = b"closed"
 _RESET = b"reset"
+_IDLE = b"idle"
+_UNFINISHED = b"unfinished"
 
 # Why a connection ended, as the room tells the others.
 _REASONS = {_CLOSED: "connection closed", _RESET: "connection reset"}
@@ -50,6 +52,12 @@ def end_note(reset: bool) -> bytes:
     return _note(_RESET if reset else _CLOSED)
 
 
+def timeout_note(idle: bool) -> bytes:
+    """The worker timed its client out: silent too long, or a line begun and not
+    finished in time. The worker goes on draining the client until the hub is done."""
+    return _note(_IDLE if idle else _UNFINISHED)
+
+
 # --- the hub's side ----------------------------------------------------------------------
 
 
@@ -65,7 +73,21 @@ class Ended:
     reason: str
 
 
-ChannelEvent = protocol.Lines | LineDropped | Ended
+@dataclass(frozen=True)
+class TimedOut:
+    """The worker timed its client out: ``reason`` is what the others are told,
+    ``notice`` the client's last line."""
+
+    reason: str
+    notice: bytes
+
+
+_TIMEOUTS = {
+    _IDLE: TimedOut("idle", protocol.IDLE),
+    _UNFINISHED: TimedOut("unfinished line", protocol.UNFINISHED_LINE),
+}
+
+ChannelEvent = protocol.Lines | LineDropped | Ended | TimedOut
 
 
 class ChannelReader:
@@ -102,7 +124,9 @@ class ChannelReader:
         return events
 
     @staticmethod
-    def _decode_note(kind: bytes) -> LineDropped | Ended:
+    def _decode_note(kind: bytes) -> LineDropped | Ended | TimedOut:
         if kind == _TOO_LONG:
             return LineDropped()
+        if kind in _TIMEOUTS:
+            return _TIMEOUTS[kind]
         return Ended(_REASONS.get(kind, _UNKNOWN_END))

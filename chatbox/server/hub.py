@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import ChannelEvent, LineDropped
+from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
+from chatbox.server.channel import ChannelEvent, LineDropped, TimedOut
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.launcher import Launcher
@@ -74,6 +75,16 @@ DEFAULT_MAX_CLIENTS = 1024
 # CI box) always drains its queue in time; short enough that a reader that stopped
 # holds the room up only briefly.
 DEFAULT_SLOW_TIMEOUT = 2.0
+# A queue that has not moved at all for this long is a reader that is gone, however
+# small the queue (one that quit and stopped reading holds its slot otherwise). A
+# suspended terminal client in a busy room is cut off sooner, by the rule above.
+DEFAULT_STALL_TIMEOUT = 60.0
+# TCP keepalive on client sockets: a peer that vanished without a word (power cut, a
+# NAT that dropped the mapping) is found after KEEPIDLE + KEEPINTVL * KEEPCNT seconds
+# of silence, even while the server has nothing to send it.
+KEEPIDLE = 60
+KEEPINTVL = 10
+KEEPCNT = 6
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -85,7 +96,20 @@ class HubConfig:
     sendq: int = DEFAULT_SENDQ
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
     flood: FloodLimits = field(default_factory=FloodLimits)
+    admission: AdmissionRules = field(default_factory=AdmissionRules)
+
+
+def keep_alive(client: socket.socket) -> None:
+    """Turn TCP keepalive on, with the probe timing wherever the system lets us set it."""
+    with contextlib.suppress(OSError):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL)):
+            if hasattr(socket, name):
+                client.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPCNT)
 
 
 class Hub:
@@ -111,10 +135,13 @@ class Hub:
             self._room = ClusterRoom(self, cluster, config.max_line)
             self._tick = self._room.tick
         self._links: dict[int, Link] = {}
+        self._admission = Admission(config.admission)
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
         self._over: dict[int, Link] = {}  # queues over their bound
+        # Queues waiting for their socket to take more, least recently moved first.
+        self._waiting: dict[int, Link] = {}
         self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         # Channels not read for one client's own sake: over its flood allowance (until
@@ -182,6 +209,8 @@ class Hub:
         if self._held:
             self._release_held()
         self._check_slow()
+        if self._waiting and self._config.stall_timeout:
+            self._check_stalled()
         if self._farewells:
             self._farewells.expire()
 
@@ -194,6 +223,9 @@ class Hub:
             deadlines.append(oldest + self._config.slow_timeout)
         if self._throttled:
             deadlines.append(min(at for at, _ in self._throttled.values()))
+        if self._waiting and self._config.stall_timeout:
+            moved = next(iter(self._waiting.values())).moved_at
+            deadlines.append(moved + self._config.stall_timeout)
         if any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -283,7 +315,12 @@ class Hub:
                 return
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
+            ticket = self._admission.check(address[0], time.monotonic())
+            if isinstance(ticket, Refusal):
+                self._refuse(client, address, ticket)
+                continue
             if len(self._links) >= self._config.max_clients:
+                self._admission.release(ticket)
                 log.warning("refused %s: server full", address)
                 self._farewells.add(client, protocol.server_full(self._config.max_clients))
                 continue
@@ -291,17 +328,29 @@ class Hub:
                 # Chat is small lines that should go now, and every send here is
                 # already one batch per turn: Nagle's delay would only add latency.
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._admit(client)
+            keep_alive(client)
+            self._admit(client, ticket)
 
-    def _admit(self, client: socket.socket) -> None:
+    def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
+        """Turned away by admission, at the cost of a close: no worker, no notice."""
+        if not refusal.repeat:
+            # One template per reason, so each is rate-limited on its own (logs.RateLimit).
+            log.warning("refused %s: " + refusal.reason, address)
+        if refusal.last_words:
+            self._farewells.add(client, refusal.last_words)
+        else:
+            client.close()
+
+    def _admit(self, client: socket.socket, ticket: Ticket) -> None:
         try:
             hub_end, worker_end = socket.socketpair()
         except OSError as exc:
             log.error("cannot start a worker: %s", exc)
+            self._admission.release(ticket)
             client.close()
             return
         hub_end.setblocking(False)
-        link = Link(next(self._ids), client, hub_end)
+        link = Link(next(self._ids), client, hub_end, ticket=ticket)
         if self._config.flood.enabled:
             link.bucket = FloodBucket(self._config.flood, time.monotonic())
         self._links[link.id] = link
@@ -315,6 +364,7 @@ class Hub:
             worker_end.close()
             self._links.pop(link.id)
             link.forget()
+            self._admission.release(ticket)
             self._selector.unregister(hub_end)
             hub_end.close()
             self._farewells.add(client, protocol.SERVER_BUSY)
@@ -363,6 +413,8 @@ class Hub:
                     return
             elif isinstance(event, LineDropped):
                 self._room.line_too_long(link.id)
+            elif isinstance(event, TimedOut):
+                self._timed_out(link, event)
             else:
                 # The client has gone: what is queued for it still goes out, then it is shut.
                 self._room.leave(link.id, event.reason)
@@ -376,6 +428,7 @@ class Hub:
             return
         if link.want_write:
             link.want_write = False
+            self._waiting.pop(link.id, None)
             self._watch(link)
         with contextlib.suppress(OSError):
             link.client.shutdown(socket.SHUT_RDWR)
@@ -389,10 +442,12 @@ class Hub:
         if not link.forget():
             return
         self._links.pop(link.id, None)
+        self._admission.release(link.ticket)
         self._dirty.pop(link.id, None)
         self._paused.pop(link.id, None)
         self._throttled.pop(link.id, None)
         self._held.pop(link.id, None)
+        self._waiting.pop(link.id, None)
         link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
@@ -465,6 +520,16 @@ class Hub:
         self.dismiss(link.id)
         self._read_again(link)
 
+    def _timed_out(self, link: Link, event: TimedOut) -> None:
+        """Its worker timed it out (silent, or a line never finished): it is told why,
+        the room hears it left, and it is closed once that line is out."""
+        if link.state is not State.OPEN:
+            return  # already on its way out
+        log.info("%s timed out: %s", self._room_name(link), event.reason)
+        self._room.leave(link.id, event.reason)
+        self.post((link.id,), event.notice)
+        self.dismiss(link.id)
+
     def _read_again(self, link: Link) -> None:
         # A leaving client's channel must be read to see its worker end.
         link.reading = True
@@ -530,6 +595,18 @@ class Hub:
         self._not_over(link)
         self._flush()
 
+    def _check_stalled(self) -> None:
+        """Cut off whoever's queue has not moved for `stall_timeout`, also one that is
+        only leaving (it quit, then stopped reading): under --sendq, the slow-reader
+        rule above never sees them."""
+        expired = time.monotonic() - self._config.stall_timeout
+        while self._waiting:
+            link = next(iter(self._waiting.values()))
+            if link.moved_at > expired:
+                return
+            del self._waiting[link.id]
+            self._cut(link)
+
     def _not_over(self, link: Link) -> None:
         if link.over_since is not None:
             link.over_since = None
@@ -557,6 +634,11 @@ class Hub:
                 want_write = bool(link.sendq)
                 if link.want_write != want_write:
                     link.want_write = want_write
+                    if want_write:
+                        link.moved_at = time.monotonic()
+                        self._waiting[link.id] = link
+                    else:
+                        self._waiting.pop(link.id, None)
                     self._watch(link)
                 if link.state is State.LEAVING and not link.sendq:
                     self._close_link(link)
@@ -577,6 +659,11 @@ class Hub:
             self._broken.append(link)
             return
         del link.sendq[:sent]
+        if sent and link.sendq and link.want_write:
+            # It moved: to the back of the line of queues waiting.
+            link.moved_at = time.monotonic()
+            self._waiting.pop(link.id, None)
+            self._waiting[link.id] = link
         if link.over_since is not None and len(link.sendq) <= self._config.sendq:
             self._not_over(link)
 

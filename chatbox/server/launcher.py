@@ -19,7 +19,7 @@ import threading
 import time
 
 from chatbox.server import logs
-from chatbox.server.worker import serve_connection
+from chatbox.server.worker import InputTimeouts, serve_connection
 
 log = logging.getLogger("chatbox.launcher")
 
@@ -39,8 +39,9 @@ class Launcher(abc.ABC):
 
     mode: str
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
         self.max_line = max_line
+        self.timeouts = timeouts or InputTimeouts()
 
     @abc.abstractmethod
     def start(self, client: socket.socket, channel: socket.socket) -> None:
@@ -70,8 +71,8 @@ class Launcher(abc.ABC):
 class ForkLauncher(Launcher):
     mode = "fork"
 
-    def __init__(self, max_line: int) -> None:
-        super().__init__(max_line)
+    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
+        super().__init__(max_line, timeouts)
         self._children: set[int] = set()
 
     def start(self, client: socket.socket, channel: socket.socket) -> None:
@@ -80,7 +81,7 @@ class ForkLauncher(Launcher):
             status = 1
             try:
                 _become_worker(client, channel)
-                serve_connection(client, channel, self.max_line)
+                serve_connection(client, channel, self.max_line, self.timeouts)
                 status = 0
             except BaseException:  # the child must reach os._exit, whatever happened
                 log.exception("worker failed")
@@ -157,8 +158,8 @@ def _max_fd() -> int:
 class ThreadLauncher(Launcher):
     mode = "thread"
 
-    def __init__(self, max_line: int) -> None:
-        super().__init__(max_line)
+    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
+        super().__init__(max_line, timeouts)
         # Live workers, counted by the workers themselves, so the hub can wait for
         # them at shutdown without holding a Thread object per client.
         self._live = 0
@@ -182,7 +183,7 @@ class ThreadLauncher(Launcher):
 
     def _run(self, client: socket.socket, channel: socket.socket) -> None:
         try:
-            serve_connection(client, channel, self.max_line)
+            serve_connection(client, channel, self.max_line, self.timeouts)
         finally:
             with self._ended:
                 self._live -= 1
@@ -195,11 +196,11 @@ class ThreadLauncher(Launcher):
                 log.warning("%d worker threads did not end in time", self._live)
 
 
-def make_launcher(mode: str, max_line: int) -> Launcher:
+def make_launcher(mode: str, max_line: int, timeouts: InputTimeouts | None = None) -> Launcher:
     if mode == "fork":
         if not hasattr(os, "fork"):
             raise ValueError("fork mode needs os.fork, which this platform lacks")
-        return ForkLauncher(max_line)
+        return ForkLauncher(max_line, timeouts)
     if mode == "thread":
-        return ThreadLauncher(max_line)
+        return ThreadLauncher(max_line, timeouts)
     raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")

@@ -28,6 +28,7 @@ import enum
 import socket
 from dataclasses import dataclass, field
 
+from chatbox.server.admission import Ticket
 from chatbox.server.channel import ChannelEvent, ChannelReader
 from chatbox.server.flood import FloodBucket
 
@@ -54,10 +55,13 @@ class Link:
     # registration only when it must (these are interest, not lifecycle).
     reading: bool = True  # its channel (unless paused for backpressure)
     want_write: bool = False  # its client socket, while output waits for room
+    moved_at: float = 0.0  # while it waits: when its queue last moved
     bucket: FloodBucket | None = None  # its flood allowance (None: flood control off)
     # What it sent that waits for room in its own queue (commands whose replies would
     # not fit); its channel is not read meanwhile.
     held: list[ChannelEvent] = field(default_factory=list)
+    # Its place in its address's connection count, given back when it is GONE.
+    ticket: Ticket = field(default_factory=lambda: Ticket(None))
 
     @property
     def sending(self) -> bool:

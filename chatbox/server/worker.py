@@ -14,15 +14,36 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
+from dataclasses import dataclass
 
 from chatbox import protocol
-from chatbox.server.channel import encode_event, end_note
+from chatbox.server.channel import encode_event, end_note, timeout_note
 
 log = logging.getLogger("chatbox.worker")
 
 # One recv takes up to this much: large enough that a busy client's lines arrive in
 # batches (Python pays per call, not per byte), small enough to bound a worker's memory.
 RECV_SIZE = 65536
+
+
+# Five minutes of silence is a client that is gone (a laptop closed, a NAT that forgot
+# it); chatbox-client sends a bare newline after a minute of its own silence.
+DEFAULT_IDLE_TIMEOUT = 300.0
+# A person's telnet sends each key as typed: a minute for one line is generous; one byte
+# every few seconds (slowloris) never finishes a line of any length in that time.
+DEFAULT_LINE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class InputTimeouts:
+    """How long a client may send nothing (``idle``), and how long a line it began may
+    take to finish (``line``); 0 turns one off. The worker keeps them, because only it
+    sees every byte: the bare newlines that keep a connection alive, and partial lines.
+    """
+
+    idle: float = DEFAULT_IDLE_TIMEOUT
+    line: float = DEFAULT_LINE_TIMEOUT
 
 
 class _Waiter:
@@ -41,15 +62,18 @@ class _Waiter:
         self._poll = select.poll() if hasattr(select, "poll") else None
         self._interest: tuple[bool, bool] | None = None
 
-    def wait(self, client_in: bool, channel_out: bool) -> tuple[bool, bool, bool]:
-        """(channel readable, channel writable, client readable).
+    def wait(
+        self, client_in: bool, channel_out: bool, timeout: float | None = None
+    ) -> tuple[bool, bool, bool]:
+        """(channel readable, channel writable, client readable); all False once
+        ``timeout`` seconds passed with nothing ready.
 
         Errors and hang-ups count as ready: the next call on that socket reports them.
         """
         if self._poll is None:
             readers = [self._channel, self._client] if client_in else [self._channel]
             writers = [self._channel] if channel_out else []
-            readable, writable, _ = select.select(readers, writers, [])
+            readable, writable, _ = select.select(readers, writers, [], timeout)
             return self._channel in readable, self._channel in writable, self._client in readable
         if self._interest != (client_in, channel_out):
             if self._interest is None:
@@ -61,7 +85,8 @@ class _Waiter:
             if client_in:
                 self._poll.register(self._client_fd, select.POLLIN)
         channel_events = client_events = 0
-        for fd, events in self._poll.poll():
+        wait_ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+        for fd, events in self._poll.poll(wait_ms):
             if fd == self._channel_fd:
                 channel_events = events
             else:
@@ -73,12 +98,23 @@ class _Waiter:
         )
 
 
-def serve_connection(client: socket.socket, channel: socket.socket, max_line: int) -> None:
+def serve_connection(
+    client: socket.socket,
+    channel: socket.socket,
+    max_line: int,
+    timeouts: InputTimeouts = InputTimeouts(),  # frozen: one instance is shared safely
+) -> None:
     """Pass what one client sends up to the hub until the hub shuts the channel down.
 
     Both sockets are non-blocking and waited on together. Lines for the hub that do not
     fit in the channel wait here, and meanwhile the client is not read (TCP holds it
-    back): that is how a hub that pauses its input slows the senders down.
+    back): that is how a hub that pauses its input slows the senders down. While it
+    does, the client's timeouts do not run: the wait is the server's, not the client's.
+
+    A client silent for ``timeouts.idle``, or with a line begun and not finished within
+    ``timeouts.line``, is reported to the hub, which tells it and the room and ends it;
+    meanwhile what it still sends is read and thrown away, so that closing the socket
+    does not reset the connection before the client has read why.
 
     Resource handling: on return the client socket is shut down (the client sees the
     end even while the hub still holds the socket) and the channel is closed. The client
@@ -95,16 +131,34 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
     waiter = _Waiter(client, channel)
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
+    timed_out = False  # reported to the hub: what the client sends is thrown away
+    heard_at = time.monotonic()  # the client's last bytes (or the hub's last wait)
+    line_since: float | None = None  # when the line being received began
     try:
         while True:
-            channel_in, channel_out, client_in = waiter.wait(reading and not upward, bool(upward))
+            now = time.monotonic()
+            timeout = None
+            if upward:
+                heard_at = now  # the hub holds this client back: no clock runs
+                if line_since is not None:
+                    line_since = now
+            elif reading and not timed_out:
+                expiry = _expiry(heard_at, line_since, timeouts)
+                if expiry is not None:
+                    if expiry <= now:
+                        timed_out = True
+                        upward += timeout_note(idle=line_since is None)
+                        continue
+                    timeout = expiry - now
+            client_wanted = reading and not upward
+            channel_in, channel_out, client_in = waiter.wait(client_wanted, bool(upward), timeout)
             if channel_in:
                 try:
                     if channel.recv(1) == b"":
                         return  # the hub is done with this client
                 except BlockingIOError:
                     pass
-            if client_in and reading and not upward:
+            if client_in and client_wanted:
                 try:
                     data = client.recv(RECV_SIZE)
                 except BlockingIOError:
@@ -115,10 +169,18 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
                     reset = False
                 if not data:
                     reading = False
-                    upward += end_note(reset)
-                else:
-                    for event in decoder.feed(data):
+                    if not timed_out:
+                        upward += end_note(reset)
+                elif not timed_out:
+                    heard_at = time.monotonic()
+                    events = decoder.feed(data)
+                    for event in events:
                         upward += encode_event(event)
+                    if not decoder.holding:
+                        line_since = None
+                    elif line_since is None or events:
+                        # Begun now, or a line finished and the next one begun.
+                        line_since = heard_at
                 channel_out = True
             if upward and channel_out:
                 try:
@@ -135,3 +197,13 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
         except OSError:
             pass
         channel.close()
+
+
+def _expiry(heard_at: float, line_since: float | None, timeouts: InputTimeouts) -> float | None:
+    """When the client times out, if it keeps silent; None if no timeout applies."""
+    if line_since is not None and timeouts.line:
+        # A partial line keeps the connection busy: the line's own clock applies.
+        return line_since + timeouts.line
+    if timeouts.idle:
+        return heard_at + timeouts.idle
+    return None

@@ -1,0 +1,316 @@
+"""Connection churn: what one address opening and resetting connections as fast as it
+can costs everyone else, with the per-address limits on and off, in one run.
+
+    python benchmarks/churn.py [--modes fork,thread] [--chatters 10] [--pings 300]
+                               [--seconds 12] [--repeat 3] [--churner-nice N] [--json OUT]
+
+For each server mode and each setting (``limits``: the defaults, ``no-limits``:
+``--max-per-ip 0 --connect-rate 0``, how the server behaved before admission), a fresh
+server is started and ``--chatters`` honest clients join, each from an address of its
+own (127.0.1.1, 127.0.1.2, ...). They play
+ping-pong one message at a time (A says ``pN``; when B has it, B says ``qN``; the
+figure is A's round trip), first alone (``quiet``), then while a churner process,
+from 127.0.0.2, opens and resets (SO_LINGER 0) connections as fast as it can
+(``churn``). It prints p50/p99 per phase and the churn/quiet ratios (the goal: within
+2x with limits on), and how many connections a second the churner made.
+
+Bounded: each phase ends after ``--pings`` round trips or ``--seconds``, whichever comes
+first; the churner ends itself at its deadline and is ended by its pid regardless; each
+server is stopped and reaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.daemon import Daemon, Readiness
+
+CHATTER_NETWORK = "127.0.1."  # chatter i comes from 127.0.1.(i + 1): one address each
+CHURNER_ADDRESS = "127.0.0.2"
+SETTINGS = {"limits": (), "no-limits": ("--max-per-ip", "0", "--connect-rate", "0")}
+PING_TIMEOUT = 10.0  # one round trip longer than this ends the phase: the room stalled
+MAX_CHURN = 200_000  # connections one churner makes at most
+
+# Says "going" after its first connection, and its counts when SIGTERM (or its own
+# deadline, or its count) stops it.
+CHURNER = """
+import signal, socket, struct, sys, time
+port, source, until, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+linger = struct.pack("ii", 1, 0)
+made = failed = 0
+start = time.monotonic()
+while not stop and made + failed < limit and time.monotonic() < until:
+    sock = socket.socket()
+    try:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        made += 1
+        if made == 1:
+            print("going", flush=True)
+    except OSError:
+        failed += 1
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    sock.close()
+if not made:
+    print("going", flush=True)
+print(made, failed, time.monotonic() - start, flush=True)
+"""
+
+
+HOG = """
+import signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+until = float(sys.argv[1])
+print("going", flush=True)
+while not stop and time.monotonic() < until:
+    pass
+"""
+
+
+@dataclass
+class Phase:
+    """One phase's round trips (seconds), pooled over the rounds of a run."""
+
+    mode: str
+    setting: str
+    phase: str
+    rtts: list[float] = field(default_factory=list)
+    churn_per_s: list[float] = field(default_factory=list)  # one figure a round
+    stalled: int = 0  # rounds in which a round trip took over PING_TIMEOUT
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "setting": self.setting,
+            "phase": self.phase,
+            "pings": len(self.rtts),
+            "p50_ms": round(self.p50 * 1000, 3),
+            "p99_ms": round(self.p99 * 1000, 3),
+            "churn_per_s": round(statistics.median(self.churn_per_s)) if self.churn_per_s else 0,
+            "stalled_rounds": self.stalled,
+        }
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.rtts, 0.5)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.rtts, 0.99)
+
+
+class Chatters:
+    """Honest clients in one selector loop, reading everything that reaches them."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.socks: list[socket.socket] = []
+        self.inbox: dict[socket.socket, bytearray] = {}
+        for index in range(count):
+            source = f"{CHATTER_NETWORK}{index % 250 + 1}"
+            sock = socket.create_connection(
+                ("127.0.0.1", port), timeout=PING_TIMEOUT, source_address=(source, 0)
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks.append(sock)
+            self.inbox[sock] = bytearray()
+            self.wait_for(sock, b"* welcome", time.monotonic() + PING_TIMEOUT)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ)
+
+    def wait_for(self, sock: socket.socket, token: bytes, deadline: float) -> bool:
+        """Read everyone's input until ``token`` is in ``sock``'s; whether it came in time."""
+        box = self.inbox[sock]
+        while token not in box:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if sock.getblocking():
+                sock.settimeout(left)
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the server closed a chatter")
+                box += data
+                continue
+            for key, _ in self.selector.select(left):
+                peer: socket.socket = key.fileobj  # type: ignore[assignment]
+                with contextlib.suppress(BlockingIOError):
+                    data = peer.recv(65536)
+                    if not data:
+                        raise ConnectionError("the server closed a chatter")
+                    self.inbox[peer] += data
+        at = box.index(token) + len(token)
+        del box[:at]
+        return True
+
+    def ping_pong(self, first: int, pings: int, seconds: float) -> tuple[list[float], bool]:
+        """Round trips in seconds, and whether one took longer than PING_TIMEOUT."""
+        rtts: list[float] = []
+        end = time.monotonic() + seconds
+        count = len(self.socks)
+        for n in range(first, first + pings):
+            if time.monotonic() >= end:
+                break
+            a, b = self.socks[n % count], self.socks[(n + 1) % count]
+            start = time.perf_counter()
+            deadline = time.monotonic() + PING_TIMEOUT
+            a.sendall(b"p%d\n" % n)
+            if not self.wait_for(b, b"> p%d\n" % n, deadline):
+                return rtts, True
+            b.sendall(b"q%d\n" % n)
+            if not self.wait_for(a, b"> q%d\n" % n, deadline):
+                return rtts, True
+            rtts.append(time.perf_counter() - start)
+        return rtts, False
+
+    def close(self) -> None:
+        self.selector.close()
+        for sock in self.socks:
+            sock.close()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def start_server(mode: str, extra: tuple[str, ...]) -> Daemon:
+    argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
+    daemon = Daemon(f"server-{mode}", [*argv, "--mode", mode, *extra])
+    daemon.start()
+    daemon.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + 30)
+    return daemon
+
+
+def run_setting(mode: str, setting: str, args: argparse.Namespace) -> list[Phase]:
+    daemon = start_server(mode, SETTINGS[setting])
+    assert daemon.announced is not None
+    port = daemon.announced[1]
+    results = []
+    chatters = Chatters(port, args.chatters)
+    try:
+        chatters.ping_pong(0, 20, args.seconds)  # warm up: every worker has run once
+        rtts, stalled = chatters.ping_pong(1000, args.pings, args.seconds)
+        results.append(_phase(mode, setting, "quiet", rtts, stalled))
+        # The churner is a busy process too: on a small machine that alone costs the
+        # others latency. A process that only spins tells that cost apart.
+        hog = subprocess.Popen(
+            [*(["nice", "-n", str(args.churner_nice)] if args.churner_nice else []),
+             sys.executable, "-c", HOG, str(time.monotonic() + args.seconds + 5)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert hog.stdout is not None
+            hog.stdout.readline()
+            rtts, stalled = chatters.ping_pong(50_000, args.pings, args.seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hog.pid, signal.SIGTERM)
+            hog.communicate(timeout=30)
+        results.append(_phase(mode, setting, "hog", rtts, stalled))
+        churner = subprocess.Popen(
+            [*(["nice", "-n", str(args.churner_nice)] if args.churner_nice else []),
+             sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
+             str(time.monotonic() + args.seconds + 5), str(MAX_CHURN)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert churner.stdout is not None
+            churner.stdout.readline()  # "going": the phase is about churn at full speed
+            rtts, stalled = chatters.ping_pong(100_000, args.pings, args.seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(churner.pid, signal.SIGTERM)
+            out, _ = churner.communicate(timeout=30)
+        phase = _phase(mode, setting, "churn", rtts, stalled)
+        if out.strip():
+            made, _, elapsed = out.split()[-3:]
+            phase.churn_per_s.append(int(made) / max(float(elapsed), 1e-9))
+        results.append(phase)
+    finally:
+        chatters.close()
+        daemon.stop()
+    return results
+
+
+def _phase(mode: str, setting: str, name: str, rtts: list[float], stalled: bool) -> Phase:
+    return Phase(mode, setting, name, rtts, stalled=int(stalled))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", default="fork,thread")
+    parser.add_argument("--settings", default="limits,no-limits")
+    parser.add_argument("--chatters", type=int, default=10)
+    parser.add_argument("--pings", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument(
+        "--churner-nice",
+        type=int,
+        default=0,
+        help="run the churner (and the hog) at this nice level: on a small machine the "
+        "churner's own CPU, not the server's work, is then out of the honest clients' way",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds, pooled (default 3)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    pooled: dict[tuple[str, str, str], Phase] = {}
+    # Rounds interleave the servers and settings, so a burst of load from elsewhere on
+    # the machine falls on all of them alike.
+    for _ in range(args.repeat):
+        for mode in args.modes.split(","):
+            for setting in args.settings.split(","):
+                for phase in run_setting(mode, setting, args):
+                    key = (phase.mode, phase.setting, phase.phase)
+                    if key not in pooled:
+                        pooled[key] = phase
+                    else:
+                        pooled[key].rtts += phase.rtts
+                        pooled[key].churn_per_s += phase.churn_per_s
+                        pooled[key].stalled += phase.stalled
+    print(f"{'mode':7} {'setting':10} {'phase':6} {'pings':>5} {'p50 ms':>8} {'p99 ms':>8}"
+          f" {'churn/s':>8}  p50 / p99 against quiet; against hog")  # fmt: skip
+    for (mode, setting, name), p in pooled.items():
+        ratio = ""
+        if name != "quiet":
+            q = pooled[(mode, setting, "quiet")]
+            ratio = f"{p.p50 / q.p50:6.2f}x / {p.p99 / q.p99:6.2f}x"
+        if name == "churn":
+            h = pooled[(mode, setting, "hog")]
+            ratio += f";  {p.p50 / h.p50:6.2f}x / {p.p99 / h.p99:6.2f}x"
+            if setting == "limits":
+                goal = p.p99 <= 2 * q.p99 and not p.stalled
+                ratio += "  goal (p99 <= 2x quiet): " + ("PASS" if goal else "MISS")
+        row = p.summary()
+        note = f" STALLED in {p.stalled} rounds" if p.stalled else ""
+        print(
+            f"{mode:7} {setting:10} {name:6} {row['pings']:5d} {row['p50_ms']:8.3f} "
+            f"{row['p99_ms']:8.3f} {row['churn_per_s']:8d}  {ratio}{note}"
+        )
+    if args.json:
+        summaries = [p.summary() for p in pooled.values()]
+        args.json.write_text(json.dumps(summaries, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
