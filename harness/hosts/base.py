@@ -75,6 +75,21 @@ class Network(abc.ABC):
         """The host for client party number ``index`` (parties spread round-robin)."""
         return self.clients[index % len(self.clients)]
 
+    def node_hosts(self) -> list[Host]:
+        """The hosts for the nodes of a cluster under test, the server's first. Kinds that
+        build no hosts of their own for them run every node on the server's host."""
+        return [self.server]
+
+    def node_host(self, index: int) -> Host:
+        """The host for cluster node ``index`` (round-robin over `node_hosts`)."""
+        hosts = self.node_hosts()
+        return hosts[index % len(hosts)]
+
+    def store_host(self) -> Host:
+        """The host for the cluster's store (its redis-server): its own where the kind
+        builds one, else the server's."""
+        return self.server
+
     @property
     @abc.abstractmethod
     def listen_address(self) -> str:
