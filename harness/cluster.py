@@ -19,6 +19,7 @@ processes are registered with the lifeline, so a killed harness takes them along
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -154,7 +155,7 @@ class ClusterTarget(Target):
                 raise SetupError(str(exc)) from None
             with store.cond:
                 store.cond.wait_for(
-                    lambda daemon=store: _ready_or_gone(daemon),
+                    functools.partial(_ready_or_gone, store),
                     timeout=max(0.0, deadline - time.monotonic()),
                 )
                 said = list(store.stdout) + list(store.stderr)
