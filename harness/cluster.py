@@ -70,6 +70,21 @@ def _ready_or_gone(store: Daemon) -> bool:
     return any(STORE_READY in line for line in store.stdout) or store.exit_status() != ""
 
 
+def wait_store_ready(store: Daemon, deadline: float) -> list[str]:
+    """Wait until a started redis-server says it is ready, exits, or the deadline passes;
+    return all it said (ready when `STORE_READY` is among it and it still runs)."""
+    with store.cond:
+        store.cond.wait_for(
+            functools.partial(_ready_or_gone, store),
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
+        return list(store.stdout) + list(store.stderr)
+
+
+def store_ready(store: Daemon, said: list[str]) -> bool:
+    return any(STORE_READY in line for line in said) and not store.exit_status()
+
+
 class ClusterTarget(Target):
     """N chatbox nodes on one redis-server (see the module's docstring)."""
 
@@ -153,13 +168,8 @@ class ClusterTarget(Target):
                 store.start()
             except DaemonError as exc:
                 raise SetupError(str(exc)) from None
-            with store.cond:
-                store.cond.wait_for(
-                    functools.partial(_ready_or_gone, store),
-                    timeout=max(0.0, deadline - time.monotonic()),
-                )
-                said = list(store.stdout) + list(store.stderr)
-            if any(STORE_READY in line for line in said) and not store.exit_status():
+            said = wait_store_ready(store, deadline)
+            if store_ready(store, said):
                 self.url = f"redis://{host.address}:{port}/0"
                 return
             store.stop()

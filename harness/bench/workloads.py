@@ -98,7 +98,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
     """Client 0 sends a line; client 1 answers the moment it arrives; client 0 times
     the round trip (two relays through the server)."""
     deadline = _deadline(sizes)
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         swarm.grow(2, deadline, server.spec.backlog)
         a, b = swarm.clients
         swarm.expect(swarm.clients, 1 << 62)  # capture both sides for the ledger
@@ -151,7 +151,7 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
     every other client's lines. Deliveries per second, from the first send to the last
     client holding everything it should."""
     deadline = _deadline(sizes)
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         swarm.grow(clients, deadline, server.spec.backlog)
         outboxes = {c.index: ledger.stream(c.index, lines) for c in swarm.clients}
         swarm.expect(swarm.clients, ledger.markers_per(lines * (clients - 1)))
@@ -165,10 +165,12 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
             end = max(c.done_at or end for c in swarm.clients)
         elapsed = end - start
         closed = swarm.closed
-        tally = ledger.verify_all(
-            ((c.index, c.received()) for c in swarm.clients),
-            {c.index: lines for c in swarm.clients},
-        )
+        captured = [(c.index, c.received()) for c in swarm.clients]
+        tally = ledger.verify_all(captured, {c.index: lines for c in swarm.clients})
+        disagreement = ledger.order_disagreement(captured)
+        if disagreement:
+            tally.reordered += 1
+            tally.problems.append(disagreement)
     expected = clients * (clients - 1) * lines
     result: Result = {
         "clients": clients,
@@ -202,7 +204,7 @@ def connections(server: RunningServer, sizes: Sizes) -> Result:
     error = None
     tally = ledger.Tally()
     connecting = 0.0  # time spent getting clients in, without the measuring in between
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         for step in steps:
             start = time.perf_counter()
             try:
