@@ -78,17 +78,17 @@ def builtin_specs() -> dict[str, ServerSpec]:
         "select": ServerSpec("select", f"{python} {relay} {{port}} --host {{host}}", 5000, True),
         # The C example holds at most 1,000 clients (its MAX_CLIENTS).
         "c": ServerSpec("c", "{binary} {port} {host}", 1000, True, source=C_RELAY),
+        # ncat multiplexes with select(), so FD_SETSIZE (1024) bounds it; its default
+        # --max-conns of 100 would bound it first.
+        "ncat": ServerSpec(
+            "ncat", "ncat -l --chat --max-conns 5000 {host} {port}", 1000, backlog=10
+        ),
         # This project's server as a cluster of 1, 2 and 3 nodes on one redis-server: the
         # engine's cost, against "thread" (the same server alone) in the same run.
         **{
             f"cluster{n}": ServerSpec(f"cluster{n}", f"{server} --mode thread", 1000, True, nodes=n)
             for n in (1, 2, 3)
         },
-        # ncat multiplexes with select(), so FD_SETSIZE (1024) bounds it; its default
-        # --max-conns of 100 would bound it first.
-        "ncat": ServerSpec(
-            "ncat", "ncat -l --chat --max-conns 5000 {host} {port}", 1000, backlog=10
-        ),
     }
 
 
