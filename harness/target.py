@@ -112,6 +112,9 @@ class Target:
         server is node 0 for everyone; a cluster spreads parties over its nodes."""
         return 0, self.connect_address, self.client_port
 
+    def _accepts(self, port: int) -> bool:
+        return self.network.accepts(port, self.connect_address)
+
     def daemons(self) -> list[Daemon]:
         """Every process this target started (for the leftover check)."""
         return [d for d in (self.server, self.proxy) if d is not None]
@@ -133,9 +136,7 @@ class Target:
             self.server = Daemon(self.label, host.command(argv))
             try:
                 self.server.start()
-                self.port = self.server.wait_ready(
-                    self.readiness, port, self.network.accepts, deadline
-                )
+                self.port = self.server.wait_ready(self.readiness, port, self._accepts, deadline)
                 break
             except DaemonError as exc:
                 self.server.stop()

@@ -281,6 +281,17 @@ class RunningServer:
             total += own + (reaped if pid in self._roots() else 0.0)
         return total
 
+    def store_cpu_seconds(self) -> float:
+        """CPU seconds used so far by a cluster's redis-server (0 for one server): its
+        share of `cpu_seconds`."""
+        store = self._others[-1] if self.spec.nodes and self._others else None
+        if store is None or not store.pid:
+            return 0.0
+        try:
+            return cpu_seconds(store.pid)[0]
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def _roots(self) -> set[int]:
         return {self.pid, *(d.pid for d in self._others)}
 
