@@ -26,7 +26,7 @@ import time
 
 from harness.cluster import ClusterTarget
 from harness.party import Party
-from harness.scenarios.base import Context, Options, Scenario
+from harness.scenarios.base import SYNC_BUDGET, Context, Options, Scenario
 from harness.transcript import COUNTED
 
 MID_STREAM = 3  # lines each side must have received from the other before the kill
@@ -94,10 +94,19 @@ class Failover(Scenario):
         ]
         took = None
         try:
-            for v in victims:
-                for s in survivors:
-                    v.wait_messages(s.name, MID_STREAM, ctx.deadline)
-                    s.wait_messages(v.name, MID_STREAM, ctx.deadline)
+            # Bounded like room sync: a node that relays nothing must not eat the run.
+            until = min(ctx.deadline, time.monotonic() + SYNC_BUDGET * ctx.options.settle)
+            mid = all(
+                v.wait_messages(s.name, MID_STREAM, until)
+                and s.wait_messages(v.name, MID_STREAM, until)
+                for v in victims
+                for s in survivors
+            )
+            if not mid:
+                ctx.record.notes.append(
+                    f"the parties of node {doomed} and the others had not heard "
+                    f"{MID_STREAM} lines of each other when it was killed"
+                )
             t_kill = time.monotonic()
             target.kill_node(doomed)
             killed.set()
