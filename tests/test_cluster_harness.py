@@ -285,3 +285,39 @@ def test_ctrl_c_mid_run_ends_every_node_the_store_and_the_network(tmp_path: Path
         time.sleep(0.1)  # the lifeline's reaping of a group is not ours to wait on
     assert [p for p in seen if _cmdline(p)] == []
     assert list_named(f"cbx{proc.pid}-") == []
+
+
+def test_a_node_that_dies_unasked_fails_server_survived_naming_it(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "harness.run", "--quiet", "--json", str(report)]
+    argv += ["--cluster", "2", "--scenario", "broadcast", "--messages", "100000"]
+    proc = subprocess.Popen(
+        [*argv, "--timeout", "20", "--settle", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO,
+    )
+    try:
+        # Polling: another process's children appearing has no event to wait on.
+        deadline = time.monotonic() + 60
+        nodes: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = _descendants(proc.pid)
+            nodes = sorted(p for p in found if b"--cluster\0redis://" in _cmdline(p))
+            if len(nodes) == 2 and any(b"chatbox.client" in _cmdline(p) for p in found):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the cluster never came up: {proc.communicate()}")
+        os.kill(nodes[-1], signal.SIGKILL)  # the later one: node 1
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    doc = json.loads(report.read_text())
+    assert "server survived" in failed(doc)
+    assert "node 1 of 2: signal 9" in check(doc, "server survived")["detail"]
