@@ -152,16 +152,21 @@ class ClusterTarget(Target):
         self.ready = True
 
     def _start_store(self, deadline: float) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SetupError(NO_REDIS)
         host = self.network.store_host()
-        self.store_folder = tempfile.mkdtemp(prefix="chatbox-redis-")
+        if host.sees_processes:  # this machine: a folder of our own, removed at the end
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise SetupError(NO_REDIS)
+            self.store_folder = tempfile.mkdtemp(prefix="chatbox-redis-")
+            folder = self.store_folder
+        else:
+            # Another machine (ssh): its own redis-server, in /tmp; with persistence off
+            # it writes nothing there.
+            binary, folder = "redis-server", "/tmp"
         for attempt in range(PORT_ATTEMPTS):
             port = self.network.pick_port()
             store = Daemon(
-                "redis-server",
-                host.command(store_argv(binary, host.address, port, self.store_folder)),
+                "redis-server", host.command(store_argv(binary, host.address, port, folder))
             )
             self.store = store
             try:

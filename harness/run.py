@@ -46,6 +46,7 @@ def network_options(args: argparse.Namespace, clients: int) -> NetworkOptions:
     return NetworkOptions(
         node_hosts=max(1, args.cluster),
         store_host=args.cluster > 0,
+        node_destinations=list(args.node_host),
         kind=args.hosts,
         clients=clients,
         server_host=args.server_host,
@@ -176,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the nodes' --cluster-lease: a killed node's clients leave within about it "
         "(default %(default)g)",
+    )
+    cluster.add_argument(
+        "--node-host",
+        action="append",
+        default=[],
+        metavar="USER@HOST",
+        help="ssh: a machine for the cluster's nodes after the first, which runs on "
+        "--server-host with the redis-server (repeatable; nodes spread round-robin)",
     )
     hosts = parser.add_argument_group("where processes run")
     hosts.add_argument(
@@ -337,8 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster_nodes=args.cluster,
         cluster_lease=args.cluster_lease,
     )
-    if args.cluster and args.hosts == "ssh":
-        print("chatbox-harness: --cluster runs with --hosts loopback or netns", file=sys.stderr)
+    if scenario.local_only and args.hosts == "ssh":
+        print(
+            f"chatbox-harness: {scenario.local_only} (--hosts loopback or netns)", file=sys.stderr
+        )
+        return EXIT_SETUP
+    if args.node_host and (args.hosts != "ssh" or not args.cluster):
+        print("chatbox-harness: --node-host needs --hosts ssh and --cluster N", file=sys.stderr)
         return EXIT_SETUP
     try:
         scenario.check_options(options)

@@ -204,7 +204,7 @@ def test_failover_passes_across_namespaces(tmp_path: Path) -> None:
     [
         (["--scenario", "failover"], "failover needs --cluster N with N >= 2"),
         (["--scenario", "failover", "--cluster", "1"], "failover needs --cluster N with N >= 2"),
-        (["--cluster", "2", "--hosts", "ssh"], "--cluster runs with --hosts loopback or netns"),
+        (["--node-host", "bob@box2"], "--node-host needs --hosts ssh and --cluster N"),
         (["--cluster", "2", "--server-cmd", "ncat -l {host} {port}"], "{server_options}"),
     ],
 )

@@ -32,6 +32,7 @@ class NetworkOptions:
     # (redis-server) of a cluster under test; other kinds run them on the server's host.
     node_hosts: int = 1
     store_host: bool = False
+    node_destinations: list[str] = field(default_factory=list)  # ssh: USER@HOST per node
     ssh_port: int | None = None  # ssh: -p PORT for every host
     ssh_identity: str | None = None  # ssh: -i FILE (with IdentitiesOnly=yes)
     ssh_python: str = "python3"  # ssh: the interpreter on the far hosts
@@ -72,6 +73,7 @@ def _open_ssh(options: NetworkOptions) -> Network:
         options=options.ssh_options,
         python=options.ssh_python,
         server_address=options.server_address,
+        node_hosts=options.node_destinations,
     )
 
 

@@ -467,6 +467,8 @@ class Scenario(abc.ABC):
     # ``{server_options}`` (the default command has it; a --server-cmd without it is run
     # as given). The scenario sees whether they were applied: `Target.options_applied`.
     server_options: tuple[str, ...] = ()
+    # Why this scenario cannot run its server on other machines (--hosts ssh), if so.
+    local_only = ""
 
     def check_options(self, options: Options) -> None:
         """Raise ValueError (one line) for options this scenario cannot use."""
