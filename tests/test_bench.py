@@ -144,6 +144,45 @@ RELAY = textwrap.dedent(
 )
 
 
+# A relay that keeps each sender's order but not one order for the room: what it read from
+# several senders in one round it hands each receiver in another sender order.
+ROTATING_RELAY = textwrap.dedent(
+    """
+    import selectors, socket, sys
+    server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    clients, pending = [], {}
+    while True:
+        got = {}
+        for key, _ in sel.select():
+            if key.fileobj is server:
+                conn, _ = server.accept()
+                clients.append(conn)
+                pending[conn] = b""
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            conn = key.fileobj
+            data = conn.recv(65536)
+            if not data:
+                sel.unregister(conn)
+                clients.remove(conn)
+                conn.close()
+                continue
+            pending[conn] += data
+            *lines, pending[conn] = pending[conn].split(b"\\n")
+            if lines:
+                got[conn] = b"".join(b"<x> " + line + b"\\n" for line in lines)
+        senders = list(got)
+        for r, receiver in enumerate(clients):
+            k = r % len(senders) if senders else 0
+            for sender in senders[k:] + senders[:k]:
+                if sender is not receiver:
+                    receiver.sendall(got[sender])
+    """
+)
+
+
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     return subprocess.run(
@@ -235,6 +274,23 @@ def test_bench_measures_a_cluster_with_the_clients_spread_over_its_nodes(tmp_pat
     fanout = cluster["workloads"]["fanout10"]
     assert fanout["deliveries"] == fanout["expected"] == 10 * 9 * fanout["lines_per_client"]
     assert results["ratios"]["cluster2"]["fanout10_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_marks_a_relay_without_one_order_invalid(tmp_path: Path) -> None:
+    relay = tmp_path / "rotating.py"
+    relay.write_text(ROTATING_RELAY)
+    out_json = tmp_path / "bench.json"
+    run = _bench(
+        "--servers", "", "--server-cmd", f"rotating={sys.executable} {relay} {{port}}",
+        "--workloads", "fanout10", "--json", str(out_json), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out_json.read_text())["servers"]["rotating"]["workloads"]["fanout10"]
+    assert not result["valid"]
+    tally = result["tally"]
+    assert tally["lost"] == 0 and tally["reordered"] == 1, tally  # FIFO held; one order not
+    assert any("disagree on the order" in e for e in tally["examples"]), tally
 
 
 def test_bench_refuses_an_unknown_server_in_one_line(tmp_path: Path) -> None:
