@@ -1,7 +1,7 @@
 """A cluster under test: a real ``redis-server`` and N chatbox nodes that share one room.
 
 ``--cluster N`` makes the target a `ClusterTarget`: a redis-server on the network's store
-host (its own namespace with ``--hosts netns``; loopback otherwise), started in a fresh
+host (its own namespace with ``--hosts netns``, else the server's host), started in a fresh
 temporary folder on a port of its own, with persistence off and protected mode off but
 bound to that host's address alone; then N servers, each on a node host, each started with
 ``--cluster redis://ADDR:PORT/0`` (through ``{server_options}``). Client parties are
@@ -31,7 +31,6 @@ from harness.daemon import Daemon, DaemonError, Readiness, head_and_tail
 from harness.hosts import Network
 from harness.target import PORT_ATTEMPTS, START_TIMEOUT, SetupError, Target
 
-DEFAULT_LEASE = 3.0  # s: short enough for a failover run, long enough for a loaded box
 STORE_READY = "Ready to accept connections"  # redis-server's line once it listens
 REAP_TIMEOUT = 10.0
 NO_REDIS = (
@@ -94,7 +93,7 @@ class ClusterTarget(Target):
         server_template: str,
         *,
         nodes: int,
-        lease: float = DEFAULT_LEASE,
+        lease: float,  # the nodes' --cluster-lease (default: `Options.cluster_lease`)
         impair: str | None,
         timeout: float,
         server_options: Sequence[str] = (),

@@ -62,7 +62,7 @@ class Options:
     # --cluster N: N nodes sharing one room through a redis-server (0: one server), and
     # the name lease they are given (a killed node's clients leave within about it).
     cluster_nodes: int = 0
-    cluster_lease: float = 3.0
+    cluster_lease: float = 3.0  # s: short for a failover run, long enough for a loaded box
 
     @property
     def long_payload(self) -> int:
