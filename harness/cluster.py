@@ -199,7 +199,7 @@ class ClusterTarget(Target):
         how = self.nodes[0].ready_how
         return f"{how}; {len(self.nodes)} nodes on redis-server at {self.url}"
 
-    def describe(self) -> dict[str, object]:
+    def cluster_info(self) -> dict[str, object]:
         """The nodes and the store, for the report (``network.cluster`` in the JSON)."""
         store = self.network.store_host()
         nodes = [

@@ -127,11 +127,9 @@ class Run:
             )
         self.target.start()
         record.network["ready"] = self.target.ready_how
-        if self.options.cluster_nodes:
-            from harness.cluster import ClusterTarget
-
-            assert isinstance(self.target, ClusterTarget)
-            record.network["cluster"] = self.target.describe()
+        cluster = self.target.cluster_info()
+        if cluster is not None:
+            record.network["cluster"] = cluster
         if self.target.proxy is not None and proxy_spec:
             # The raw link's round trip says nothing of the proxy's toxics: time the path
             # the chat traffic takes too.

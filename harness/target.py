@@ -115,6 +115,10 @@ class Target:
     def _accepts(self, port: int) -> bool:
         return self.network.accepts(port, self.connect_address)
 
+    def cluster_info(self) -> dict[str, object] | None:
+        """A cluster's nodes and store, for the report; None for one server."""
+        return None
+
     def daemons(self) -> list[Daemon]:
         """Every process this target started (for the leftover check)."""
         return [d for d in (self.server, self.proxy) if d is not None]
