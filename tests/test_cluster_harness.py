@@ -146,6 +146,9 @@ def test_failover_passes_on_this_project_s_cluster(tmp_path: Path) -> None:
     assert "the failed node's clients left" in detail and "left (server lost)" in detail
     notes = " ".join(doc["runs"][0]["notes"])
     assert "killed node 1 of 2 (SIGKILL)" in notes
+    # The report says where each node and the store ran.
+    assert "cluster: 2 nodes (loopback at 127.0.0.1:" in output
+    assert "cluster store: redis-server at redis://127.0.0.1:" in output
     assert cluster_processes(doc) == []
 
 
