@@ -272,6 +272,11 @@ class Party:
         with self.cond:
             return any(needle in s for s in self._text_seen)
 
+    def text_with(self, needle: str) -> str | None:
+        """The first visible line containing ``needle``, if one arrived."""
+        with self.cond:
+            return next((s for s in self._text_seen if needle in s), None)
+
     # -- writing -------------------------------------------------------------------
 
     def _write_raw(self, data: bytes, deadline: float) -> bool:

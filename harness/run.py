@@ -44,6 +44,9 @@ EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 def network_options(args: argparse.Namespace, clients: int) -> NetworkOptions:
     """The ``--hosts`` family of options, as `harness.hosts.open_network` takes them."""
     return NetworkOptions(
+        node_hosts=max(1, args.cluster),
+        store_host=args.cluster > 0,
+        node_destinations=list(args.node_host),
         kind=args.hosts,
         clients=clients,
         server_host=args.server_host,
@@ -156,6 +159,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the server is ready: line (its 'listening on HOST:PORT'), port (it "
         "accepts a connection), delay:SECONDS, or auto (default: the line; a port probe "
         "only if it prints nothing on stdout for 2 s)",
+    )
+    cluster = parser.add_argument_group("a cluster under test (docs/cluster.md)")
+    cluster.add_argument(
+        "--cluster",
+        type=positive_int,
+        default=DEFAULTS.cluster_nodes,
+        metavar="N",
+        help="start a redis-server and N servers sharing one room through it (each with "
+        "--cluster URL), on hosts of their own with --hosts netns; parties are spread "
+        "over the servers round-robin",
+    )
+    cluster.add_argument(
+        "--cluster-lease",
+        type=positive_float,
+        default=DEFAULTS.cluster_lease,
+        metavar="SECONDS",
+        help="the nodes' --cluster-lease: a killed node's clients leave within about it "
+        "(default %(default)g)",
+    )
+    cluster.add_argument(
+        "--node-host",
+        action="append",
+        default=[],
+        metavar="USER@HOST",
+        help="ssh: a machine for the cluster's nodes after the first, which runs on "
+        "--server-host with the redis-server (repeatable; nodes spread round-robin)",
     )
     hosts = parser.add_argument_group("where processes run")
     hosts.add_argument(
@@ -314,7 +343,17 @@ def main(argv: list[str] | None = None) -> int:
         echo=args.echo,
         join_lines=tuple(args.join),
         max_line=args.max_line,
+        cluster_nodes=args.cluster,
+        cluster_lease=args.cluster_lease,
     )
+    if scenario.local_only and args.hosts == "ssh":
+        print(
+            f"chatbox-harness: {scenario.local_only} (--hosts loopback or netns)", file=sys.stderr
+        )
+        return EXIT_SETUP
+    if args.node_host and (args.hosts != "ssh" or not args.cluster):
+        print("chatbox-harness: --node-host needs --hosts ssh and --cluster N", file=sys.stderr)
+        return EXIT_SETUP
     try:
         scenario.check_options(options)
     except ValueError as exc:

@@ -67,7 +67,12 @@ class Run:
         self.name = name
         self.options = options
         self.server_template = server_template
-        self.network_options = network or NetworkOptions(kind="loopback", clients=options.clients)
+        self.network_options = network or NetworkOptions(
+            kind="loopback",
+            clients=options.clients,
+            node_hosts=max(1, options.cluster_nodes),
+            store_host=options.cluster_nodes > 0,
+        )
         self.impair = impair
         self.server_options = list(server_options)
         self.readiness = readiness
@@ -98,16 +103,33 @@ class Run:
         record.network = dict(network.describe())
         record.network["impair"] = self.impair or ""
         record.network["impaired_by"] = impaired_by
-        self.target = Target(
-            network,
-            self.server_template,
-            impair=proxy_spec,
-            timeout=self.options.timeout,
-            server_options=self.server_options,
-            readiness=self.readiness,
-        )
+        if self.options.cluster_nodes:
+            from harness.cluster import ClusterTarget
+
+            self.target = ClusterTarget(
+                network,
+                self.server_template,
+                nodes=self.options.cluster_nodes,
+                lease=self.options.cluster_lease,
+                impair=proxy_spec,
+                timeout=self.options.timeout,
+                server_options=self.server_options,
+                readiness=self.readiness,
+            )
+        else:
+            self.target = Target(
+                network,
+                self.server_template,
+                impair=proxy_spec,
+                timeout=self.options.timeout,
+                server_options=self.server_options,
+                readiness=self.readiness,
+            )
         self.target.start()
         record.network["ready"] = self.target.ready_how
+        cluster = self.target.cluster_info()
+        if cluster is not None:
+            record.network["cluster"] = cluster
         if self.target.proxy is not None and proxy_spec:
             # The raw link's round trip says nothing of the proxy's toxics: time the path
             # the chat traffic takes too.
@@ -155,7 +177,7 @@ class Run:
             if self.target is not None:
                 self.server_exit = self.target.stop()
                 self.server_died("while the parties were leaving")
-                self.server_stderr = self.target.server.stderr_lines() if self.target.server else []
+                self.server_stderr = self.target.stderr_lines()
                 self._note_proxy(self.target, self.ctx.t0 if self.ctx is not None else self.t0)
             record.leftovers = self._leftovers()
         finally:
@@ -179,8 +201,8 @@ class Run:
         if self.ctx is not None:
             groups.update({p.pid: f"party {n}" for n, p in self.ctx.parties.items() if p.pid})
         if self.target is not None:
-            for daemon in (self.target.server, self.target.proxy):
-                if daemon is not None and daemon.pid:
+            for daemon in self.target.daemons():
+                if daemon.pid:
                     groups[daemon.pid] = daemon.label
         return [f"{groups[g]} (process group {g})" for g in wait_gone(list(groups))]
 

@@ -73,6 +73,8 @@ class Target:
     and stderr when it exits or is not ready in time.
     """
 
+    node_count = 1  # servers the clients are spread over (a cluster has more)
+
     def __init__(
         self,
         network: Network,
@@ -82,8 +84,13 @@ class Target:
         timeout: float,
         server_options: Sequence[str] = (),
         readiness: Readiness | None = None,
+        host: Host | None = None,
+        label: str = "server",
     ) -> None:
         self.network = network
+        # Where the server runs: the network's server host, or a cluster node's host.
+        self.host = host or network.server
+        self.label = label
         self.template = server_template
         self.server_options = list(server_options)
         # Whether the scenario's server options reached the server (its template has
@@ -100,10 +107,32 @@ class Target:
 
     @property
     def connect_address(self) -> str:
-        return self.network.connect_address
+        if self.host is self.network.server:
+            return self.network.connect_address
+        return self.host.address
+
+    def endpoint(self, index: int) -> tuple[int, str, int]:
+        """Where client party number ``index`` connects: (node, address, port). One
+        server is node 0 for everyone; a cluster spreads parties over its nodes."""
+        return 0, self.connect_address, self.client_port
+
+    def _accepts(self, port: int) -> bool:
+        return self.network.accepts(port, self.connect_address)
+
+    def cluster_info(self) -> dict[str, object] | None:
+        """A cluster's nodes and store, for the report; None for one server."""
+        return None
+
+    def daemons(self) -> list[Daemon]:
+        """Every process this target started (for the leftover check)."""
+        return [d for d in (self.server, self.proxy) if d is not None]
+
+    def stderr_lines(self) -> list[str]:
+        """All the server said on stderr."""
+        return self.server.stderr_lines() if self.server is not None else []
 
     def start(self) -> None:
-        host = self.network.server
+        host = self.host
         listen = self.network.listen_address
         options = " ".join(shlex.quote(o) for o in self.server_options)
         deadline = time.monotonic() + min(self.timeout, START_TIMEOUT)
@@ -112,12 +141,10 @@ class Target:
             argv = expand(
                 self.template, host=listen, port=port, python=host.python, server_options=options
             )
-            self.server = Daemon("server", host.command(argv))
+            self.server = Daemon(self.label, host.command(argv))
             try:
                 self.server.start()
-                self.port = self.server.wait_ready(
-                    self.readiness, port, self.network.accepts, deadline
-                )
+                self.port = self.server.wait_ready(self.readiness, port, self._accepts, deadline)
                 break
             except DaemonError as exc:
                 self.server.stop()
@@ -155,7 +182,7 @@ class Target:
 
     def children(self) -> list[int]:
         """Descendant pids of the server process (its workers, in a forking server)."""
-        if self.server is None or not self.network.server.sees_processes:
+        if self.server is None or not self.host.sees_processes:
             return []
         out: list[int] = []
         todo = [self.server.pid]

@@ -51,6 +51,29 @@ def test_verify_judges_what_a_receiver_got(
         assert got[key] == value, (name, got)
 
 
+def _received(*orders: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+    """Receiver i got the lines ``orders[i]`` ((sender, seq) pairs) in that order."""
+    return [
+        (i, b"".join(ledger.line(sender, seq) for sender, seq in order))
+        for i, order in enumerate(orders)
+    ]
+
+
+def test_order_check_passes_receivers_that_agree() -> None:
+    everyone = [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1)]
+    orders = [[k for k in everyone if k[0] != me] for me in range(4)]
+    assert ledger.order_disagreement(_received(*orders)) is None
+
+
+def test_order_check_catches_two_receivers_that_disagree() -> None:
+    # Receivers 3 and 4 disagree on 0:0 and 1:0, which receiver 2 (a reference) got.
+    everyone = [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]
+    orders = [[k for k in everyone if k[0] != me] for me in range(5)]
+    orders[4] = [(1, 0), (0, 0), (2, 0), (3, 0)]
+    said = ledger.order_disagreement(_received(*orders))
+    assert said is not None and "4" in said and "0:0" in said and "1:0" in said
+
+
 def test_verify_catches_two_lines_run_together() -> None:
     whole = _lines(1, [0, 1, 2])
     merged = whole.replace(b"\n<guest1> ", b"<guest1> ", 1)  # the first LF went missing
@@ -117,6 +140,45 @@ RELAY = textwrap.dedent(
         with lock:
             clients.append(conn)
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    """
+)
+
+
+# A relay that keeps each sender's order but not one order for the room: what it read from
+# several senders in one round it hands each receiver in another sender order.
+ROTATING_RELAY = textwrap.dedent(
+    """
+    import selectors, socket, sys
+    server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    clients, pending = [], {}
+    while True:
+        got = {}
+        for key, _ in sel.select():
+            if key.fileobj is server:
+                conn, _ = server.accept()
+                clients.append(conn)
+                pending[conn] = b""
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            conn = key.fileobj
+            data = conn.recv(65536)
+            if not data:
+                sel.unregister(conn)
+                clients.remove(conn)
+                conn.close()
+                continue
+            pending[conn] += data
+            *lines, pending[conn] = pending[conn].split(b"\\n")
+            if lines:
+                got[conn] = b"".join(b"<x> " + line + b"\\n" for line in lines)
+        senders = list(got)
+        for r, receiver in enumerate(clients):
+            k = r % len(senders) if senders else 0
+            for sender in senders[k:] + senders[:k]:
+                if sender is not receiver:
+                    receiver.sendall(got[sender])
     """
 )
 
@@ -193,9 +255,48 @@ def test_bench_marks_a_server_that_damages_lines_invalid(tmp_path: Path, mode: s
     assert "INVALID" in table_row
 
 
+@pytest.mark.slow
+def test_bench_measures_a_cluster_with_the_clients_spread_over_its_nodes(tmp_path: Path) -> None:
+    from redis_fixture import RedisServer
+
+    RedisServer.require()
+    out_json = tmp_path / "bench.json"
+    run = _bench(
+        "--servers", "thread,cluster2", "--baseline", "thread",
+        "--workloads", "pingpong,fanout10", "--json", str(out_json), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out_json.read_text())
+    cluster = results["servers"]["cluster2"]
+    assert cluster["nodes"] == 2
+    for result in cluster["workloads"].values():
+        assert result["valid"], result
+    fanout = cluster["workloads"]["fanout10"]
+    assert fanout["deliveries"] == fanout["expected"] == 10 * 9 * fanout["lines_per_client"]
+    assert results["ratios"]["cluster2"]["fanout10_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_marks_a_relay_without_one_order_invalid(tmp_path: Path) -> None:
+    relay = tmp_path / "rotating.py"
+    relay.write_text(ROTATING_RELAY)
+    out_json = tmp_path / "bench.json"
+    run = _bench(
+        "--servers", "", "--server-cmd", f"rotating={sys.executable} {relay} {{port}}",
+        "--workloads", "fanout10", "--json", str(out_json), cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out_json.read_text())["servers"]["rotating"]["workloads"]["fanout10"]
+    assert not result["valid"]
+    tally = result["tally"]
+    assert tally["lost"] == 0 and tally["reordered"] == 1, tally  # FIFO held; one order not
+    assert any("disagree on the order" in e for e in tally["examples"]), tally
+
+
 def test_bench_refuses_an_unknown_server_in_one_line(tmp_path: Path) -> None:
     run = _bench("--servers", "nosuch", cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "bench: unknown server 'nosuch' (built in: fork, thread, asyncio, select, c, ncat)"
+        "bench: unknown server 'nosuch' (built in: fork, thread, asyncio, select, c, ncat, "
+        "cluster1, cluster2, cluster3)"
     ]

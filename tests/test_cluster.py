@@ -182,6 +182,16 @@ def test_a_stopped_node_s_members_leave_at_once(nodes: list[ServerProcess]) -> N
     b1.close()
 
 
+def test_a_stopped_node_says_no_traceback(nodes: list[ServerProcess]) -> None:
+    # Its reader is inside a blocking XREAD when SIGTERM comes (it blocks 1 s at a time
+    # and is not waited for): closing its connection under it must end it quietly.
+    for node in nodes:
+        join(node)  # the node has served a client: its reader has read the stream
+        assert node.terminate() == 0
+        node.daemon.join_drains()
+        assert "Traceback" not in node.stderr(), node.stderr()
+
+
 def run_server(*args: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "chatbox.server", "--host", "127.0.0.1", *args, "0"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=WAIT)

@@ -13,7 +13,16 @@ import pytest
 from faulty_relays import ROOT, relay_cmd, run_harness
 from needs import needs
 
-SCENARIOS = ["duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash"]
+SCENARIOS = [
+    "duplex",
+    "conversation",
+    "broadcast",
+    "churn",
+    "slow-reader",
+    "bad-input",
+    "crash",
+    "failover",
+]
 
 
 def harness(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,10 @@ every ssh connection crosses the test network and nothing else.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from typing import Any
 
 import pexpect
 import pytest
+from needs import needs
 from netns_fixture import (
     WAIT_S,
     announced,
@@ -279,6 +282,36 @@ def test_harness_scenario_across_ssh_hosts(lab: Lab, tmp_path: Path, impair: str
     assert network["round_trip_ms"] > 0
     if impair:  # each way lags at least delay - jitter = 8 ms: a round trip, 16 ms or more
         assert network["round_trip_proxy_ms"] >= 16
+
+
+@needs(
+    None
+    if shutil.which("redis-server") and importlib.util.find_spec("redis")
+    else "redis-server and redis-py are needed for a cluster"
+)
+def test_harness_cluster_across_ssh_hosts(lab: Lab, tmp_path: Path) -> None:
+    """--cluster 2 over ssh: the redis-server and node 0 on the server's host, node 1 on
+    the --node-host, the clients spread over both; one order at every receiver."""
+    args = ["--scenario", "broadcast", "--messages", "40", "--cluster", "2"]
+    args += ["--node-host", lab.other.destination, "--ssh-python", sys.executable]
+    code, doc, output = run_harness_over_ssh(lab, tmp_path, *args)
+    assert code == 0, output
+    network = doc["runs"][0]["network"]
+    nodes = network["cluster"]["nodes"]
+    assert [n["address"] for n in nodes] == [lab.server.address, lab.other.address]
+    assert network["cluster"]["url"].startswith(f"redis://{lab.server.address}:")
+    statuses = {c["name"]: c["status"] for c in doc["runs"][0]["checks"]}
+    assert statuses["same order at every receiver"] == "pass"
+
+
+def test_failover_over_ssh_is_refused_in_one_line(lab: Lab, tmp_path: Path) -> None:
+    args = ["--scenario", "failover", "--cluster", "2"]
+    code, _, output = run_harness_over_ssh(lab, tmp_path, *args)
+    assert code == 2, output
+    assert output.strip().splitlines() == [
+        "chatbox-harness: failover kills a node with SIGKILL: its nodes must run on this "
+        "machine (--hosts loopback or netns)"
+    ]
 
 
 def test_harness_ssh_flags_port_identity_python_and_server_address(

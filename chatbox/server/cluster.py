@@ -333,7 +333,13 @@ class Cluster:
                 found = self._read_r.xread(
                     {self._log_key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
-            except self._errors as exc:
+            except Exception as exc:
+                if self._stop.is_set():
+                    # `stop` closed the connection under this blocking XREAD; redis-py
+                    # then fails in ways of its own (not only its errors): end quietly.
+                    return
+                if not isinstance(exc, self._errors):
+                    raise
                 # Resumes from the last id read: nothing twice, nothing skipped (as long
                 # as the stream still holds it).
                 log.warning("cluster reader: %s (retrying in %.1f s)", exc, backoff)

@@ -238,6 +238,8 @@ def _measure(
     for spec in specs:
         spec, why = prepare(spec, workdir)
         entry: dict[str, Any] = {"command": spec.template, "ramp": sizes.ramp or spec.ramp}
+        if spec.nodes:
+            entry["nodes"] = spec.nodes  # a cluster on a redis-server of its own
         results["servers"][spec.name] = entry
         why = why or available(spec)
         if why:

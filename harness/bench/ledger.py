@@ -161,3 +161,36 @@ def verify_all(
         expected = {s: n for s, n in senders.items() if s != receiver}
         total.add(verify(data, expected, own=receiver, first=first))
     return total
+
+
+# Receivers used as references by `order_disagreement`: for any two lines, one of three
+# receivers is the sender of neither, so it got both.
+ORDER_REFERENCES = 3
+
+
+def order_disagreement(received: Iterable[tuple[int, bytes]]) -> str | None:
+    """Whether any two receivers saw lines they both got in different orders (the room's
+    one order: what a cluster of servers must keep); the first disagreement, or None.
+
+    Every receiver is compared with `ORDER_REFERENCES` reference receivers, not with every
+    other one: for any two lines there is a reference that got both (it sent neither), so
+    a receiver agreeing with every reference agrees with every other receiver (on complete
+    deliveries, which `verify` proves separately).
+    """
+    orders = {r: [(int(s), int(q)) for s, q, _ in _LINE.findall(data)] for r, data in received}
+    references = sorted(orders)[:ORDER_REFERENCES]
+    for ref in references:
+        position = {key: i for i, key in enumerate(orders[ref])}
+        for receiver, order in orders.items():
+            last: tuple[int, int] | None = None
+            for key in order:
+                at = position.get(key)
+                if at is None:
+                    continue
+                if last is not None and at < position[last]:
+                    return (
+                        f"receivers {ref} and {receiver} disagree on the order of "
+                        f"{last[0]}:{last[1]} and {key[0]}:{key[1]}"
+                    )
+                last = key
+    return None

@@ -23,7 +23,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from harness.bench.ledger import MARKER
 
@@ -116,9 +116,13 @@ class Swarm:
     the workloads report.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(
+        self, host: str, port: int, spread: Sequence[tuple[str, int]] | None = None
+    ) -> None:
         self.host = host
         self.port = port
+        # A cluster: client number i connects to spread[i % len(spread)] instead.
+        self.spread = list(spread or [(host, port)])
         self.clients: list[Client] = []
         self._selector = selectors.DefaultSelector()
         self.closed = 0  # clients the server has closed
@@ -196,7 +200,7 @@ class Swarm:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if KERNEL_STAMPS:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            code = sock.connect_ex((self.host, self.port))
+            code = sock.connect_ex(self.spread[(number - 1) % len(self.spread)])
             if code not in (0, errno.EINPROGRESS):
                 sock.close()
                 raise LoadError(f"connection {number}: {os.strerror(code)}")

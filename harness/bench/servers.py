@@ -12,12 +12,14 @@ it. Each workload gets a fresh server, so none inherits another's state.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,10 @@ class ServerSpec:
     # A C source built with `cc -O2` before the run (`prepare`); the template's
     # ``{binary}`` is where the build went.
     source: Path | None = None
+    # A cluster: this many nodes of this project's server (the template) sharing one
+    # room through a redis-server started for each workload; clients are spread over
+    # the nodes round-robin. 0: one server.
+    nodes: int = 0
 
     def argv(self, host: str, port: int) -> list[str]:
         return shlex.split(self.template.format(host=host, port=port))
@@ -77,6 +83,12 @@ def builtin_specs() -> dict[str, ServerSpec]:
         "ncat": ServerSpec(
             "ncat", "ncat -l --chat --max-conns 5000 {host} {port}", 1000, backlog=10
         ),
+        # This project's server as a cluster of 1, 2 and 3 nodes on one redis-server: the
+        # engine's cost, against "thread" (the same server alone) in the same run.
+        **{
+            f"cluster{n}": ServerSpec(f"cluster{n}", f"{server} --mode thread", 1000, True, nodes=n)
+            for n in (1, 2, 3)
+        },
     }
 
 
@@ -132,6 +144,11 @@ def available(spec: ServerSpec) -> str | None:
         return "empty command"
     if shutil.which(argv[0]) is None:
         return f"{argv[0]} is not installed"
+    if spec.nodes:
+        if shutil.which("redis-server") is None:
+            return "redis-server is not installed (Debian: apt-get install redis-server)"
+        if importlib.util.find_spec("redis") is None:
+            return "redis-py is not installed (pip install 'chatbox[cluster]')"
     for arg in argv[1:]:
         # A script the command runs (the baseline lives in benchmarks/, which only a
         # source checkout has, not an installed package).
@@ -155,6 +172,10 @@ class RunningServer:
         self.host = HOST
         self.port = 0
         self._daemon: Daemon | None = None
+        # A cluster's other nodes and its redis-server (and the store's folder).
+        self._others: list[Daemon] = []
+        self._store_folder = ""
+        self.endpoints: list[tuple[str, int]] = []
 
     @property
     def pid(self) -> int:
@@ -173,28 +194,77 @@ class RunningServer:
         self.stop()
 
     def start(self) -> None:
+        if self.spec.nodes:
+            self._start_cluster()
+            return
+        self._daemon = self._start_one(self.spec.name, self.spec.argv(self.host, 0))
+        self.endpoints = [(self.host, self.port)]
+
+    def _start_one(self, label: str, argv: list[str]) -> Daemon:
         # Announcing servers take port 0 and say which port they got. The others are
         # ready when the kernel's socket table shows them listening on the port chosen
         # here - not by connecting: a probe connection that closes before the server
         # accepts it makes ncat quit ("getpeername failed").
         port = 0 if self.spec.announces else free_port(HOST)
+        if not self.spec.announces:
+            argv = self.spec.argv(self.host, port)
         readiness = Readiness("line" if self.spec.announces else "port")
         # An open, silent stdin: ncat --chat ends every connection at EOF on it.
-        self._daemon = Daemon(self.spec.name, self.spec.argv(self.host, port), keep_stdin=True)
+        daemon = Daemon(label, argv, keep_stdin=True)
         deadline = time.monotonic() + START_TIMEOUT
         try:
-            self._daemon.start()
-            self.port = self._daemon.wait_ready(readiness, port, _listening, deadline)
+            daemon.start()
+            self.port = daemon.wait_ready(readiness, port, _listening, deadline)
+        except DaemonError as exc:
+            daemon.stop()
+            raise ServerError(f"{self.spec.name}: {exc}") from None
+        return daemon
+
+    def _start_cluster(self) -> None:
+        """A redis-server in a fresh folder on a free port, then the nodes on it."""
+        from harness.cluster import store_argv, store_ready, wait_store_ready
+
+        binary = shutil.which("redis-server") or "redis-server"
+        self._store_folder = tempfile.mkdtemp(prefix="bench-redis-")
+        port = free_port(HOST)
+        store = Daemon("redis-server", store_argv(binary, HOST, port, self._store_folder))
+        self._others.append(store)
+        try:
+            store.start()
         except DaemonError as exc:
             raise ServerError(f"{self.spec.name}: {exc}") from None
+        said = wait_store_ready(store, time.monotonic() + START_TIMEOUT)
+        if not store_ready(store, said):
+            raise ServerError(f"{self.spec.name}: redis-server did not start: {said[-1:]}")
+        cluster = ["--cluster", f"redis://{HOST}:{port}/0"]
+        for index in range(self.spec.nodes):
+            node = self._start_one(
+                f"{self.spec.name}-node{index}", [*self.spec.argv(self.host, 0), *cluster]
+            )
+            if self._daemon is None:
+                self._daemon = node  # node 0: `pid`, and what `port` names
+            else:
+                self._others.insert(0, node)
+            self.endpoints.append((self.host, self.port))
+        self.port = self.endpoints[0][1]
 
     def alive(self) -> bool:
-        return self._daemon is not None and self._daemon.exit_status() == ""
+        daemons = [self._daemon, *self._others]
+        return all(d is not None and d.exit_status() == "" for d in daemons)
 
     def stop(self) -> None:
-        if self._daemon is not None:
-            self._daemon.stop()
-            self._daemon = None
+        """Stop the server (a cluster: its nodes, then its redis-server) and reap it."""
+        try:
+            if self._daemon is not None:
+                self._daemon.stop()
+                self._daemon = None
+        finally:
+            for daemon in self._others:  # the other nodes first, the store last
+                daemon.stop()
+            self._others = []
+            if self._store_folder:
+                shutil.rmtree(self._store_folder, ignore_errors=True)
+                self._store_folder = ""
 
     # --- CPU ----------------------------------------------------------------------------
 
@@ -208,8 +278,22 @@ class RunningServer:
                 own, reaped = cpu_seconds(pid)
             except (OSError, ValueError, IndexError):
                 continue  # ended while we looked: its parent's reaped time has it
-            total += own + (reaped if pid == self.pid else 0.0)
+            total += own + (reaped if pid in self._roots() else 0.0)
         return total
+
+    def store_cpu_seconds(self) -> float:
+        """CPU seconds used so far by a cluster's redis-server (0 for one server): its
+        share of `cpu_seconds`."""
+        store = self._others[-1] if self.spec.nodes and self._others else None
+        if store is None or not store.pid:
+            return 0.0
+        try:
+            return cpu_seconds(store.pid)[0]
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def _roots(self) -> set[int]:
+        return {self.pid, *(d.pid for d in self._others)}
 
     # --- memory -------------------------------------------------------------------------
 
@@ -226,7 +310,7 @@ class RunningServer:
                 continue
             ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
-        tree, todo = [], [self.pid]
+        tree, todo = [], [self.pid, *(d.pid for d in self._others if d.pid)]
         while todo:
             pid = todo.pop()
             tree.append(pid)

@@ -98,7 +98,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
     """Client 0 sends a line; client 1 answers the moment it arrives; client 0 times
     the round trip (two relays through the server)."""
     deadline = _deadline(sizes)
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         swarm.grow(2, deadline, server.spec.backlog)
         a, b = swarm.clients
         swarm.expect(swarm.clients, 1 << 62)  # capture both sides for the ledger
@@ -106,9 +106,11 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         rtts: list[float] = []
         stalled = False
         cpu_start = server.cpu_seconds()
+        store_start = server.store_cpu_seconds()
         for seq in range(total):
             if seq == sizes.warmup:
                 cpu_start = server.cpu_seconds()  # the CPU counted is the measured rounds'
+                store_start = server.store_cpu_seconds()
             start = time.perf_counter()
             if not (
                 _bounce(swarm, a, b, seq, deadline, sizes)
@@ -120,6 +122,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
             if seq >= sizes.warmup:
                 rtts.append(a.seen_at - start)
         cpu = server.cpu_seconds() - cpu_start
+        store = server.store_cpu_seconds() - store_start
         tally = ledger.verify_all(
             ((c.index, c.received()) for c in swarm.clients), {0: total, 1: total}
         )
@@ -130,6 +133,7 @@ def pingpong(server: RunningServer, sizes: Sizes) -> Result:
         "rtt_p50_us": _us(_percentile(rtts, 50)),
         "rtt_p99_us": _us(_percentile(rtts, 99)),
         **_cpu(cpu, 2 * len(rtts), "line"),
+        **_store_cpu(server, store, 2 * len(rtts), "line"),
         "valid": tally.valid and not stalled,
         "tally": tally.as_dict(),
         "error": "a line never arrived (timed out)" if stalled else None,
@@ -151,24 +155,28 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
     every other client's lines. Deliveries per second, from the first send to the last
     client holding everything it should."""
     deadline = _deadline(sizes)
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         swarm.grow(clients, deadline, server.spec.backlog)
         outboxes = {c.index: ledger.stream(c.index, lines) for c in swarm.clients}
         swarm.expect(swarm.clients, ledger.markers_per(lines * (clients - 1)))
         cpu_start = server.cpu_seconds()
+        store_start = server.store_cpu_seconds()
         start = time.perf_counter()
         swarm.load(outboxes)
         finished = swarm.pump(swarm.complete(clients), deadline, sizes.idle)
         end = time.perf_counter()
         cpu = server.cpu_seconds() - cpu_start
+        store = server.store_cpu_seconds() - store_start
         if finished:
             end = max(c.done_at or end for c in swarm.clients)
         elapsed = end - start
         closed = swarm.closed
-        tally = ledger.verify_all(
-            ((c.index, c.received()) for c in swarm.clients),
-            {c.index: lines for c in swarm.clients},
-        )
+        captured = [(c.index, c.received()) for c in swarm.clients]
+        tally = ledger.verify_all(captured, {c.index: lines for c in swarm.clients})
+        disagreement = ledger.order_disagreement(captured)
+        if disagreement:
+            tally.reordered += 1
+            tally.problems.append(disagreement)
     expected = clients * (clients - 1) * lines
     result: Result = {
         "clients": clients,
@@ -178,6 +186,7 @@ def streams(server: RunningServer, sizes: Sizes, clients: int, lines: int) -> Re
         "seconds_measured": round(elapsed, 4),
         "deliveries_per_s": round(tally.delivered / elapsed) if elapsed > 0 else None,
         **_cpu(cpu, tally.delivered, "delivery"),
+        **_store_cpu(server, store, tally.delivered, "delivery"),
         "valid": tally.valid and finished,
         "tally": tally.as_dict(),
     }
@@ -202,7 +211,7 @@ def connections(server: RunningServer, sizes: Sizes) -> Result:
     error = None
     tally = ledger.Tally()
     connecting = 0.0  # time spent getting clients in, without the measuring in between
-    with Swarm(server.host, server.port) as swarm:
+    with Swarm(server.host, server.port, server.endpoints) as swarm:
         for step in steps:
             start = time.perf_counter()
             try:
@@ -279,6 +288,16 @@ def _cpu(seconds: float, count: int, per: str) -> Result:
         f"cpu_per_{per}_count": count,
         f"cpu_per_{per}_us": round(1e6 * seconds / count, 4) if count else None,
         f"cpu_tick_us_per_{per}": round(1e6 / TICK / count, 4) if count else None,
+    }
+
+
+def _store_cpu(server: RunningServer, seconds: float, count: int, per: str) -> Result:
+    """A cluster's redis-server's share of the server CPU (already counted in it)."""
+    if not server.spec.nodes:
+        return {}
+    return {
+        "store_cpu_s": round(seconds, 3),
+        f"store_cpu_per_{per}_us": round(1e6 * seconds / count, 4) if count else None,
     }
 
 

@@ -28,6 +28,11 @@ class NetworkOptions:
     # traffic between hosts; parties are spread round-robin over them).
     client_namespaces: int | None = None
     netns_mode: str = "auto"  # netns: auto | named (root, ip netns) | held (unshare)
+    # netns: hosts for cluster nodes (the server's is the first) and one for the store
+    # (redis-server) of a cluster under test; other kinds run them on the server's host.
+    node_hosts: int = 1
+    store_host: bool = False
+    node_destinations: list[str] = field(default_factory=list)  # ssh: USER@HOST per node
     ssh_port: int | None = None  # ssh: -p PORT for every host
     ssh_identity: str | None = None  # ssh: -i FILE (with IdentitiesOnly=yes)
     ssh_python: str = "python3"  # ssh: the interpreter on the far hosts
@@ -46,7 +51,13 @@ def _open_netns(options: NetworkOptions) -> Network:
     count = options.client_namespaces
     if count is None:
         count = max(1, min(options.clients, DEFAULT_CLIENT_HOSTS))
-    return NetnsNetwork(options.subnet, count, mode=options.netns_mode)
+    return NetnsNetwork(
+        options.subnet,
+        count,
+        mode=options.netns_mode,
+        node_hosts=options.node_hosts,
+        store_host=options.store_host,
+    )
 
 
 def _open_ssh(options: NetworkOptions) -> Network:
@@ -62,6 +73,7 @@ def _open_ssh(options: NetworkOptions) -> Network:
         options=options.ssh_options,
         python=options.ssh_python,
         server_address=options.server_address,
+        node_hosts=options.node_destinations,
     )
 
 

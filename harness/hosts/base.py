@@ -75,6 +75,21 @@ class Network(abc.ABC):
         """The host for client party number ``index`` (parties spread round-robin)."""
         return self.clients[index % len(self.clients)]
 
+    def node_hosts(self) -> list[Host]:
+        """The hosts for the nodes of a cluster under test, the server's first. Kinds that
+        build no hosts of their own for them run every node on the server's host."""
+        return [self.server]
+
+    def node_host(self, index: int) -> Host:
+        """The host for cluster node ``index`` (round-robin over `node_hosts`)."""
+        hosts = self.node_hosts()
+        return hosts[index % len(hosts)]
+
+    def store_host(self) -> Host:
+        """The host for the cluster's store (its redis-server): its own where the kind
+        builds one, else the server's."""
+        return self.server
+
     @property
     @abc.abstractmethod
     def listen_address(self) -> str:
@@ -94,12 +109,14 @@ class Network(abc.ABC):
         be known here about another host (a port taken there is retried by the target)."""
         return free_port("")
 
-    def accepts(self, port: int) -> bool:
-        """Whether the server's port accepts a connection from client host 0 (one
-        connection, closed at once): the readiness probe for servers that announce
-        nothing. Error handling: any failure to run the probe is a "no"."""
+    def accepts(self, port: int, address: str | None = None) -> bool:
+        """Whether the server's port (at ``address``: a cluster node's; default the
+        server's) accepts a connection from client host 0 (one connection, closed at
+        once): the readiness probe for servers that announce nothing. Error handling: any
+        failure to run the probe is a "no"."""
         host = self.client_host(0)
-        argv = host.command([host.python, "-c", _PROBE, self.connect_address, str(port)])
+        target = address or self.connect_address
+        argv = host.command([host.python, "-c", _PROBE, target, str(port)])
         try:
             done = subprocess.run(argv, capture_output=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):

@@ -43,8 +43,8 @@ class LoopbackNetwork(Network):
     def pick_port(self) -> int:
         return free_port(self.server.address)
 
-    def accepts(self, port: int) -> bool:
-        return connectable(self.server.address, port)
+    def accepts(self, port: int, address: str | None = None) -> bool:
+        return connectable(address or self.server.address, port)
 
     @property
     def listen_address(self) -> str:

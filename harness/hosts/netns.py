@@ -32,6 +32,7 @@ from harness.hosts.roundtrip import measure_round_trip_ms
 # hosts and round-robin spreading; more cost a veth and ~10 ms each and prove nothing new.
 DEFAULT_CLIENT_HOSTS = 2
 MAX_CLIENT_HOSTS = 64  # keeps interface names within 15 characters (role "c63")
+MAX_NODE_HOSTS = 9  # cluster nodes (roles "s", "s1" ... "s8")
 
 ALLOWED_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 NAMESPACE_PREFIX = "cbx"
@@ -115,10 +116,17 @@ class NetnsNetwork(Network):
         client_hosts: int = DEFAULT_CLIENT_HOSTS,
         *,
         mode: str = "auto",
+        node_hosts: int = 1,
+        store_host: bool = False,
     ) -> None:
         if not 1 <= client_hosts <= MAX_CLIENT_HOSTS:
             raise HostError(f"netns client hosts must be 1-{MAX_CLIENT_HOSTS}, not {client_hosts}")
-        net = check_subnet(subnet, client_hosts + 1)
+        if not 1 <= node_hosts <= MAX_NODE_HOSTS:
+            raise HostError(f"netns server hosts must be 1-{MAX_NODE_HOSTS}, not {node_hosts}")
+        # Roles: the server (cluster node 0), the other nodes, the store (Redis), clients.
+        self.server_roles = ["s", *(f"s{i}" for i in range(1, node_hosts))]
+        self.store_role = "r" if store_host else ""
+        net = check_subnet(subnet, client_hosts + node_hosts + int(store_host))
         self.subnet = net
         pid = os.getpid()
         rand = secrets.token_hex(2)
@@ -158,7 +166,8 @@ class NetnsNetwork(Network):
         ns = self.namespaces
         bridge_ns = f"{self.run_id}-br"
         bridge = f"{self.link_tag}br"
-        roles = ["s", *(f"c{i}" for i in range(client_hosts))]
+        extra = [self.store_role] if self.store_role else []
+        roles = [*self.server_roles, *extra, *(f"c{i}" for i in range(client_hosts))]
         addresses = list(net.hosts())
         self.bridge_namespace = bridge_ns
         ns.create(bridge_ns)
@@ -190,8 +199,17 @@ class NetnsNetwork(Network):
                     f"link set {host.interface} up",
                 ],
             )
+        servers = len(self.server_roles)
         self.server = hosts[0]
-        self.clients = list(hosts[1:])
+        self.nodes = list(hosts[:servers])
+        self.store = hosts[servers] if self.store_role else self.server
+        self.clients = list(hosts[servers + len(extra) :])
+
+    def node_hosts(self) -> list[Host]:
+        return list(self.nodes)
+
+    def store_host(self) -> Host:
+        return self.store
 
     @property
     def listen_address(self) -> str:
@@ -258,6 +276,10 @@ class NetnsNetwork(Network):
             info["link_impairment"] = self.impaired_with
         info["subnet"] = str(self.subnet)
         info["bridge_namespace"] = self.bridge_namespace
+        if len(self.nodes) > 1:
+            info["nodes"] = [h.describe() for h in self.nodes]
+        if self.store_role:
+            info["store"] = self.store.describe()
         return info
 
     def close(self) -> None:

@@ -243,6 +243,7 @@ class SshNetwork(Network):
         listen: str = "0.0.0.0",
         server_address: str | None = None,
         probe: bool = True,
+        node_hosts: Sequence[str] = (),
     ) -> None:
         made: dict[str, SshHost] = {}
 
@@ -257,6 +258,8 @@ class SshNetwork(Network):
         server = make(server_host)
         # No client hosts named: the clients run on the server's host, still over ssh.
         clients = [make(d) for d in client_hosts] or [server]
+        # A cluster's other nodes (--node-host); without any, every node on the server's.
+        nodes = [server, *(make(d) for d in node_hosts)]
         self._listen = listen
         self._rtt: float | None = None
         self._measured = False
@@ -266,7 +269,11 @@ class SshNetwork(Network):
                 host.address = seen[host.destination]
         self.server = server
         self.clients = list(clients)
+        self.nodes = nodes
         self._connect = server_address or server.address
+
+    def node_hosts(self) -> list[Host]:
+        return list(self.nodes)
 
     @property
     def listen_address(self) -> str:
@@ -289,6 +296,8 @@ class SshNetwork(Network):
     def describe(self) -> dict[str, object]:
         info = super().describe()
         info["listen_address"] = self._listen
+        if len(self.nodes) > 1:
+            info["nodes"] = [h.describe() for h in self.nodes]
         return info
 
     def close(self) -> None:

@@ -19,6 +19,17 @@ def where_lines(result: RunResult) -> list[str]:
         lines.append(
             f"server: {server.get('host')} ({server.get('kind')}) at {net.get('connect_address')}"
         )
+    cluster = net.get("cluster")
+    if isinstance(cluster, dict):
+        nodes = cluster.get("nodes")
+        if isinstance(nodes, list):
+            where = ", ".join(
+                f"{n.get('host')} at {n.get('address')}:{n.get('port')}"
+                for n in nodes
+                if isinstance(n, dict)
+            )
+            lines.append(f"cluster: {len(nodes)} nodes ({where}), parties spread round-robin")
+        lines.append(f"cluster store: redis-server at {cluster.get('url')} ({cluster.get('host')})")
     clients = net.get("clients")
     if isinstance(clients, list):
         hosts = sorted(

@@ -12,10 +12,21 @@ from harness.scenarios.churn import Churn
 from harness.scenarios.conversation import Conversation, ScriptError, parse_script
 from harness.scenarios.crash import Crash
 from harness.scenarios.duplex import Duplex
+from harness.scenarios.failover import Failover
 from harness.scenarios.slow_reader import SlowReader
 
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (Duplex, Conversation, Broadcast, Churn, SlowReader, BadInput, Crash)
+    cls.name: cls
+    for cls in (
+        Duplex,
+        Conversation,
+        Broadcast,
+        Churn,
+        SlowReader,
+        BadInput,
+        Crash,
+        Failover,
+    )
 }
 
 __all__ = [

@@ -59,6 +59,10 @@ class Options:
     echo: bool = False  # the server echoes a line to its sender by design
     join_lines: tuple[str, ...] = ()  # sent by each party before it chats ({name})
     max_line: int = 0  # the server's line limit in bytes (0: ours 4096, others 3500)
+    # --cluster N: N nodes sharing one room through a redis-server (0: one server), and
+    # the name lease they are given (a killed node's clients leave within about it).
+    cluster_nodes: int = 0
+    cluster_lease: float = 3.0  # s: short for a failover run, long enough for a loaded box
 
     @property
     def long_payload(self) -> int:
@@ -92,6 +96,7 @@ class Context:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + options.timeout
         self.parties: dict[str, Party] = {}
+        self.node_of: dict[str, int] = {}  # party -> the cluster node it connects to (0)
         self.known_crcs: dict[str, tuple[str, int]] = {}
         self._seq: dict[str, int] = {}
         self._count = 0
@@ -123,9 +128,11 @@ class Context:
     ) -> Party:
         """A party on the next client host, recorded, not yet started."""
         host = self.network.client_host(self._count)
+        node = self.node_of[name] = self.target.endpoint(self._count)[0]
         self._count += 1
         command = host.command(argv, tty=True)
-        log = PartyLog(name, where=host.label, command=" ".join(argv))
+        where = host.label + (f", node {node}" if self.target.node_count > 1 else "")
+        log = PartyLog(name, where=where, command=" ".join(argv))
         self.record.parties[name] = log
         party = Party(
             name,
@@ -152,11 +159,9 @@ class Context:
 
     def _client_argv(self) -> list[str]:
         host = self.network.client_host(self._count)
+        _, address, port = self.target.endpoint(self._count)
         return expand(
-            self.options.client_template,
-            host=self.target.connect_address,
-            port=self.target.client_port,
-            python=python_for(host),
+            self.options.client_template, host=address, port=port, python=python_for(host)
         )
 
     def party(self, name: str) -> Party:
@@ -181,14 +186,8 @@ class Context:
         """Start a byte-exact party (`harness.rawclient`) for input no client would type;
         ``options`` are rawclient's own (``--rcvbuf``, ``--mss``)."""
         host = self.network.client_host(self._count)
-        argv = [
-            python_for(host),
-            "-m",
-            "harness.rawclient",
-            self.target.connect_address,
-            str(self.target.client_port),
-            *options,
-        ]
+        _, address, port = self.target.endpoint(self._count)
+        argv = [python_for(host), "-m", "harness.rawclient", address, str(port), *options]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
         quit_line = "/quit" if self.options.ours else None
@@ -468,6 +467,8 @@ class Scenario(abc.ABC):
     # ``{server_options}`` (the default command has it; a --server-cmd without it is run
     # as given). The scenario sees whether they were applied: `Target.options_applied`.
     server_options: tuple[str, ...] = ()
+    # Why this scenario cannot run its server on other machines (--hosts ssh), if so.
+    local_only = ""
 
     def check_options(self, options: Options) -> None:
         """Raise ValueError (one line) for options this scenario cannot use."""
