@@ -208,7 +208,9 @@ class RunningServer:
                 own, reaped = cpu_seconds(pid)
             except (OSError, ValueError, IndexError):
                 continue  # ended while we looked: its parent's reaped time has it
-            total += own + (reaped if pid == self.pid else 0.0)
+            # Each ended process counts once: in its parent's reaped time (a forking
+            # server's fork server reaps the workers, the server reaps the fork server).
+            total += own + reaped
         return total
 
     # --- memory -------------------------------------------------------------------------
