@@ -48,7 +48,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from chatbox.server import logs
 
@@ -137,36 +137,56 @@ class ForkServer:
     def alive(self) -> bool:
         return not self._gone
 
-    def start(self, client: socket.socket, channel: socket.socket) -> int:
-        """Fork a worker serving ``client`` over ``channel``; return its pid."""
-        if self._gone:
-            raise ForkServerGone(self._gone)
-        self._requests = (self._requests + 1) & 0xFFFFFFFF
-        request = self._requests
-        try:
-            socket.send_fds(
-                self._ctl, [_MESSAGE.pack(_START, request, 0)], [client.fileno(), channel.fileno()]
-            )
-        except BlockingIOError:
-            self._lost("it stopped taking requests")
-            raise ForkServerGone(self._gone) from None
-        except OSError as exc:
-            self._lost(f"its socket failed ({exc})")
-            raise ForkServerGone(self._gone) from None
+    def start(self, pairs: Sequence[tuple[socket.socket, socket.socket]]) -> list[OSError | None]:
+        """Fork a worker for each (client, channel) pair; for each, None if it started,
+        or why not.
+
+        All requests go out first, then the answers are collected: the fork server
+        forks one worker after the other while the hub waits once for the lot - in a
+        connection storm, once per accept batch instead of once per client.
+        """
+        sent: list[int] = []
+        for client, channel in pairs:
+            if self._gone:
+                break
+            self._requests = (self._requests + 1) & 0xFFFFFFFF
+            message = _MESSAGE.pack(_START, self._requests, 0)
+            if self._send(message, [client.fileno(), channel.fileno()]):
+                sent.append(self._requests)
+        answers: dict[int, OSError | None] = {}
         deadline = time.monotonic() + ANSWER_TIMEOUT
-        while True:
+        while len(answers) < len(sent):
             answer = self._next(deadline)
             if answer is None:
-                if not self._gone:
-                    self._lost(f"it did not answer for {ANSWER_TIMEOUT:g} s")
-                raise ForkServerGone(self._gone)
+                self._lost(f"it did not answer for {ANSWER_TIMEOUT:g} s")
+                break
             kind, number, value = answer
-            if number != request:
-                continue  # the late answer to a request given up on (cannot happen)
+            if number not in sent or number in answers:
+                continue  # the late answer to a request given up on
+            deadline = time.monotonic() + ANSWER_TIMEOUT
             if kind == _STARTED:
                 self.workers.add(value)
-                return value
-            raise OSError(value, f"cannot fork a worker: {os.strerror(value)}")
+                answers[number] = None
+            else:
+                answers[number] = OSError(value, f"cannot fork a worker: {os.strerror(value)}")
+        gone = ForkServerGone(self._gone)
+        results = [answers.get(number, gone) for number in sent]
+        return results + [gone] * (len(pairs) - len(sent))
+
+    def _send(self, message: bytes, fds: list[int]) -> bool:
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while True:
+            try:
+                socket.send_fds(self._ctl, [message], fds)
+                return True
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not _ready(self._ctl, select.POLLOUT, remaining):
+                    self._lost(f"it took no request for {ANSWER_TIMEOUT:g} s")
+                    return False
+            except OSError as exc:
+                self._lost(f"its socket failed ({exc})")
+                return False
 
     def poll(self) -> None:
         """Take what the fork server said (ended workers; its own end) without blocking,
@@ -215,7 +235,7 @@ class ForkServer:
                 if deadline is None:
                     return None
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not _readable(self._ctl, remaining):
+                if remaining <= 0 or not _ready(self._ctl, select.POLLIN, remaining):
                     return None
                 continue
             except OSError as exc:
@@ -282,9 +302,9 @@ class ForkServer:
             self.workers.discard(pid)
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
+def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, events)
     return bool(poller.poll(timeout * 1000))
 
 

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from chatbox.server.forkserver import ForkServer
 from chatbox.server.worker import serve_connection
@@ -53,6 +54,22 @@ class Launcher(abc.ABC):
         started; the caller still owns ``channel`` then, and refuses this one client.
         """
 
+    def start_all(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
+    ) -> list[OSError | None]:
+        """`start` for each (client, channel) pair, in order: for each, None if its
+        worker started, or the `OSError` `start` would have raised. A mode that starts
+        many workers at once more cheaply than one by one overrides this."""
+        results: list[OSError | None] = []
+        for client, channel in pairs:
+            try:
+                self.start(client, channel)
+            except OSError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     def reap(self) -> None:  # noqa: B027 - threads need no reaping
         """Collect workers that have ended. Never blocks."""
 
@@ -83,8 +100,18 @@ class ForkLauncher(Launcher):
         serve_connection(client, channel, self.max_line)
 
     def start(self, client: socket.socket, channel: socket.socket) -> None:
-        self._server.start(client, channel)
-        channel.close()
+        (error,) = self.start_all([(client, channel)])
+        if error is not None:
+            raise error
+
+    def start_all(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
+    ) -> list[OSError | None]:
+        results = self._server.start(pairs)
+        for (_, channel), error in zip(pairs, results, strict=True):
+            if error is None:
+                channel.close()
+        return results
 
     def reap(self) -> None:
         self._server.poll()
