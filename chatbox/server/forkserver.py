@@ -68,6 +68,8 @@ ANSWER_TIMEOUT = 5.0
 # channels close before it kills them.
 ORPHAN_GRACE = 2.0
 
+_CLEAN_EXIT = "it exited"
+
 _MESSAGE = struct.Struct("=cIq")
 _START, _QUIT = b"S", b"Q"
 _STARTED, _FAILED, _ENDED = b"P", b"E", b"X"
@@ -96,9 +98,11 @@ class ForkServer:
     is there; whatever the hub allocates later is not.
 
     Resource handling: the fork server is the caller's child; `stop` ends it and
-    every worker and reaps what is the caller's to reap. Error handling: `start`
-    raises `OSError` when no worker could be started (the fork failed, or the fork
-    server is gone); the caller still owns the sockets then.
+    every worker and reaps what is the caller's to reap. The caller keeps its own
+    copies of the sockets it passes (the workers have theirs). Error handling: `start`
+    gives an `OSError` for each worker that could not be started (the fork failed, or
+    the fork server is gone or stuck: it is then killed, logged once, and every later
+    start fails at once).
     """
 
     def __init__(self, serve: Serve) -> None:
@@ -130,7 +134,7 @@ class ForkServer:
         self._stopping = False
         self.workers: set[int] = set()  # started and not known to have ended
         # Orphans: should the fork server die, its workers become ours to reap (and to
-        # kill at the end) - not some other process's, whose pids could be reused.
+        # kill at the end), not init's.
         self._subreaper = _become_subreaper()
 
     @property
@@ -210,17 +214,20 @@ class ForkServer:
             if not self._gone:
                 self._lost("it did not end in time")
         self._reap_fork_server(block=True)
-        if self._subreaper:
-            for pid in self.workers:
+        # Workers the fork server did not end (it died): ours now, if this process is
+        # their subreaper. A pid that is not our child is left alone - it may be
+        # another process's by now; its channel is shut, so a worker ends on its own.
+        for pid in list(self.workers):
+            try:
+                ours = os.waitpid(pid, os.WNOHANG)[0] == 0
+            except ChildProcessError:
+                ours = False
+            if ours:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            for pid in list(self.workers):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-                self.workers.discard(pid)
-        elif self.workers:
-            # Not ours to reap: their channels are shut, so they end on their own.
-            log.warning("%d workers of the lost fork server left to end alone", len(self.workers))
+            self.workers.discard(pid)
         self._ctl.close()
 
     # --- internals ----------------------------------------------------------------------
@@ -243,7 +250,8 @@ class ForkServer:
             else:
                 why = ""
             if len(data) != _MESSAGE.size:
-                self._lost(why or self._exit_status())
+                why = why or self._exit_status()
+                self._lost(why, expected=self._stopping and why == _CLEAN_EXIT)
                 return None
             kind, number, value = _MESSAGE.unpack(data)
             if kind == _ENDED:
@@ -252,19 +260,19 @@ class ForkServer:
             return kind, number, value
         return None
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str, expected: bool = False) -> None:
         """The fork server is gone, or as good as: make sure, and say so once (unless
-        it was told to go)."""
+        it ended as told)."""
         if self._gone:
             return
-        self._gone = why or "it ended"
+        self._gone = why
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
         self._reap_fork_server(block=True)
-        if self._stopping and why.startswith("it exited with status 0"):
+        if expected:
             return
         log.error(
-            "the fork server (pid %d) is gone: %s; new clients are refused until restart",
+            "the fork server (pid %d) is gone: %s; new clients are refused until the server is restarted",
             self.pid,
             self._gone,
         )
@@ -276,7 +284,8 @@ class ForkServer:
             return "it ended"
         if os.WIFSIGNALED(status):
             return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        return f"it exited with status {os.waitstatus_to_exitcode(status)}"
+        code = os.waitstatus_to_exitcode(status)
+        return _CLEAN_EXIT if code == 0 else f"it exited with status {code}"
 
     def _reap_fork_server(self, block: bool) -> int | None:
         if self._reaped:
