@@ -186,3 +186,44 @@ def test_a_dead_fork_server_costs_new_clients_only_and_shutdown_still_ends_all()
         assert "Traceback" not in srv.stderr()
     finally:
         srv.stop()
+
+
+@pytest.mark.fork
+@needs_fork
+def test_a_killed_hub_leaves_no_process_and_no_client_behind() -> None:
+    """kill -9 of the hub: the fork server sees its line to the hub close, the
+    workers their channels; every client sees its connection end, nothing lives on."""
+    srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", "fork")
+    try:
+        peers = joined_peers(srv, 3)
+        wait_until(lambda: len(srv.workers()) == 3, "three workers")
+        processes = srv.descendants()
+        os.kill(srv.pid, signal.SIGKILL)
+        for peer in peers:
+            assert peer.read_to_eof() == []
+        wait_until(lambda: all(_gone(pid) for pid in processes), "every process ended", WAIT)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.fork
+@needs_fork
+def test_a_stuck_fork_server_does_not_hang_the_hub() -> None:
+    """A fork server that stops answering (SIGSTOP here) is given up on after a
+    bound: the client waiting for it is refused, the room goes on."""
+    srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", "fork")
+    forker = 0
+    try:
+        alice, bob = joined_peers(srv, 2)
+        forker = _fork_server(srv)
+        os.kill(forker, signal.SIGSTOP)
+        late = srv.connect()
+        assert late.read_to_eof() == ["! server busy, try again later"]
+        wait_until(lambda: "did not answer" in srv.stderr(), "the hub to say why")
+        alice.send(b"still here\n")
+        assert bob.line() == "<guest1> still here"
+        assert srv.terminate(timeout=5) == 0
+    finally:
+        if forker and not _gone(forker):
+            os.kill(forker, signal.SIGCONT)
+        srv.stop()
