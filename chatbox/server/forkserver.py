@@ -137,10 +137,6 @@ class ForkServer:
         # kill at the end), not init's.
         self._subreaper = _become_subreaper()
 
-    @property
-    def alive(self) -> bool:
-        return not self._gone
-
     def start(self, pairs: Sequence[tuple[socket.socket, socket.socket]]) -> list[OSError | None]:
         """Fork a worker for each (client, channel) pair; for each, None if it started,
         or why not.
@@ -272,7 +268,8 @@ class ForkServer:
         if expected:
             return
         log.error(
-            "the fork server (pid %d) is gone: %s; new clients are refused until the server is restarted",
+            "the fork server (pid %d) is gone: %s; new clients are refused until the "
+            "server is restarted",
             self.pid,
             self._gone,
         )
