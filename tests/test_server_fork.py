@@ -165,24 +165,38 @@ def test_the_fork_server_holds_no_socket_of_the_hub_or_of_a_client() -> None:
 
 @pytest.mark.fork
 @needs_fork
-def test_a_dead_fork_server_costs_new_clients_only_and_shutdown_still_ends_all() -> None:
-    """Killed (the OOM killer, an operator): the hub says so, refuses new clients with
-    `! server busy`, keeps serving everyone here, and still ends every worker."""
+def test_a_dead_fork_server_is_replaced_once_and_shutdown_still_ends_all() -> None:
+    """Killed (the OOM killer, an operator): the hub says so and makes a new one for
+    the next client, everyone here is served on; killed again at once, it is not
+    replaced again (no fork loop): new clients get `! server busy`. The end still
+    ends every worker, the orphaned ones included."""
     srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", "fork")
     try:
         alice, bob = joined_peers(srv, 2)
         wait_until(lambda: len(srv.workers()) == 2, "two workers")
+        first = _fork_server(srv)
         processes = srv.descendants()
-        os.kill(_fork_server(srv), signal.SIGKILL)
+        os.kill(first, signal.SIGKILL)
         wait_until(lambda: "fork server" in srv.stderr(), "the hub to notice")
+        carol = srv.connect()
+        carol.expect("* welcome")
+        second = _fork_server(srv)
+        assert second != first
+        alice.send(b"still here\n")
+        assert bob.expect("<guest1> still here") == ["* guest3 joined"]
+        assert carol.line() == "<guest1> still here"
+        processes += srv.descendants()
+
+        os.kill(second, signal.SIGKILL)
+        wait_until(lambda: srv.stderr().count("is gone") == 2, "the hub to notice again")
         late = srv.connect()
         assert late.read_to_eof() == ["! server busy, try again later"]
-        alice.send(b"still here\n")
-        assert bob.line() == "<guest1> still here"
+
         assert srv.terminate(timeout=5) == 0
-        assert alice.read_to_eof() == ["* server shutting down"]
-        assert bob.read_to_eof() == ["* server shutting down"]
+        for peer in (alice, bob, carol):
+            assert peer.read_to_eof()[-1:] == ["* server shutting down"]
         wait_until(lambda: all(_gone(pid) for pid in processes), "every worker ended", WAIT)
+        assert "made a new fork server" in srv.stderr()
         assert "Traceback" not in srv.stderr()
     finally:
         srv.stop()
@@ -222,6 +236,8 @@ def test_a_stuck_fork_server_does_not_hang_the_hub() -> None:
         wait_until(lambda: "did not answer" in srv.stderr(), "the hub to say why")
         alice.send(b"still here\n")
         assert bob.line() == "<guest1> still here"
+        later = srv.connect()  # served by the fork server made in the stuck one's place
+        later.expect("* welcome")
         assert srv.terminate(timeout=5) == 0
     finally:
         if forker and not _gone(forker):

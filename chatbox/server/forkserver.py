@@ -32,8 +32,9 @@ request number and a value:
 
 - hub -> fork server: ``S`` (start; the value is unused, two descriptors ride along),
   ``Q`` (quit; the value is the milliseconds it may wait for its workers);
-- fork server -> hub: ``P`` (started: the value is the pid), ``E`` (not started: the
-  value is the errno), ``X`` (a worker ended: the value is its pid).
+- fork server -> hub: ``R`` (ready, once, first), ``P`` (started: the value is the
+  pid), ``E`` (not started: the value is the errno), ``X`` (a worker ended: the value
+  is its pid).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ _CLEAN_EXIT = "it exited"
 
 _MESSAGE = struct.Struct("=cIq")
 _START, _QUIT = b"S", b"Q"
-_STARTED, _FAILED, _ENDED = b"P", b"E", b"X"
+_READY, _STARTED, _FAILED, _ENDED = b"R", b"P", b"E", b"X"
 
 # The signals that end a server: only the hub acts on them.
 _HUB_SIGNALS = tuple(
@@ -136,6 +137,14 @@ class ForkServer:
         # Orphans: should the fork server die, its workers become ours to reap (and to
         # kill at the end), not init's.
         self._subreaper = _become_subreaper()
+        # Ready before the server says it listens: set up, named, taking requests.
+        if self._next(time.monotonic() + ANSWER_TIMEOUT) is None and not self._gone:
+            self._lost(f"it did not start in {ANSWER_TIMEOUT:g} s")
+
+    @property
+    def gone(self) -> bool:
+        """It has died or was given up on: it starts no more workers."""
+        return bool(self._gone)
 
     def start(self, pairs: Sequence[tuple[socket.socket, socket.socket]]) -> list[OSError | None]:
         """Fork a worker for each (client, channel) pair; for each, None if it started,
@@ -194,6 +203,12 @@ class ForkServer:
         if not self._gone:
             while self._next(None) is not None:
                 pass
+        if not self._gone:
+            # Its death wakes the hub by SIGCHLD (it is the hub's child), and the close
+            # of its socket is not always visible yet when the hub looks.
+            status = self._reap_fork_server(block=False)
+            if status is not None:
+                self._lost(_describe(status))
         if self._gone:
             self._reap_orphans()
 
@@ -268,8 +283,7 @@ class ForkServer:
         if expected:
             return
         log.error(
-            "the fork server (pid %d) is gone: %s; new clients are refused until the "
-            "server is restarted",
+            "the fork server (pid %d) is gone: %s",
             self.pid,
             self._gone,
         )
@@ -277,12 +291,7 @@ class ForkServer:
     def _exit_status(self) -> str:
         """How the fork server ended (it has closed its socket: it is ending)."""
         status = self._reap_fork_server(block=True)
-        if status is None:
-            return "it ended"
-        if os.WIFSIGNALED(status):
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        code = os.waitstatus_to_exitcode(status)
-        return _CLEAN_EXIT if code == 0 else f"it exited with status {code}"
+        return "it ended" if status is None else _describe(status)
 
     def _reap_fork_server(self, block: bool) -> int | None:
         if self._reaped:
@@ -298,14 +307,26 @@ class ForkServer:
         return status
 
     def _reap_orphans(self) -> None:
+        # Peek first (WNOWAIT): the ended child may be another's - a newer fork server
+        # whose handle reaps it - and must be left for it.
         while self.workers and self._subreaper:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None or ended.si_pid not in self.workers:
                 return
-            self.workers.discard(pid)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(ended.si_pid, 0)
+            self.workers.discard(ended.si_pid)
+
+
+def _describe(status: int) -> str:
+    """A wait status, as the log says it."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    code = os.waitstatus_to_exitcode(status)
+    return _CLEAN_EXIT if code == 0 else f"it exited with status {code}"
 
 
 def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
@@ -358,6 +379,7 @@ def _max_fd() -> int:
 def _run(ctl: socket.socket, serve: Serve, level: int) -> None:
     """The fork server's loop: fork a worker per request, reap them, end when told to
     (or when the hub is gone)."""
+    signal.set_wakeup_fd(-1)
     for signum in _HUB_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     wake_r, wake_w = socket.socketpair()
@@ -371,6 +393,7 @@ def _run(ctl: socket.socket, serve: Serve, level: int) -> None:
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the poll below
     server = _Loop(ctl, serve, wake_r)
+    server.report_ready()
     server.run()
 
 
@@ -426,6 +449,9 @@ class _Loop:
         with contextlib.suppress(OSError):
             for message in self._outbox:
                 self._ctl.send(message)
+
+    def report_ready(self) -> None:
+        self._report(_READY, 0, os.getpid())
 
     def _take_requests(self) -> None:
         while self._quit_at is None:

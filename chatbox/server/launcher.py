@@ -24,6 +24,9 @@ log = logging.getLogger("chatbox.launcher")
 
 MODES = ("fork", "thread")
 
+# A fork server that died is replaced at most this often (seconds).
+FORK_SERVER_RESTART_INTERVAL = 10.0
+
 # Worker threads need little stack (a loop, a decoder, a few frames); the default 8 MiB
 # of address space each would make thousands of threads look huge.
 THREAD_STACK_SIZE = 256 * 1024
@@ -94,6 +97,25 @@ class ForkLauncher(Launcher):
         # Last, so that the fork server - and through it every worker - inherits
         # everything this launcher was configured with, and nothing the hub allocates.
         self._server = ForkServer(self._serve)
+        self._replaced_at: float | None = None
+        self._lost: list[ForkServer] = []  # dead fork servers whose orphans may live on
+
+    def _fork_server(self) -> ForkServer:
+        """The fork server, replaced if it is gone - at most once per
+        `FORK_SERVER_RESTART_INTERVAL`, so one that keeps dying does not make the hub
+        fork again and again; meanwhile new clients are refused."""
+        now = time.monotonic()
+        if self._server.gone and (
+            self._replaced_at is None or now - self._replaced_at >= FORK_SERVER_RESTART_INTERVAL
+        ):
+            self._lost.append(self._server)
+            self._replaced_at = now
+            # Forked from the hub as it is now, so it (not each worker: they dirty
+            # little of it) keeps the hub's memory of this moment alive: the price of
+            # serving new clients at all.
+            self._server = ForkServer(self._serve)
+            log.warning("made a new fork server (pid %d)", self._server.pid)
+        return self._server
 
     def _serve(self, client: socket.socket, channel: socket.socket) -> None:
         """What each worker process runs."""
@@ -107,7 +129,7 @@ class ForkLauncher(Launcher):
     def start_all(
         self, pairs: Sequence[tuple[socket.socket, socket.socket]]
     ) -> list[OSError | None]:
-        results = self._server.start(pairs)
+        results = self._fork_server().start(pairs)
         for (_, channel), error in zip(pairs, results, strict=True):
             if error is None:
                 channel.close()
@@ -115,11 +137,15 @@ class ForkLauncher(Launcher):
 
     def reap(self) -> None:
         self._server.poll()
+        for lost in self._lost:
+            lost.poll()
 
     def finish(self, deadline: float) -> None:
         # The hub has already waited until every channel closed, or the grace ran out;
         # the fork server reaps what is ending and kills what is stuck.
         self._server.stop(deadline)
+        for lost in self._lost:
+            lost.stop(deadline)
 
 
 class ThreadLauncher(Launcher):
