@@ -24,14 +24,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chatbox.server.forkserver import FORK_SERVER_COMM
 from harness.bench.servers import RunningServer, builtin_specs, cpu_seconds, prepare
 from harness.bench.workloads import Sizes, run_on
 
 
 def wait_workers_reaped(server: RunningServer, deadline: float) -> None:
-    # No event tells us the hub has reaped its last worker: poll, bounded.
-    while len(server.pids()) > 1 and time.monotonic() < deadline:
+    # No event tells us the last worker was reaped: poll, bounded. A forking server
+    # keeps its fork server (a child of the hub) to the end.
+    def workers() -> list[int]:
+        return [pid for pid in server.pids()[1:] if _comm(pid) != FORK_SERVER_COMM]
+
+    while workers() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def summarise(raw: Path, top: int = 15) -> str:
@@ -88,7 +100,8 @@ def profile(args: argparse.Namespace, build: Path) -> int:
             fanout100_lines=args.lines,
         )
     with RunningServer(spec) as server:
-        hub_own0, hub_children0 = cpu_seconds(server.pid)
+        hub_own0, _ = cpu_seconds(server.pid)
+        tree0 = server.cpu_seconds()
         spy = None
         if args.py_spy:
             spy = subprocess.Popen(
@@ -99,13 +112,15 @@ def profile(args: argparse.Namespace, build: Path) -> int:
             )  # fmt: skip
         result = run_on(args.workload, server, sizes)
         wait_workers_reaped(server, time.monotonic() + 10)
-        hub_own1, hub_children1 = cpu_seconds(server.pid)
+        hub_own1, _ = cpu_seconds(server.pid)
+        tree1 = server.cpu_seconds()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
     hub = hub_own1 - hub_own0
-    workers = hub_children1 - hub_children0
+    # Everything else the server's processes used: its workers (and fork server).
+    workers = (tree1 - tree0) - hub
     lines_in = result.get("clients", 0) * result.get("lines_per_client", 0)
     delivered = result.get("deliveries", 0)
     print(

@@ -37,9 +37,9 @@ DEADLINE_S = 120.0
 
 def storm(
     spec_name: str, count: int, pythonpath: str | None, spy_out: Path | None
-) -> tuple[float, float]:
-    """Wall time of the storm and the server's CPU time (its own and its reaped
-    children's) over it."""
+) -> tuple[float, float, float]:
+    """Wall time of the storm, and the CPU time over it of the server process alone
+    and of all its processes (its workers, live or reaped, and fork server included)."""
     spec = builtin_specs()[spec_name]
     if pythonpath:
         spec = replace(
@@ -55,15 +55,15 @@ def storm(
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # py-spy says nothing when it has attached: give it a moment
-        cpu0 = sum(cpu_seconds(server.pid))
+        hub0, tree0 = cpu_seconds(server.pid)[0], server.cpu_seconds()
         start = time.perf_counter()
         done = swarm.grow(count, time.monotonic() + DEADLINE_S, spec.backlog)
-        cpu = sum(cpu_seconds(server.pid)) - cpu0
+        hub, tree = cpu_seconds(server.pid)[0] - hub0, server.cpu_seconds() - tree0
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
-        return done - start, cpu
+        return done - start, hub, tree
 
 
 def main() -> int:
@@ -77,8 +77,12 @@ def main() -> int:
         for run in args.runs:
             pythonpath, _, rest = run.rpartition("@")
             name, count = rest.rsplit(":", 1)
-            seconds, cpu = storm(name, int(count), pythonpath or None, args.py_spy)
-            print(f"{run:28} clients at once: {seconds:.2f} s (server CPU {cpu:.2f} s)", flush=True)
+            seconds, hub, tree = storm(name, int(count), pythonpath or None, args.py_spy)
+            print(
+                f"{run:28} clients at once: {seconds:.2f} s "
+                f"(CPU: server process {hub:.2f} s, all its processes {tree:.2f} s)",
+                flush=True,
+            )
             if args.py_spy and args.py_spy.exists():
                 print(summarise(args.py_spy))
     return 0

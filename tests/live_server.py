@@ -20,7 +20,7 @@ from harness.daemon import Daemon, DaemonError, Readiness
 from harness.processes import child_env, wait_until
 
 __all__ = ["WAIT", "Peer", "ServerProcess", "child_env", "joined_peers", "running_server"]
-__all__ += ["send_in_background", "wait_until"]
+__all__ += ["private_memory", "send_in_background", "wait_until"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
@@ -66,17 +66,63 @@ class ServerProcess:
 
     def children(self) -> list[int]:
         """Pids of the server's live (or zombie) child processes."""
+        return _children(self.pid)
+
+    def descendants(self) -> list[int]:
+        """Every process below the server: its fork server and workers, in fork mode."""
         found: list[int] = []
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            text = (task / "children").read_text().split()
-            found.extend(int(pid) for pid in text)
+        todo = [self.pid]
+        while todo:
+            kids = _children(todo.pop())
+            found.extend(kids)
+            todo.extend(kids)
         return found
+
+    def workers(self) -> list[int]:
+        """Pids of the processes serving clients (none in thread mode): every
+        descendant but the fork server they are forked from."""
+        return [pid for pid in self.descendants() if _comm(pid) != FORK_SERVER_COMM]
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def connect(self) -> Peer:
         return Peer(socket.create_connection(("127.0.0.1", self.port), timeout=WAIT))
+
+    def connect_socket(self, sock: socket.socket) -> Peer:
+        """A peer on a socket the caller has set up and connected (buffer sizes...)."""
+        sock.settimeout(WAIT)
+        return Peer(sock)
+
+
+# What the fork server calls itself in /proc/PID/comm (and so in ps and top).
+FORK_SERVER_COMM = "chatbox-forker"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(kid) for kid in (task / "children").read_text().split())
+    except OSError:  # it ended while we looked
+        pass
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def private_memory(pid: int) -> int:
+    """Bytes of memory mapped by ``pid`` alone (Private_Dirty: pages it copied or
+    that every other process has let go of)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no Private_Dirty in /proc/{pid}/smaps_rollup")
 
 
 @contextmanager

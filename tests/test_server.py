@@ -199,8 +199,7 @@ def test_server_leaks_no_descriptor_after_500_connections(server: ServerProcess)
         peer.close()
     watcher.send(b"/who\n")
     wait_until(lambda: server.open_fds() == before, "fd count back to where it started")
-    if server.children() is not None:
-        wait_until(lambda: len(server.children()) <= 1, "departed workers reaped")
+    wait_until(lambda: len(server.workers()) <= 1, "departed workers reaped")
 
 
 @pytest.mark.fork
@@ -210,10 +209,10 @@ def test_forked_worker_owns_only_its_own_descriptors() -> None:
         peers = joined_peers(srv, 3)
         peers[0].send(b"/who\n")
         peers[0].expect("* here (3)")
-        wait_until(lambda: len(srv.children()) == 3, "three workers")
+        wait_until(lambda: len(srv.workers()) == 3, "three workers")
 
         def held() -> dict[int, list[str]]:
-            return {pid: os.listdir(f"/proc/{pid}/fd") for pid in srv.children()}
+            return {pid: os.listdir(f"/proc/{pid}/fd") for pid in srv.workers()}
 
         # A worker closes what it inherited first thing, but the hub serves its client
         # (welcome, relaying) without waiting for that, so on a loaded machine a fresh
@@ -239,13 +238,13 @@ def test_departed_workers_are_reaped_never_zombies() -> None:
 
         def zombies() -> list[int]:
             found = []
-            for pid in srv.children():
+            for pid in srv.workers():
                 with open(f"/proc/{pid}/stat") as f:
                     if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                         found.append(pid)
             return found
 
-        wait_until(lambda: len(srv.children()) == 1 and not zombies(), "only one live worker")
+        wait_until(lambda: len(srv.workers()) == 1 and not zombies(), "only one live worker")
 
 
 def _abuser_code(port: int, seed: int) -> str:

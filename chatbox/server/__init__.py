@@ -2,8 +2,9 @@
 
 The layout is the architecture (docs/architecture.md): `room` (names, routing, order;
 no I/O), `hub` (the parent's loop and all output), `channel` (how a worker's lines and
-notes reach the hub), `worker` (one client's input), `launcher` (fork or thread), and
-`__main__` (the command line, `python -m chatbox.server`).
+notes reach the hub), `worker` (one client's input), `launcher` (fork or thread),
+`forkserver` (the process fork mode's workers are forked from), and `__main__` (the
+command line, `python -m chatbox.server`).
 """
 
 from __future__ import annotations

@@ -368,11 +368,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    host, port = listener.getsockname()[:2]
-    print(f"listening on {host}:{port}", flush=True)
+    # Before the launcher: in fork mode it makes the fork server now, and the fork
+    # server's workers log at the level set at that moment.
+    logging.getLogger().setLevel(args.log_level.upper())
+    # Before the announcement: a server that says it listens can start workers.
     launcher = make_launcher(
         args.mode, args.max_line, InputTimeouts(args.idle_timeout, args.line_timeout)
     )
+    host, port = listener.getsockname()[:2]
+    print(f"listening on {host}:{port}", flush=True)
     config = HubConfig(
         max_line=args.max_line,
         sendq=args.sendq,

@@ -301,25 +301,26 @@ class Hub:
 
     def _accept(self) -> None:
         self._storm = True  # unless the backlog runs dry below
+        fresh: list[tuple[socket.socket, Ticket]] = []
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 client, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 self._storm = False
-                return
+                break
             except OSError as exc:
                 # EMFILE and friends: the connection stays in the backlog; say so and
                 # keep relaying for everyone already here.
                 log.error("cannot accept: %s", exc)
                 self._storm = False
-                return
+                break
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
             ticket = self._admission.check(address[0], time.monotonic())
             if isinstance(ticket, Refusal):
                 self._refuse(client, address, ticket)
                 continue
-            if len(self._links) >= self._config.max_clients:
+            if len(self._links) + len(fresh) >= self._config.max_clients:
                 self._admission.release(ticket)
                 log.warning("refused %s: server full", address)
                 self._farewells.add(client, protocol.server_full(self._config.max_clients))
@@ -329,7 +330,9 @@ class Hub:
                 # already one batch per turn: Nagle's delay would only add latency.
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             keep_alive(client)
-            self._admit(client, ticket)
+            fresh.append((client, ticket))
+        if fresh:
+            self._admit(fresh)
 
     def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
         """Turned away by admission, at the cost of a close: no worker, no notice."""
@@ -341,35 +344,36 @@ class Hub:
         else:
             client.close()
 
-    def _admit(self, client: socket.socket, ticket: Ticket) -> None:
-        try:
-            hub_end, worker_end = socket.socketpair()
-        except OSError as exc:
-            log.error("cannot start a worker: %s", exc)
-            self._admission.release(ticket)
-            client.close()
-            return
-        hub_end.setblocking(False)
-        link = Link(next(self._ids), client, hub_end, ticket=ticket)
-        if self._config.flood.enabled:
-            link.bucket = FloodBucket(self._config.flood, time.monotonic())
-        self._links[link.id] = link
-        self._selector.register(hub_end, _READ, link)
-        try:
-            self._launcher.start(client, worker_end)
-        except OSError as exc:
-            # Out of processes or threads: this one client is refused, everyone else
-            # goes on. It may be told (best effort: its socket is fresh and empty).
-            log.error("cannot start a worker: %s", exc)
-            worker_end.close()
-            self._links.pop(link.id)
-            link.forget()
-            self._admission.release(ticket)
-            self._selector.unregister(hub_end)
-            hub_end.close()
-            self._farewells.add(client, protocol.SERVER_BUSY)
-            return
-        self._room.join(link.id)
+    def _admit(self, clients: list[tuple[socket.socket, Ticket]]) -> None:
+        """Start a worker for each new client - all at once, which the fork server does
+        in one go - and let those that got one into the room, in the order they came."""
+        starting: list[tuple[Link, socket.socket]] = []
+        for client, ticket in clients:
+            try:
+                hub_end, worker_end = socket.socketpair()
+            except OSError as exc:
+                log.error("cannot start a worker: %s", exc)
+                self._admission.release(ticket)
+                client.close()
+                continue
+            hub_end.setblocking(False)
+            starting.append((Link(next(self._ids), client, hub_end, ticket=ticket), worker_end))
+        results = self._launcher.start_all([(link.client, end) for link, end in starting])
+        for (link, worker_end), error in zip(starting, results, strict=True):
+            if error is not None:
+                # Out of processes or threads: this one client is refused, everyone else
+                # goes on. It may be told (best effort: its socket is fresh and empty).
+                log.error("cannot start a worker: %s", error)
+                worker_end.close()
+                link.channel.close()
+                self._admission.release(link.ticket)
+                self._farewells.add(link.client, protocol.SERVER_BUSY)
+                continue
+            if self._config.flood.enabled:
+                link.bucket = FloodBucket(self._config.flood, time.monotonic())
+            self._links[link.id] = link
+            self._selector.register(link.channel, _READ, link)
+            self._room.join(link.id)
 
     def _read(self, link: Link) -> None:
         try:

@@ -10,20 +10,22 @@ from __future__ import annotations
 import _thread
 import abc
 import errno
-import gc
 import logging
 import os
-import signal
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
-from chatbox.server import logs
+from chatbox.server.forkserver import ForkServer
 from chatbox.server.worker import InputTimeouts, serve_connection
 
 log = logging.getLogger("chatbox.launcher")
 
 MODES = ("fork", "thread")
+
+# A fork server that died is replaced at most this often (seconds).
+FORK_SERVER_RESTART_INTERVAL = 10.0
 
 # Worker threads need little stack (a loop, a decoder, a few frames); the default 8 MiB
 # of address space each would make thousands of threads look huge.
@@ -56,6 +58,22 @@ class Launcher(abc.ABC):
         started; the caller still owns ``channel`` then, and refuses this one client.
         """
 
+    def start_all(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
+    ) -> list[OSError | None]:
+        """`start` for each (client, channel) pair, in order: for each, None if its
+        worker started, or the `OSError` `start` would have raised. A mode that starts
+        many workers at once more cheaply than one by one overrides this."""
+        results: list[OSError | None] = []
+        for client, channel in pairs:
+            try:
+                self.start(client, channel)
+            except OSError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     def reap(self) -> None:  # noqa: B027 - threads need no reaping
         """Collect workers that have ended. Never blocks."""
 
@@ -69,90 +87,66 @@ class Launcher(abc.ABC):
 
 
 class ForkLauncher(Launcher):
+    """Workers are processes, forked by the fork server (`chatbox.server.forkserver`),
+    never by the hub: a worker forked from the hub would keep the hub's heap of that
+    moment alive, queues included, for as long as it runs."""
+
     mode = "fork"
 
     def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
         super().__init__(max_line, timeouts)
-        self._children: set[int] = set()
+        # Last, so that the fork server - and through it every worker - inherits
+        # everything this launcher was configured with, and nothing the hub allocates.
+        self._server = ForkServer(self._serve)
+        self._replaced_at: float | None = None
+        self._lost: list[ForkServer] = []  # dead fork servers whose orphans may live on
+
+    def _fork_server(self) -> ForkServer:
+        """The fork server, replaced if it is gone - at most once per
+        `FORK_SERVER_RESTART_INTERVAL`, so one that keeps dying does not make the hub
+        fork again and again; meanwhile new clients are refused."""
+        now = time.monotonic()
+        if self._server.gone and (
+            self._replaced_at is None or now - self._replaced_at >= FORK_SERVER_RESTART_INTERVAL
+        ):
+            self._lost.append(self._server)
+            self._replaced_at = now
+            # Forked from the hub as it is now, so it (not each worker: they dirty
+            # little of it) keeps the hub's memory of this moment alive: the price of
+            # serving new clients at all.
+            self._server = ForkServer(self._serve)
+            log.warning("made a new fork server (pid %d)", self._server.pid)
+        return self._server
+
+    def _serve(self, client: socket.socket, channel: socket.socket) -> None:
+        """What each worker process runs."""
+        serve_connection(client, channel, self.max_line, self.timeouts)
 
     def start(self, client: socket.socket, channel: socket.socket) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            status = 1
-            try:
-                _become_worker(client, channel)
-                serve_connection(client, channel, self.max_line, self.timeouts)
-                status = 0
-            except BaseException:  # the child must reach os._exit, whatever happened
-                log.exception("worker failed")
-            finally:
-                os._exit(status)
-        self._children.add(pid)
-        channel.close()
+        (error,) = self.start_all([(client, channel)])
+        if error is not None:
+            raise error
+
+    def start_all(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
+    ) -> list[OSError | None]:
+        results = self._fork_server().start(pairs)
+        for (_, channel), error in zip(pairs, results, strict=True):
+            if error is None:
+                channel.close()
+        return results
 
     def reap(self) -> None:
-        while self._children:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self._children.clear()
-                return
-            if pid == 0:
-                return
-            self._children.discard(pid)
-
-    def pending(self) -> int:
-        return len(self._children)
+        self._server.poll()
+        for lost in self._lost:
+            lost.poll()
 
     def finish(self, deadline: float) -> None:
-        # The hub has already waited (woken by SIGCHLD) until the deadline; whatever is
-        # still running now is stuck, and is killed so that nothing outlives the server.
-        for pid in list(self._children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in list(self._children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-            self._children.discard(pid)
-
-
-def _become_worker(client: socket.socket, channel: socket.socket) -> None:
-    """Turn a fresh fork of the hub into a worker that owns only its two sockets.
-
-    Every inherited descriptor it does not own is closed: the listening socket, the
-    hub's selector, other workers' channels and client sockets. A leaked copy of another
-    client's socket would keep that client's connection open after it left.
-    """
-    signal.set_wakeup_fd(-1)
-    # Ctrl-C in a terminal reaches the whole process group; the hub orchestrates the
-    # shutdown, so workers must not die of it on their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    logs.for_worker(logging.getLogger().level)
-    keep = sorted({0, 1, 2, client.fileno(), channel.fileno()})
-    low = 0
-    for fd in keep:
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, _max_fd())
-    # The hub's objects are shared copy-on-write; the collector walking them would
-    # touch (and so copy) their pages in every worker. The worker allocates little.
-    gc.freeze()
-
-
-def _max_fd() -> int:
-    try:
-        import resource
-
-        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, ValueError, OSError):
-        return 65536
+        # The hub has already waited until every channel closed, or the grace ran out;
+        # the fork server reaps what is ending and kills what is stuck.
+        self._server.stop(deadline)
+        for lost in self._lost:
+            lost.stop(deadline)
 
 
 class ThreadLauncher(Launcher):

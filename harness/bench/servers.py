@@ -278,7 +278,9 @@ class RunningServer:
                 own, reaped = cpu_seconds(pid)
             except (OSError, ValueError, IndexError):
                 continue  # ended while we looked: its parent's reaped time has it
-            total += own + (reaped if pid in self._roots() else 0.0)
+            # Each ended process counts once: in its parent's reaped time (a forking
+            # server's fork server reaps the workers, the server reaps the fork server).
+            total += own + reaped
         return total
 
     def store_cpu_seconds(self) -> float:
@@ -291,9 +293,6 @@ class RunningServer:
             return cpu_seconds(store.pid)[0]
         except (OSError, ValueError, IndexError):
             return 0.0
-
-    def _roots(self) -> set[int]:
-        return {self.pid, *(d.pid for d in self._others)}
 
     # --- memory -------------------------------------------------------------------------
 
