@@ -409,6 +409,33 @@ def server_full(limit: int) -> bytes:
     return error(f"server full (max {limit} clients)")
 
 
+# The password gate (`--password-file`): the first line a gated connection gets, what it
+# must answer, and the verdict on a wrong answer (sent after a delay, then it is closed).
+PASSWORD_REQUIRED = notice("password required")
+PASS_COMMAND = "/pass"
+WRONG_PASSWORD = error("wrong password")
+PASSWORD_TIMEOUT = error("no password in time")
+# What a client that speaks plain text to a TLS port is told, in plain text, before it
+# is closed: without it, nc or telnet users would see a few bytes of noise and an end.
+TLS_REQUIRED = error("this server speaks TLS: connect with TLS (chatbox-client --tls)")
+
+
+def pass_line(secret: str) -> bytes:
+    """What a client sends to be let in: ``/pass SECRET``."""
+    return f"{PASS_COMMAND} {secret}\n".encode("utf-8", "surrogateescape")
+
+
+def pass_secret(line: bytes) -> bytes | None:
+    """The secret in a line ``/pass SECRET`` (the command in any case), else None.
+
+    Everything after the first space is the secret, spaces included: a password may
+    contain them."""
+    word, space, secret = line.partition(b" ")
+    if not space or word.lower() != PASS_COMMAND.encode():
+        return None
+    return secret
+
+
 # --- reading what the server says --------------------------------------------------------
 # The client's side of the lines above: patterns matched from the start of one received
 # line (LF removed), so a client learns names and colours lines from the text alone.

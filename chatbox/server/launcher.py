@@ -19,7 +19,7 @@ import threading
 import time
 
 from chatbox.server import logs
-from chatbox.server.worker import serve_connection
+from chatbox.server.worker import WorkerConfig, serve_connection
 
 log = logging.getLogger("chatbox.launcher")
 
@@ -39,16 +39,21 @@ class Launcher(abc.ABC):
 
     mode: str
 
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
+    def __init__(self, config: WorkerConfig) -> None:
+        # What every worker is given (line limit, TLS context, password): the same for
+        # all, so it is held here rather than passed with each client.
+        self.config = config
 
     @abc.abstractmethod
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
-        """Serve ``client`` in a new worker talking to the hub over ``channel``.
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
+        """Serve ``client`` in a new worker talking to the hub over ``channel`` (and,
+        with TLS, taking the client's output from ``relay``).
 
-        Resource handling: the worker owns ``channel`` from here on (the launcher closes
-        the hub's copy where the mode makes one). The hub keeps ``client`` and closes it
-        when the worker's channel reports the end.
+        Resource handling: the worker owns ``channel`` and ``relay`` from here on (the
+        launcher closes the hub's copies where the mode makes them). The hub keeps
+        ``client`` and closes it when the worker's channel reports the end.
 
         Error handling: a worker that cannot start (no process or thread to be had: a
         pids or tasks limit, memory) raises `OSError` in either mode, and nothing was
@@ -70,17 +75,19 @@ class Launcher(abc.ABC):
 class ForkLauncher(Launcher):
     mode = "fork"
 
-    def __init__(self, max_line: int) -> None:
-        super().__init__(max_line)
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(config)
         self._children: set[int] = set()
 
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
-                _become_worker(client, channel)
-                serve_connection(client, channel, self.max_line)
+                _become_worker(client, channel, relay)
+                serve_connection(client, channel, self.config, relay)
                 status = 0
             except BaseException:  # the child must reach os._exit, whatever happened
                 log.exception("worker failed")
@@ -88,6 +95,8 @@ class ForkLauncher(Launcher):
                 os._exit(status)
         self._children.add(pid)
         channel.close()
+        if relay is not None:
+            relay.close()
 
     def reap(self) -> None:
         while self._children:
@@ -119,8 +128,10 @@ class ForkLauncher(Launcher):
             self._children.discard(pid)
 
 
-def _become_worker(client: socket.socket, channel: socket.socket) -> None:
-    """Turn a fresh fork of the hub into a worker that owns only its two sockets.
+def _become_worker(
+    client: socket.socket, channel: socket.socket, relay: socket.socket | None
+) -> None:
+    """Turn a fresh fork of the hub into a worker that owns only its sockets.
 
     Every inherited descriptor it does not own is closed: the listening socket, the
     hub's selector, other workers' channels and client sockets. A leaked copy of another
@@ -134,6 +145,8 @@ def _become_worker(client: socket.socket, channel: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     logs.for_worker(logging.getLogger().level)
     keep = sorted({0, 1, 2, client.fileno(), channel.fileno()})
+    if relay is not None:
+        keep = sorted({*keep, relay.fileno()})
     low = 0
     for fd in keep:
         if fd > low:
@@ -157,22 +170,24 @@ def _max_fd() -> int:
 class ThreadLauncher(Launcher):
     mode = "thread"
 
-    def __init__(self, max_line: int) -> None:
-        super().__init__(max_line)
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(config)
         # Live workers, counted by the workers themselves, so the hub can wait for
         # them at shutdown without holding a Thread object per client.
         self._live = 0
         self._ended = threading.Condition()
         threading.stack_size(THREAD_STACK_SIZE)
 
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
         # The low-level start, not threading.Thread.start: that one waits until the
         # new thread has run, which takes a GIL hand-off per client (up to the 5 ms
         # switch interval while the hub is busy) - most of a 5,000-client storm's time.
         with self._ended:
             self._live += 1
         try:
-            _thread.start_new_thread(self._run, (client, channel))
+            _thread.start_new_thread(self._run, (client, channel, relay))
         except RuntimeError as exc:
             # What the system refusing a thread (EAGAIN from pthread_create) raises:
             # the same condition fork reports as OSError.
@@ -180,9 +195,11 @@ class ThreadLauncher(Launcher):
                 self._live -= 1
             raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from None
 
-    def _run(self, client: socket.socket, channel: socket.socket) -> None:
+    def _run(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None
+    ) -> None:
         try:
-            serve_connection(client, channel, self.max_line)
+            serve_connection(client, channel, self.config, relay)
         finally:
             with self._ended:
                 self._live -= 1
@@ -195,11 +212,11 @@ class ThreadLauncher(Launcher):
                 log.warning("%d worker threads did not end in time", self._live)
 
 
-def make_launcher(mode: str, max_line: int) -> Launcher:
+def make_launcher(mode: str, config: WorkerConfig) -> Launcher:
     if mode == "fork":
         if not hasattr(os, "fork"):
             raise ValueError("fork mode needs os.fork, which this platform lacks")
-        return ForkLauncher(max_line)
+        return ForkLauncher(config)
     if mode == "thread":
-        return ThreadLauncher(max_line)
+        return ThreadLauncher(config)
     raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")

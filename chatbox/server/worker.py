@@ -7,6 +7,12 @@ hub writes to the client itself. So a worker holds no shared state at all, and t
 function serves in both concurrency modes.
 
 When the hub shuts its end of the channel down, the worker's job is over.
+
+A connection behind the password gate (`chatbox.server.gate`) is first told
+`* password required` and its first line judged here, before anything reaches the
+room; with TLS (`chatbox.server.tls`) the worker also speaks TLS to its client and
+relays the hub's output to it. Either way the hub learns over the channel when the
+client may enter the room (a ready note). Without both, nothing of it runs.
 """
 
 from __future__ import annotations
@@ -14,15 +20,36 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import encode_event, end_note
+from chatbox.server.channel import encode_event, end_note, ready_note, refused_note
+from chatbox.server.gate import LOGIN_TIMEOUT, Login
+
+if TYPE_CHECKING:
+    from chatbox.server.tls import TlsConfig
 
 log = logging.getLogger("chatbox.worker")
 
 # One recv takes up to this much: large enough that a busy client's lines arrive in
 # batches (Python pays per call, not per byte), small enough to bound a worker's memory.
 RECV_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker is given, the same for all (the launcher holds it)."""
+
+    max_line: int = protocol.DEFAULT_MAX_LINE
+    tls: TlsConfig | None = None  # speak TLS to the client (and relay the hub's output)
+    password: bytes | None = None  # the first line must be `/pass` this
+
+    @property
+    def gated(self) -> bool:
+        """Whether a client enters the room only once its worker says it is ready."""
+        return self.tls is not None or self.password is not None
 
 
 class _Waiter:
@@ -41,15 +68,18 @@ class _Waiter:
         self._poll = select.poll() if hasattr(select, "poll") else None
         self._interest: tuple[bool, bool] | None = None
 
-    def wait(self, client_in: bool, channel_out: bool) -> tuple[bool, bool, bool]:
-        """(channel readable, channel writable, client readable).
+    def wait(
+        self, client_in: bool, channel_out: bool, timeout: float | None = None
+    ) -> tuple[bool, bool, bool]:
+        """(channel readable, channel writable, client readable); all False when
+        ``timeout`` (seconds) passed first.
 
         Errors and hang-ups count as ready: the next call on that socket reports them.
         """
         if self._poll is None:
             readers = [self._channel, self._client] if client_in else [self._channel]
             writers = [self._channel] if channel_out else []
-            readable, writable, _ = select.select(readers, writers, [])
+            readable, writable, _ = select.select(readers, writers, [], timeout)
             return self._channel in readable, self._channel in writable, self._client in readable
         if self._interest != (client_in, channel_out):
             if self._interest is None:
@@ -61,7 +91,8 @@ class _Waiter:
             if client_in:
                 self._poll.register(self._client_fd, select.POLLIN)
         channel_events = client_events = 0
-        for fd, events in self._poll.poll():
+        wait_ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+        for fd, events in self._poll.poll(wait_ms):
             if fd == self._channel_fd:
                 channel_events = events
             else:
@@ -73,8 +104,16 @@ class _Waiter:
         )
 
 
-def serve_connection(client: socket.socket, channel: socket.socket, max_line: int) -> None:
+def serve_connection(
+    client: socket.socket,
+    channel: socket.socket,
+    config: WorkerConfig,
+    relay: socket.socket | None = None,
+) -> None:
     """Pass what one client sends up to the hub until the hub shuts the channel down.
+
+    With TLS (``config.tls``), ``relay`` is the worker's end of the socketpair the hub
+    writes this client's output to; `chatbox.server.tls.serve_tls` serves it instead.
 
     Both sockets are non-blocking and waited on together. Lines for the hub that do not
     fit in the channel wait here, and meanwhile the client is not read (TCP holds it
@@ -89,13 +128,24 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
     note in the line stream; the hub decides what the room hears. Nothing the client
     sends can raise out of here.
     """
+    if config.tls is not None:
+        from chatbox.server.tls import serve_tls
+
+        assert relay is not None, "a TLS worker needs the hub's output relayed"
+        serve_tls(client, relay, channel, config, config.tls)
+        return
     channel.setblocking(False)
     client.setblocking(False)
-    decoder = protocol.LineDecoder(max_line)
+    decoder = protocol.LineDecoder(config.max_line)
     waiter = _Waiter(client, channel)
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
     try:
+        if config.password is not None:
+            admitted = _login(client, waiter, decoder, Login(config.password), upward)
+            if admitted is None:
+                return  # the hub is done with this client
+            reading = admitted
         while True:
             channel_in, channel_out, client_in = waiter.wait(reading and not upward, bool(upward))
             if channel_in:
@@ -135,3 +185,58 @@ def serve_connection(client: socket.socket, channel: socket.socket, max_line: in
         except OSError:
             pass
         channel.close()
+
+
+def _login(
+    client: socket.socket,
+    waiter: _Waiter,
+    decoder: protocol.LineDecoder,
+    login: Login,
+    upward: bytearray,
+) -> bool | None:
+    """The password gate on a plain connection, up to its first line.
+
+    Puts what the hub must hear into ``upward``: the ready note and the client's lines
+    after the password, or the refusal. Returns whether the client may still be read
+    (False after a refusal or the end of its stream), None if the hub ended it first.
+    The hub writes nothing to a client before its ready note, so this may.
+    """
+    # A fresh socket has room for one line; if it has not, the client sees no prompt.
+    try:
+        client.send(protocol.PASSWORD_REQUIRED)
+    except OSError:
+        pass
+    deadline = time.monotonic() + LOGIN_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            try:
+                client.send(protocol.PASSWORD_TIMEOUT)
+            except OSError:
+                pass
+            upward += end_note(False)
+            return False
+        channel_in, _, client_in = waiter.wait(True, False, remaining)
+        if channel_in:
+            return None
+        if not client_in:
+            continue
+        try:
+            data = client.recv(RECV_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            upward += end_note(False)
+            return False
+        verdict, rest = login.feed(decoder.feed(data))
+        if verdict is None:
+            continue
+        if not verdict:
+            upward += refused_note()
+            return False
+        upward += ready_note()
+        for event in rest:
+            upward += encode_event(event)
+        return True
