@@ -69,24 +69,42 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     Error handling: a missing, unreadable or malformed file, or a key that does not
     match the certificate, is a `TlsSetupError` naming the files.
     """
+    for path in (cert, key):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise TlsSetupError(f"cannot read {path}: {exc.strerror or exc}") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Renegotiation would let a client make the worker's reads want writes and back.
     context.options |= ssl.OP_NO_RENEGOTIATION
+
+    def no_passphrase() -> str:
+        # OpenSSL would otherwise ask for it on the terminal, and a server must not wait.
+        raise TlsSetupError(f"{key} is encrypted with a passphrase; give an unencrypted key")
+
     try:
-        context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TlsSetupError(f"cannot read {exc.filename}: no such file") from None
-    except PermissionError as exc:
-        raise TlsSetupError(f"cannot read {exc.filename}: permission denied") from None
+        context.load_cert_chain(cert, key, password=no_passphrase)
     except ssl.SSLError as exc:
-        reason = exc.reason or exc.strerror or str(exc)
-        raise TlsSetupError(
-            f"cannot use certificate {cert} with key {key}: {reason.lower().replace('_', ' ')}"
-        ) from None
+        raise TlsSetupError(_why_unusable(cert, key, exc)) from None
     except OSError as exc:
         raise TlsSetupError(f"cannot read {cert} or {key}: {exc.strerror or exc}") from None
     return context
+
+
+def _why_unusable(cert: str, key: str, exc: ssl.SSLError) -> str:
+    """OpenSSL's complaint about a certificate and key, as a line that names the file."""
+    try:
+        # A context that only reads the certificate tells which of the two is wrong.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cert)
+    except ssl.SSLError:
+        return f"{cert} holds no PEM certificate"
+    reason = str(exc.reason or exc).lower().replace("_", " ")
+    if "mismatch" in reason:
+        return f"the key {key} does not belong to the certificate {cert}"
+    detail = "" if "pem lib" in reason else f" ({reason})"
+    return f"{key} holds no usable PEM private key for {cert}{detail}"
 
 
 def serve_tls(
