@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import random
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,8 @@ class Options:
     echo: bool = False  # the server echoes a line to its sender by design
     join_lines: tuple[str, ...] = ()  # sent by each party before it chats ({name})
     max_line: int = 0  # the server's line limit in bytes (0: ours 4096, others 3500)
+    # Given to every client, chat or raw: TLS and password (harness.secure).
+    client_options: tuple[str, ...] = ()
 
     @property
     def long_payload(self) -> int:
@@ -157,6 +160,7 @@ class Context:
             host=self.target.connect_address,
             port=self.target.client_port,
             python=python_for(host),
+            client_options=" ".join(shlex.quote(o) for o in self.options.client_options),
         )
 
     def party(self, name: str) -> Party:
@@ -187,6 +191,7 @@ class Context:
             "harness.rawclient",
             self.target.connect_address,
             str(self.target.client_port),
+            *self.options.client_options,
             *options,
         ]
         # This project's server ends the connection on /quit, so the raw client (whose
