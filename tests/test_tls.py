@@ -1,0 +1,322 @@
+"""TLS on a real server (`--tls-cert`, `--tls-key`), in both modes, with real TLS clients:
+Python's ssl, `openssl s_client`, `ncat --ssl` and `chatbox-client --tls`.
+
+Certificates are made per test with openssl (tests/tls_certs.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from client_parties import Party, child_env, client_argv
+from live_server import WAIT, Peer, ServerProcess, running_server, wait_until
+from needs import missing
+from tls_certs import make_certificate, tls_peer
+
+from chatbox import protocol
+
+MODES = [
+    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
+    "thread",
+]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    return make_certificate(tmp_path)
+
+
+@pytest.fixture
+def server(mode: str, certificate: tuple[Path, Path]) -> Iterator[ServerProcess]:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--tls-cert", str(cert)]
+    args += ["--tls-key", str(key), "--tls-handshake-timeout", "2"]
+    with running_server(*args) as srv:
+        yield srv
+
+
+@pytest.fixture
+def parties() -> Iterator[list[Party]]:
+    started: list[Party] = []
+    try:
+        yield started
+    finally:
+        for party in started:
+            party.close()
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed")
+    return path
+
+
+def joined(peer: Peer) -> str:
+    """Read ``peer``'s welcome; the name it was given."""
+    line = peer.line()
+    assert line.startswith("* welcome "), line
+    return line.split()[2].rstrip(";")
+
+
+def test_tls_clients_chat_in_order(server: ServerProcess, certificate: tuple[Path, Path]) -> None:
+    alice = tls_peer(server, certificate[0])
+    alice_name = joined(alice)
+    bob = tls_peer(server, certificate[0])
+    bob_name = joined(bob)
+    assert alice.line() == f"* {bob_name} joined"
+    lines = b"".join(b"line %d\n" % i for i in range(3000))
+    alice.send(lines)
+    assert bob.lines(3000) == [f"<{alice_name}> line {i}" for i in range(3000)]
+    bob.send(b"/who\n")
+    assert bob.line() == f"* here (2): {alice_name}, {bob_name}"
+    alice.send(b"/quit\n")
+    assert alice.read_to_eof() == []  # the server ends the TLS stream cleanly
+    assert bob.line() == f"* {alice_name} left (quit)"
+
+
+def test_openssl_s_client_chats(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    openssl = tool("openssl")
+    argv = [openssl, "s_client", "-quiet", "-verify_return_error", "-CAfile"]
+    argv += [str(certificate[0]), "-verify_ip", "127.0.0.1", "-connect", f"127.0.0.1:{server.port}"]
+    party = Party(argv)
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    party.expect(rf"^\* {peer_name} joined$")
+    party.send(b"hello from openssl\n")
+    assert peer.line() == f"<{name}> hello from openssl"
+    peer.send(b"hello to openssl\n")
+    party.expect(rf"^<{peer_name}> hello to openssl$")
+
+
+def test_ncat_ssl_chats(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    ncat = tool("ncat")
+    argv = [ncat, "-4", "--ssl", "--ssl-verify", "--ssl-trustfile", str(certificate[0])]
+    party = Party([*argv, "localhost", str(server.port)])
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    party.send(b"hello from ncat\n")
+    assert peer.line() == f"<{name}> hello from ncat"
+    peer.send(b"hello to ncat\n")
+    party.expect(rf"^<{peer_name}> hello to ncat$")
+    party.close_stdin()  # ncat half-closes; the server ends the connection
+    assert peer.line() == f"* {name} left (connection closed)"
+
+
+def test_chatbox_client_over_tls_delivers_a_whole_pipe(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    peer = tls_peer(server, certificate[0])
+    joined(peer)
+    lines = "".join(f"piped {i}\n" for i in range(2000))
+    proc = subprocess.run(
+        client_argv(str(server.port), "127.0.0.1", "--tls-ca", str(certificate[0])),
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=WAIT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    name = proc.stdout.split()[2].rstrip(";")
+    assert peer.line() == f"* {name} joined"
+    assert peer.lines(2000) == [f"<{name}> piped {i}" for i in range(2000)]
+    assert peer.line() == f"* {name} left (quit)"
+
+
+def test_chatbox_client_over_tls_receives_while_it_types(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    party = Party(client_argv(str(server.port), "localhost", "--tls-ca", str(certificate[0])))
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    # Both directions at once through the client's one TLS connection.
+    peer.send(b"".join(b"to you %d\n" % i for i in range(500)))
+    party.send(b"".join(b"to them %d\n" % i for i in range(500)))
+    assert peer.lines(500) == [f"<{name}> to them {i}" for i in range(500)]
+    party.expect(rf"^<{peer_name}> to you 499$")
+    party.close_stdin()
+    assert party.wait()[0] == 0
+
+
+def test_a_plain_text_client_is_told_and_closed_and_others_go_on(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    member = tls_peer(server, certificate[0])
+    member_name = joined(member)
+    plain = server.connect()
+    plain.send(b"hello, anyone?\n")
+    assert plain.read_to_eof() == [protocol.TLS_REQUIRED.decode().rstrip("\n")]
+    newcomer = tls_peer(server, certificate[0])
+    newcomer_name = joined(newcomer)
+    # The plain client never entered the room: the member hears of the newcomer only.
+    assert member.line() == f"* {newcomer_name} joined"
+    newcomer.send(b"/who\n")
+    assert newcomer.line() == f"* here (2): {member_name}, {newcomer_name}"
+
+
+def test_a_silent_client_is_closed_after_the_handshake_timeout(
+    server: ServerProcess, certificate: tuple[Path, Path], mode: str
+) -> None:
+    member = tls_peer(server, certificate[0])
+    member_name = joined(member)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        # The server closes it (the fixture's --tls-handshake-timeout is 2 s).
+        assert silent.recv(100) == b""
+    finally:
+        silent.close()
+    if mode == "fork":
+        wait_until(lambda: len(server.children()) == 1, "the silent client's worker to end")
+    member.send(b"/who\n")
+    assert member.line() == f"* here (1): {member_name}"
+
+
+def test_a_half_handshake_never_holds_the_room(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        stuck.send(bytes([0x16, 0x03, 0x01]))  # the start of a ClientHello, then nothing
+        alice = tls_peer(server, certificate[0])
+        alice_name = joined(alice)
+        bob = tls_peer(server, certificate[0])
+        joined(bob)
+        alice.send(b"not held up\n")
+        assert bob.line() == f"<{alice_name}> not held up"
+        assert stuck.recv(100) == b""  # then it is closed
+    finally:
+        stuck.close()
+
+
+def test_descriptors_go_back_after_tls_clients_leave(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    first = tls_peer(server, certificate[0])
+    joined(first)  # the hub is serving: its own descriptors are all open
+    baseline = server.open_fds()
+    peers = [tls_peer(server, certificate[0]) for _ in range(10)]
+    for peer in peers:
+        joined(peer)
+    assert server.open_fds() > baseline
+    for peer in peers:
+        peer.close()
+    wait_until(lambda: server.open_fds() == baseline, "the server's descriptors to go back")
+
+
+def test_the_client_refuses_an_untrusted_certificate(server: ServerProcess) -> None:
+    # The system's store does not know the test's self-signed certificate.
+    proc = subprocess.run(
+        client_argv(str(server.port), "127.0.0.1", "--tls"),
+        input="never sent\n",
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=WAIT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cannot connect to 127.0.0.1 port {server.port}: ")
+    assert "certificate is not trusted: self-signed certificate" in proc.stderr
+    assert "--tls-ca" in proc.stderr
+
+
+def test_the_client_refuses_a_certificate_for_another_name(
+    mode: str, tmp_path: Path, parties: list[Party]
+) -> None:
+    cert, key = make_certificate(tmp_path, "elsewhere", "DNS:chat.example.org")
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--tls-cert", str(cert)]
+    with running_server(*args, "--tls-key", str(key)) as srv:
+        proc = subprocess.run(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert "not trusted: ip address mismatch" in proc.stderr.lower()
+        # --tls-insecure takes it anyway (and says nothing).
+        party = Party(client_argv(str(srv.port), "127.0.0.1", "--tls-insecure"))
+        parties.append(party)
+        party.join()
+
+
+def test_the_client_says_when_the_server_does_not_speak_tls(mode: str, tmp_path: Path) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        proc = subprocess.run(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-insecure"),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "TLS handshake failed" in proc.stderr or "during the TLS handshake" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_tls_ca_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for ca, why in [(tmp_path / "none.pem", "no such file"), (tmp_path / "junk.pem", "no PEM")]:
+        proc = subprocess.run(
+            client_argv("4242", "127.0.0.1", "--tls-ca", str(ca)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "files, why",
+    [
+        (("missing.crt", "server.key"), "cannot read"),
+        (("server.key", "server.key"), "holds no PEM certificate"),
+        (("server.crt", "server.crt"), "holds no usable PEM private key"),
+        (("server.crt", "other.key"), "does not belong to the certificate"),
+        (("server.crt", None), "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_unusable_certificate_files_are_one_line_and_exit_2(
+    tmp_path: Path, files: tuple[str, str | None], why: str
+) -> None:
+    make_certificate(tmp_path)
+    make_certificate(tmp_path, "other")
+    cert, key = files
+    argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
+    argv += ["--tls-cert", str(tmp_path / cert)]
+    if key is not None:
+        argv += ["--tls-key", str(tmp_path / key)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT, env=child_env())
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # it never listened
+    assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("chatbox-server: ")
