@@ -320,3 +320,22 @@ def test_unusable_certificate_files_are_one_line_and_exit_2(
     assert proc.stdout == ""  # it never listened
     assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
     assert proc.stderr.startswith("chatbox-server: ")
+
+
+def test_shutdown_reaches_tls_clients_and_waits_for_no_handshake(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    members = [tls_peer(server, certificate[0]) for _ in range(3)]
+    for member in members:
+        joined(member)
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        stuck.send(bytes([0x16, 0x03, 0x01]))  # a handshake that never goes on
+        members[0].send(b"/who\n")
+        members[0].expect("* here (3)")  # the stuck one is not in the room
+        assert server.terminate() == 0
+        for member in members:
+            assert member.read_to_eof()[-1:] == ["* server shutting down"]
+        assert stuck.recv(100) == b""
+    finally:
+        stuck.close()
