@@ -308,6 +308,10 @@ def parse_line(line: str) -> Command:
         if rest.isdigit() and 0 < int(rest) <= HISTORY_MAX:
             return History(int(rest))
         return Invalid(f"usage: /history [N], N from 1 to {HISTORY_MAX}")
+    if verb == "pass":
+        # The password gate takes /pass before a client is in the room; in it, a
+        # /pass (a client that sends its password unasked) is answered, never relayed.
+        return Invalid("no password is asked for now")
     return Invalid(f"unknown command '/{word}' (try /help)")
 
 

@@ -23,6 +23,9 @@ from collections.abc import Sequence
 RECV_SIZE = 65536
 # Plaintext taken from the session at once is cut into pieces of one record's size.
 RECORD_SIZE = 16384
+# What is kept of the first bytes received, for a peer that answers a handshake in plain
+# text (a server refusing a connection before any TLS: "! server full").
+HEAD_SIZE = 512
 
 
 class TlsStream:
@@ -53,6 +56,7 @@ class TlsStream:
         self.ended = False  # the peer's stream has ended: nothing more will be read
         self.reset = False  # ... and not by an orderly close
         self.eof = False  # the socket itself has reached its end
+        self.head = b""  # the first bytes received (up to HEAD_SIZE), as they came
 
     def handshake(self) -> bool:
         """Advance the handshake with what has arrived; True once it is complete."""
@@ -76,6 +80,8 @@ class TlsStream:
             self._incoming.write_eof()
             return
         if data:
+            if len(self.head) < HEAD_SIZE:
+                self.head += data[: HEAD_SIZE - len(self.head)]
             self._incoming.write(data)
         else:
             self.eof = True

@@ -280,3 +280,8 @@ def test_a_password_never_reaches_a_server_that_did_not_ask() -> None:
         theirs.setblocking(False)
         with pytest.raises(BlockingIOError):
             theirs.recv(100)  # nothing was sent
+
+
+def test_a_pass_line_in_the_room_is_answered_never_relayed() -> None:
+    assert protocol.parse_line("/pass hunter2") == protocol.Invalid("no password is asked for now")
+    assert protocol.parse_line("/PASS") == protocol.Invalid("no password is asked for now")

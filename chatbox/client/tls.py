@@ -21,6 +21,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import NoReturn
 
 from chatbox.client.session import ConnectError, describe
 from chatbox.tls_stream import RECV_SIZE, TlsStream, wait
@@ -98,23 +99,44 @@ def _handshake(
             stream.pull()
             if stream.eof:
                 stream.handshake()  # OpenSSL's word on the end, if it has one
+                said = _plain_words(stream.head)
+                if said is not None:
+                    raise ConnectError(f"{where}: the server answered without TLS: {said}")
                 raise ConnectError(
                     f"{where}: the server closed the connection during the TLS handshake"
                     " (does it speak TLS?)"
                 )
         stream.flush()
-    except ssl.SSLCertVerificationError as exc:
+    except ssl.SSLError as exc:
+        said = _plain_words(stream.head)
+        if said is None:
+            _explain(where, exc)
+        raise ConnectError(f"{where}: the server answered without TLS: {said}") from None
+    except OSError as exc:
+        raise ConnectError(f"{where}: {describe(exc)}") from None
+    return stream
+
+
+def _plain_words(head: bytes) -> str | None:
+    """The server's first line, if it answered the handshake with a line of this
+    protocol (a refusal such as `! server full`) instead of TLS."""
+    line, newline, _ = head.partition(b"\n")
+    if not newline or not line.startswith((b"! ", b"* ")):
+        return None
+    text = line.decode("utf-8", "replace")
+    return text if text.isprintable() else None
+
+
+def _explain(where: str, exc: ssl.SSLError) -> NoReturn:
+    """Raise the `ConnectError` that says why the handshake failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or exc.reason or "verification failed"
         raise ConnectError(
             f"{where}: its TLS certificate is not trusted: {why.rstrip('.')} "
             "(--tls-ca FILE names the certificate to trust; --tls-insecure skips the check)"
         ) from None
-    except ssl.SSLError as exc:
-        reason = str(exc.reason or exc).lower().replace("_", " ")
-        raise ConnectError(f"{where}: TLS handshake failed: {reason} (is it a TLS port?)") from None
-    except OSError as exc:
-        raise ConnectError(f"{where}: {describe(exc)}") from None
-    return stream
+    reason = str(exc.reason or exc).lower().replace("_", " ")
+    raise ConnectError(f"{where}: TLS handshake failed: {reason} (is it a TLS port?)") from None
 
 
 def _bridge(stream: TlsStream, inner: socket.socket) -> None:
