@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from client_parties import Party, child_env, client_argv
-from live_server import WAIT, Peer, ServerProcess, running_server, wait_until
+from live_server import WAIT, Peer, ServerProcess, running_server, send_in_background, wait_until
 from needs import missing
 from tls_certs import make_certificate, tls_peer
 
@@ -359,3 +360,42 @@ def test_a_full_tls_server_is_understood_by_the_client(
     # The refusal comes before any TLS (the hub cannot speak it); the client shows it.
     assert proc.returncode == 1
     assert proc.stderr.endswith("the server answered without TLS: ! server full (max 1 clients)\n")
+
+
+def test_a_tls_client_that_stops_reading_is_cut_off_alone(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "65536"]
+    args += ["--slow-timeout", "0.5", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with running_server(*args) as srv:
+        raw = socket.socket()
+        # Before connecting: the window it offers is settled in the TCP handshake.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(WAIT)
+        raw.connect(("127.0.0.1", srv.port))
+        context = ssl.create_default_context(cafile=str(cert))
+        sleeper = Peer(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        sleeper_name = joined(sleeper)
+        talker = tls_peer(srv, cert)
+        talker_name = joined(talker)
+        listener = tls_peer(srv, cert)
+        joined(listener)
+        talker.line()  # the listener joined; the sleeper reads nothing any more
+        padding = "." * 500
+        count = 10_000  # 5 MB for the sleeper: more than the relay and sockets hold
+        sending = send_in_background(
+            talker, "".join(f"t{i} {padding}\n" for i in range(count)).encode()
+        )
+        # The listener reads at full speed, so it is never the slow one.
+        got = listener.expect(f"<{talker_name}> t{count - 1} ")
+        sending.join(WAIT)
+        listener.send(b"/who\n")
+        got += listener.expect("* here (2)")
+        assert f"* {sleeper_name} left (too slow)" in got
+        chat = [line for line in got if line.startswith("<")]
+        assert chat == [f"<{talker_name}> t{i} {padding}" for i in range(count - 1)]
+        sleeper.sock.settimeout(WAIT)
+        sleeper.read_to_eof()  # its connection ends: the worker did not hang on to it
+        if mode == "fork":
+            wait_until(lambda: len(srv.children()) == 2, "the sleeper's worker to end")

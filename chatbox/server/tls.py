@@ -229,6 +229,7 @@ def _relay(
         stream.send(protocol.PASSWORD_REQUIRED)
     reading = True  # the client may still send
     relay_open = True  # the hub may still write output for the client
+    channel_open = True  # the hub has not shut its direction of the channel yet
     closing_by: float | None = None  # the hub is done: drain until then
     while True:
         if closing_by is not None and not relay_open and not stream.outbox:
@@ -247,7 +248,8 @@ def _relay(
                 upward += end_note(False)
                 reading = False
                 timeout = None
-        readers = [channel]
+        # A channel at its end stays readable: polling it then would spin.
+        readers = [channel] if channel_open else []
         if reading and not upward and closing_by is None:
             readers.append(client)
         if relay_open and len(stream.outbox) < OUTBOX_LIMIT:
@@ -256,10 +258,12 @@ def _relay(
         if upward:
             writers.append(channel)
         readable, writable = wait(readers, writers, timeout)
-        if channel.fileno() in readable:
+        if channel_open and channel.fileno() in readable:
             try:
-                if channel.recv(1) == b"" and closing_by is None:
-                    closing_by = time.monotonic() + DRAIN_TIME
+                if channel.recv(1) == b"":
+                    channel_open = False
+                    if closing_by is None:
+                        closing_by = time.monotonic() + DRAIN_TIME
             except BlockingIOError:
                 pass
         if relay.fileno() in readable:
