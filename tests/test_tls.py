@@ -399,3 +399,25 @@ def test_a_tls_client_that_stops_reading_is_cut_off_alone(
         sleeper.read_to_eof()  # its connection ends: the worker did not hang on to it
         if mode == "fork":
             wait_until(lambda: len(srv.children()) == 2, "the sleeper's worker to end")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_tls_worker_owns_only_its_own_descriptors(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", "fork", "--tls-cert", str(cert)]
+    with running_server(*args, "--tls-key", str(key)) as srv:
+        peers = [tls_peer(srv, cert) for _ in range(3)]
+        for peer in peers:
+            joined(peer)
+        wait_until(lambda: len(srv.children()) == 3, "three workers")
+
+        def held() -> dict[int, list[str]]:
+            return {pid: os.listdir(f"/proc/{pid}/fd") for pid in srv.children()}
+
+        # stdin, stdout, stderr, its client, its channel, its relay: nothing of the others.
+        try:
+            wait_until(lambda: all(len(fds) == 6 for fds in held().values()), "workers")
+        except AssertionError:
+            raise AssertionError(f"workers hold more than their own: {held()}") from None

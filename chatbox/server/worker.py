@@ -46,11 +46,6 @@ class WorkerConfig:
     tls: TlsConfig | None = None  # speak TLS to the client (and relay the hub's output)
     password: bytes | None = None  # the first line must be `/pass` this
 
-    @property
-    def gated(self) -> bool:
-        """Whether a client enters the room only once its worker says it is ready."""
-        return self.tls is not None or self.password is not None
-
 
 class _Waiter:
     """Waits until the client or the channel is ready.
