@@ -421,3 +421,50 @@ def test_a_forked_tls_worker_owns_only_its_own_descriptors(
             wait_until(lambda: all(len(fds) == 6 for fds in held().values()), "workers")
         except AssertionError:
             raise AssertionError(f"workers hold more than their own: {held()}") from None
+
+
+def test_a_first_line_sent_with_the_last_handshake_message_is_relayed(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    member = tls_peer(server, certificate[0])
+    joined(member)
+    # A client whose first line leaves in the same segment as its handshake's Finished
+    # (memory BIOs, one send): the worker finds it already inside TLS, where no poll
+    # can see it.
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(b"sent with the handshake\n")
+        sock.sendall(outgoing.read())  # Finished and the line, in one send
+        newcomer = member.line().split()[1]
+        assert member.line() == f"<{newcomer}> sent with the handshake"
+    finally:
+        sock.close()
+
+
+def test_the_client_bridge_delivers_what_came_with_the_handshake(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    from chatbox.client.tls import client_context, secure
+
+    # Over TLS 1.2 the server's welcome tends to arrive with its Finished.
+    for _ in range(5):
+        context = client_context(str(certificate[0]), False)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        sock = secure(raw, "127.0.0.1", server.port, context)
+        sock.settimeout(WAIT)
+        peer = Peer(sock)
+        try:
+            joined(peer)
+        finally:
+            peer.close()

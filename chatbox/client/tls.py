@@ -147,7 +147,8 @@ def _bridge(stream: TlsStream, inner: socket.socket) -> None:
     """
     server = stream.sock
     inner.setblocking(False)
-    to_session = bytearray()
+    # What arrived with the end of the handshake is already in TLS, where no poll sees it.
+    to_session = bytearray(stream.receive())
     session_open = True  # the session may still send
     try:
         while True:

@@ -230,6 +230,9 @@ def _relay(
     reading = True  # the client may still send
     relay_open = True  # the hub may still write output for the client
     channel_open = True  # the hub has not shut its direction of the channel yet
+    # What arrived with the end of the handshake (a client's first line often travels
+    # with its last handshake message) is already in TLS, where no poll can see it.
+    buffered = True
     closing_by: float | None = None  # the hub is done: drain until then
     while True:
         if closing_by is not None and not relay_open and not stream.outbox:
@@ -250,8 +253,11 @@ def _relay(
                 timeout = None
         # A channel at its end stays readable: polling it then would spin.
         readers = [channel] if channel_open else []
-        if reading and not upward and closing_by is None:
+        client_wanted = reading and not upward and closing_by is None
+        if client_wanted:
             readers.append(client)
+            if buffered:
+                timeout = 0.0
         if relay_open and len(stream.outbox) < OUTBOX_LIMIT:
             readers.append(relay)
         writers = [client] if stream.outbox else []
@@ -277,7 +283,8 @@ def _relay(
                 relay_open = False
                 if closing_by is None:
                     closing_by = time.monotonic() + DRAIN_TIME
-        if client.fileno() in readable and reading:
+        if client_wanted and (buffered or client.fileno() in readable):
+            buffered = False
             plain = stream.receive()
             events = decoder.feed(plain) if plain else []
             if login is not None and events:
