@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-ca", metavar="FILE", help="what clients trust (default: the --tls-cert file)"
     )
     secure.add_argument(
+        "--tls-insecure",
+        action="store_true",
+        help="clients take any certificate (for addresses the certificate does not name)",
+    )
+    secure.add_argument(
         "--password-file", metavar="FILE", help="the server's password (first line of FILE)"
     )
     hosts = parser.add_argument_group("where processes run")
@@ -302,7 +307,7 @@ def run_once(
 
 
 def secure_of(args: argparse.Namespace) -> Secure:
-    return Secure(args.tls_cert, args.tls_key, args.tls_ca, args.password_file)
+    return Secure(args.tls_cert, args.tls_key, args.tls_ca, args.password_file, args.tls_insecure)
 
 
 class _Terminated(Exception):

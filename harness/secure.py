@@ -22,13 +22,18 @@ class Secure:
     tls_key: str | None = None
     tls_ca: str | None = None  # what clients trust; default: tls_cert
     password_file: str | None = None
+    # Clients take any certificate: for hosts whose address the certificate cannot name
+    # in advance (netns addresses, ssh hosts reached by another name).
+    tls_insecure: bool = False
 
     def problem(self) -> str | None:
         """Why these options cannot be used together, if they cannot."""
         if (self.tls_cert is None) != (self.tls_key is None):
             return "--tls-cert and --tls-key go together"
-        if self.tls_ca is not None and self.tls_cert is None:
-            return "--tls-ca needs --tls-cert and --tls-key (the server's TLS)"
+        if (self.tls_ca is not None or self.tls_insecure) and self.tls_cert is None:
+            return "--tls-ca and --tls-insecure need --tls-cert and --tls-key (the server's TLS)"
+        if self.tls_ca is not None and self.tls_insecure:
+            return "--tls-ca and --tls-insecure contradict each other"
         return None
 
     def server_options(self) -> tuple[str, ...]:
@@ -44,7 +49,9 @@ class Secure:
         """What chatbox-client and the raw client are started with (same option names)."""
         options: list[str] = []
         ca = self.tls_ca or self.tls_cert
-        if ca is not None:
+        if self.tls_insecure:
+            options += ["--tls-insecure"]
+        elif ca is not None:
             options += ["--tls-ca", ca]
         if self.password_file is not None:
             options += ["--password-file", self.password_file]

@@ -41,3 +41,18 @@ def test_tls_cert_without_its_key_is_a_usage_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "--tls-cert and --tls-key go together" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_clients_are_given_the_certificate_or_told_to_take_any() -> None:
+    from harness.secure import Secure
+
+    secure = Secure("s.crt", "s.key", password_file="pw")
+    assert secure.server_options() == (
+        "--tls-cert", "s.crt", "--tls-key", "s.key", "--password-file", "pw"
+    )  # fmt: skip
+    assert secure.client_options() == ("--tls-ca", "s.crt", "--password-file", "pw")
+    assert Secure("s.crt", "s.key", tls_insecure=True).client_options() == ("--tls-insecure",)
+    assert Secure("s.crt", "s.key", "ca.crt").client_options() == ("--tls-ca", "ca.crt")
+    assert Secure(tls_insecure=True).problem() is not None
+    assert Secure("s.crt", "s.key", "ca.crt", tls_insecure=True).problem() is not None
+    assert Secure().client_options() == () and Secure().problem() is None
