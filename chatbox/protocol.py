@@ -329,6 +329,10 @@ def parse_line(line: str) -> Command:
         if rest.isdigit() and 0 < int(rest) <= HISTORY_MAX:
             return History(int(rest))
         return Invalid(f"usage: /history [N], N from 1 to {HISTORY_MAX}")
+    if verb == "pass":
+        # The password gate takes /pass before a client is in the room; in it, a
+        # /pass (a client that sends its password unasked) is answered, never relayed.
+        return Invalid("no password is asked for now")
     return Invalid(f"unknown command '/{word}' (try /help)")
 
 
@@ -440,6 +444,33 @@ CONNECTING_TOO_FAST = error("connecting too fast, try again later")
 
 def too_many_connections(limit: int) -> bytes:
     return error(f"too many connections from your address (max {limit})")
+
+
+# The password gate (`--password-file`): the first line a gated connection gets, what it
+# must answer, and the verdict on a wrong answer (sent after a delay, then it is closed).
+PASSWORD_REQUIRED = notice("password required")
+PASS_COMMAND = "/pass"
+WRONG_PASSWORD = error("wrong password")
+PASSWORD_TIMEOUT = error("no password in time")
+# What a client that speaks plain text to a TLS port is told, in plain text, before it
+# is closed: without it, nc or telnet users would see a few bytes of noise and an end.
+TLS_REQUIRED = error("this server speaks TLS: connect with TLS (chatbox-client --tls)")
+
+
+def pass_line(secret: str) -> bytes:
+    """What a client sends to be let in: ``/pass SECRET``."""
+    return f"{PASS_COMMAND} {secret}\n".encode("utf-8", "surrogateescape")
+
+
+def pass_secret(line: bytes) -> bytes | None:
+    """The secret in a line ``/pass SECRET`` (the command in any case), else None.
+
+    Everything after the first space is the secret, spaces included: a password may
+    contain them."""
+    word, space, secret = line.partition(b" ")
+    if not space or word.lower() != PASS_COMMAND.encode():
+        return None
+    return secret
 
 
 # --- reading what the server says --------------------------------------------------------

@@ -34,6 +34,7 @@ from harness.report import (
     write_artifacts,
 )
 from harness.scenarios import SCENARIOS, Options, Scenario
+from harness.secure import Secure
 from harness.session import Run
 from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, is_ours
 from harness.transcript import RunRecord
@@ -186,6 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="ssh: a machine for the cluster's nodes after the first, which runs on "
         "--server-host with the redis-server (repeatable; nodes spread round-robin)",
     )
+    secure = parser.add_argument_group(
+        "TLS and password",
+        "this project's server is started with them ({server_options}); every client is "
+        "given --tls-ca and --password-file ({client_options} in the client template)",
+    )
+    secure.add_argument("--tls-cert", metavar="FILE", help="the server's TLS certificate (PEM)")
+    secure.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    secure.add_argument(
+        "--tls-ca", metavar="FILE", help="what clients trust (default: the --tls-cert file)"
+    )
+    secure.add_argument(
+        "--tls-insecure",
+        action="store_true",
+        help="clients take any certificate (for addresses the certificate does not name)",
+    )
+    secure.add_argument(
+        "--password-file", metavar="FILE", help="the server's password (first line of FILE)"
+    )
     hosts = parser.add_argument_group("where processes run")
     hosts.add_argument(
         "--hosts", choices=kinds, default="loopback", help="host kind (default loopback)"
@@ -277,7 +296,9 @@ def run_once(
         args.server_cmd,
         network=network_options(args, options.clients),
         impair=args.impair,
-        server_options=scenario.server_options if options.ours else (),
+        server_options=(*scenario.server_options, *secure_of(args).server_options())
+        if options.ours
+        else (),
         readiness=args.ready,
         record=record,
     )
@@ -314,6 +335,10 @@ def run_once(
     return result
 
 
+def secure_of(args: argparse.Namespace) -> Secure:
+    return Secure(args.tls_cert, args.tls_key, args.tls_ca, args.password_file, args.tls_insecure)
+
+
 class _Terminated(Exception):
     """SIGTERM/SIGHUP arrived: unwind through every `finally` so children are ended."""
 
@@ -345,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         max_line=args.max_line,
         cluster_nodes=args.cluster,
         cluster_lease=args.cluster_lease,
+        client_options=secure_of(args).client_options(),
     )
+    problem = secure_of(args).problem()
+    if problem is not None:
+        parser.error(problem)
     if scenario.local_only and args.hosts == "ssh":
         print(
             f"chatbox-harness: {scenario.local_only} (--hosts loopback or netns)", file=sys.stderr

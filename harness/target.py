@@ -33,7 +33,8 @@ DEFAULT_SERVER = (
     "{python} -m chatbox.server {port} --host {host} --max-per-ip 0 --connect-rate 0 "
     "{server_options}"
 )
-DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host}"
+# {client_options}: what every client of the run is given (TLS, password: harness.secure).
+DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host} {client_options}"
 PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
 START_TIMEOUT = 30.0  # the most a server may take to be ready, within --timeout
 
@@ -53,12 +54,22 @@ def python_for(host: Host) -> str:
 
 
 def expand(
-    template: str, *, host: str, port: int | str, python: str, server_options: str = ""
+    template: str,
+    *,
+    host: str,
+    port: int | str,
+    python: str,
+    server_options: str = "",
+    client_options: str = "",
 ) -> list[str]:
     """Fill a command template; raise `SetupError` for a malformed one."""
     try:
         text = template.format(
-            host=host, port=port, python=shlex.quote(python), server_options=server_options
+            host=host,
+            port=port,
+            python=shlex.quote(python),
+            server_options=server_options,
+            client_options=client_options,
         )
         return shlex.split(text)
     except (KeyError, IndexError, ValueError) as exc:

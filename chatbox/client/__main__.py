@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from types import FrameType
 from chatbox import protocol
 from chatbox.argtypes import non_negative_float, positive_float
 from chatbox.client.consoles import open_console
+from chatbox.client.login import PASSWORD_ENV, LoginError, log_in, read_password
 from chatbox.client.session import (
     KEEPALIVE_INTERVAL,
     QUIT_TIMEOUT,
     ConnectError,
     Session,
     connect,
+    describe,
 )
 
 PROG = "chatbox-client"
@@ -57,6 +60,10 @@ class Options:
     timestamps: bool
     quit_timeout: float = QUIT_TIMEOUT
     keepalive: float = KEEPALIVE_INTERVAL
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_insecure: bool = False
+    password_file: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="after this long without sending, send a bare newline so the server knows "
         f"you are still there; 0: never (default {KEEPALIVE_INTERVAL:g})",
     )
+    security = parser.add_argument_group("TLS and password")
+    security.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, verifying the server's certificate and name against the "
+        "system's trusted certificates",
+    )
+    security.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="trust the certificates in FILE (PEM) instead of the system's; implies --tls",
+    )
+    security.add_argument(
+        "--tls-insecure",
+        action="store_true",
+        help="TLS without checking the server's certificate (anyone in between can read "
+        "and change everything); implies --tls",
+    )
+    security.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="answer the server's password prompt with the first line of FILE "
+        f"(without this, the {PASSWORD_ENV} environment variable, if set)",
+    )
     return parser
 
 
@@ -114,6 +145,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     if name is not None and (not name or any(c.isspace() or not c.isprintable() for c in name)):
         # A space or newline would turn `/nick NAME` into something else on the wire.
         parser.error(f"invalid name {name!r}: a name is one word")
+    if args.tls_ca is not None and args.tls_insecure:
+        parser.error("--tls-ca and --tls-insecure contradict each other")
     return Options(
         port=port,
         host=host,
@@ -121,6 +154,10 @@ def parse_args(argv: Sequence[str]) -> Options:
         timestamps=args.timestamps,
         quit_timeout=args.quit_timeout,
         keepalive=args.keepalive,
+        tls=args.tls or args.tls_ca is not None or args.tls_insecure,
+        tls_ca=args.tls_ca,
+        tls_insecure=args.tls_insecure,
+        password_file=args.password_file,
     )
 
 
@@ -135,16 +172,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`chatbox-client PORT [IP]`: the process's exit status (0 quit, 1 failed, 2 usage)."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        sock = connect(options.host, options.port)
-        console = open_console(timestamps=options.timestamps, environ=os.environ)
-    except ConnectError as exc:
+        password = read_password(options.password_file, os.environ)
+        sock = open_connection(options)
+    except (ConnectError, LoginError) as exc:
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    try:
+        received = log_in(sock, password) if password is not None else b""
+        console = open_console(timestamps=options.timestamps, environ=os.environ)
+    except (ConnectError, LoginError) as exc:
+        sock.close()
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        sock.close()
+        print(f"connection lost: {describe(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        sock.close()
+        return 130
     # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
     signal.signal(signal.SIGTERM, _interrupt)
-    return Session(sock, console, options.name, options.quit_timeout, options.keepalive).run()
+    return Session(
+        sock, console, options.name, options.quit_timeout, options.keepalive, received
+    ).run()
+
+
+def open_connection(options: Options) -> socket.socket:
+    """The connected socket the session speaks plain lines on (TLS bridged, if asked).
+
+    Error handling: anything that keeps the connection from being made, its TLS
+    handshake included, is a `ConnectError` in one line.
+    """
+    context = None
+    if options.tls:
+        from chatbox.client.tls import client_context
+
+        context = client_context(options.tls_ca, options.tls_insecure)
+    sock = connect(options.host, options.port)
+    if context is None:
+        return sock
+    from chatbox.client.tls import secure
+
+    return secure(sock, options.host, options.port, context)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

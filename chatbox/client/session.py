@@ -107,8 +107,12 @@ class Session:
         name: str | None,
         quit_timeout: float = QUIT_TIMEOUT,
         keepalive: float = KEEPALIVE_INTERVAL,
+        received: bytes = b"",
     ) -> None:
+        """``received``: what the server said before the session began (while logging
+        in), shown first."""
         self.sock = sock
+        self._received = received
         self.console = console
         self.name = name
         self.quit_timeout = quit_timeout
@@ -260,12 +264,15 @@ class Session:
 
     def _receive_until_closed(self) -> None:
         partial = b""
+        data = self._received
         try:
             while True:
-                data = self.sock.recv(RECV_SIZE)
                 if not data:
-                    break
+                    data = self.sock.recv(RECV_SIZE)
+                    if not data:
+                        break
                 partial += data
+                data = b""
                 cut = partial.rfind(b"\n") + 1
                 if cut == 0 and len(partial) > MAX_PARTIAL:
                     partial += b"\n"

@@ -19,6 +19,7 @@ from chatbox.argtypes import listening_port, non_negative_int, positive_float, p
 from chatbox.server import admission, flood
 from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
+from chatbox.server.gate import PASSWORD_ENV, PasswordError, read_secret
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
@@ -32,13 +33,22 @@ if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
-from chatbox.server.worker import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, InputTimeouts
+from chatbox.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig, TlsSetupError, server_context
+from chatbox.server.worker import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
+    InputTimeouts,
+    WorkerConfig,
+)
 
 DEFAULT_PORT = 4242
 
 # Descriptors the hub needs per client: the client socket and its channel end (plus, in
 # thread mode, the worker's channel end, which lives in the same process).
 FDS_PER_CLIENT = {"fork": 2, "thread": 3}
+# With TLS, the relay socketpair: the hub's end (and in thread mode the worker's too);
+# the hub still holds the TCP socket, to close it last.
+TLS_FDS_PER_CLIENT = {"fork": 1, "thread": 2}
 # stdio, the listener, the selector, wakeup sockets, logging, imports; and the refused
 # connections being closed gracefully.
 FDS_SPARE = 64 + MAX_FAREWELLS
@@ -140,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flood_options(parser)
     add_admission_options(parser)
+    add_security_options(parser)
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -288,6 +299,49 @@ def admission_rules(args: argparse.Namespace) -> admission.AdmissionRules:
     )
 
 
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS and password")
+    group.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS (1.2 or later) with this certificate chain (PEM); needs --tls-key",
+    )
+    group.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    group.add_argument(
+        "--tls-handshake-timeout",
+        type=positive_float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="a client that has not completed its TLS handshake by then is closed "
+        f"(default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="clients must send '/pass PASSWORD' first; the password is the file's first "
+        f"line (without this, the {PASSWORD_ENV} environment variable, if set)",
+    )
+
+
+def worker_config(args: argparse.Namespace) -> WorkerConfig:
+    """What every worker needs, from the options: TLS context, password.
+
+    Error handling: unusable TLS files or password are a `TlsSetupError` or
+    `PasswordError` whose message is one line.
+    """
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise TlsSetupError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert is not None:
+        tls = TlsConfig(server_context(args.tls_cert, args.tls_key), args.tls_handshake_timeout)
+    return WorkerConfig(
+        args.max_line,
+        InputTimeouts(args.idle_timeout, args.line_timeout),
+        tls,
+        read_secret(args.password_file),
+    )
+
+
 def non_negative_float(text: str) -> float:
     value = float(text) if text.replace(".", "", 1).isdigit() else -1.0
     if value < 0:
@@ -342,16 +396,24 @@ def main(argv: list[str] | None = None) -> int:
         # that runs threads can leave a worker holding a lock nobody will release.
         print("chatbox-server: --cluster runs in --mode thread only", file=sys.stderr)
         return 2
+    try:
+        workers = worker_config(args)
+    except (TlsSetupError, PasswordError) as exc:
+        print(f"chatbox-server: {exc}", file=sys.stderr)
+        return 2
     cluster = None
     if args.cluster:
         cluster = connect_cluster(args.cluster, args.cluster_lease)
         if cluster is None:
             return 1
-    needed = args.max_clients * FDS_PER_CLIENT[args.mode] + FDS_SPARE
+    per_client = FDS_PER_CLIENT[args.mode]
+    if workers.tls is not None:
+        per_client += TLS_FDS_PER_CLIENT[args.mode]
+    needed = args.max_clients * per_client + FDS_SPARE
     have = raise_fd_limit(needed)
     max_clients = args.max_clients
     if have < needed:
-        max_clients = max(1, (have - FDS_SPARE) // FDS_PER_CLIENT[args.mode])
+        max_clients = max(1, (have - FDS_SPARE) // per_client)
         print(
             f"chatbox-server: the descriptor limit (RLIMIT_NOFILE {have}) allows only "
             f"{max_clients} of --max-clients {args.max_clients}; raise it with 'ulimit -n'",
@@ -372,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     # server's workers log at the level set at that moment.
     logging.getLogger().setLevel(args.log_level.upper())
     # Before the announcement: a server that says it listens can start workers.
-    launcher = make_launcher(
-        args.mode, args.max_line, InputTimeouts(args.idle_timeout, args.line_timeout)
-    )
+    launcher = make_launcher(args.mode, workers)
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
     config = HubConfig(
+        tls=workers.tls is not None,
+        password=workers.password is not None,
         max_line=args.max_line,
         sendq=args.sendq,
         max_clients=max_clients,

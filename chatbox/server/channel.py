@@ -2,8 +2,10 @@
 
 A worker passes its client's sanitised lines up one end of a socketpair, and in the
 same stream its own notes: that a line was too long, that the client closed or reset
-the connection. A note is a line that starts with NUL, a byte no sanitised line can
-contain (the protocol replaces it), so lines and notes need no framing beyond LF and
+the connection, and - for a connection that must pass a TLS handshake or the password
+gate before it enters the room - that it passed (ready) or gave a wrong password. A
+note is a line that starts with NUL, a byte no sanitised line can contain (the
+protocol replaces it), so lines and notes need no framing beyond LF and
 keep their order. The format is private to this pair: the worker writes with
 `encode_event` and `end_note`, the hub reads with a `ChannelReader`, and the room only ever
 sees what the reader decoded.
@@ -26,6 +28,8 @@ _CLOSED = b"closed"
 _RESET = b"reset"
 _IDLE = b"idle"
 _UNFINISHED = b"unfinished"
+_READY = b"ready"
+_REFUSED = b"refused"
 
 # Why a connection ended, as the room tells the others.
 _REASONS = {_CLOSED: "connection closed", _RESET: "connection reset"}
@@ -58,6 +62,17 @@ def timeout_note(idle: bool) -> bytes:
     return _note(_IDLE if idle else _UNFINISHED)
 
 
+def ready_note() -> bytes:
+    """The client passed the handshake and the gate: it may enter the room now. What
+    follows in the stream are its lines in the room."""
+    return _note(_READY)
+
+
+def refused_note() -> bytes:
+    """The client's first line was not the password; the worker reads no more of it."""
+    return _note(_REFUSED)
+
+
 # --- the hub's side ----------------------------------------------------------------------
 
 
@@ -87,7 +102,18 @@ _TIMEOUTS = {
     _UNFINISHED: TimedOut("unfinished line", protocol.UNFINISHED_LINE),
 }
 
-ChannelEvent = protocol.Lines | LineDropped | Ended | TimedOut
+
+@dataclass(frozen=True)
+class Ready:
+    """The client may enter the room (handshake and password passed)."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The client did not give the password; it waits for its verdict, then goes."""
+
+
+ChannelEvent = protocol.Lines | LineDropped | Ended | TimedOut | Ready | Refused
 
 
 class ChannelReader:
@@ -124,9 +150,13 @@ class ChannelReader:
         return events
 
     @staticmethod
-    def _decode_note(kind: bytes) -> LineDropped | Ended | TimedOut:
+    def _decode_note(kind: bytes) -> LineDropped | Ended | TimedOut | Ready | Refused:
         if kind == _TOO_LONG:
             return LineDropped()
         if kind in _TIMEOUTS:
             return _TIMEOUTS[kind]
+        if kind == _READY:
+            return Ready()
+        if kind == _REFUSED:
+            return Refused()
         return Ended(_REASONS.get(kind, _UNKNOWN_END))

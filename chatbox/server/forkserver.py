@@ -9,7 +9,8 @@ cheap to fork (a small address space) and owning nothing of the hub's.
 
 How: the hub and the fork server share one Unix ``SOCK_SEQPACKET`` socketpair (each
 message arrives whole). For each new client the hub sends the client socket and the
-worker's end of its channel (SCM_RIGHTS, `socket.send_fds`); the fork server forks a
+worker's end of its channel (and, with TLS, the worker's end of the relay the hub
+writes the client's output to) (SCM_RIGHTS, `socket.send_fds`); the fork server forks a
 worker that serves them, closes its own copies and answers with the worker's pid (or
 the errno of a failed fork). It reaps its workers and tells the hub each one's end, so
 the hub knows which pids still live. The hub learns that a worker's *client* is done
@@ -30,7 +31,8 @@ Linux allows - reaps and, at shutdown, kills the orphaned workers itself.
 Wire format (both directions): one `struct` ``=cIq`` message per packet - a kind, a
 request number and a value:
 
-- hub -> fork server: ``S`` (start; the value is unused, two descriptors ride along),
+- hub -> fork server: ``S`` (start; the value is unused, two or three descriptors ride
+  along: client, channel, relay),
   ``Q`` (quit; the value is the milliseconds it may wait for its workers);
 - fork server -> hub: ``R`` (ready, once, first), ``P`` (started: the value is the
   pid), ``E`` (not started: the value is the errno), ``X`` (a worker ended: the value
@@ -80,7 +82,9 @@ _HUB_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 
-Serve = Callable[[socket.socket, socket.socket], None]
+# A worker's sockets: the client, its channel to the hub and, with TLS, its relay.
+Sockets = tuple[socket.socket, socket.socket, socket.socket | None]
+Serve = Callable[[socket.socket, socket.socket, socket.socket | None], None]
 
 
 class ForkServerGone(OSError):
@@ -146,21 +150,21 @@ class ForkServer:
         """It has died or was given up on: it starts no more workers."""
         return bool(self._gone)
 
-    def start(self, pairs: Sequence[tuple[socket.socket, socket.socket]]) -> list[OSError | None]:
-        """Fork a worker for each (client, channel) pair; for each, None if it started,
-        or why not.
+    def start(self, pairs: Sequence[Sockets]) -> list[OSError | None]:
+        """Fork a worker for each (client, channel, relay); for each, None if it
+        started, or why not.
 
         All requests go out first, then the answers are collected: the fork server
         forks one worker after the other while the hub waits once for the lot - in a
         connection storm, once per accept batch instead of once per client.
         """
         sent: list[int] = []
-        for client, channel in pairs:
+        for sockets in pairs:
             if self._gone:
                 break
             self._requests = (self._requests + 1) & 0xFFFFFFFF
             message = _MESSAGE.pack(_START, self._requests, 0)
-            if self._send(message, [client.fileno(), channel.fileno()]):
+            if self._send(message, [s.fileno() for s in sockets if s is not None]):
                 sent.append(self._requests)
         answers: dict[int, OSError | None] = {}
         deadline = time.monotonic() + ANSWER_TIMEOUT
@@ -456,7 +460,7 @@ class _Loop:
     def _take_requests(self) -> None:
         while self._quit_at is None:
             try:
-                data, fds, _, _ = socket.recv_fds(self._ctl, _MESSAGE.size, 2)
+                data, fds, _, _ = socket.recv_fds(self._ctl, _MESSAGE.size, 3)
             except BlockingIOError:
                 return
             except OSError:
@@ -473,32 +477,33 @@ class _Loop:
                     os.close(fd)
                 self._quit_at = time.monotonic() + value / 1000
                 return
-            if kind == _START and len(fds) == 2:
-                self._fork(number, fds[0], fds[1])
+            if kind == _START and len(fds) in (2, 3):
+                self._fork(number, fds)
             else:
                 for fd in fds:
                     os.close(fd)
 
-    def _fork(self, request: int, client_fd: int, channel_fd: int) -> None:
+    def _fork(self, request: int, fds: list[int]) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(client_fd)
-            os.close(channel_fd)
+            for fd in fds:
+                os.close(fd)
             self._report(_FAILED, request, exc.errno or errno.EAGAIN)
             return
         if pid == 0:  # the worker
             status = 1
             try:
-                _become_worker(client_fd, channel_fd)
-                self._serve(socket.socket(fileno=client_fd), socket.socket(fileno=channel_fd))
+                _become_worker(fds)
+                client, channel, *relay = (socket.socket(fileno=fd) for fd in fds)
+                self._serve(client, channel, relay[0] if relay else None)
                 status = 0
             except BaseException:  # the child must reach os._exit, whatever happened
                 log.exception("worker failed")
             finally:
                 os._exit(status)
-        os.close(client_fd)
-        os.close(channel_fd)
+        for fd in fds:
+            os.close(fd)
         self._live.add(pid)
         self._report(_STARTED, request, pid)
 
@@ -538,11 +543,11 @@ class _Loop:
             del self._outbox[0]
 
 
-def _become_worker(client_fd: int, channel_fd: int) -> None:
-    """Turn a fresh fork of the fork server into a worker owning only its two sockets."""
+def _become_worker(fds: list[int]) -> None:
+    """Turn a fresh fork of the fork server into a worker owning only its sockets."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # SIGINT, SIGTERM and SIGHUP stay ignored (inherited): the hub ends workers.
-    _keep_only([client_fd, channel_fd])
+    _keep_only(fds)
     _set_comm(WORKER_COMM)
     gc.freeze()

@@ -27,6 +27,12 @@ Lifecycle of a client, as the hub sees it (`chatbox.server.link` owns the states
 
 Every event looks at the link's state first: an event for a link past the step it
 belongs to (a writable socket of a link that is already GONE) is ignored.
+
+With TLS or a password (``HubConfig.tls``, ``HubConfig.password``) a client first WAITs
+outside the room until its worker says it is ready (handshake and password passed); a
+wrong password is answered after a delay that grows per address (`gate.Penalties`), on
+the loop's timer. With TLS the hub writes a client's output to its relay socket, which
+the worker encrypts (`chatbox.server.tls`); the hub cannot tell the difference.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
-from chatbox.server.channel import ChannelEvent, LineDropped, TimedOut
+from chatbox.server.channel import ChannelEvent, LineDropped, Ready, Refused, TimedOut
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
+from chatbox.server.forkserver import Sockets
+from chatbox.server.gate import Penalties
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
@@ -99,6 +107,15 @@ class HubConfig:
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
     flood: FloodLimits = field(default_factory=FloodLimits)
     admission: AdmissionRules = field(default_factory=AdmissionRules)
+    # Workers speak TLS: each client's output goes to a relay socket its worker encrypts.
+    tls: bool = False
+    # Clients must give the password (their workers judge it) before they enter.
+    password: bool = False
+
+    @property
+    def gated(self) -> bool:
+        """Whether a client enters the room only once its worker says it is ready."""
+        return self.tls or self.password
 
 
 def keep_alive(client: socket.socket) -> None:
@@ -148,6 +165,9 @@ class Hub:
         # when), or holding commands whose replies wait for room in its queue.
         self._throttled: dict[int, tuple[float, Link]] = {}
         self._held: dict[int, Link] = {}
+        # Wrong passwords waiting for their verdict (until when), and the delays per address.
+        self._verdicts: dict[int, tuple[float, Link]] = {}
+        self._penalties = Penalties()
         self._stopping = False
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
@@ -205,6 +225,8 @@ class Hub:
             self._tick()
         if self._throttled:
             self._end_throttles()
+        if self._verdicts:
+            self._give_verdicts()
         self._flush()
         if self._held:
             self._release_held()
@@ -226,6 +248,8 @@ class Hub:
         if self._waiting and self._config.stall_timeout:
             moved = next(iter(self._waiting.values())).moved_at
             deadlines.append(moved + self._config.stall_timeout)
+        if self._verdicts:
+            deadlines.append(min(at for at, _ in self._verdicts.values()))
         if any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -241,6 +265,9 @@ class Hub:
         self._selector.unregister(self._listener)
         self._listener.close()
         self._room.close()
+        for link in list(self._links.values()):
+            if link.state is State.WAITING:
+                self.dismiss(link.id)  # not in the room: nothing to tell it
         # Ending workers must be seen ending: read every channel again.
         for link in [*self._paused.values(), *self._held.values()]:
             link.reading = True
@@ -301,7 +328,7 @@ class Hub:
 
     def _accept(self) -> None:
         self._storm = True  # unless the backlog runs dry below
-        fresh: list[tuple[socket.socket, Ticket]] = []
+        fresh: list[tuple[socket.socket, object, Ticket]] = []
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 client, address = self._listener.accept()
@@ -330,7 +357,7 @@ class Hub:
                 # already one batch per turn: Nagle's delay would only add latency.
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             keep_alive(client)
-            fresh.append((client, ticket))
+            fresh.append((client, address, ticket))
         if fresh:
             self._admit(fresh)
 
@@ -344,36 +371,62 @@ class Hub:
         else:
             client.close()
 
-    def _admit(self, clients: list[tuple[socket.socket, Ticket]]) -> None:
+    def _admit(self, clients: list[tuple[socket.socket, object, Ticket]]) -> None:
         """Start a worker for each new client - all at once, which the fork server does
-        in one go - and let those that got one into the room, in the order they came."""
-        starting: list[tuple[Link, socket.socket]] = []
-        for client, ticket in clients:
+        in one go - and let those that got one into the room, in the order they came
+        (with TLS or a password: once their worker says they passed)."""
+        starting: list[tuple[Link, Sockets]] = []
+        for client, address, ticket in clients:
+            relay: tuple[socket.socket, socket.socket] | None = None
             try:
                 hub_end, worker_end = socket.socketpair()
+                if self._config.tls:
+                    try:
+                        # The hub writes to its end as to the client; the worker encrypts.
+                        relay = socket.socketpair()
+                    except OSError:
+                        hub_end.close()
+                        worker_end.close()
+                        raise
             except OSError as exc:
                 log.error("cannot start a worker: %s", exc)
                 self._admission.release(ticket)
                 client.close()
                 continue
             hub_end.setblocking(False)
-            starting.append((Link(next(self._ids), client, hub_end, ticket=ticket), worker_end))
-        results = self._launcher.start_all([(link.client, end) for link, end in starting])
-        for (link, worker_end), error in zip(starting, results, strict=True):
+            if relay is None:
+                link = Link(next(self._ids), client, hub_end, ticket=ticket)
+            else:
+                relay[0].setblocking(False)
+                link = Link(next(self._ids), relay[0], hub_end, raw=client, ticket=ticket)
+            if isinstance(address, tuple) and address:
+                link.address = str(address[0])
+            starting.append((link, (client, worker_end, relay[1] if relay else None)))
+        results = self._launcher.start_all([sockets for _, sockets in starting])
+        for (link, (client, worker_end, worker_relay)), error in zip(
+            starting, results, strict=True
+        ):
             if error is not None:
                 # Out of processes or threads: this one client is refused, everyone else
-                # goes on. It may be told (best effort: its socket is fresh and empty).
+                # goes on. It may be told (best effort: its socket is fresh and empty; a
+                # TLS client sees a plain line where it expected a handshake, and an end).
                 log.error("cannot start a worker: %s", error)
                 worker_end.close()
                 link.channel.close()
+                if worker_relay is not None:
+                    worker_relay.close()
+                    link.client.close()
                 self._admission.release(link.ticket)
-                self._farewells.add(link.client, protocol.SERVER_BUSY)
+                self._farewells.add(client, protocol.SERVER_BUSY)
                 continue
+            if self._config.gated:
+                link.state = State.WAITING
             if self._config.flood.enabled:
                 link.bucket = FloodBucket(self._config.flood, time.monotonic())
             self._links[link.id] = link
             self._selector.register(link.channel, _READ, link)
-            self._room.join(link.id)
+            if link.state is State.OPEN:
+                self._room.join(link.id)
 
     def _read(self, link: Link) -> None:
         try:
@@ -419,6 +472,11 @@ class Hub:
                 self._room.line_too_long(link.id)
             elif isinstance(event, TimedOut):
                 self._timed_out(link, event)
+            elif isinstance(event, Ready):
+                if link.admit():
+                    self._room.join(link.id)
+            elif isinstance(event, Refused):
+                self._refused(link)
             else:
                 # The client has gone: what is queued for it still goes out, then it is shut.
                 self._room.leave(link.id, event.reason)
@@ -452,12 +510,15 @@ class Hub:
         self._throttled.pop(link.id, None)
         self._held.pop(link.id, None)
         self._waiting.pop(link.id, None)
+        self._verdicts.pop(link.id, None)
         link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
             sock.close()
+        if link.raw is not None:
+            link.raw.close()
 
     # --- Postbox: what the room calls ---------------------------------------------------
 
@@ -563,6 +624,25 @@ class Hub:
             released = True
         if released:
             self._flush()
+
+    # --- the password gate ---------------------------------------------------------------
+
+    def _refused(self, link: Link) -> None:
+        """A wrong password: its verdict waits, longer for each failure from its address."""
+        if link.state is not State.WAITING:
+            return
+        now = time.monotonic()
+        delay = self._penalties.fail(link.address, now)
+        log.warning("wrong password from %s", link.address or "a client")
+        self._verdicts[link.id] = (now + delay, link)
+
+    def _give_verdicts(self) -> None:
+        now = time.monotonic()
+        for member_id, (at, link) in list(self._verdicts.items()):
+            if at <= now:
+                del self._verdicts[member_id]
+                if link.leave():
+                    self.post((link.id,), protocol.WRONG_PASSWORD)
 
     # --- slow readers -------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from chatbox.server.forkserver import ForkServer
-from chatbox.server.worker import InputTimeouts, serve_connection
+from chatbox.server.forkserver import ForkServer, Sockets
+from chatbox.server.worker import WorkerConfig, serve_connection
 
 log = logging.getLogger("chatbox.launcher")
 
@@ -41,33 +41,35 @@ class Launcher(abc.ABC):
 
     mode: str
 
-    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
-        self.max_line = max_line
-        self.timeouts = timeouts or InputTimeouts()
+    def __init__(self, config: WorkerConfig) -> None:
+        # What every worker is given (line limit, TLS context, password): the same for
+        # all, so it is held here rather than passed with each client.
+        self.config = config
 
     @abc.abstractmethod
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
-        """Serve ``client`` in a new worker talking to the hub over ``channel``.
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
+        """Serve ``client`` in a new worker talking to the hub over ``channel`` (and,
+        with TLS, taking the client's output from ``relay``).
 
-        Resource handling: the worker owns ``channel`` from here on (the launcher closes
-        the hub's copy where the mode makes one). The hub keeps ``client`` and closes it
-        when the worker's channel reports the end.
+        Resource handling: the worker owns ``channel`` and ``relay`` from here on (the
+        launcher closes the hub's copies where the mode makes them). The hub keeps
+        ``client`` and closes it when the worker's channel reports the end.
 
         Error handling: a worker that cannot start (no process or thread to be had: a
         pids or tasks limit, memory) raises `OSError` in either mode, and nothing was
         started; the caller still owns ``channel`` then, and refuses this one client.
         """
 
-    def start_all(
-        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
-    ) -> list[OSError | None]:
-        """`start` for each (client, channel) pair, in order: for each, None if its
+    def start_all(self, workers: Sequence[Sockets]) -> list[OSError | None]:
+        """`start` for each (client, channel, relay), in order: for each, None if its
         worker started, or the `OSError` `start` would have raised. A mode that starts
         many workers at once more cheaply than one by one overrides this."""
         results: list[OSError | None] = []
-        for client, channel in pairs:
+        for client, channel, relay in workers:
             try:
-                self.start(client, channel)
+                self.start(client, channel, relay)
             except OSError as exc:
                 results.append(exc)
             else:
@@ -93,8 +95,8 @@ class ForkLauncher(Launcher):
 
     mode = "fork"
 
-    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
-        super().__init__(max_line, timeouts)
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(config)
         # Last, so that the fork server - and through it every worker - inherits
         # everything this launcher was configured with, and nothing the hub allocates.
         self._server = ForkServer(self._serve)
@@ -118,22 +120,26 @@ class ForkLauncher(Launcher):
             log.warning("made a new fork server (pid %d)", self._server.pid)
         return self._server
 
-    def _serve(self, client: socket.socket, channel: socket.socket) -> None:
+    def _serve(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None
+    ) -> None:
         """What each worker process runs."""
-        serve_connection(client, channel, self.max_line, self.timeouts)
+        serve_connection(client, channel, self.config, relay)
 
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
-        (error,) = self.start_all([(client, channel)])
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
+        (error,) = self.start_all([(client, channel, relay)])
         if error is not None:
             raise error
 
-    def start_all(
-        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
-    ) -> list[OSError | None]:
-        results = self._fork_server().start(pairs)
-        for (_, channel), error in zip(pairs, results, strict=True):
+    def start_all(self, workers: Sequence[Sockets]) -> list[OSError | None]:
+        results = self._fork_server().start(workers)
+        for (_, channel, relay), error in zip(workers, results, strict=True):
             if error is None:
                 channel.close()
+                if relay is not None:
+                    relay.close()
         return results
 
     def reap(self) -> None:
@@ -152,22 +158,24 @@ class ForkLauncher(Launcher):
 class ThreadLauncher(Launcher):
     mode = "thread"
 
-    def __init__(self, max_line: int, timeouts: InputTimeouts | None = None) -> None:
-        super().__init__(max_line, timeouts)
+    def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(config)
         # Live workers, counted by the workers themselves, so the hub can wait for
         # them at shutdown without holding a Thread object per client.
         self._live = 0
         self._ended = threading.Condition()
         threading.stack_size(THREAD_STACK_SIZE)
 
-    def start(self, client: socket.socket, channel: socket.socket) -> None:
+    def start(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+    ) -> None:
         # The low-level start, not threading.Thread.start: that one waits until the
         # new thread has run, which takes a GIL hand-off per client (up to the 5 ms
         # switch interval while the hub is busy) - most of a 5,000-client storm's time.
         with self._ended:
             self._live += 1
         try:
-            _thread.start_new_thread(self._run, (client, channel))
+            _thread.start_new_thread(self._run, (client, channel, relay))
         except RuntimeError as exc:
             # What the system refusing a thread (EAGAIN from pthread_create) raises:
             # the same condition fork reports as OSError.
@@ -175,9 +183,11 @@ class ThreadLauncher(Launcher):
                 self._live -= 1
             raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from None
 
-    def _run(self, client: socket.socket, channel: socket.socket) -> None:
+    def _run(
+        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None
+    ) -> None:
         try:
-            serve_connection(client, channel, self.max_line, self.timeouts)
+            serve_connection(client, channel, self.config, relay)
         finally:
             with self._ended:
                 self._live -= 1
@@ -190,11 +200,11 @@ class ThreadLauncher(Launcher):
                 log.warning("%d worker threads did not end in time", self._live)
 
 
-def make_launcher(mode: str, max_line: int, timeouts: InputTimeouts | None = None) -> Launcher:
+def make_launcher(mode: str, config: WorkerConfig) -> Launcher:
     if mode == "fork":
         if not hasattr(os, "fork"):
             raise ValueError("fork mode needs os.fork, which this platform lacks")
-        return ForkLauncher(max_line, timeouts)
+        return ForkLauncher(config)
     if mode == "thread":
-        return ThreadLauncher(max_line, timeouts)
+        return ThreadLauncher(config)
     raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")

@@ -6,11 +6,16 @@ to, read from, shut down, closed?", so an event that arrives late - a socket rep
 writable in the same select batch in which its worker ended - finds the link already
 past the point where that event means anything, and is ignored::
 
-    OPEN ----dismiss----> LEAVING ----queue flushed----> SHUT ----channel ends----> GONE
-      |                                                   ^                          ^
-      +---------cut off (too slow), send failed-----------+                          |
-      +----------------worker ended (channel closed) before anything else------------+
+    WAITING --ready--> OPEN --dismiss--> LEAVING --queue flushed--> SHUT --channel ends--> GONE
+       |                 |                    ^                        ^                     ^
+       +--refused, gone--)--------------------+                        |                     |
+                         +----cut off (too slow), send failed----------+                     |
+                         +----------worker ended (channel closed) before anything else-------+
 
+- WAITING: accepted, not yet in the room: its worker is doing the TLS handshake or
+  waiting for the password (only with `--tls-cert` or `--password-file`; a plain,
+  open server's links start OPEN). Nothing is sent to it; its channel is read for the
+  ready note. A wrong password takes it to LEAVING with its verdict queued.
 - OPEN: in the room; what is posted is queued and sent; its channel is read.
 - LEAVING: out of the room (quit, connection closed, server closing); what is queued
   still goes out (the room posts nothing new to a non-member); then it is shut.
@@ -34,6 +39,7 @@ from chatbox.server.flood import FloodBucket
 
 
 class State(enum.Enum):
+    WAITING = 0
     OPEN = 1
     LEAVING = 2
     SHUT = 3
@@ -57,6 +63,11 @@ class Link:
     want_write: bool = False  # its client socket, while output waits for room
     moved_at: float = 0.0  # while it waits: when its queue last moved
     bucket: FloodBucket | None = None  # its flood allowance (None: flood control off)
+    # With TLS, ``client`` is the hub's end of the relay to the worker, and this is the
+    # TCP connection itself: the worker speaks TLS on it; the hub holds it only to close
+    # it last, after the worker's channel end (as it does a plain client's socket).
+    raw: socket.socket | None = None
+    address: str = ""  # the client's IP address (the password gate's penalties)
     # What it sent that waits for room in its own queue (commands whose replies would
     # not fit); its channel is not read meanwhile.
     held: list[ChannelEvent] = field(default_factory=list)
@@ -72,16 +83,24 @@ class Link:
     def gone(self) -> bool:
         return self.state is State.GONE
 
+    def admit(self) -> bool:
+        """WAITING -> OPEN: it enters the room."""
+        if self.state is not State.WAITING:
+            return False
+        self.state = State.OPEN
+        return True
+
     def leave(self) -> bool:
-        """OPEN -> LEAVING: flush what is queued, then shut."""
-        if self.state is not State.OPEN:
+        """OPEN or WAITING -> LEAVING: flush what is queued, then shut."""
+        if self.state is not State.OPEN and self.state is not State.WAITING:
             return False
         self.state = State.LEAVING
         return True
 
     def shut(self) -> bool:
-        """OPEN or LEAVING -> SHUT: nothing more is sent; the caller shuts the sockets down."""
-        if not self.sending:
+        """WAITING, OPEN or LEAVING -> SHUT: nothing more is sent; the caller shuts the
+        sockets down."""
+        if not self.sending and self.state is not State.WAITING:
             return False
         self.state = State.SHUT
         self.sendq.clear()

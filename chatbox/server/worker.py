@@ -7,6 +7,12 @@ hub writes to the client itself. So a worker holds no shared state at all, and t
 function serves in both concurrency modes.
 
 When the hub shuts its end of the channel down, the worker's job is over.
+
+A connection behind the password gate (`chatbox.server.gate`) is first told
+`* password required` and its first line judged here, before anything reaches the
+room; with TLS (`chatbox.server.tls`) the worker also speaks TLS to its client and
+relays the hub's output to it. Either way the hub learns over the channel when the
+client may enter the room (a ready note). Without both, nothing of it runs.
 """
 
 from __future__ import annotations
@@ -16,9 +22,20 @@ import select
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import encode_event, end_note, timeout_note
+from chatbox.server.channel import (
+    encode_event,
+    end_note,
+    ready_note,
+    refused_note,
+    timeout_note,
+)
+from chatbox.server.gate import LOGIN_TIMEOUT, Login
+
+if TYPE_CHECKING:
+    from chatbox.server.tls import TlsConfig
 
 log = logging.getLogger("chatbox.worker")
 
@@ -44,6 +61,16 @@ class InputTimeouts:
 
     idle: float = DEFAULT_IDLE_TIMEOUT
     line: float = DEFAULT_LINE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker is given, the same for all (the launcher holds it)."""
+
+    max_line: int = protocol.DEFAULT_MAX_LINE
+    timeouts: InputTimeouts = InputTimeouts()  # frozen: one instance is shared safely
+    tls: TlsConfig | None = None  # speak TLS to the client (and relay the hub's output)
+    password: bytes | None = None  # the first line must be `/pass` this
 
 
 class _Waiter:
@@ -101,19 +128,22 @@ class _Waiter:
 def serve_connection(
     client: socket.socket,
     channel: socket.socket,
-    max_line: int,
-    timeouts: InputTimeouts = InputTimeouts(),  # frozen: one instance is shared safely
+    config: WorkerConfig,
+    relay: socket.socket | None = None,
 ) -> None:
     """Pass what one client sends up to the hub until the hub shuts the channel down.
+
+    With TLS (``config.tls``), ``relay`` is the worker's end of the socketpair the hub
+    writes this client's output to; `chatbox.server.tls.serve_tls` serves it instead.
 
     Both sockets are non-blocking and waited on together. Lines for the hub that do not
     fit in the channel wait here, and meanwhile the client is not read (TCP holds it
     back): that is how a hub that pauses its input slows the senders down. While it
     does, the client's timeouts do not run: the wait is the server's, not the client's.
 
-    A client silent for ``timeouts.idle``, or with a line begun and not finished within
-    ``timeouts.line``, is reported to the hub, which tells it and the room and ends it;
-    meanwhile what it still sends is read and thrown away, so that closing the socket
+    A client silent for ``config.timeouts.idle``, or with a line begun and not finished
+    within ``config.timeouts.line``, is reported to the hub, which tells it and the room
+    and ends it; meanwhile what it still sends is read and thrown away, so that closing the socket
     does not reset the connection before the client has read why.
 
     Resource handling: on return the client socket is shut down (the client sees the
@@ -125,9 +155,15 @@ def serve_connection(
     note in the line stream; the hub decides what the room hears. Nothing the client
     sends can raise out of here.
     """
+    if config.tls is not None:
+        from chatbox.server.tls import serve_tls
+
+        assert relay is not None, "a TLS worker needs the hub's output relayed"
+        serve_tls(client, relay, channel, config, config.tls)
+        return
     channel.setblocking(False)
     client.setblocking(False)
-    decoder = protocol.LineDecoder(max_line)
+    decoder = protocol.LineDecoder(config.max_line)
     waiter = _Waiter(client, channel)
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
@@ -135,6 +171,11 @@ def serve_connection(
     heard_at = time.monotonic()  # the client's last bytes (or the hub's last wait)
     line_since: float | None = None  # when the line being received began
     try:
+        if config.password is not None:
+            admitted = _login(client, waiter, decoder, Login(config.password), upward)
+            if admitted is None:
+                return  # the hub is done with this client
+            reading = admitted
         while True:
             now = time.monotonic()
             timeout = None
@@ -143,7 +184,7 @@ def serve_connection(
                 if line_since is not None:
                     line_since = now
             elif reading and not timed_out:
-                expiry = _expiry(heard_at, line_since, timeouts)
+                expiry = _expiry(heard_at, line_since, config.timeouts)
                 if expiry is not None:
                     if expiry <= now:
                         timed_out = True
@@ -207,3 +248,58 @@ def _expiry(heard_at: float, line_since: float | None, timeouts: InputTimeouts) 
     if timeouts.idle:
         return heard_at + timeouts.idle
     return None
+
+
+def _login(
+    client: socket.socket,
+    waiter: _Waiter,
+    decoder: protocol.LineDecoder,
+    login: Login,
+    upward: bytearray,
+) -> bool | None:
+    """The password gate on a plain connection, up to its first line.
+
+    Puts what the hub must hear into ``upward``: the ready note and the client's lines
+    after the password, or the refusal. Returns whether the client may still be read
+    (False after a refusal or the end of its stream), None if the hub ended it first.
+    The hub writes nothing to a client before its ready note, so this may.
+    """
+    # A fresh socket has room for one line; if it has not, the client sees no prompt.
+    try:
+        client.send(protocol.PASSWORD_REQUIRED)
+    except OSError:
+        pass
+    deadline = time.monotonic() + LOGIN_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            try:
+                client.send(protocol.PASSWORD_TIMEOUT)
+            except OSError:
+                pass
+            upward += end_note(False)
+            return False
+        channel_in, _, client_in = waiter.wait(True, False, remaining)
+        if channel_in:
+            return None
+        if not client_in:
+            continue
+        try:
+            data = client.recv(RECV_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            upward += end_note(False)
+            return False
+        verdict, rest = login.feed(decoder.feed(data))
+        if verdict is None:
+            continue
+        if not verdict:
+            upward += refused_note()
+            return False
+        upward += ready_note()
+        for event in rest:
+            upward += encode_event(event)
+        return True

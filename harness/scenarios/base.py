@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import random
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,8 @@ class Options:
     # the name lease they are given (a killed node's clients leave within about it).
     cluster_nodes: int = 0
     cluster_lease: float = 3.0  # s: short for a failover run, long enough for a loaded box
+    # Given to every client, chat or raw: TLS and password (harness.secure).
+    client_options: tuple[str, ...] = ()
 
     @property
     def long_payload(self) -> int:
@@ -161,7 +164,11 @@ class Context:
         host = self.network.client_host(self._count)
         _, address, port = self.target.endpoint(self._count)
         return expand(
-            self.options.client_template, host=address, port=port, python=python_for(host)
+            self.options.client_template,
+            host=address,
+            port=port,
+            python=python_for(host),
+            client_options=" ".join(shlex.quote(o) for o in self.options.client_options),
         )
 
     def party(self, name: str) -> Party:
@@ -187,7 +194,15 @@ class Context:
         ``options`` are rawclient's own (``--rcvbuf``, ``--mss``)."""
         host = self.network.client_host(self._count)
         _, address, port = self.target.endpoint(self._count)
-        argv = [python_for(host), "-m", "harness.rawclient", address, str(port), *options]
+        argv = [
+            python_for(host),
+            "-m",
+            "harness.rawclient",
+            address,
+            str(port),
+            *self.options.client_options,
+            *options,
+        ]
         # This project's server ends the connection on /quit, so the raw client (whose
         # raw terminal passes Ctrl-D on as a byte) exits at once instead of being killed.
         quit_line = "/quit" if self.options.ours else None

@@ -1,0 +1,470 @@
+"""TLS on a real server (`--tls-cert`, `--tls-key`), in both modes, with real TLS clients:
+Python's ssl, `openssl s_client`, `ncat --ssl` and `chatbox-client --tls`.
+
+Certificates are made per test with openssl (tests/tls_certs.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from client_parties import Party, child_env, client_argv
+from live_server import WAIT, Peer, ServerProcess, running_server, send_in_background, wait_until
+from needs import missing
+from tls_certs import make_certificate, tls_peer
+
+from chatbox import protocol
+
+MODES = [
+    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
+    "thread",
+]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    return make_certificate(tmp_path)
+
+
+@pytest.fixture
+def server(mode: str, certificate: tuple[Path, Path]) -> Iterator[ServerProcess]:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--tls-cert", str(cert)]
+    args += ["--tls-key", str(key), "--tls-handshake-timeout", "2"]
+    with running_server(*args) as srv:
+        yield srv
+
+
+@pytest.fixture
+def parties() -> Iterator[list[Party]]:
+    started: list[Party] = []
+    try:
+        yield started
+    finally:
+        for party in started:
+            party.close()
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed")
+    return path
+
+
+def joined(peer: Peer) -> str:
+    """Read ``peer``'s welcome; the name it was given."""
+    line = peer.line()
+    assert line.startswith("* welcome "), line
+    return line.split()[2].rstrip(";")
+
+
+def test_tls_clients_chat_in_order(server: ServerProcess, certificate: tuple[Path, Path]) -> None:
+    alice = tls_peer(server, certificate[0])
+    alice_name = joined(alice)
+    bob = tls_peer(server, certificate[0])
+    bob_name = joined(bob)
+    assert alice.line() == f"* {bob_name} joined"
+    lines = b"".join(b"line %d\n" % i for i in range(3000))
+    alice.send(lines)
+    assert bob.lines(3000) == [f"<{alice_name}> line {i}" for i in range(3000)]
+    bob.send(b"/who\n")
+    assert bob.line() == f"* here (2): {alice_name}, {bob_name}"
+    alice.send(b"/quit\n")
+    assert alice.read_to_eof() == []  # the server ends the TLS stream cleanly
+    assert bob.line() == f"* {alice_name} left (quit)"
+
+
+def test_openssl_s_client_chats(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    openssl = tool("openssl")
+    argv = [openssl, "s_client", "-quiet", "-verify_return_error", "-CAfile"]
+    argv += [str(certificate[0]), "-verify_ip", "127.0.0.1", "-connect", f"127.0.0.1:{server.port}"]
+    party = Party(argv)
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    party.expect(rf"^\* {peer_name} joined$")
+    party.send(b"hello from openssl\n")
+    assert peer.line() == f"<{name}> hello from openssl"
+    peer.send(b"hello to openssl\n")
+    party.expect(rf"^<{peer_name}> hello to openssl$")
+
+
+def test_ncat_ssl_chats(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    ncat = tool("ncat")
+    argv = [ncat, "-4", "--ssl", "--ssl-verify", "--ssl-trustfile", str(certificate[0])]
+    party = Party([*argv, "localhost", str(server.port)])
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    party.send(b"hello from ncat\n")
+    assert peer.line() == f"<{name}> hello from ncat"
+    peer.send(b"hello to ncat\n")
+    party.expect(rf"^<{peer_name}> hello to ncat$")
+    party.close_stdin()  # ncat half-closes; the server ends the connection
+    assert peer.line() == f"* {name} left (connection closed)"
+
+
+def test_chatbox_client_over_tls_delivers_a_whole_pipe(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    peer = tls_peer(server, certificate[0])
+    joined(peer)
+    lines = "".join(f"piped {i}\n" for i in range(2000))
+    proc = subprocess.run(
+        client_argv(str(server.port), "127.0.0.1", "--tls-ca", str(certificate[0])),
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=WAIT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    name = proc.stdout.split()[2].rstrip(";")
+    assert peer.line() == f"* {name} joined"
+    assert peer.lines(2000) == [f"<{name}> piped {i}" for i in range(2000)]
+    assert peer.line() == f"* {name} left (quit)"
+
+
+def test_chatbox_client_over_tls_receives_while_it_types(
+    server: ServerProcess, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    party = Party(client_argv(str(server.port), "localhost", "--tls-ca", str(certificate[0])))
+    parties.append(party)
+    name = party.join()
+    peer = tls_peer(server, certificate[0])
+    peer_name = joined(peer)
+    # Both directions at once through the client's one TLS connection.
+    peer.send(b"".join(b"to you %d\n" % i for i in range(500)))
+    party.send(b"".join(b"to them %d\n" % i for i in range(500)))
+    assert peer.lines(500) == [f"<{name}> to them {i}" for i in range(500)]
+    party.expect(rf"^<{peer_name}> to you 499$")
+    party.close_stdin()
+    assert party.wait()[0] == 0
+
+
+def test_a_plain_text_client_is_told_and_closed_and_others_go_on(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    member = tls_peer(server, certificate[0])
+    member_name = joined(member)
+    plain = server.connect()
+    plain.send(b"hello, anyone?\n")
+    assert plain.read_to_eof() == [protocol.TLS_REQUIRED.decode().rstrip("\n")]
+    newcomer = tls_peer(server, certificate[0])
+    newcomer_name = joined(newcomer)
+    # The plain client never entered the room: the member hears of the newcomer only.
+    assert member.line() == f"* {newcomer_name} joined"
+    newcomer.send(b"/who\n")
+    assert newcomer.line() == f"* here (2): {member_name}, {newcomer_name}"
+
+
+def test_a_silent_client_is_closed_after_the_handshake_timeout(
+    server: ServerProcess, certificate: tuple[Path, Path], mode: str
+) -> None:
+    member = tls_peer(server, certificate[0])
+    member_name = joined(member)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        # The server closes it (the fixture's --tls-handshake-timeout is 2 s).
+        assert silent.recv(100) == b""
+    finally:
+        silent.close()
+    if mode == "fork":
+        wait_until(lambda: len(server.workers()) == 1, "the silent client's worker to end")
+    member.send(b"/who\n")
+    assert member.line() == f"* here (1): {member_name}"
+
+
+def test_a_half_handshake_never_holds_the_room(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        stuck.send(bytes([0x16, 0x03, 0x01]))  # the start of a ClientHello, then nothing
+        alice = tls_peer(server, certificate[0])
+        alice_name = joined(alice)
+        bob = tls_peer(server, certificate[0])
+        joined(bob)
+        alice.send(b"not held up\n")
+        assert bob.line() == f"<{alice_name}> not held up"
+        assert stuck.recv(100) == b""  # then it is closed
+    finally:
+        stuck.close()
+
+
+def test_descriptors_go_back_after_tls_clients_leave(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    first = tls_peer(server, certificate[0])
+    joined(first)  # the hub is serving: its own descriptors are all open
+    baseline = server.open_fds()
+    peers = [tls_peer(server, certificate[0]) for _ in range(10)]
+    for peer in peers:
+        joined(peer)
+    assert server.open_fds() > baseline
+    for peer in peers:
+        peer.close()
+    wait_until(lambda: server.open_fds() == baseline, "the server's descriptors to go back")
+
+
+def test_the_client_refuses_an_untrusted_certificate(server: ServerProcess) -> None:
+    # The system's store does not know the test's self-signed certificate.
+    proc = subprocess.run(
+        client_argv(str(server.port), "127.0.0.1", "--tls"),
+        input="never sent\n",
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=WAIT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cannot connect to 127.0.0.1 port {server.port}: ")
+    assert "certificate is not trusted: self-signed certificate" in proc.stderr
+    assert "--tls-ca" in proc.stderr
+
+
+def test_the_client_refuses_a_certificate_for_another_name(
+    mode: str, tmp_path: Path, parties: list[Party]
+) -> None:
+    cert, key = make_certificate(tmp_path, "elsewhere", "DNS:chat.example.org")
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--tls-cert", str(cert)]
+    with running_server(*args, "--tls-key", str(key)) as srv:
+        proc = subprocess.run(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert "not trusted: ip address mismatch" in proc.stderr.lower()
+        # --tls-insecure takes it anyway (and says nothing).
+        party = Party(client_argv(str(srv.port), "127.0.0.1", "--tls-insecure"))
+        parties.append(party)
+        party.join()
+
+
+def test_the_client_says_when_the_server_does_not_speak_tls(mode: str, tmp_path: Path) -> None:
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode) as srv:
+        proc = subprocess.run(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-insecure"),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    # What the plain server said instead is shown: its welcome.
+    assert f"port {srv.port}: the server answered without TLS: * welcome guest1;" in proc.stderr
+
+
+def test_a_bad_tls_ca_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for ca, why in [(tmp_path / "none.pem", "no such file"), (tmp_path / "junk.pem", "no PEM")]:
+        proc = subprocess.run(
+            client_argv("4242", "127.0.0.1", "--tls-ca", str(ca)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "files, why",
+    [
+        (("missing.crt", "server.key"), "cannot read"),
+        (("server.key", "server.key"), "holds no PEM certificate"),
+        (("server.crt", "server.crt"), "holds no usable PEM private key"),
+        (("server.crt", "other.key"), "does not belong to the certificate"),
+        (("server.crt", None), "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_unusable_certificate_files_are_one_line_and_exit_2(
+    tmp_path: Path, files: tuple[str, str | None], why: str
+) -> None:
+    make_certificate(tmp_path)
+    make_certificate(tmp_path, "other")
+    cert, key = files
+    argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
+    argv += ["--tls-cert", str(tmp_path / cert)]
+    if key is not None:
+        argv += ["--tls-key", str(tmp_path / key)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT, env=child_env())
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # it never listened
+    assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("chatbox-server: ")
+
+
+def test_shutdown_reaches_tls_clients_and_waits_for_no_handshake(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    members = [tls_peer(server, certificate[0]) for _ in range(3)]
+    for member in members:
+        joined(member)
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        stuck.send(bytes([0x16, 0x03, 0x01]))  # a handshake that never goes on
+        members[0].send(b"/who\n")
+        members[0].expect("* here (3)")  # the stuck one is not in the room
+        assert server.terminate() == 0
+        for member in members:
+            assert member.read_to_eof()[-1:] == ["* server shutting down"]
+        assert stuck.recv(100) == b""
+    finally:
+        stuck.close()
+
+
+def test_a_full_tls_server_is_understood_by_the_client(
+    mode: str, certificate: tuple[Path, Path], parties: list[Party]
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        joined(member)
+        proc = subprocess.run(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=WAIT,
+        )
+    # The refusal comes before any TLS (the hub cannot speak it); the client shows it.
+    assert proc.returncode == 1
+    assert proc.stderr.endswith("the server answered without TLS: ! server full (max 1 clients)\n")
+
+
+def test_a_tls_client_that_stops_reading_is_cut_off_alone(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "65536"]
+    args += ["--slow-timeout", "0.5", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with running_server(*args) as srv:
+        raw = socket.socket()
+        # Before connecting: the window it offers is settled in the TCP handshake.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(WAIT)
+        raw.connect(("127.0.0.1", srv.port))
+        context = ssl.create_default_context(cafile=str(cert))
+        sleeper = Peer(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        sleeper_name = joined(sleeper)
+        talker = tls_peer(srv, cert)
+        talker_name = joined(talker)
+        listener = tls_peer(srv, cert)
+        joined(listener)
+        talker.line()  # the listener joined; the sleeper reads nothing any more
+        padding = "." * 500
+        count = 10_000  # 5 MB for the sleeper: more than the relay and sockets hold
+        sending = send_in_background(
+            talker, "".join(f"t{i} {padding}\n" for i in range(count)).encode()
+        )
+        # The listener reads at full speed, so it is never the slow one.
+        got = listener.expect(f"<{talker_name}> t{count - 1} ")
+        sending.join(WAIT)
+        listener.send(b"/who\n")
+        got += listener.expect("* here (2)")
+        assert f"* {sleeper_name} left (too slow)" in got
+        chat = [line for line in got if line.startswith("<")]
+        assert chat == [f"<{talker_name}> t{i} {padding}" for i in range(count - 1)]
+        sleeper.sock.settimeout(WAIT)
+        sleeper.read_to_eof()  # its connection ends: the worker did not hang on to it
+        if mode == "fork":
+            wait_until(lambda: len(srv.workers()) == 2, "the sleeper's worker to end")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_tls_worker_owns_only_its_own_descriptors(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", "fork", "--tls-cert", str(cert)]
+    with running_server(*args, "--tls-key", str(key)) as srv:
+        peers = [tls_peer(srv, cert) for _ in range(3)]
+        for peer in peers:
+            joined(peer)
+        wait_until(lambda: len(srv.workers()) == 3, "three workers")
+
+        def held() -> dict[int, list[str]]:
+            return {pid: os.listdir(f"/proc/{pid}/fd") for pid in srv.workers()}
+
+        # stdin, stdout, stderr, its client, its channel, its relay: nothing of the others.
+        try:
+            wait_until(lambda: all(len(fds) == 6 for fds in held().values()), "workers")
+        except AssertionError:
+            raise AssertionError(f"workers hold more than their own: {held()}") from None
+
+
+def test_a_first_line_sent_with_the_last_handshake_message_is_relayed(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    member = tls_peer(server, certificate[0])
+    joined(member)
+    # A client whose first line leaves in the same segment as its handshake's Finished
+    # (memory BIOs, one send): the worker finds it already inside TLS, where no poll
+    # can see it.
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(b"sent with the handshake\n")
+        sock.sendall(outgoing.read())  # Finished and the line, in one send
+        newcomer = member.line().split()[1]
+        assert member.line() == f"<{newcomer}> sent with the handshake"
+    finally:
+        sock.close()
+
+
+def test_the_client_bridge_delivers_what_came_with_the_handshake(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    from chatbox.client.tls import client_context, secure
+
+    # Over TLS 1.2 the server's welcome tends to arrive with its Finished.
+    for _ in range(5):
+        context = client_context(str(certificate[0]), False)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        sock = secure(raw, "127.0.0.1", server.port, context)
+        sock.settimeout(WAIT)
+        peer = Peer(sock)
+        try:
+            joined(peer)
+        finally:
+            peer.close()
