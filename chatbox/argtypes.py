@@ -9,48 +9,45 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
-    """A whole number of at least 1."""
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}: {value}")
     return value
+
+
+def _finite(text: str, zero_allowed: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+        bound = "of at least 0" if zero_allowed else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}: {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    return _whole(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """A whole number of at least 0 (0 mostly meaning: no limit)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0: {value}")
-    return value
+    return _whole(text, 0)
 
 
 def positive_float(text: str) -> float:
     """A number above 0 (seconds, mostly)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0: {value}")
-    return value
+    return _finite(text, zero_allowed=False)
 
 
 def non_negative_float(text: str) -> float:
     """A number of at least 0 (seconds, mostly; 0 meaning: never)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0: {value}")
-    return value
+    return _finite(text, zero_allowed=True)
 
 
 def listening_port(text: str) -> int:
