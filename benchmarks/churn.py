@@ -35,9 +35,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.daemon import Daemon, Readiness
+from room_load import HOG, percentile, start_server
 
 CHATTER_NETWORK = "127.0.1."  # chatter i comes from 127.0.1.(i + 1): one address each
 CHURNER_ADDRESS = "127.0.0.2"
@@ -70,17 +70,6 @@ while not stop and made + failed < limit and time.monotonic() < until:
 if not made:
     print("going", flush=True)
 print(made, failed, time.monotonic() - start, flush=True)
-"""
-
-
-HOG = """
-import signal, sys, time
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-until = float(sys.argv[1])
-print("going", flush=True)
-while not stop and time.monotonic() < until:
-    pass
 """
 
 
@@ -184,21 +173,6 @@ class Chatters:
         self.selector.close()
         for sock in self.socks:
             sock.close()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def start_server(mode: str, extra: tuple[str, ...]) -> Daemon:
-    argv = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
-    daemon = Daemon(f"server-{mode}", [*argv, "--mode", mode, *extra])
-    daemon.start()
-    daemon.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + 30)
-    return daemon
 
 
 def run_setting(mode: str, setting: str, args: argparse.Namespace) -> list[Phase]:
