@@ -32,7 +32,10 @@ from harness.processes import Lifeline, child_env, end_group, preexec
 ANNOUNCE = re.compile(r"listening on \[?([^\]\s]*)\]?:(\d+)")
 DRAIN_JOIN_S = 5.0  # reading a stopped process's last output must not hang (a grandchild
 # may hold its pipes open); long enough for a loaded machine to read what is there.
-AUTO_GRACE_S = 2.0  # auto readiness: stdout silent this long means "it never announces"
+# Auto readiness: stdout silent this long means "it never announces". Long enough for a
+# server that does announce to get there on a loaded machine (a Python relay at load
+# average 100 took over 2 s, and was probed - and killed by the probe - first).
+AUTO_GRACE_S = 5.0
 PROBE_INTERVAL_S = 0.25  # between port probes: gentle, a probe is a connection it must serve
 HEAD_LINES = 20  # stderr lines a report shows from the start, and as many from the end
 

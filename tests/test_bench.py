@@ -152,10 +152,12 @@ ROTATING_RELAY = textwrap.dedent(
     server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
-    clients, pending = [], {}
+    clients, pending, got = [], {}, {}
     while True:
-        got = {}
-        for key, _ in sel.select():
+        # Lines are held until two senders have some (or 0.2 s pass quietly), so every
+        # flush has two senders to rotate, however the load schedules them.
+        events = sel.select(0.2)
+        for key, _ in events:
             if key.fileobj is server:
                 conn, _ = server.accept()
                 clients.append(conn)
@@ -172,13 +174,16 @@ ROTATING_RELAY = textwrap.dedent(
             pending[conn] += data
             *lines, pending[conn] = pending[conn].split(b"\\n")
             if lines:
-                got[conn] = b"".join(b"<x> " + line + b"\\n" for line in lines)
+                got[conn] = got.get(conn, b"") + b"".join(b"<x> " + l + b"\\n" for l in lines)
+        if len(got) < 2 and events:
+            continue
         senders = list(got)
         for r, receiver in enumerate(clients):
             k = r % len(senders) if senders else 0
             for sender in senders[k:] + senders[:k]:
                 if sender is not receiver:
                     receiver.sendall(got[sender])
+        got = {}
     """
 )
 

@@ -140,7 +140,10 @@ def test_another_implementation_ncat_chat_is_held_to_the_same_checks(tmp_path: P
         "--server-cmd", "ncat -l --chat {host} {port}", "--client-cmd", "ncat {host} {port}",
     )  # fmt: skip
     assert out.code == 1, out.stdout + out.stderr
-    assert {"payload intact"} <= out.failed() <= {"payload intact", "no loss"}, out.stdout
+    # Where a read ends mid-line, ncat puts the next sender's name into the line (stray
+    # bytes after a token): whether a run's reads end so depends on timing.
+    allowed = {"payload intact", "no loss", "one message per line"}
+    assert {"payload intact"} <= out.failed() <= allowed, out.stdout
     assert out.statuses()["this project's server"] == "n/a"
     assert out.statuses()["same order at every receiver"] == "pass"
 
