@@ -34,6 +34,7 @@ from harness.report import (
     write_artifacts,
 )
 from harness.scenarios import SCENARIOS, Options, Scenario
+from harness.scenarios.base import PARTY_SECONDS, default_timeout
 from harness.secure import Secure
 from harness.session import Run
 from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, is_ours
@@ -99,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=positive_float,
-        default=DEFAULTS.timeout,
+        default=None,
         metavar="SECONDS",
-        help="bound on one run; passing it fails 'bounded time' (default %(default)g)",
+        help="bound on one run; passing it fails 'bounded time' (default "
+        f"{DEFAULTS.timeout:g}, or {PARTY_SECONDS:g} s a party for more than "
+        f"{DEFAULTS.timeout / PARTY_SECONDS:g})",
     )
     parser.add_argument(
         "--settle",
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=max(args.clients, scenario.min_clients),
         messages=args.messages,
         seed=args.seed,
-        timeout=args.timeout,
+        timeout=args.timeout or default_timeout(max(args.clients, scenario.min_clients)),
         settle=args.settle,
         client_template=args.client_cmd,
         ours=is_ours(args.server_cmd),
