@@ -307,12 +307,34 @@ class Context:
         return False
 
     def _sync_each_to(self, first: Party, rest: list[Party]) -> bool:
-        """Each of ``rest`` is heard by ``first``: all at once, not one round trip after
-        the other (100 parties would wait 99 round trips and their resends)."""
-        if len(rest) <= 1:
-            return all(self.sync(p, [first]) for p in rest)
-        with ThreadPoolExecutor(min(CLOSERS, len(rest)), "sync") as pool:
-            return all(pool.map(lambda p: self.sync(p, [first]), rest))
+        """Each of ``rest`` is heard by ``first``: all say hello at once, and those not
+        heard yet say it again a round later, waiting longer each round. ``first`` is
+        nudged once a round, and only in a round nobody new was heard in: each hello and
+        each nudge goes to the whole room, and one nudge per party of hundreds would be
+        N x N lines the clients must show."""
+        span = SYNC_BUDGET * self.options.settle
+        budget = min(self.deadline, time.monotonic() + span)
+        hellos: dict[str, set[tuple[str, int]]] = {p.name: set() for p in rest}
+        waiting = list(rest)
+        wait = SYNC_ROUND
+        while waiting and time.monotonic() < budget:
+            latest: set[tuple[str, int]] = set()
+            for p in waiting:
+                hello = self.token(p.name, "hello", HELLO)
+                if not p.send(hello, self.deadline):
+                    return False
+                hellos[p.name].add(hello.key)
+                latest.add(hello.key)
+            first.wait_tokens(latest, min(budget, time.monotonic() + wait))
+            # Any hello of a party's that arrived proves it is in the room.
+            still = [p for p in waiting if not first.count_from(hellos[p.name])]
+            if len(still) < len(waiting):
+                budget = min(self.deadline, time.monotonic() + span)
+            elif first.alive:
+                first.send(self.token(first.name, "nudge", HELLO), self.deadline)
+            waiting = still
+            wait = min(wait * 1.5, self.options.settle)
+        return not waiting
 
     def stream(
         self,
