@@ -269,18 +269,22 @@ class Context:
         budget = min(self.deadline, time.monotonic() + span)
         hellos: set[tuple[str, int]] = set()
         heard = 0
+        resend = True
         while time.monotonic() < budget:
-            hello = self.token(speaker.name, "hello", HELLO)
-            hellos.add(hello.key)
-            if not speaker.send(hello, self.deadline):
-                return False
+            if resend:
+                hello = self.token(speaker.name, "hello", HELLO)
+                hellos.add(hello.key)
+                if not speaker.send(hello, self.deadline):
+                    return False
             until = min(budget, time.monotonic() + wait)
             if all(p.wait_tokens({hello.key}, until) for p in listeners):
                 return True
             if not speaker.alive:
                 return False
             now_heard = sum(1 for p in listeners if p.count_from(hellos))
-            if now_heard > heard:
+            # While listeners still hear hellos, wait on for the same one to reach all.
+            resend = now_heard <= heard
+            if not resend:
                 # Listeners are still joining: wait on, and nudge nobody - a nudge goes
                 # to the whole room, and one from each of hundreds of joining clients
                 # would be a storm of N x N lines.
@@ -317,18 +321,23 @@ class Context:
         hellos: dict[str, set[tuple[str, int]]] = {p.name: set() for p in rest}
         waiting = list(rest)
         wait = SYNC_ROUND
+        resend = True
         while waiting and time.monotonic() < budget:
-            latest: set[tuple[str, int]] = set()
-            for p in waiting:
-                hello = self.token(p.name, "hello", HELLO)
-                if not p.send(hello, self.deadline):
-                    return False
-                hellos[p.name].add(hello.key)
-                latest.add(hello.key)
+            if resend:
+                latest: set[tuple[str, int]] = set()
+                for p in waiting:
+                    hello = self.token(p.name, "hello", HELLO)
+                    if not p.send(hello, self.deadline):
+                        return False
+                    hellos[p.name].add(hello.key)
+                    latest.add(hello.key)
             first.wait_tokens(latest, min(budget, time.monotonic() + wait))
             # Any hello of a party's that arrived proves it is in the room.
             still = [p for p in waiting if not first.count_from(hellos[p.name])]
-            if len(still) < len(waiting):
+            # While hellos still arrive, wait on: resending them all would add N lines
+            # for every party to show, the slower the room the more.
+            resend = len(still) == len(waiting)
+            if not resend:
                 budget = min(self.deadline, time.monotonic() + span)
             elif first.alive:
                 first.send(self.token(first.name, "nudge", HELLO), self.deadline)
