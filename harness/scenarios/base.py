@@ -43,9 +43,12 @@ TOKEN_ROOM = 64  # bytes a token's framing and a line ending need beyond the pay
 BURST_BYTES = 16384  # one write of many lines, as a paste or a pipe hands them over
 NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines types a hello
 # The default bound on a run grows with its parties: each is a client process to start
-# (about 0.1 s of CPU for a Python client) and a receiver of everyone else's lines; 500
+# (about 0.1 s of CPU for a Python client), and in a room of N each line is shown N
+# times - N x N x lines deliveries, each parsed by a client and by the harness. 500
 # parties on a busy 2-core machine take minutes, not the 60 s that suit a few.
 PARTY_SECONDS = 0.4
+DELIVERY_SECONDS = 0.0001
+SYNC_LINES = 3  # hellos and the burst's share, per party, beyond --messages
 
 
 @dataclass
@@ -78,9 +81,10 @@ class Options:
         return max(8, limit - TOKEN_ROOM)
 
 
-def default_timeout(clients: int) -> float:
-    """The bound on one run when none is given: 60 s, or PARTY_SECONDS a party."""
-    return max(Options.timeout, PARTY_SECONDS * clients)
+def default_timeout(clients: int, messages: int) -> float:
+    """The bound on one run when none is given: 60 s, or more for many parties."""
+    deliveries = clients * clients * (messages + SYNC_LINES)
+    return max(Options.timeout, PARTY_SECONDS * clients + DELIVERY_SECONDS * deliveries)
 
 
 class Context:
