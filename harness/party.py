@@ -38,13 +38,23 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EOF_BYTE = b"\x04"
 
 
+SELECT_LIMIT = 1024  # select() cannot take a descriptor from here on
+
+
 def ready(fd: int, events: int, timeout: float) -> bool:
-    """Whether ``fd`` is ready for ``events`` (select.POLLIN/POLLOUT) within ``timeout``
-    s. poll, not select: select cannot take a descriptor above 1023, which a run of
-    hundreds of parties (a pty each) reaches."""
+    """Whether ``fd`` is ready for ``events`` (select.POLLIN or POLLOUT) within
+    ``timeout`` s, as select() says it. A run of hundreds of parties (a pty each) has
+    descriptors above 1023, which select() cannot take: those are polled, and a hang-up
+    counts as select() counts it (readable, never writable)."""
+    if fd < SELECT_LIMIT:
+        watch = [fd]
+        if events == select.POLLIN:
+            return bool(select.select(watch, [], [], timeout)[0])
+        return bool(select.select([], watch, [], timeout)[1])
     poller = select.poll()
     poller.register(fd, events)
-    return bool(poller.poll(timeout * 1000))
+    wanted = events | select.POLLERR | (select.POLLHUP if events == select.POLLIN else 0)
+    return any(mask & wanted for _, mask in poller.poll(timeout * 1000))
 
 
 class PartyError(Exception):

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.party import SELECT_LIMIT
 from harness.pytest_plugin import Room
-
-SELECT_LIMIT = 1024  # select() cannot watch a descriptor from here on
 
 
 @pytest.fixture
