@@ -1,5 +1,5 @@
 """The harness with hundreds of parties: descriptors past 1023, limits it cannot raise,
-and a room of hundreds that all hear everyone."""
+and a room of 150 that all hear everyone (slow: ~1 minute on a busy 2-core machine)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def test_an_open_file_limit_too_low_for_the_parties_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_a_room_of_200_parties_all_hear_everyone() -> None:
-    """A broadcast among 200 client processes in ptys passes every check (the default
+def test_a_room_of_150_parties_all_hear_everyone() -> None:
+    """A broadcast among 150 client processes in ptys passes every check (the default
     timeout grows with the parties; joining waits while listeners still arrive)."""
     proc = subprocess.run(
         [
@@ -77,7 +77,7 @@ def test_a_room_of_200_parties_all_hear_everyone() -> None:
             "--scenario",
             "broadcast",
             "--clients",
-            "200",
+            "150",
             "--messages",
             "1",
             "--quiet",
