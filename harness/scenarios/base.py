@@ -46,7 +46,7 @@ NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines type
 # (about 0.1 s of CPU for a Python client), and in a room of N each line is shown N
 # times - N x N x lines deliveries, each parsed by a client and by the harness. 500
 # parties on a busy 2-core machine take minutes, not the 60 s that suit a few.
-PARTY_SECONDS = 0.4
+PARTY_SECONDS = 1.0
 DELIVERY_SECONDS = 0.0001
 SYNC_LINES = 3  # hellos and the burst's share, per party, beyond --messages
 
