@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import os
 import re
+import resource
 import select
 import threading
 import time
@@ -37,6 +38,25 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EOF_BYTE = b"\x04"
 
 
+SELECT_LIMIT = 1024  # select() cannot take a descriptor from here on
+
+
+def ready(fd: int, events: int, timeout: float) -> bool:
+    """Whether ``fd`` is ready for ``events`` (select.POLLIN or POLLOUT) within
+    ``timeout`` s, as select() says it. A run of hundreds of parties (a pty each) has
+    descriptors above 1023, which select() cannot take: those are polled, and a hang-up
+    counts as select() counts it (readable, never writable)."""
+    if fd < SELECT_LIMIT:
+        watch = [fd]
+        if events == select.POLLIN:
+            return bool(select.select(watch, [], [], timeout)[0])
+        return bool(select.select([], watch, [], timeout)[1])
+    poller = select.poll()
+    poller.register(fd, events)
+    wanted = events | select.POLLERR | (select.POLLHUP if events == select.POLLIN else 0)
+    return any(mask & wanted for _, mask in poller.poll(timeout * 1000))
+
+
 class PartyError(Exception):
     """A party's process could not be started or driven; the message says why."""
 
@@ -54,6 +74,40 @@ def visible_lines(text: str) -> list[str]:
         if segment.strip():
             out.append(segment)
     return out
+
+
+FDS_PER_PARTY = 3  # its pty, and the exec-error pipe pexpect holds while it starts
+FD_MARGIN = 64  # the server's pipes, the proxy, the report files...
+PTY_MAX = "/proc/sys/kernel/pty/max"
+PTY_NR = "/proc/sys/kernel/pty/nr"
+
+
+def make_room(count: int) -> None:
+    """Make sure ``count`` more parties can be started: raise the open-file limit up to
+    its hard limit if need be, and check the free ptys.
+
+    Error handling: a limit the harness cannot raise itself raises `PartyError` saying
+    which and how to raise it, instead of parties failing one by one half-way.
+    """
+    need = count * FDS_PER_PARTY + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise PartyError(
+                f"{count} parties need about {need} open files, and the hard limit is "
+                f"{hard}: raise it (ulimit -Hn, or LimitNOFILE) or start fewer parties"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        with open(PTY_MAX) as f_max, open(PTY_NR) as f_nr:
+            free = int(f_max.read()) - int(f_nr.read())
+    except (OSError, ValueError):
+        return  # not Linux, or no such counters: pexpect says so if it runs out
+    if free < count:
+        raise PartyError(
+            f"{count} parties need {count} pseudo-terminals and only {free} are free "
+            f"(sysctl kernel.pty.max): raise it or start fewer parties"
+        )
 
 
 class Party:
@@ -192,8 +246,7 @@ class Party:
             if not self._reading.wait(timeout=0.2):
                 continue
             try:
-                ready, _, _ = select.select([fd], [], [], 0.2)
-                if not ready:
+                if not ready(fd, select.POLLIN, 0.2):
                     continue
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
@@ -295,8 +348,7 @@ class Party:
                 if remaining <= 0 or self.eof:
                     return False
                 try:
-                    _, ready, _ = select.select([], [fd], [], min(remaining, 0.5))
-                    if not ready:
+                    if not ready(fd, select.POLLOUT, min(remaining, 0.5)):
                         continue
                     n = os.write(fd, view)
                 except BlockingIOError:

@@ -34,6 +34,12 @@ from harness.report import (
     write_artifacts,
 )
 from harness.scenarios import SCENARIOS, Options, Scenario
+from harness.scenarios.base import (
+    DELIVERY_SECONDS,
+    PARTY_SECONDS,
+    SYNC_LINES,
+    default_timeout,
+)
 from harness.secure import Secure
 from harness.session import Run
 from harness.target import DEFAULT_CLIENT, DEFAULT_SERVER, SetupError, is_ours
@@ -99,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=positive_float,
-        default=DEFAULTS.timeout,
+        default=None,
         metavar="SECONDS",
-        help="bound on one run; passing it fails 'bounded time' (default %(default)g)",
+        help="bound on one run; passing it fails 'bounded time' (default "
+        f"{DEFAULTS.timeout:g}, or more with many parties: {PARTY_SECONDS:g} s a party "
+        f"and {DELIVERY_SECONDS * 1e6:g} us a delivery, clients x clients x "
+        f"(messages + {SYNC_LINES}))",
     )
     parser.add_argument(
         "--settle",
@@ -360,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         clients=max(args.clients, scenario.min_clients),
         messages=args.messages,
         seed=args.seed,
-        timeout=args.timeout,
+        timeout=args.timeout
+        or default_timeout(max(args.clients, scenario.min_clients), args.messages),
         settle=args.settle,
         client_template=args.client_cmd,
         ours=is_ours(args.server_cmd),

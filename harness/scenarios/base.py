@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from harness.hosts import Network
-from harness.party import Party
+from harness.party import Party, make_room
 from harness.processes import child_env
 from harness.target import SetupError, Target, expand, python_for
 from harness.tokens import HELLO, MESSAGE, Token, make, random_payload
@@ -42,6 +42,13 @@ FOREIGN_MAX_LINE = 3500  # a safe bound for servers we know nothing of (many use
 TOKEN_ROOM = 64  # bytes a token's framing and a line ending need beyond the payload
 BURST_BYTES = 16384  # one write of many lines, as a paste or a pipe hands them over
 NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines types a hello
+# The default bound on a run grows with its parties: each is a client process to start
+# (about 0.1 s of CPU for a Python client), and in a room of N each line is shown N
+# times - N x N x lines deliveries, each parsed by a client and by the harness. 500
+# parties on a busy 2-core machine take minutes, not the 60 s that suit a few.
+PARTY_SECONDS = 1.0
+DELIVERY_SECONDS = 0.0001
+SYNC_LINES = 3  # hellos and the burst's share, per party, beyond --messages
 
 
 @dataclass
@@ -72,6 +79,12 @@ class Options:
         """The longest payload a line may carry under the server's line limit."""
         limit = self.max_line or (OUR_MAX_LINE if self.ours else FOREIGN_MAX_LINE)
         return max(8, limit - TOKEN_ROOM)
+
+
+def default_timeout(clients: int, messages: int) -> float:
+    """The bound on one run when none is given: 60 s, or more for many parties."""
+    deliveries = clients * clients * (messages + SYNC_LINES)
+    return max(Options.timeout, PARTY_SECONDS * clients + DELIVERY_SECONDS * deliveries)
 
 
 class Context:
@@ -180,6 +193,7 @@ class Context:
         process in a pty waits for its exec, and 100 of those one after the other take
         seconds. Hosts are given out in the order of ``names``, as `party` would."""
         quit_line = "/quit" if self.options.ours else None
+        make_room(len(self.parties) + len(names))
         parties = [self._prepare(name, self._client_argv(), quit_line) for name in names]
         if len(parties) <= 1:
             for party in parties:
@@ -252,23 +266,41 @@ class Context:
         """
         wait = SYNC_ROUND
         # A server that never relays (or one direction only) must not eat the whole run:
-        # give up after SYNC_BUDGET and let the checks say what is wrong.
-        budget = min(self.deadline, time.monotonic() + SYNC_BUDGET * self.options.settle)
+        # give up after SYNC_BUDGET without progress and let the checks say what is wrong.
+        # Progress is one more listener hearing a hello: hundreds of clients take tens of
+        # seconds to start on a busy machine, and a fixed budget would fail them all.
+        span = SYNC_BUDGET * self.options.settle
+        budget = min(self.deadline, time.monotonic() + span)
+        hellos: set[tuple[str, int]] = set()
+        heard = 0
+        resend = True
         while time.monotonic() < budget:
-            hello = self.token(speaker.name, "hello", HELLO)
-            if not speaker.send(hello, self.deadline):
-                return False
+            if resend:
+                hello = self.token(speaker.name, "hello", HELLO)
+                hellos.add(hello.key)
+                if not speaker.send(hello, self.deadline):
+                    return False
             until = min(budget, time.monotonic() + wait)
             if all(p.wait_tokens({hello.key}, until) for p in listeners):
                 return True
             if not speaker.alive:
                 return False
-            for p in listeners:
-                if not p.count_from({hello.key}) and p.alive:
-                    # A client that reads only after it sent shows the hello once it
-                    # types: a hello of its own (never counted) lets it.
-                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
-            wait *= 1.5
+            now_heard = sum(1 for p in listeners if p.count_from(hellos))
+            # While listeners still hear hellos, wait on for the same one to reach all.
+            resend = now_heard <= heard
+            if not resend:
+                # Listeners are still joining: wait on, and nudge nobody - a nudge goes
+                # to the whole room, and one from each of hundreds of joining clients
+                # would be a storm of N x N lines.
+                heard = now_heard
+                budget = min(self.deadline, time.monotonic() + span)
+            else:
+                for p in listeners:
+                    if not p.count_from({hello.key}) and p.alive:
+                        # A client that reads only after it sent shows the hello once
+                        # it types: a hello of its own (never counted) lets it.
+                        p.send(self.token(p.name, "nudge", HELLO), self.deadline)
+            wait = min(wait * 1.5, self.options.settle)
         return False
 
     def sync_all(self, parties: list[Party]) -> bool:
@@ -283,12 +315,39 @@ class Context:
         return False
 
     def _sync_each_to(self, first: Party, rest: list[Party]) -> bool:
-        """Each of ``rest`` is heard by ``first``: all at once, not one round trip after
-        the other (100 parties would wait 99 round trips and their resends)."""
-        if len(rest) <= 1:
-            return all(self.sync(p, [first]) for p in rest)
-        with ThreadPoolExecutor(min(CLOSERS, len(rest)), "sync") as pool:
-            return all(pool.map(lambda p: self.sync(p, [first]), rest))
+        """Each of ``rest`` is heard by ``first``: all say hello at once, and those not
+        heard yet say it again a round later, waiting longer each round. ``first`` is
+        nudged once a round, and only in a round nobody new was heard in: each hello and
+        each nudge goes to the whole room, and one nudge per party of hundreds would be
+        N x N lines the clients must show."""
+        span = SYNC_BUDGET * self.options.settle
+        budget = min(self.deadline, time.monotonic() + span)
+        hellos: dict[str, set[tuple[str, int]]] = {p.name: set() for p in rest}
+        waiting = list(rest)
+        wait = SYNC_ROUND
+        resend = True
+        while waiting and time.monotonic() < budget:
+            if resend:
+                latest: set[tuple[str, int]] = set()
+                for p in waiting:
+                    hello = self.token(p.name, "hello", HELLO)
+                    if not p.send(hello, self.deadline):
+                        return False
+                    hellos[p.name].add(hello.key)
+                    latest.add(hello.key)
+            first.wait_tokens(latest, min(budget, time.monotonic() + wait))
+            # Any hello of a party's that arrived proves it is in the room.
+            still = [p for p in waiting if not first.count_from(hellos[p.name])]
+            # While hellos still arrive, wait on: resending them all would add N lines
+            # for every party to show, the slower the room the more.
+            resend = len(still) == len(waiting)
+            if not resend:
+                budget = min(self.deadline, time.monotonic() + span)
+            elif first.alive:
+                first.send(self.token(first.name, "nudge", HELLO), self.deadline)
+            waiting = still
+            wait = min(wait * 1.5, self.options.settle)
+        return not waiting
 
     def stream(
         self,
@@ -365,13 +424,23 @@ class Context:
     def expect(self, receiver: str, senders: list[str]) -> None:
         self.record.expectations.append(Expectation(receiver, senders))
 
+    def _expected_keys(self) -> dict[str, set[tuple[str, int]]]:
+        """Each expected sender's counted keys, built once per look (not once per
+        receiver: 500 receivers of 500 senders would rebuild them 250,000 times)."""
+        keys: dict[str, set[tuple[str, int]]] = {}
+        for exp in self.record.expectations:
+            for sender in exp.senders:
+                if sender not in keys:
+                    keys[sender] = {s.token.key for s in self.record.sent_by(sender, COUNTED)}
+        return keys
+
     def missing(self) -> list[str]:
         out = []
+        keys = self._expected_keys()
         for exp in self.record.expectations:
             party = self.parties[exp.receiver]
             for sender in exp.senders:
-                keys = {s.token.key for s in self.record.sent_by(sender, COUNTED)}
-                lack = len(keys) - party.count_from(keys)
+                lack = len(keys[sender]) - party.count_from(keys[sender])
                 if lack:
                     out.append(f"{lack} of {sender}'s lines at {exp.receiver}")
         return out
@@ -390,21 +459,20 @@ class Context:
         quiet_since = nudged = time.monotonic()
         interval = NUDGE_QUIET
         while True:
-            missing = self.missing()
-            if not missing:
+            count = self._missing_count()
+            if not count:
                 return
             now = time.monotonic()
             if now >= self.deadline:
                 self.record.timed_out = True
-                self.record.stalled = missing
+                self.record.stalled = self.missing()
                 return
-            count = self._missing_count()
             if count != last:
                 last, quiet_since, interval = count, now, NUDGE_QUIET
             elif now - max(quiet_since, nudged) >= self.options.settle:
                 self.record.notes.append(
                     f"gave up waiting after {self.options.settle:g}s without progress: "
-                    + "; ".join(missing[:3])
+                    + "; ".join(self.missing()[:3])
                 )
                 return
             if nudge and now - max(quiet_since, nudged) >= interval:
@@ -418,19 +486,22 @@ class Context:
             time.sleep(0.05)
 
     def _missing_count(self) -> int:
-        total = 0
-        for exp in self.record.expectations:
-            party = self.parties[exp.receiver]
-            for sender in exp.senders:
-                keys = {s.token.key for s in self.record.sent_by(sender, COUNTED)}
-                total += len(keys) - party.count_from(keys)
-        return total
+        """How many expected deliveries have not happened: one intersection per receiver
+        with all it expects."""
+        return sum(len(keys) - self.parties[r].count_from(keys) for r, keys in self._awaited())
+
+    def _awaited(self) -> list[tuple[str, set[tuple[str, int]]]]:
+        """Each expectation's receiver and every key it is to receive."""
+        keys = self._expected_keys()
+        return [
+            (exp.receiver, set().union(*(keys[s] for s in exp.senders)))
+            for exp in self.record.expectations
+        ]
 
     def _lacking(self) -> list[Party]:
         out = []
-        for exp in self.record.expectations:
-            party = self.parties[exp.receiver]
-            keys = {s.token.key for e in exp.senders for s in self.record.sent_by(e, COUNTED)}
+        for receiver, keys in self._awaited():
+            party = self.parties[receiver]
             if party.count_from(keys) < len(keys) and party not in out:
                 out.append(party)
         return out
