@@ -76,8 +76,11 @@ def test_this_machines_own_address_is_exempt_by_default() -> None:
 
 def test_exempt_none_limits_this_machines_address_too() -> None:
     with running_server(*SERVER, "--max-per-ip", "1", "--exempt", "none") as srv:
-        srv.connect().expect("* welcome")
+        # Held open: a dropped peer's connection would close and free its slot.
+        first = srv.connect()
+        first.expect("* welcome")
         assert srv.connect().read_to_eof() == ["! too many connections from your address (max 1)"]
+        first.close()
 
 
 @pytest.mark.parametrize("mode", MODES)
