@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from harness.daemon import Daemon, DaemonError, Readiness
 from harness.processes import child_env, wait_until
 
@@ -24,6 +26,12 @@ __all__ += ["private_memory", "send_in_background", "wait_until"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
+
+# The server's two concurrency modes, for tests that run in each.
+MODES = [
+    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
+    "thread",
+]
 
 
 class ServerProcess:

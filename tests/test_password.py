@@ -3,7 +3,6 @@ modes, with raw peers and chatbox-client; and its rules on plain values."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -12,17 +11,13 @@ from pathlib import Path
 
 import pytest
 from client_parties import child_env, client_argv
-from live_server import WAIT, Peer, ServerProcess, running_server
+from live_server import MODES, WAIT, Peer, ServerProcess, running_server
 from tls_certs import make_certificate
 
 from chatbox import protocol
 from chatbox.server import gate
 from chatbox.server.channel import ChannelReader, Ready, Refused, ready_note, refused_note
 
-MODES = [
-    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
-    "thread",
-]
 SECRET = "open sesame"  # a space in it: everything after "/pass " is the password
 REQUIRED = protocol.PASSWORD_REQUIRED.decode().rstrip("\n")
 WRONG = protocol.WRONG_PASSWORD.decode().rstrip("\n")

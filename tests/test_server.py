@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from live_server import (
+    MODES,
     Peer,
     ServerProcess,
     child_env,
@@ -24,11 +25,6 @@ from live_server import (
 )
 
 from chatbox import protocol
-
-MODES = [
-    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
-    "thread",
-]
 
 
 @pytest.fixture(params=MODES)

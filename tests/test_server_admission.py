@@ -5,7 +5,6 @@ the access lists. Different addresses are different source addresses on loopback
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import subprocess
@@ -13,12 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_server import WAIT, Peer, ServerProcess, child_env, running_server, wait_until
-
-MODES = [
-    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
-    "thread",
-]
+from live_server import MODES, WAIT, Peer, ServerProcess, child_env, running_server, wait_until
 
 SERVER = ("0", "--host", "127.0.0.1")
 

@@ -6,7 +6,6 @@ a storm of commands cannot queue replies past the asker's --sendq.
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
 import socket
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 
 import pytest
 from live_server import (
+    MODES,
     WAIT,
     Peer,
     child_env,
@@ -26,11 +26,6 @@ from live_server import (
     wait_until,
 )
 from needs import needs
-
-MODES = [
-    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
-    "thread",
-]
 
 # 100 lines a second, 20 at once: small enough that a test's flood takes a second.
 SLOW_FLOOD = ["--flood-lines", "100", "--flood-burst", "0.2", "--flood-bytes", "0"]

@@ -17,16 +17,19 @@ from pathlib import Path
 
 import pytest
 from client_parties import Party, child_env, client_argv
-from live_server import WAIT, Peer, ServerProcess, running_server, send_in_background, wait_until
+from live_server import (
+    MODES,
+    WAIT,
+    Peer,
+    ServerProcess,
+    running_server,
+    send_in_background,
+    wait_until,
+)
 from needs import missing
 from tls_certs import make_certificate, tls_peer
 
 from chatbox import protocol
-
-MODES = [
-    pytest.param("fork", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
-    "thread",
-]
 
 
 @pytest.fixture(params=MODES)
