@@ -29,9 +29,11 @@ from harness.processes import children_of
 # --sendq and --slow-timeout); empty for the others. Foreign --server-cmd templates simply
 # do not contain it and are run as given. The harness is one machine posing as many
 # clients, often from one address (a netns host, an ssh host): per-address limits off.
+# Its parties stream lines as fast as the room relays them, which is a load test, not a
+# person typing: per-client flood limits off too.
 DEFAULT_SERVER = (
     "{python} -m chatbox.server {port} --host {host} --max-per-ip 0 --connect-rate 0 "
-    "{server_options}"
+    "--flood-lines 0 --flood-bytes 0 {server_options}"
 )
 # {client_options}: what every client of the run is given (TLS, password: harness.secure).
 DEFAULT_CLIENT = "{python} -m chatbox.client {port} {host} {client_options}"

@@ -22,7 +22,7 @@ from harness.daemon import Daemon, DaemonError, Readiness
 from harness.processes import child_env, wait_until
 
 __all__ = ["WAIT", "Peer", "ServerProcess", "child_env", "joined_peers", "running_server"]
-__all__ += ["private_memory", "send_in_background", "wait_until"]
+__all__ += ["kernel_send_buffer", "private_memory", "send_in_background", "wait_until"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
@@ -193,6 +193,15 @@ def joined_peers(server: ServerProcess, count: int) -> list[Peer]:
             earlier.expect("* ")
         peers.append(peer)
     return peers
+
+
+def kernel_send_buffer() -> int:
+    """The most a TCP socket's send buffer grows to: what the kernel may hold for a
+    reader that stopped, beyond the server's own queue for it."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
 
 
 def send_in_background(peer: Peer, data: bytes) -> threading.Thread:

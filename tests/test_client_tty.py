@@ -445,7 +445,10 @@ def test_tty_unread_terminal_holds_back_the_server_which_cuts_the_client_off(
     # A terminal that takes no output (Ctrl-S; here, a pty the test stops reading) must
     # stop the client reading the socket, as a full pipe does: memory stays bounded and
     # the server's slow-reader cut-off ends the session.
-    server = start_server(None, "127.0.0.1", "--sendq", "16384", "--slow-timeout", "0.5")
+    server = start_server(
+        None, "127.0.0.1", "--sendq", "16384", "--slow-timeout", "0.5",
+        "--flood-lines", "0", "--flood-bytes", "0",  # the pusher's 40 MB is no flood here
+    )  # fmt: skip
     tty = open_tty(str(server.port), screen=False)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as pusher:
         name = tty.ready()

@@ -19,6 +19,7 @@ from live_server import (
     ServerProcess,
     child_env,
     joined_peers,
+    kernel_send_buffer,
     running_server,
     send_in_background,
     wait_until,
@@ -108,11 +109,19 @@ def chat_from(peer: Peer, sender: str, count: int) -> tuple[list[str], list[str]
 
 
 def test_server_never_stalls_for_a_client_that_does_not_read(mode: str) -> None:
-    count = 10_000
-    padding = b"." * 500  # 10 MB for the sleeper: more than any socket buffers hold
+    padding = b"." * 500
+    # Each talker sends more than the kernel holds for a reader that stopped (plus
+    # 2 MiB): the sleeper, sent both streams, is then owed more than one whole stream
+    # beyond what its socket holds. A hard bound of one whole stream is thus reached by
+    # the sleeper, and never by a talker (each is sent one stream only), however far
+    # behind it reads on a busy machine. Flood control off: the bulk is the point.
+    count = max(10_000, (kernel_send_buffer() + (2 << 20)) // len(padding) + 1)
+    hard = count * (len(padding) + 20) + (256 << 10)
     with running_server(
-        "0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "65536", "--slow-timeout", "0.5"
-    ) as srv:
+        "0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "65536",
+        "--sendq-hard", str(hard), "--slow-timeout", "60",
+        "--flood-lines", "0", "--flood-bytes", "0",
+    ) as srv:  # fmt: skip
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.connect(("127.0.0.1", srv.port))
@@ -170,7 +179,8 @@ def test_server_shutdown_tells_everyone_and_reaps_its_workers(mode: str) -> None
 
 
 def test_server_shutdown_does_not_wait_for_a_client_that_never_reads(mode: str) -> None:
-    srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", mode)
+    no_flood_limit = ("--flood-lines", "0", "--flood-bytes", "0")
+    srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", mode, *no_flood_limit)
     try:
         sleeper, talker = joined_peers(srv, 2)
         sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

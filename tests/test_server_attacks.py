@@ -41,7 +41,8 @@ def _dead(pid: int) -> bool:
 def test_hub_survives_a_worker_dying_while_its_client_turns_writable() -> None:
     """A worker's end and its client's socket reported in one select batch: the hub
     must forget the client once, not flush a closed socket (EBADF, then ValueError)."""
-    with running_server("0", "--host", "127.0.0.1", "--mode", "fork", "--sendq", "67108864") as srv:
+    args = ("--sendq", "67108864", "--flood-lines", "0", "--flood-bytes", "0")
+    with running_server("0", "--host", "127.0.0.1", "--mode", "fork", *args) as srv:
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.connect(("127.0.0.1", srv.port))

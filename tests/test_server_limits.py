@@ -67,8 +67,9 @@ def test_a_who_storm_queues_no_reply_past_the_askers_sendq(mode: str) -> None:
     replies): the room goes on (no reader over its bound stalls it), the asker is not
     cut off (its replies wait, unbuilt), and when it reads, every reply arrives."""
     with running_server(
-        "0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "16384", "--slow-timeout", "60"
-    ) as srv:
+        "0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "16384", "--slow-timeout", "60",
+        "--flood-lines", "0", "--flood-bytes", "0",  # the storm is of replies, not of lines
+    ) as srv:  # fmt: skip
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.connect(("127.0.0.1", srv.port))

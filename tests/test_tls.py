@@ -22,6 +22,7 @@ from live_server import (
     WAIT,
     Peer,
     ServerProcess,
+    kernel_send_buffer,
     running_server,
     send_in_background,
     wait_until,
@@ -369,8 +370,18 @@ def test_a_tls_client_that_stops_reading_is_cut_off_alone(
     mode: str, certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
+    # The talker sends the sleeper alone more than the kernel and the TLS relay hold for
+    # a reader that stopped (plus 2 MiB), then the room as much: the sleeper is owed
+    # more than one whole stream beyond what its sockets hold, while the listener is
+    # sent one stream only. So a hard bound of one whole stream cuts off the sleeper and
+    # never a reader that keeps up, however far behind it falls on a busy machine.
+    padding = "." * 500
+    count = max(10_000, (kernel_send_buffer() + (3 << 20)) // len(padding) + 1)
+    hard = count * (len(padding) + 40) + (256 << 10)
     args = ["0", "--host", "127.0.0.1", "--mode", mode, "--sendq", "65536"]
-    args += ["--slow-timeout", "0.5", "--tls-cert", str(cert), "--tls-key", str(key)]
+    args += ["--sendq-hard", str(hard), "--slow-timeout", "60"]
+    args += ["--flood-lines", "0", "--flood-bytes", "0"]
+    args += ["--tls-cert", str(cert), "--tls-key", str(key)]
     with running_server(*args) as srv:
         raw = socket.socket()
         # Before connecting: the window it offers is settled in the TCP handshake.
@@ -385,12 +396,11 @@ def test_a_tls_client_that_stops_reading_is_cut_off_alone(
         listener = tls_peer(srv, cert)
         joined(listener)
         talker.line()  # the listener joined; the sleeper reads nothing any more
-        padding = "." * 500
-        count = 10_000  # 5 MB for the sleeper: more than the relay and sockets hold
-        sending = send_in_background(
-            talker, "".join(f"t{i} {padding}\n" for i in range(count)).encode()
-        )
-        # The listener reads at full speed, so it is never the slow one.
+        # First as many private lines for the sleeper alone, then the room's stream.
+        private = "".join(f"/msg {sleeper_name} p{i} {padding}\n" for i in range(count))
+        public = "".join(f"t{i} {padding}\n" for i in range(count))
+        sending = send_in_background(talker, (private + public).encode())
+        # The listener reads at full speed, as it must to keep up.
         got = listener.expect(f"<{talker_name}> t{count - 1} ")
         sending.join(WAIT)
         listener.send(b"/who\n")

@@ -21,6 +21,7 @@ from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.gate import PASSWORD_ENV, PasswordError, read_secret
 from chatbox.server.hub import (
+    DEFAULT_HARD_FACTOR,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
     DEFAULT_SLOW_TIMEOUT,
@@ -107,15 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--sendq",
         type=positive_int,
         default=DEFAULT_SENDQ,
-        help="bytes queued for one client before it is disconnected as too slow "
+        help="bytes queued for one client before its --slow-timeout grace starts "
         f"(default {DEFAULT_SENDQ})",
+    )
+    parser.add_argument(
+        "--sendq-hard",
+        type=positive_int,
+        default=None,
+        metavar="BYTES",
+        help="bytes queued for one client at most: a client whose queue reaches them is "
+        "disconnected as too slow at once; never less than --sendq "
+        f"(default {DEFAULT_HARD_FACTOR} x --sendq)",
     )
     parser.add_argument(
         "--slow-timeout",
         type=positive_float,
         default=DEFAULT_SLOW_TIMEOUT,
         help="seconds a client's queue may stay over --sendq before it is disconnected "
-        f"as too slow; meanwhile the room waits for it (default {DEFAULT_SLOW_TIMEOUT})",
+        "as too slow; nobody else waits for it meanwhile "
+        f"(default {DEFAULT_SLOW_TIMEOUT})",
     )
     parser.add_argument(
         "--stall-timeout",
@@ -442,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         password=workers.password is not None,
         max_line=args.max_line,
         sendq=args.sendq,
+        sendq_hard=args.sendq_hard,
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
         stall_timeout=args.stall_timeout,

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Generous for people and scripts, tight for a flooder: a 10,000-line paste (or a
-# benchmark's 50,000-line batch) fits in the burst and goes through at once; a client
-# sending flat out is held to 5,000 lines and 1 MiB a second, a pace the hub relays to a
-# full room without anyone noticing, and cut off after 10 s of that.
-DEFAULT_LINES = 5000.0
-DEFAULT_BYTES = float(1 << 20)
-DEFAULT_BURST = 10.0
+# A pace no person reaches, and one that bounds the room. A paste of 1,000 lines (or
+# 256 KiB) goes at once; a longer one is delayed, and one of up to 5,000 lines (or
+# 1 MiB) still goes through whole, paced, before the timeout. A client sending flat out
+# is held to 500 lines and 128 KiB a second and cut off after 10 s of that. What one
+# client may send at once - its burst, 1,000 lines or 256 KiB, plus the name the server
+# puts in front of each line - is far under what the default --sendq (1 MiB) holds for
+# every reader, so a lawful burst never takes a reader that keeps up over its bound.
+DEFAULT_LINES = 500.0
+DEFAULT_BYTES = float(128 << 10)
+DEFAULT_BURST = 2.0
 DEFAULT_TIMEOUT = 10.0
 
 

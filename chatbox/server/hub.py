@@ -11,13 +11,18 @@ recipient per loop turn. Output does not pass back through the recipient's worke
 would cost every delivery two more process wake-ups and copies for nothing, since the
 hub already holds every client socket (it accepted them).
 
-Each client has an outbound queue here (its SendQ), bounded by ``sendq`` bytes. While a
-queue is over its bound the hub stops reading new lines (TCP holds them back in the
-senders' sockets), so a busy room waits for readers that are catching up instead of
-dropping them. A client whose queue stays over the bound for ``slow_timeout`` seconds is
-not catching up: it is cut off alone, and the room goes on. So nobody is disconnected
-for being momentarily behind a burst, and nobody holds the room for longer than
-``slow_timeout``.
+Each client has an outbound queue here (its SendQ). A slow reader is dealt with alone:
+nobody else waits for it, ever. Its queue may go over ``sendq`` bytes (a burst it is
+behind on); from then its grace clock runs, and the queue may keep growing during the
+grace, up to the hard bound ``sendq_hard`` (`HubConfig.hard_bound`, 4 x ``sendq`` by
+default). A client whose queue is still over ``sendq`` after ``slow_timeout`` seconds,
+or that reaches the hard bound at any time, is not catching up: it is cut off with
+``! disconnected: too slow`` and the room hears it left. Everyone else's input is read
+and relayed all along. So nobody is disconnected for being momentarily behind a burst,
+nobody holds the room up at all, and the hub's memory for queues is bounded by clients x
+the hard bound. (Per-sender limits keep a reader that keeps up under ``sendq``: the
+flood allowance bounds what one sender may add at once, and a command's replies wait
+until they fit in half the asker's ``sendq``, `Hub.has_room`.)
 
 Lifecycle of a client, as the hub sees it (`chatbox.server.link` owns the states)::
 
@@ -78,10 +83,14 @@ ACCEPTS_PER_TURN = 64
 SHUTDOWN_GRACE = 1.5
 
 DEFAULT_SENDQ = 1 << 20
+# The hard bound on a queue, in units of --sendq: a reader this far behind is cut off at
+# once, whatever its grace. Room for a burst several times --sendq (a reader on a busy
+# machine catching up), small enough that a room of stopped readers cannot eat memory.
+DEFAULT_HARD_FACTOR = 4
 DEFAULT_MAX_CLIENTS = 1024
 # Long enough that a reader going at full speed on a loaded machine (a GC pause, a busy
 # CI box) always drains its queue in time; short enough that a reader that stopped
-# holds the room up only briefly.
+# does not hold its (bounded) queue's memory for long.
 DEFAULT_SLOW_TIMEOUT = 2.0
 # A queue that has not moved at all for this long is a reader that is gone, however
 # small the queue (one that quit and stopped reading holds its slot otherwise). A
@@ -102,6 +111,7 @@ _WRITE = selectors.EVENT_WRITE
 class HubConfig:
     max_line: int = protocol.DEFAULT_MAX_LINE
     sendq: int = DEFAULT_SENDQ
+    sendq_hard: int | None = None  # None: DEFAULT_HARD_FACTOR x sendq
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
@@ -111,6 +121,12 @@ class HubConfig:
     tls: bool = False
     # Clients must give the password (their workers judge it) before they enter.
     password: bool = False
+
+    @property
+    def hard_bound(self) -> int:
+        """Bytes a client's queue may hold at most: past them it is cut off at once."""
+        hard = self.sendq * DEFAULT_HARD_FACTOR if self.sendq_hard is None else self.sendq_hard
+        return max(hard, self.sendq)
 
     @property
     def gated(self) -> bool:
@@ -156,10 +172,9 @@ class Hub:
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
-        self._over: dict[int, Link] = {}  # queues over their bound
+        self._over: dict[int, Link] = {}  # queues over --sendq: their grace runs
         # Queues waiting for their socket to take more, least recently moved first.
         self._waiting: dict[int, Link] = {}
-        self._paused: dict[int, Link] = {}  # channels not read while a queue is over
         self._broken: list[Link] = []  # clients whose socket failed while sending
         # Channels not read for one client's own sake: over its flood allowance (until
         # when), or holding commands whose replies wait for room in its queue.
@@ -216,8 +231,6 @@ class Hub:
             elif key.fileobj is link.client:
                 if link.sending:
                     self._dirty[link.id] = link  # room to write again
-            elif self._over and not self._stopping:
-                self._pause(link)
             else:
                 self._read(link)
         self._launcher.reap()
@@ -269,13 +282,12 @@ class Hub:
             if link.state is State.WAITING:
                 self.dismiss(link.id)  # not in the room: nothing to tell it
         # Ending workers must be seen ending: read every channel again.
-        for link in [*self._paused.values(), *self._held.values()]:
+        for link in self._held.values():
             link.reading = True
             self._watch(link)
         for _, link in self._throttled.values():
             link.reading = True
             self._watch(link)
-        self._paused.clear()
         self._held.clear()
         self._throttled.clear()
         self._flush()
@@ -506,7 +518,6 @@ class Hub:
         self._links.pop(link.id, None)
         self._admission.release(link.ticket)
         self._dirty.pop(link.id, None)
-        self._paused.pop(link.id, None)
         self._throttled.pop(link.id, None)
         self._held.pop(link.id, None)
         self._waiting.pop(link.id, None)
@@ -523,6 +534,9 @@ class Hub:
     # --- Postbox: what the room calls ---------------------------------------------------
 
     def post(self, member_ids: Iterable[int], data: bytes) -> None:
+        """Queue ``data`` for each member; past --sendq its grace clock starts. Whether
+        it is past the hard bound is judged at the end of the turn, once its socket took
+        what it could (`_check_slow`), not here: the room is in the middle of a delivery."""
         limit = self._config.sendq
         links = self._links
         dirty = self._dirty
@@ -557,9 +571,6 @@ class Hub:
     def _resume(self, link: Link) -> None:
         """Read its channel again, unless something else still holds it back."""
         if link.gone or link.id in self._throttled or link.id in self._held:
-            return
-        if self._over and not self._stopping:
-            self._paused[link.id] = link  # the room-wide pause resumes it
             return
         link.reading = True
         self._watch(link)
@@ -646,23 +657,22 @@ class Hub:
 
     # --- slow readers -------------------------------------------------------------------
 
-    def _pause(self, link: Link) -> None:
-        """Stop reading a channel until no queue is over its bound any more."""
-        link.reading = False
-        self._paused[link.id] = link
-        self._watch(link)
-
     def _check_slow(self) -> None:
-        """Cut off whoever stayed over the bound too long; resume input when none is over."""
-        if self._over:
+        """Cut off whoever is past the hard bound after this turn's sends, or stayed
+        over --sendq past its grace. Only they pay: nobody else's input is held back
+        meanwhile. (A cut-off tells the room, which queues more: hence the loop.)"""
+        while self._over:
             expired = time.monotonic() - self._config.slow_timeout
-            for link in list(self._over.values()):
-                if link.over_since is not None and link.over_since <= expired:
-                    self._cut(link)
-        if not self._over and self._paused:
-            paused, self._paused = self._paused, {}
-            for link in paused.values():
-                self._resume(link)
+            hard = self._config.hard_bound
+            doomed = [
+                link
+                for link in self._over.values()
+                if len(link.sendq) > hard or (link.over_since or 0.0) <= expired
+            ]
+            if not doomed:
+                return
+            for link in doomed:
+                self._cut(link)
 
     def _cut(self, link: Link) -> None:
         if not link.sending:
@@ -753,8 +763,8 @@ class Hub:
 
     def _watch(self, link: Link) -> None:
         """Tell the selector what this link waits for now: input on its channel
-        (unless paused), room to write on its client socket (if output is queued).
-        A GONE link's sockets are closed and unregistered: nothing to tell."""
+        (unless held back for its own sake), room to write on its client socket (if
+        output is queued). A GONE link's sockets are closed and unregistered: nothing to tell."""
         if link.gone:
             return
         self._set_interest(link.channel, link, link.reading)

@@ -67,7 +67,11 @@ class ServerSpec:
 
 def builtin_specs() -> dict[str, ServerSpec]:
     python = shlex.quote(sys.executable)
-    server = f"{python} -m chatbox.server {{port}} --host {{host}} --max-clients 6000"
+    # Streams at full speed are the point here: per-client flood limits off.
+    server = (
+        f"{python} -m chatbox.server {{port}} --host {{host}} --max-clients 6000 "
+        "--flood-lines 0 --flood-bytes 0"
+    )
     broker = shlex.quote(str(_REPO / "benchmarks" / "asyncio_broker.py"))
     relay = shlex.quote(str(_REPO / "benchmarks" / "select_relay.py"))
     return {

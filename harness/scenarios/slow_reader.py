@@ -8,11 +8,12 @@ grows: a server that waits for it stalls the whole room, which the "bounded time
 
 With this project's server the scenario goes further and proves the cut-off its
 protocol promises ("a client whose queue stays over --sendq for --slow-timeout is
-disconnected"). Normal chat traffic never fills the default 1 MiB queue plus the kernel's
-buffers, so the server is started with a small queue (`server_options`), and two raw
-parties join: ``stalled``, which stops reading with a small receive window (see
-`harness.rawclient`), and ``flood``, which sends long lines until the others are told
-``* stalled left (too slow)``. The others must see that notice and lose nothing.
+disconnected", and the others go on meanwhile). Normal chat traffic never fills the
+default 1 MiB queue plus the kernel's buffers, so the server is started with a small
+queue (`server_options`), and two raw parties join: ``stalled``, which stops reading
+with a small receive window (see `harness.rawclient`), and ``flood``, which sends long
+lines until the others are told ``* stalled left (too slow)``. The others must see that
+notice and lose nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from harness.party import Party
 from harness.scenarios.base import Context, Scenario
 
 SENDQ = 16384  # bytes: small, so a stopped reader overflows it within ~100 KiB of traffic
-SLOW_TIMEOUT = 0.5  # seconds over the bound before the cut-off: the room waits this long
+SLOW_TIMEOUT = 0.5  # seconds over the bound before the cut-off (nobody else waits for it)
+# The hard bound, far over --sendq: the readers that keep up have a flood line or two of
+# each window in flight (32 lines of 3 KB), which must never come near it; the stopped
+# reader is cut off by its grace.
+SENDQ_HARD = 1 << 20
 # The stopped reader's socket: a 4 KiB receive buffer and 200-byte segments. The kernel
 # sizes the server's send buffer from the segment size (64 KiB segments on loopback give
 # megabytes of buffer); small segments keep what the kernel absorbs near 100 KiB.
@@ -41,7 +46,14 @@ class SlowReader(Scenario):
     name = "slow-reader"
     summary = "one party stops reading; the other two keep their rate and lose nothing"
     min_clients = 3
-    server_options = ("--sendq", str(SENDQ), "--slow-timeout", str(SLOW_TIMEOUT))
+    server_options = (
+        "--sendq",
+        str(SENDQ),
+        "--slow-timeout",
+        str(SLOW_TIMEOUT),
+        "--sendq-hard",
+        str(SENDQ_HARD),
+    )
 
     def run(self, ctx: Context) -> None:
         a, b, slow = ctx.party("p1"), ctx.party("p2"), ctx.party("slow")
