@@ -55,7 +55,8 @@ def test_abuse_reports_latency_the_flooder_and_the_stopped_reader(
     assert abuse["stopped_readers"] >= 1
     (flooder,) = abuse["flooder"]
     assert flooder["lines"] > 0 and flooder["connections"] >= 1
-    # Held to a 500-line burst for 0.5 s, it is told it is flooding and cut off.
+    # Held to a burst of 0.1 s (50 lines), and over it for 0.5 s, it is told it is
+    # flooding and cut off.
     assert flooder["flooding"] >= 1, flooder
     assert abuse["flood_lines_relayed"] > 0
     assert "goal (p99 <= 2x quiet, nobody cut): " in run.stdout
