@@ -125,8 +125,9 @@ class SlowReader(Scenario):
         flooded = sum(len(s.token.payload) for s in flood.log.sent)
         ctx.record.notes.append(
             f"slow-reader: this project's server ran with --sendq {SENDQ} --slow-timeout "
-            f"{SLOW_TIMEOUT:g}; 'stalled' stopped reading (receive buffer 4 KiB, 200-byte "
-            f"segments) while 'flood' sent {len(flood.log.sent)} lines ({flooded} bytes)"
+            f"{SLOW_TIMEOUT:g} --sendq-hard {SENDQ_HARD}; 'stalled' stopped reading "
+            f"(receive buffer 4 KiB, 200-byte segments) while 'flood' sent "
+            f"{len(flood.log.sent)} lines ({flooded} bytes)"
         )
         deadline = min(ctx.deadline, time.monotonic() + ctx.options.settle)
         saw = {p.name: p.wait_text(NOTICE, deadline) for p in (a, b)}
