@@ -260,3 +260,18 @@ def test_client_sockets_have_tcp_keepalive(mode: str) -> None:
         ).stdout
         assert f":{srv.port}" in out, out
         assert "timer:(keepalive," in out, out
+
+
+def test_at_the_default_flood_limits_a_long_paste_is_paced_never_cut_off() -> None:
+    """3,000 lines at once (three times the burst): all arrive, in order, and the paster
+    is still there; a line the other sends meanwhile is not held up behind the paste."""
+    with running_server("0", "--host", "127.0.0.1") as srv:
+        paster, bob = joined_peers(srv, 2)
+        paster.send(b"".join(b"pasted line %04d %s\n" % (i, b"x" * 60) for i in range(3000)))
+        assert bob.line().startswith("<guest1> pasted line 0000 ")
+        bob.send(b"meanwhile\n")
+        assert paster.expect("<guest2> meanwhile") == []
+        for i in range(1, 3000):
+            assert bob.line() == f"<guest1> pasted line {i:04d} {'x' * 60}"
+        paster.send(b"/who\n")
+        assert paster.line() == "* here (2): guest1, guest2"
