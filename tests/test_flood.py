@@ -86,11 +86,11 @@ def test_at_the_defaults_a_flooders_lawful_burst_fits_in_every_readers_sendq() -
     assert 3 * relayed < DEFAULT_SENDQ
 
 
-def test_at_the_defaults_a_flooder_is_cut_off_in_seconds() -> None:
+def test_at_the_defaults_a_flooder_is_cut_off_within_a_minute() -> None:
     bucket = FloodBucket(FloodLimits(), now=0.0)
     line = b"f" * 59 + b"\n"
     now = 0.0
     while not bucket.flooding(now):
-        assert now < 30.0, "a client sending flat out was never found flooding"
+        assert now < 45.0, "a client sending flat out was never found flooding"
         bucket.take(line * 1000, now)
         now += 0.05

@@ -18,16 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # A pace no person reaches, and one that bounds the room. A paste of 1,000 lines (or
-# 256 KiB) goes at once; a longer one is delayed, and one of up to 5,000 lines (or
-# 1 MiB) still goes through whole, paced, before the timeout. A client sending flat out
-# is held to 500 lines and 128 KiB a second and cut off after 10 s of that. What one
+# 256 KiB) goes at once; a longer one is delayed, and one of up to 15,000 lines (or
+# 3.5 MiB: a file piped into the client) still goes through whole, paced, before the
+# timeout. A client sending flat out is held to 500 lines and 128 KiB a second - which
+# costs the room nothing - and cut off after 30 s of that. What one
 # client may send at once - its burst, 1,000 lines or 256 KiB, plus the name the server
 # puts in front of each line - is far under what the default --sendq (1 MiB) holds for
 # every reader, so a lawful burst never takes a reader that keeps up over its bound.
 DEFAULT_LINES = 500.0
 DEFAULT_BYTES = float(128 << 10)
 DEFAULT_BURST = 2.0
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
