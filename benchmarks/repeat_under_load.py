@@ -29,7 +29,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("duplex", "conversation", "broadcast", "churn", "slow-reader", "bad-input", "crash")
-SERVER = "{python} -m chatbox.server {port} --host {host} --mode MODE {server_options}"
+# As the harness's default server command: its parties stream at full speed from one
+# address, so the per-address and per-client flood limits are off.
+SERVER = (
+    "{python} -m chatbox.server {port} --host {host} --mode MODE --max-per-ip 0 "
+    "--connect-rate 0 --flood-lines 0 --flood-bytes 0 {server_options}"
+)
 HOG = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\n" + (
     "while time.monotonic() < end: pass\n"
 )
