@@ -33,13 +33,9 @@ if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
+from chatbox.server.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, InputTimeouts
 from chatbox.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig, TlsSetupError, server_context
-from chatbox.server.worker import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LINE_TIMEOUT,
-    InputTimeouts,
-    WorkerConfig,
-)
+from chatbox.server.worker import WorkerConfig
 
 DEFAULT_PORT = 4242
 
