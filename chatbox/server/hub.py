@@ -53,7 +53,7 @@ from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
 from chatbox.server.channel import ChannelEvent, LineDropped, Ready, Refused, TimedOut
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
-from chatbox.server.forkserver import Sockets
+from chatbox.server.forkserver import STOP_SIGNALS, Sockets
 from chatbox.server.gate import Penalties
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
@@ -183,7 +183,7 @@ class Hub:
     # --- the loop -----------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Relay until SIGINT or SIGTERM, then shut down within `SHUTDOWN_GRACE`.
+        """Relay until SIGINT, SIGTERM or SIGHUP, then shut down within `SHUTDOWN_GRACE`.
 
         Resource handling: on return every worker has ended and been reaped, every
         socket the hub opened is closed, and the signal handlers are restored.
@@ -296,7 +296,7 @@ class Hub:
 
     def _install_signals(self) -> dict[int, object]:
         previous: dict[int, object] = {}
-        handled = [signal.SIGINT, signal.SIGTERM]
+        handled = list(STOP_SIGNALS)
         if hasattr(signal, "SIGCHLD"):
             handled.append(signal.SIGCHLD)  # wakes the loop so ended workers get reaped
         for signum in handled:
@@ -310,7 +310,7 @@ class Hub:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if signum in (signal.SIGINT, signal.SIGTERM) and not self._stopping:
+        if signum in STOP_SIGNALS and not self._stopping:
             log.info("got %s", signal.Signals(signum).name)
             self._stopping = True
 
