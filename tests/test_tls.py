@@ -353,16 +353,72 @@ def test_a_full_tls_server_is_understood_by_the_client(
     with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
         member = tls_peer(srv, cert)
         joined(member)
-        proc = subprocess.run(
-            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert)),
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=WAIT,
+        status, out, err = _run_with_stdin_open(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert))
         )
-    # The refusal comes before any TLS (the hub cannot speak it); the client shows it.
-    assert proc.returncode == 1
-    assert proc.stderr.endswith("the server answered without TLS: ! server full (max 1 clients)\n")
+    # The refusal is said inside TLS, as a plain server says it in the clear: the client
+    # shows it and that the server closed, and exits 1.
+    assert (status, out, err) == (
+        1,
+        "! server full (max 1 clients)\n",
+        "connection closed by server\n",
+    )
+
+
+def _run_with_stdin_open(argv: list[str]) -> tuple[int, str, str]:
+    """Run a client whose stdin stays open (it must end on its own, not because its
+    input ended); its exit status, stdout and stderr."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        status = proc.wait(WAIT)
+        assert proc.stdout is not None and proc.stderr is not None
+        return status, proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_a_full_tls_server_refuses_openssl_s_client_inside_tls(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    openssl = tool("openssl")
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        name = joined(member)
+        argv = [openssl, "s_client", "-quiet", "-verify_return_error", "-CAfile", str(cert)]
+        argv += ["-verify_ip", "127.0.0.1", "-connect", f"127.0.0.1:{srv.port}"]
+        _, out, err = _run_with_stdin_open(argv)
+        # No handshake error: a verified TLS session whose only line is the refusal.
+        assert out == "! server full (max 1 clients)\n", (out, err)
+        assert "error" not in err.lower(), err
+        member.send(b"/who\n")
+        assert member.line() == f"* here (1): {name}"
+
+
+def test_a_full_tls_server_tells_a_plain_text_client_in_plain_text(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        joined(member)
+        plain = srv.connect()
+        plain.send(b"hello?\n")
+        assert plain.read_to_eof() == ["! server full (max 1 clients)"]
 
 
 def test_a_tls_client_that_stops_reading_is_cut_off_alone(
@@ -471,3 +527,13 @@ def test_the_client_bridge_delivers_what_came_with_the_handshake(
             joined(peer)
         finally:
             peer.close()
+
+
+def test_a_refusal_by_address_is_said_inside_tls(mode: str, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-per-ip", "1", "--exempt", "none"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        joined(member)
+        second = tls_peer(srv, cert)  # the handshake verifies: the refusal is in TLS
+        assert second.read_to_eof() == ["! too many connections from your address (max 1)"]

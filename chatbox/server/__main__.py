@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"listening on {host}:{port}", flush=True)
     config = HubConfig(
         tls=workers.tls is not None,
+        tls_context=workers.tls.context if workers.tls is not None else None,
         password=workers.password is not None,
         max_line=args.max_line,
         sendq=args.sendq,

@@ -43,6 +43,7 @@ import logging
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class HubConfig:
     admission: AdmissionRules = field(default_factory=AdmissionRules)
     # Workers speak TLS: each client's output goes to a relay socket its worker encrypts.
     tls: bool = False
+    # With TLS, the server's context: the hub says its own refusals inside TLS with it.
+    tls_context: ssl.SSLContext | None = None
     # Clients must give the password (their workers judge it) before they enter.
     password: bool = False
 
@@ -172,7 +175,8 @@ class Hub:
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
-        self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
+        # Refused clients, closing gracefully (in TLS on a TLS port).
+        self._farewells = Farewells(self._selector, config.tls_context)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -408,8 +412,8 @@ class Hub:
         ):
             if error is not None:
                 # Out of processes or threads: this one client is refused, everyone else
-                # goes on. It may be told (best effort: its socket is fresh and empty; a
-                # TLS client sees a plain line where it expected a handshake, and an end).
+                # goes on. It is told (best effort: its socket is fresh and empty; on a
+                # TLS port inside TLS, the farewell's own handshake).
                 log.error("cannot start a worker: %s", error)
                 worker_end.close()
                 link.channel.close()
