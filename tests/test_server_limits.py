@@ -259,3 +259,26 @@ def test_client_sockets_have_tcp_keepalive(mode: str) -> None:
         ).stdout
         assert f":{srv.port}" in out, out
         assert "timer:(keepalive," in out, out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_nearly_full_server_closes_its_oldest_silent_connection(mode: str) -> None:
+    """At 90% of --max-clients, a connection that has sent nothing at all since it came,
+    for --silent-timeout, is closed (oldest first, until the server is below 90%); one
+    that sent only a keepalive (a bare newline, as chatbox-client does) is not."""
+    args = ("--max-clients", "10", "--silent-timeout", "2")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        (keeper,) = joined_peers(srv, 1)
+        keeper.send(b"\n")  # the oldest, but not silent
+        silent = joined_peers(srv, 7)
+        talker = srv.connect()
+        talker.expect("* welcome guest9")
+        talker.send(b"/who\n")
+        talker.expect("* here (9)")  # 90% full: the oldest silent one has to go
+        assert silent[0].read_to_eof()[-1:] == ["! disconnected: idle"]
+        assert talker.expect("* guest2 left (idle)") == []
+        talker.send(b"/who\n")
+        here = talker.expect("* here (8)")
+        assert here == []
+        keeper.send(b"still here\n")
+        assert talker.line() == "<guest1> still here"

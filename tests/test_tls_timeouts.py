@@ -115,3 +115,18 @@ def test_a_tls_line_sent_in_pieces_within_the_line_timeout_goes_through(
         for piece in (b"one ", b"line ", b"in pieces\n"):
             alice.send(piece)
         assert bob.line() == "<guest1> one line in pieces"
+
+
+def test_a_nearly_full_tls_server_closes_its_silent_connection_inside_tls(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    """A keepalive over TLS counts as having sent something; silence does not."""
+    args = ("--max-clients", "3", "--silent-timeout", "2")
+    with tls_server(mode, certificate, *args) as srv:
+        keeper, silent, talker = joined_tls_peers(srv, certificate[0], 3)
+        keeper.send(b"\n")
+        talker.send(b"\n")
+        assert silent.read_to_eof()[-1:] == ["! disconnected: idle"]
+        assert talker.line() == "* guest2 left (idle)"
+        keeper.send(b"still here\n")
+        assert talker.line() == "<guest1> still here"

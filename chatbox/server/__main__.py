@@ -23,6 +23,7 @@ from chatbox.server.gate import PASSWORD_ENV, PasswordError, read_secret
 from chatbox.server.hub import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
+    DEFAULT_SILENT_TIMEOUT,
     DEFAULT_SLOW_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
     Hub,
@@ -143,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a client that began a line and did not finish it within this long; "
         f"0: never (default {DEFAULT_LINE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--silent-timeout",
+        type=non_negative_float,
+        default=DEFAULT_SILENT_TIMEOUT,
+        metavar="SECONDS",
+        help="while the server is at least 90%% full, close connections that have sent "
+        "nothing at all (not even a keepalive) for this long since they came, oldest "
+        f"first, until it is below; 0: never (default {DEFAULT_SILENT_TIMEOUT:g})",
     )
     add_flood_options(parser)
     add_admission_options(parser)
@@ -442,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
         stall_timeout=args.stall_timeout,
+        silent_timeout=args.silent_timeout,
         flood=flood.FloodLimits(
             args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
         ),

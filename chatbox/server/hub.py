@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
-from chatbox.server.channel import ChannelEvent, LineDropped, Ready, Refused, TimedOut
+from chatbox.server.channel import (
+    IDLE,
+    ChannelEvent,
+    Heard,
+    LineDropped,
+    Ready,
+    Refused,
+    TimedOut,
+)
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.forkserver import STOP_SIGNALS, Sockets
@@ -88,6 +96,13 @@ DEFAULT_SLOW_TIMEOUT = 2.0
 # small the queue (one that quit and stopped reading holds its slot otherwise). A
 # suspended terminal client in a busy room is cut off sooner, by the rule above.
 DEFAULT_STALL_TIMEOUT = 60.0
+# A connection that has sent nothing at all since it entered the room (not even the bare
+# newline chatbox-client sends after 60 s of silence) for this long is closed - but only
+# while the server is at least PRESSURE full, oldest first until it is below: so silent
+# sockets cannot hold a server full for the whole --idle-timeout, and lurkers who type
+# nothing stay as long as there is room.
+DEFAULT_SILENT_TIMEOUT = 90.0
+PRESSURE = 0.9
 # TCP keepalive on client sockets: a peer that vanished without a word (power cut, a
 # NAT that dropped the mapping) is found after KEEPIDLE + KEEPINTVL * KEEPCNT seconds
 # of silence, even while the server has nothing to send it.
@@ -106,6 +121,7 @@ class HubConfig:
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
+    silent_timeout: float = DEFAULT_SILENT_TIMEOUT  # 0: never
     flood: FloodLimits = field(default_factory=FloodLimits)
     admission: AdmissionRules = field(default_factory=AdmissionRules)
     # Workers speak TLS: each client's output goes to a relay socket its worker encrypts.
@@ -171,6 +187,10 @@ class Hub:
         # Wrong passwords waiting for their verdict (until when), and the delays per address.
         self._verdicts: dict[int, tuple[float, Link]] = {}
         self._penalties = Penalties()
+        # Members that have sent nothing since they entered (since when), oldest first;
+        # and those closed for it, still counted in _links until their worker ends.
+        self._silent: dict[int, tuple[float, Link]] = {}
+        self._evicted: set[int] = set()
         self._stopping = False
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
@@ -231,6 +251,8 @@ class Hub:
             self._end_throttles()
         if self._verdicts:
             self._give_verdicts()
+        if self._silent and self._config.silent_timeout and not self._stopping:
+            self._close_silent()
         self._flush()
         if self._held:
             self._release_held()
@@ -260,6 +282,9 @@ class Hub:
         farewell = self._farewells.next_deadline()
         if farewell is not None:
             deadlines.append(farewell)
+        if self._silent and self._config.silent_timeout and self._crowded():
+            since, _ = next(iter(self._silent.values()))
+            deadlines.append(since + self._config.silent_timeout)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -430,7 +455,12 @@ class Hub:
             self._links[link.id] = link
             self._selector.register(link.channel, _READ, link)
             if link.state is State.OPEN:
-                self._room.join(link.id)
+                self._joined(link)
+
+    def _joined(self, link: Link) -> None:
+        """It enters the room; it is silent until its worker hears from it."""
+        self._room.join(link.id)
+        self._silent[link.id] = (time.monotonic(), link)
 
     def _read(self, link: Link) -> None:
         try:
@@ -476,9 +506,11 @@ class Hub:
                 self._room.line_too_long(link.id)
             elif isinstance(event, TimedOut):
                 self._timed_out(link, event)
+            elif isinstance(event, Heard):
+                self._silent.pop(link.id, None)
             elif isinstance(event, Ready):
                 if link.admit():
-                    self._room.join(link.id)
+                    self._joined(link)
             elif isinstance(event, Refused):
                 self._refused(link)
             else:
@@ -515,6 +547,8 @@ class Hub:
         self._held.pop(link.id, None)
         self._waiting.pop(link.id, None)
         self._verdicts.pop(link.id, None)
+        self._silent.pop(link.id, None)
+        self._evicted.discard(link.id)
         link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
@@ -598,6 +632,27 @@ class Hub:
         self._room.leave(link.id, event.reason)
         self.post((link.id,), event.notice)
         self.dismiss(link.id)
+
+    def _crowded(self) -> bool:
+        """Whether the server is at least `PRESSURE` full (not counting connections
+        already closed for being silent)."""
+        threshold = max(1, int(self._config.max_clients * PRESSURE + 0.5))
+        return len(self._links) - len(self._evicted) >= threshold
+
+    def _close_silent(self) -> None:
+        """While crowded, close the oldest connection that has sent nothing for
+        `silent_timeout`, one after another, until it is not crowded."""
+        expired = time.monotonic() - self._config.silent_timeout
+        while self._silent and self._crowded():
+            member_id, (since, link) = next(iter(self._silent.items()))
+            if since > expired:
+                return
+            del self._silent[member_id]
+            if link.state is not State.OPEN:
+                continue
+            self._evicted.add(member_id)
+            log.info("%s sent nothing, and the server is nearly full", self._room_name(link))
+            self._timed_out(link, IDLE)
 
     def _read_again(self, link: Link) -> None:
         # A leaving client's channel must be read to see its worker end.

@@ -44,6 +44,7 @@ class InputClock:
         self._heard_at = now  # its last bytes (or the end of the server's last hold)
         self._line_since: float | None = None  # when the line being received began
         self.expired = False
+        self._silent = True  # nothing heard yet
 
     def hold(self, now: float) -> None:
         """The server holds the client back at ``now``: its clocks start afresh."""
@@ -51,15 +52,19 @@ class InputClock:
         if self._line_since is not None:
             self._line_since = now
 
-    def heard(self, now: float, finished: bool, holding: bool) -> None:
+    def heard(self, now: float, finished: bool, holding: bool) -> bool:
         """Bytes arrived at ``now``: ``finished`` whether they ended a line (or more),
-        ``holding`` whether a line is begun and waits for its end."""
+        ``holding`` whether a line is begun and waits for its end. Whether these are
+        the first: then the worker tells the hub (`heard_note`), for whom a connection
+        that never sent anything is the first to go when the server is nearly full."""
+        first, self._silent = self._silent, False
         self._heard_at = now
         if not holding:
             self._line_since = None
         elif self._line_since is None or finished:
             # Begun now, or a line finished and the next one begun.
             self._line_since = now
+        return first
 
     def remaining(self, now: float) -> float | None:
         """Seconds until the client times out if it keeps silent (0 or less: it has);

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import encode_event, end_note, ready_note, refused_note
+from chatbox.server.channel import encode_event, end_note, heard_note, ready_note, refused_note
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
 from chatbox.server.timeouts import InputClock
 from chatbox.tls_stream import RECV_SIZE, TlsStream, wait
@@ -309,14 +309,20 @@ def _relay(
                     if verdict:
                         upward += ready_note()
                         clock = InputClock(config.timeouts, time.monotonic())
-                        # (A line begun after the password has its clock running.)
+                        # It sent its password: it is heard (and a line begun after
+                        # has its clock running).
                         clock.heard(time.monotonic(), False, decoder.holding)
+                        upward += heard_note()
                     else:
                         upward += refused_note()
                         reading = False
                         events = []
-            elif plain and login is None:
-                clock.heard(time.monotonic(), bool(events), decoder.holding)
+            elif (
+                plain
+                and login is None
+                and clock.heard(time.monotonic(), bool(events), decoder.holding)
+            ):
+                upward += heard_note()
             for event in events:
                 upward += encode_event(event)
             if stream.ended and reading:

@@ -28,6 +28,7 @@ from chatbox import protocol
 from chatbox.server.channel import (
     encode_event,
     end_note,
+    heard_note,
     ready_note,
     refused_note,
 )
@@ -156,8 +157,10 @@ def serve_connection(
             reading = admitted
         # Once it timed out (reported to the hub), what the client sends is thrown away.
         clock = InputClock(config.timeouts, time.monotonic())
-        # (A line begun after the password has its clock running.)
-        clock.heard(time.monotonic(), False, decoder.holding)
+        if config.password is not None and reading:
+            # It sent its password: it is heard (and a line begun after has its clock).
+            clock.heard(time.monotonic(), False, decoder.holding)
+            upward += heard_note()
         while True:
             now = time.monotonic()
             timeout = None
@@ -195,7 +198,8 @@ def serve_connection(
                     events = decoder.feed(data)
                     for event in events:
                         upward += encode_event(event)
-                    clock.heard(time.monotonic(), bool(events), decoder.holding)
+                    if clock.heard(time.monotonic(), bool(events), decoder.holding):
+                        upward += heard_note()
                 channel_out = True
             if upward and channel_out:
                 try:
