@@ -17,9 +17,10 @@ line where it expects a handshake sees garbage or a handshake error. So with a T
 context the farewell first completes a handshake of its own, on memory BIOs in the same
 non-blocking turns (`chatbox.tls_stream`), then sends the words, close_notify and FIN,
 then drains as above; a client that spoke plain text first is told in plain text. A
-handshake costs the hub about a millisecond of CPU, so at most `TLS_REFUSALS_PER_SECOND`
-are done (a storm of refused connections cannot take the hub's time); past that a
-refused TLS connection is closed without a word. The same `LINGER` bounds the whole.
+handshake costs the hub about 0.4 ms of CPU (a P-256 key; more with RSA), so at most
+`TLS_REFUSALS_PER_SECOND` are done (a storm of refused connections cannot take the
+hub's time); past that a refused TLS connection is closed without a word. The same
+`LINGER` bounds the whole.
 """
 
 from __future__ import annotations
