@@ -3,7 +3,9 @@
 A worker passes its client's sanitised lines up one end of a socketpair, and in the
 same stream its own notes: that a line was too long, that the client closed or reset
 the connection, and - for a connection that must pass a TLS handshake or the password
-gate before it enters the room - that it passed (ready) or gave a wrong password. A
+gate before it enters the room - that it passed (ready) or gave a wrong password; and
+once, that the client has sent its first bytes (heard: even a bare newline, which never
+crosses as a line). A
 note is a line that starts with NUL, a byte no sanitised line can contain (the
 protocol replaces it), so lines and notes need no framing beyond LF and
 keep their order. The format is private to this pair: the worker writes with
