@@ -267,7 +267,7 @@ def test_a_nearly_full_server_closes_its_oldest_silent_connection(mode: str) -> 
     """At 90% of --max-clients, a connection that has sent nothing at all since it came,
     for --silent-timeout, is closed (oldest first, until the server is below 90%); one
     that sent only a keepalive (a bare newline, as chatbox-client does) is not."""
-    args = ("--max-clients", "10", "--silent-timeout", "2")
+    args = ("--max-clients", "10", "--silent-timeout", "3")
     with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
         (keeper,) = joined_peers(srv, 1)
         keeper.send(b"\n")  # the oldest, but not silent

@@ -121,7 +121,7 @@ def test_a_nearly_full_tls_server_closes_its_silent_connection_inside_tls(
     mode: str, certificate: tuple[Path, Path]
 ) -> None:
     """A keepalive over TLS counts as having sent something; silence does not."""
-    args = ("--max-clients", "3", "--silent-timeout", "2")
+    args = ("--max-clients", "3", "--silent-timeout", "3")
     with tls_server(mode, certificate, *args) as srv:
         keeper, silent, talker = joined_tls_peers(srv, certificate[0], 3)
         keeper.send(b"\n")
