@@ -2,7 +2,7 @@
 newline, against the line timeout, while an honest pair plays ping-pong.
 
     python benchmarks/slowloris.py [--modes fork,thread] [--loris 500] [--line-timeout 5]
-                                   [--pings 100] [--json OUT]
+                                   [--pings 100] [--tls] [--json OUT]
 
 For each server mode a fresh server is started with ``--line-timeout`` and no idle
 timeout. Two honest clients join and play ping-pong one message at a time (A says
@@ -14,7 +14,8 @@ and trickles a byte into each every 100 ms
 (``attack``). It reports how many were cut and told `! disconnected: unfinished line`,
 the longest time from a connection's first byte to its cut (the promise: the line
 timeout plus a little), how many the room held at once, and the honest pair's p50/p99
-in both phases.
+in both phases. ``--tls``: the server, the pair and every loris speak TLS (a
+certificate made with openssl for the run), each byte its own TLS record.
 
 Bounded: the attack ends when every connection is cut or after 3 x the line timeout +
 30 s, and the attack's ping-pong with it; each server
@@ -27,8 +28,11 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,14 +50,20 @@ PACE = 0.05
 LORIS = r"""
 import json, select, signal, socket, sys, time
 port, count, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-line_timeout = float(sys.argv[4])
+line_timeout, ca = float(sys.argv[4]), sys.argv[5]
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+context = None
+if ca:
+    import ssl
+    context = ssl.create_default_context(cafile=ca)
 socks, first, heard = [], {}, {}
 for i in range(count):
     s = socket.socket()
     s.bind((f"127.0.2.{i // per + 1}", 0))
     s.connect(("127.0.0.1", port))
+    if context is not None:
+        s = context.wrap_socket(s, server_hostname="127.0.0.1")
     s.setblocking(False)
     socks.append(s)
 for s in socks:
@@ -67,14 +77,20 @@ next_byte = time.monotonic() + 0.1
 while open_ and not stop and time.monotonic() < deadline:
     ready, _, _ = select.select(list(open_), [], [], max(0.0, next_byte - time.monotonic()))
     for s in ready:
+        data = b""
         try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
+            while True:  # (a TLS socket may hold more than one record's data)
+                chunk = s.recv(65536)
+                data += chunk
+                if not chunk or not (context and s.pending()):
+                    break
+        except BlockingIOError:  # (ssl.SSLWantReadError is one)
+            if not data:
+                continue
         except OSError:
-            data = b""
+            chunk = b""
         heard[s] += data
-        if not data:
+        if not chunk:
             open_.discard(s)
             cut_after.append(time.monotonic() - first[s])
     if time.monotonic() >= next_byte:
@@ -96,12 +112,29 @@ for s in socks:
 """
 
 
+def connect(port: int, context: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=PING_TIMEOUT)
+    if context is None:
+        return sock
+    return context.wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 made with the real openssl."""
+    cert, key = directory / "server.crt", directory / "server.key"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class Pair:
     """Two honest clients playing ping-pong."""
 
-    def __init__(self, port: int) -> None:
-        self.a = socket.create_connection(("127.0.0.1", port), timeout=PING_TIMEOUT)
-        self.b = socket.create_connection(("127.0.0.1", port), timeout=PING_TIMEOUT)
+    def __init__(self, port: int, context: ssl.SSLContext | None) -> None:
+        self.a = connect(port, context)
+        self.b = connect(port, context)
         self.a_file = self.a.makefile("rb")
         self.b_file = self.b.makefile("rb")
         self._until(self.a_file, b"* welcome")
@@ -142,16 +175,23 @@ class Pair:
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, object]:
     extra = ("--line-timeout", str(args.line_timeout), "--idle-timeout", "0")
     extra += ("--max-clients", str(args.loris + 64))
+    context = None
+    ca = ""
+    if args.tls is not None:
+        cert, key = args.tls
+        extra += ("--tls-cert", str(cert), "--tls-key", str(key))
+        context = ssl.create_default_context(cafile=str(cert))
+        ca = str(cert)
     server = start_server(mode, extra)
     try:
         assert server.announced is not None
         port = server.announced[1]
-        pair = Pair(port)
+        pair = Pair(port, context)
         quiet = []
         for _ in range(args.pings):
             quiet.append(pair.round_trip())
             time.sleep(PACE)
-        side_args = [str(port), str(args.loris), str(PER_ADDRESS), str(args.line_timeout)]
+        side_args = [str(port), str(args.loris), str(PER_ADDRESS), str(args.line_timeout), ca]
         loris = start_side(LORIS, side_args)
         attack: list[float] = []
         peak = 0
@@ -167,7 +207,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, object]:
         after = pair.here()
         pair.round_trip()  # still chatting
         pair.close()
-        result: dict[str, object] = {"mode": mode, "loris": args.loris, **report}
+        result: dict[str, object] = {"mode": mode, "tls": context is not None, **report}
+        result["loris"] = args.loris
         result |= {"peak_here": peak, "here_after": after}
         result |= {
             "quiet_p50_ms": 1000 * statistics.median(quiet),
@@ -187,13 +228,21 @@ def main() -> int:
     parser.add_argument("--line-timeout", type=float, default=5.0)
     parser.add_argument("--pings", type=int, default=100)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tls", action="store_true", help="every connection over TLS")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="slowloris-") as tmp:
+        args.tls = make_certificate(Path(tmp)) if args.tls else None
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     results = []
     for mode in args.modes.split(","):
         result = run_mode(mode, args)
         results.append(result)
         print(
-            f"{mode}: {result['cut']}/{args.loris} cut, {result['told']} told, "
+            f"{mode}{' over TLS' if args.tls else ''}: {result['cut']}/{args.loris} cut, "
+            f"{result['told']} told, "
             f"{result['left_open']} left open; first byte to cut: median "
             f"{result['median_cut_after']:.2f} s, max {result['max_cut_after']:.2f} s "
             f"(line timeout {args.line_timeout:g} s); room held {result['peak_here']} at "
