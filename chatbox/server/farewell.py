@@ -83,7 +83,8 @@ class Farewells:
         and drain the peer until it closes. ``sock`` must be non-blocking. On a TLS
         port the words wait for a handshake (if the budget allows one; else none)."""
         now = time.monotonic()
-        handshake = self._tls is not None and bool(last_words) and self._afford(now)
+        full = len(self._lingering) >= MAX_FAREWELLS
+        handshake = self._tls is not None and bool(last_words) and not full and self._afford(now)
         if self._tls is not None and not handshake:
             last_words = b""  # a plain line would only garble a TLS client's handshake
         if not handshake:
@@ -91,7 +92,7 @@ class Farewells:
                 if last_words:
                     sock.send(last_words)
                 sock.shutdown(socket.SHUT_WR)
-        if len(self._lingering) >= MAX_FAREWELLS:
+        if full:
             sock.close()
             return
         try:
