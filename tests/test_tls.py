@@ -6,12 +6,15 @@ Certificates are made per test with openssl (tests/tls_certs.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -537,3 +540,60 @@ def test_a_refusal_by_address_is_said_inside_tls(mode: str, certificate: tuple[P
         joined(member)
         second = tls_peer(srv, cert)  # the handshake verifies: the refusal is in TLS
         assert second.read_to_eof() == ["! too many connections from your address (max 1)"]
+
+
+def test_the_client_bridge_ends_the_session_cleanly_when_a_quit_crosses_the_close(
+    tmp_path: Path,
+) -> None:
+    """The server ends the TLS stream (a refusal, a shutdown) while the session has just
+    written its `/quit` to the bridge: the session must see the server's close, not a
+    reset (the bridge closing its end with the /quit unread reset it, and the client
+    said "connection lost: connection reset by peer")."""
+    from chatbox.client.tls import _bridge, _handshake, client_context
+    from chatbox.tls_stream import TlsStream
+
+    cert, key = make_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    closed = threading.Event()  # the server's close_notify is on its way
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.setblocking(False)
+            tls = TlsStream(conn, server_context, server_side=True)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                while not tls.handshake():
+                    tls.flush()
+                    select.select([conn], [], [], WAIT)
+                    tls.pull()
+                tls.close()  # close_notify right after the handshake
+                tls.flush()
+            closed.set()
+            done.wait(WAIT)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    session, inner = socket.socketpair()
+    try:
+        stream = _handshake(raw, "127.0.0.1", port, client_context(str(cert), False), WAIT)
+        assert closed.wait(WAIT)  # (on loopback it is in our socket once it was sent)
+        session.sendall(b"/quit\n")  # typed as the end came
+        bridge = threading.Thread(target=_bridge, args=(stream, inner), daemon=True)
+        bridge.start()
+        session.settimeout(WAIT)
+        assert session.recv(100) == b""  # the end of the stream, not ECONNRESET
+        session.close()
+        bridge.join(WAIT)
+        assert not bridge.is_alive()
+    finally:
+        done.set()
+        session.close()
+        raw.close()
+        listener.close()
+        server.join(WAIT)
