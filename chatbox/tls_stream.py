@@ -118,9 +118,12 @@ class TlsStream:
             for start in range(0, len(view), RECORD_SIZE):
                 self.obj.write(view[start : start + RECORD_SIZE])
         except ssl.SSLError:
-            # The connection is broken (the peer's alert, a failed state): what we
-            # would have sent cannot reach it any more.
-            self.ended = self.reset = True
+            # The connection is broken (the peer's alert, a failed state), or the peer
+            # has already closed it in order (close_notify: then it is no reset): what
+            # we would have sent cannot reach it any more.
+            if not self.ended:
+                self.reset = True
+            self.ended = True
         self._take_outgoing()
 
     def flush(self) -> bool:

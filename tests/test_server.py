@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from live_server import (
     MODES,
+    WAIT,
     Peer,
     ServerProcess,
     child_env,
@@ -174,6 +175,23 @@ def test_server_shutdown_tells_everyone_and_reaps_its_workers(mode: str) -> None
         for peer in peers:
             assert peer.read_to_eof() == ["* server shutting down"]
         assert not os.path.exists(f"/proc/{srv.pid}")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT], ids=["SIGHUP", "SIGINT"])
+def test_sighup_and_sigint_to_the_server_alone_shut_it_down_as_sigterm_does(
+    mode: str, signum: signal.Signals
+) -> None:
+    """A terminal that closes (SIGHUP) or a Ctrl-C (SIGINT) sent to the hub alone: every
+    client is told, and the server exits 0 (SIGHUP used to kill it without a word)."""
+    srv = ServerProcess("0", "--host", "127.0.0.1", "--mode", mode)
+    try:
+        peers = joined_peers(srv, 3)
+        srv.proc.send_signal(signum)
+        assert srv.proc.wait(WAIT) == 0
+        for peer in peers:
+            assert peer.read_to_eof() == ["* server shutting down"]
     finally:
         srv.stop()
 

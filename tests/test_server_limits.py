@@ -6,6 +6,7 @@ a storm of commands cannot queue replies past the asker's --sendq.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import shutil
 import socket
@@ -275,3 +276,80 @@ def test_at_the_default_flood_limits_a_long_paste_is_paced_never_cut_off() -> No
             assert bob.line() == f"<guest1> pasted line {i:04d} {'x' * 60}"
         paster.send(b"/who\n")
         assert paster.line() == "* here (2): guest1, guest2"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_nearly_full_server_closes_its_oldest_silent_connection(mode: str) -> None:
+    """At 90% of --max-clients, a connection that has sent nothing at all since it came,
+    for --silent-timeout, is closed (oldest first, until the server is below 90%); one
+    that sent only a keepalive (a bare newline, as chatbox-client does) is not."""
+    args = ("--max-clients", "10", "--silent-timeout", "3")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        (keeper,) = joined_peers(srv, 1)
+        keeper.send(b"\n")  # the oldest, but not silent
+        silent = joined_peers(srv, 7)
+        talker = srv.connect()
+        talker.expect("* welcome guest9")
+        talker.send(b"/who\n")
+        talker.expect("* here (9)")  # 90% full: the oldest silent one has to go
+        assert silent[0].read_to_eof()[-1:] == ["! disconnected: idle"]
+        assert talker.expect("* guest2 left (idle)") == []
+        talker.send(b"/who\n")
+        here = talker.expect("* here (8)")
+        assert here == []
+        keeper.send(b"still here\n")
+        assert talker.line() == "<guest1> still here"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hundred_slowloris_connections_are_cut_while_an_honest_pair_chats(mode: str) -> None:
+    """100 connections, each a byte every 100 ms and never a newline: every one is cut
+    by the line timeout, while two honest clients go on chatting, nothing lost.
+    (The figure for 500: benchmarks/slowloris.py, docs/performance.md.)"""
+    args = ("--line-timeout", "2", "--idle-timeout", "0")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        alice, bob = joined_peers(srv, 2)
+        loris = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(100)]
+
+        def bob_here_line() -> str:
+            bob.send(b"/who\n")
+            while not (line := bob.line()).startswith("* here ("):
+                pass
+            return line
+
+        wait_until(lambda: bob_here_line().startswith("* here (102)"), "every one to be in")
+        heard: dict[socket.socket, bytearray] = {sock: bytearray() for sock in loris}
+        for sock in loris:
+            sock.setblocking(False)
+        open_ = set(loris)
+        sent = 0
+        deadline = time.monotonic() + 3 * WAIT
+        try:
+            while open_ and time.monotonic() < deadline:
+                for sock in list(open_):
+                    with contextlib.suppress(OSError):
+                        sock.send(b"x")
+                alice.send(b"ping %d\n" % sent)
+                sent += 1
+                ready, _, _ = select.select(list(open_), [], [], 0.1)
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    heard[sock] += data
+                    if not data:
+                        open_.discard(sock)
+            assert not open_, f"{len(open_)} of 100 were never timed out"
+            for sock in loris:
+                last = heard[sock].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+                assert last == b"! disconnected: unfinished line", bytes(heard[sock][-200:])
+            got = [line for line in bob.expect(f"<guest1> ping {sent - 1}") if "ping" in line]
+            assert got == [f"<guest1> ping {i}" for i in range(sent - 1)]
+            bob.send(b"/who\n")
+            bob.expect("* here (2): guest1, guest2")
+        finally:
+            for sock in loris:
+                sock.close()

@@ -6,12 +6,15 @@ Certificates are made per test with openssl (tests/tls_certs.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,16 +357,72 @@ def test_a_full_tls_server_is_understood_by_the_client(
     with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
         member = tls_peer(srv, cert)
         joined(member)
-        proc = subprocess.run(
-            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert)),
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=WAIT,
+        status, out, err = _run_with_stdin_open(
+            client_argv(str(srv.port), "127.0.0.1", "--tls-ca", str(cert))
         )
-    # The refusal comes before any TLS (the hub cannot speak it); the client shows it.
-    assert proc.returncode == 1
-    assert proc.stderr.endswith("the server answered without TLS: ! server full (max 1 clients)\n")
+    # The refusal is said inside TLS, as a plain server says it in the clear: the client
+    # shows it and that the server closed, and exits 1.
+    assert (status, out, err) == (
+        1,
+        "! server full (max 1 clients)\n",
+        "connection closed by server\n",
+    )
+
+
+def _run_with_stdin_open(argv: list[str]) -> tuple[int, str, str]:
+    """Run a client whose stdin stays open (it must end on its own, not because its
+    input ended); its exit status, stdout and stderr."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        status = proc.wait(WAIT)
+        assert proc.stdout is not None and proc.stderr is not None
+        return status, proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_a_full_tls_server_refuses_openssl_s_client_inside_tls(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    openssl = tool("openssl")
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        name = joined(member)
+        argv = [openssl, "s_client", "-quiet", "-verify_return_error", "-CAfile", str(cert)]
+        argv += ["-verify_ip", "127.0.0.1", "-connect", f"127.0.0.1:{srv.port}"]
+        _, out, err = _run_with_stdin_open(argv)
+        # No handshake error: a verified TLS session whose only line is the refusal.
+        assert out == "! server full (max 1 clients)\n", (out, err)
+        assert "error" not in err.lower(), err
+        member.send(b"/who\n")
+        assert member.line() == f"* here (1): {name}"
+
+
+def test_a_full_tls_server_tells_a_plain_text_client_in_plain_text(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-clients", "1"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        joined(member)
+        plain = srv.connect()
+        plain.send(b"hello?\n")
+        assert plain.read_to_eof() == ["! server full (max 1 clients)"]
 
 
 def test_a_tls_client_that_stops_reading_is_cut_off_alone(
@@ -481,3 +540,70 @@ def test_the_client_bridge_delivers_what_came_with_the_handshake(
             joined(peer)
         finally:
             peer.close()
+
+
+def test_a_refusal_by_address_is_said_inside_tls(mode: str, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", mode, "--max-per-ip", "1", "--exempt", "none"]
+    with running_server(*args, "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        member = tls_peer(srv, cert)
+        joined(member)
+        second = tls_peer(srv, cert)  # the handshake verifies: the refusal is in TLS
+        assert second.read_to_eof() == ["! too many connections from your address (max 1)"]
+
+
+def test_the_client_bridge_ends_the_session_cleanly_when_a_quit_crosses_the_close(
+    tmp_path: Path,
+) -> None:
+    """The server ends the TLS stream (a refusal, a shutdown) while the session has just
+    written its `/quit` to the bridge: the session must see the server's close, not a
+    reset (the bridge closing its end with the /quit unread reset it, and the client
+    said "connection lost: connection reset by peer")."""
+    from chatbox.client.tls import _bridge, _handshake, client_context
+    from chatbox.tls_stream import TlsStream
+
+    cert, key = make_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    closed = threading.Event()  # the server's close_notify is on its way
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.setblocking(False)
+            tls = TlsStream(conn, server_context, server_side=True)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                while not tls.handshake():
+                    tls.flush()
+                    select.select([conn], [], [], WAIT)
+                    tls.pull()
+                tls.close()  # close_notify right after the handshake
+                tls.flush()
+            closed.set()
+            done.wait(WAIT)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    session, inner = socket.socketpair()
+    try:
+        stream = _handshake(raw, "127.0.0.1", port, client_context(str(cert), False), WAIT)
+        assert closed.wait(WAIT)  # (on loopback it is in our socket once it was sent)
+        session.sendall(b"/quit\n")  # typed as the end came
+        bridge = threading.Thread(target=_bridge, args=(stream, inner), daemon=True)
+        bridge.start()
+        session.settimeout(WAIT)
+        assert session.recv(100) == b""  # the end of the stream, not ECONNRESET
+        session.close()
+        bridge.join(WAIT)
+        assert not bridge.is_alive()
+    finally:
+        done.set()
+        session.close()
+        raw.close()
+        listener.close()
+        server.join(WAIT)

@@ -139,6 +139,33 @@ def _explain(where: str, exc: ssl.SSLError) -> NoReturn:
     raise ConnectError(f"{where}: TLS handshake failed: {reason} (is it a TLS port?)") from None
 
 
+# Once the server's stream has ended, the session gets this long to close its side.
+SESSION_END_TIME = 5.0
+
+
+def _end_session(server: socket.socket, inner: socket.socket) -> None:
+    """The server's stream has ended: end the session's stream (it sees the server's
+    close), and read and drop what the session still sends (a `/quit` that crossed the
+    server's close) until it closes its side. Closing ``inner`` with that unread would
+    reset the session's socket, and the session would report a reset, not the close."""
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        inner.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + SESSION_END_TIME
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _ = wait([inner], [], remaining)
+        if not readable:
+            return
+        try:
+            if not inner.recv(RECV_SIZE):
+                return
+        except BlockingIOError:
+            continue
+        except OSError:
+            return
+
+
 def _bridge(stream: TlsStream, inner: socket.socket) -> None:
     """Move bytes between the server (TLS) and the session (plain) until both are done.
 
@@ -153,6 +180,7 @@ def _bridge(stream: TlsStream, inner: socket.socket) -> None:
     try:
         while True:
             if stream.ended and not to_session:
+                _end_session(server, inner)
                 return
             readers = []
             if not stream.ended and len(to_session) < BRIDGE_LIMIT:

@@ -24,6 +24,7 @@ from chatbox.server.hub import (
     DEFAULT_HARD_FACTOR,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SENDQ,
+    DEFAULT_SILENT_TIMEOUT,
     DEFAULT_SLOW_TIMEOUT,
     DEFAULT_STALL_TIMEOUT,
     Hub,
@@ -34,13 +35,9 @@ if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
 from chatbox.server.launcher import MODES, default_mode, make_launcher
 from chatbox.server.logs import ServerLog
+from chatbox.server.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, InputTimeouts
 from chatbox.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig, TlsSetupError, server_context
-from chatbox.server.worker import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LINE_TIMEOUT,
-    InputTimeouts,
-    WorkerConfig,
-)
+from chatbox.server.worker import WorkerConfig
 
 DEFAULT_PORT = 4242
 
@@ -158,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a client that began a line and did not finish it within this long; "
         f"0: never (default {DEFAULT_LINE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--silent-timeout",
+        type=non_negative_float,
+        default=DEFAULT_SILENT_TIMEOUT,
+        metavar="SECONDS",
+        help="while the server is at least 90%% full, close connections that have sent "
+        "nothing at all (not even a keepalive) for this long since they came, oldest "
+        f"first, until it is below; 0: never (default {DEFAULT_SILENT_TIMEOUT:g})",
     )
     add_flood_options(parser)
     add_admission_options(parser)
@@ -450,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"listening on {host}:{port}", flush=True)
     config = HubConfig(
         tls=workers.tls is not None,
+        tls_context=workers.tls.context if workers.tls is not None else None,
         password=workers.password is not None,
         max_line=args.max_line,
         sendq=args.sendq,
@@ -457,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=max_clients,
         slow_timeout=args.slow_timeout,
         stall_timeout=args.stall_timeout,
+        silent_timeout=args.silent_timeout,
         flood=flood.FloodLimits(
             args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
         ),

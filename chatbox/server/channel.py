@@ -3,7 +3,9 @@
 A worker passes its client's sanitised lines up one end of a socketpair, and in the
 same stream its own notes: that a line was too long, that the client closed or reset
 the connection, and - for a connection that must pass a TLS handshake or the password
-gate before it enters the room - that it passed (ready) or gave a wrong password. A
+gate before it enters the room - that it passed (ready) or gave a wrong password; and
+once, that the client has sent its first bytes (heard: even a bare newline, which never
+crosses as a line). A
 note is a line that starts with NUL, a byte no sanitised line can contain (the
 protocol replaces it), so lines and notes need no framing beyond LF and
 keep their order. The format is private to this pair: the worker writes with
@@ -30,6 +32,7 @@ _IDLE = b"idle"
 _UNFINISHED = b"unfinished"
 _READY = b"ready"
 _REFUSED = b"refused"
+_HEARD = b"heard"
 
 # Why a connection ended, as the room tells the others.
 _REASONS = {_CLOSED: "connection closed", _RESET: "connection reset"}
@@ -68,6 +71,12 @@ def ready_note() -> bytes:
     return _note(_READY)
 
 
+def heard_note() -> bytes:
+    """The client has sent its first bytes in the room (a keepalive's bare newline
+    counts, though it never reaches the hub as a line): it is not a silent connection."""
+    return _note(_HEARD)
+
+
 def refused_note() -> bytes:
     """The client's first line was not the password; the worker reads no more of it."""
     return _note(_REFUSED)
@@ -97,8 +106,11 @@ class TimedOut:
     notice: bytes
 
 
+# Also what the hub says to a silent connection it closes to make room.
+IDLE = TimedOut("idle", protocol.IDLE)
+
 _TIMEOUTS = {
-    _IDLE: TimedOut("idle", protocol.IDLE),
+    _IDLE: IDLE,
     _UNFINISHED: TimedOut("unfinished line", protocol.UNFINISHED_LINE),
 }
 
@@ -113,7 +125,12 @@ class Refused:
     """The client did not give the password; it waits for its verdict, then goes."""
 
 
-ChannelEvent = protocol.Lines | LineDropped | Ended | TimedOut | Ready | Refused
+@dataclass(frozen=True)
+class Heard:
+    """The client has sent something since it entered the room (once per client)."""
+
+
+ChannelEvent = protocol.Lines | LineDropped | Ended | TimedOut | Ready | Refused | Heard
 
 
 class ChannelReader:
@@ -150,9 +167,11 @@ class ChannelReader:
         return events
 
     @staticmethod
-    def _decode_note(kind: bytes) -> LineDropped | Ended | TimedOut | Ready | Refused:
+    def _decode_note(kind: bytes) -> LineDropped | Ended | TimedOut | Ready | Refused | Heard:
         if kind == _TOO_LONG:
             return LineDropped()
+        if kind == _HEARD:
+            return Heard()
         if kind in _TIMEOUTS:
             return _TIMEOUTS[kind]
         if kind == _READY:

@@ -77,8 +77,9 @@ _MESSAGE = struct.Struct("=cIq")
 _START, _QUIT = b"S", b"Q"
 _READY, _STARTED, _FAILED, _ENDED = b"R", b"P", b"E", b"X"
 
-# The signals that end a server: only the hub acts on them.
-_HUB_SIGNALS = tuple(
+# The signals that end a server: only the hub acts on them, each as a graceful shutdown
+# (everyone is told). SIGHUP too: a closing terminal sends it to the whole group.
+STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
 
@@ -384,7 +385,7 @@ def _run(ctl: socket.socket, serve: Serve, level: int) -> None:
     """The fork server's loop: fork a worker per request, reap them, end when told to
     (or when the hub is gone)."""
     signal.set_wakeup_fd(-1)
-    for signum in _HUB_SIGNALS:
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     wake_r, wake_w = socket.socketpair()
     _keep_only([ctl.fileno(), wake_r.fileno(), wake_w.fileno()])

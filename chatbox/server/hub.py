@@ -48,6 +48,7 @@ import logging
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,10 +56,18 @@ from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.admission import Admission, AdmissionRules, Refusal, Ticket
-from chatbox.server.channel import ChannelEvent, LineDropped, Ready, Refused, TimedOut
+from chatbox.server.channel import (
+    IDLE,
+    ChannelEvent,
+    Heard,
+    LineDropped,
+    Ready,
+    Refused,
+    TimedOut,
+)
 from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
-from chatbox.server.forkserver import Sockets
+from chatbox.server.forkserver import STOP_SIGNALS, Sockets
 from chatbox.server.gate import Penalties
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
@@ -96,6 +105,13 @@ DEFAULT_SLOW_TIMEOUT = 2.0
 # small the queue (one that quit and stopped reading holds its slot otherwise). A
 # suspended terminal client in a busy room is cut off sooner, by the rule above.
 DEFAULT_STALL_TIMEOUT = 60.0
+# A connection that has sent nothing at all since it entered the room (not even the bare
+# newline chatbox-client sends after 60 s of silence) for this long is closed - but only
+# while the server is at least PRESSURE full, oldest first until it is below: so silent
+# sockets cannot hold a server full for the whole --idle-timeout, and lurkers who type
+# nothing stay as long as there is room.
+DEFAULT_SILENT_TIMEOUT = 90.0
+PRESSURE = 0.9
 # TCP keepalive on client sockets: a peer that vanished without a word (power cut, a
 # NAT that dropped the mapping) is found after KEEPIDLE + KEEPINTVL * KEEPCNT seconds
 # of silence, even while the server has nothing to send it.
@@ -115,10 +131,13 @@ class HubConfig:
     max_clients: int = DEFAULT_MAX_CLIENTS
     slow_timeout: float = DEFAULT_SLOW_TIMEOUT
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # 0: no limit
+    silent_timeout: float = DEFAULT_SILENT_TIMEOUT  # 0: never
     flood: FloodLimits = field(default_factory=FloodLimits)
     admission: AdmissionRules = field(default_factory=AdmissionRules)
     # Workers speak TLS: each client's output goes to a relay socket its worker encrypts.
     tls: bool = False
+    # With TLS, the server's context: the hub says its own refusals inside TLS with it.
+    tls_context: ssl.SSLContext | None = None
     # Clients must give the password (their workers judge it) before they enter.
     password: bool = False
 
@@ -183,11 +202,16 @@ class Hub:
         # Wrong passwords waiting for their verdict (until when), and the delays per address.
         self._verdicts: dict[int, tuple[float, Link]] = {}
         self._penalties = Penalties()
+        # Members that have sent nothing since they entered (since when), oldest first;
+        # and those closed for it, still counted in _links until their worker ends.
+        self._silent: dict[int, tuple[float, Link]] = {}
+        self._evicted: set[int] = set()
         self._stopping = False
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
-        self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
+        # Refused clients, closing gracefully (in TLS on a TLS port).
+        self._farewells = Farewells(self._selector, config.tls_context)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -198,7 +222,7 @@ class Hub:
     # --- the loop -----------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Relay until SIGINT or SIGTERM, then shut down within `SHUTDOWN_GRACE`.
+        """Relay until SIGINT, SIGTERM or SIGHUP, then shut down within `SHUTDOWN_GRACE`.
 
         Resource handling: on return every worker has ended and been reaped, every
         socket the hub opened is closed, and the signal handlers are restored.
@@ -240,6 +264,8 @@ class Hub:
             self._end_throttles()
         if self._verdicts:
             self._give_verdicts()
+        if self._silent and self._config.silent_timeout and not self._stopping:
+            self._close_silent()
         self._flush()
         if self._held:
             self._release_held()
@@ -269,6 +295,9 @@ class Hub:
         farewell = self._farewells.next_deadline()
         if farewell is not None:
             deadlines.append(farewell)
+        if self._silent and self._config.silent_timeout and self._crowded():
+            since, _ = next(iter(self._silent.values()))
+            deadlines.append(since + self._config.silent_timeout)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -290,6 +319,14 @@ class Hub:
             self._watch(link)
         self._held.clear()
         self._throttled.clear()
+        # Every notice goes out first, and only then are the links shut: shutting a link
+        # wakes its worker to exit, and 1,000 workers exiting at once took the CPU from
+        # the hub while it still had most of the notices to send (the flush took 1.4-8 s
+        # of wall time for 50 ms of the hub's own). What does not fit now is sent by the
+        # flush, as it would be.
+        for link in list(self._dirty.values()):
+            if link.sending and link.sendq:
+                self._send(link)
         self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self._links or self._launcher.pending():
@@ -308,7 +345,7 @@ class Hub:
 
     def _install_signals(self) -> dict[int, object]:
         previous: dict[int, object] = {}
-        handled = [signal.SIGINT, signal.SIGTERM]
+        handled = list(STOP_SIGNALS)
         if hasattr(signal, "SIGCHLD"):
             handled.append(signal.SIGCHLD)  # wakes the loop so ended workers get reaped
         for signum in handled:
@@ -322,7 +359,7 @@ class Hub:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if signum in (signal.SIGINT, signal.SIGTERM) and not self._stopping:
+        if signum in STOP_SIGNALS and not self._stopping:
             log.info("got %s", signal.Signals(signum).name)
             self._stopping = True
 
@@ -420,8 +457,8 @@ class Hub:
         ):
             if error is not None:
                 # Out of processes or threads: this one client is refused, everyone else
-                # goes on. It may be told (best effort: its socket is fresh and empty; a
-                # TLS client sees a plain line where it expected a handshake, and an end).
+                # goes on. It is told (best effort: its socket is fresh and empty; on a
+                # TLS port inside TLS, the farewell's own handshake).
                 log.error("cannot start a worker: %s", error)
                 worker_end.close()
                 link.channel.close()
@@ -438,7 +475,12 @@ class Hub:
             self._links[link.id] = link
             self._selector.register(link.channel, _READ, link)
             if link.state is State.OPEN:
-                self._room.join(link.id)
+                self._joined(link)
+
+    def _joined(self, link: Link) -> None:
+        """It enters the room; it is silent until its worker hears from it."""
+        self._room.join(link.id)
+        self._silent[link.id] = (time.monotonic(), link)
 
     def _read(self, link: Link) -> None:
         try:
@@ -484,9 +526,11 @@ class Hub:
                 self._room.line_too_long(link.id)
             elif isinstance(event, TimedOut):
                 self._timed_out(link, event)
+            elif isinstance(event, Heard):
+                self._silent.pop(link.id, None)
             elif isinstance(event, Ready):
                 if link.admit():
-                    self._room.join(link.id)
+                    self._joined(link)
             elif isinstance(event, Refused):
                 self._refused(link)
             else:
@@ -522,6 +566,8 @@ class Hub:
         self._held.pop(link.id, None)
         self._waiting.pop(link.id, None)
         self._verdicts.pop(link.id, None)
+        self._silent.pop(link.id, None)
+        self._evicted.discard(link.id)
         link.held = []
         self._not_over(link)
         for sock in (link.channel, link.client):
@@ -605,6 +651,27 @@ class Hub:
         self._room.leave(link.id, event.reason)
         self.post((link.id,), event.notice)
         self.dismiss(link.id)
+
+    def _crowded(self) -> bool:
+        """Whether the server is at least `PRESSURE` full (not counting connections
+        already closed for being silent)."""
+        threshold = max(1, int(self._config.max_clients * PRESSURE + 0.5))
+        return len(self._links) - len(self._evicted) >= threshold
+
+    def _close_silent(self) -> None:
+        """While crowded, close the oldest connection that has sent nothing for
+        `silent_timeout`, one after another, until it is not crowded."""
+        expired = time.monotonic() - self._config.silent_timeout
+        while self._silent and self._crowded():
+            member_id, (since, link) = next(iter(self._silent.items()))
+            if since > expired:
+                return
+            del self._silent[member_id]
+            if link.state is not State.OPEN:
+                continue
+            self._evicted.add(member_id)
+            log.info("%s sent nothing, and the server is nearly full", self._room_name(link))
+            self._timed_out(link, IDLE)
 
     def _read_again(self, link: Link) -> None:
         # A leaving client's channel must be read to see its worker end.

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
-from chatbox.server.channel import encode_event, end_note, ready_note, refused_note
+from chatbox.server.channel import encode_event, end_note, heard_note, ready_note, refused_note
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
+from chatbox.server.timeouts import InputClock
 from chatbox.tls_stream import RECV_SIZE, TlsStream, wait
 
 if TYPE_CHECKING:
@@ -234,6 +235,9 @@ def _relay(
     # with its last handshake message) is already in TLS, where no poll can see it.
     buffered = True
     closing_by: float | None = None  # the hub is done: drain until then
+    # The input timeouts, restarted once the gate is passed. Once the client timed out
+    # (reported to the hub), what it sends is thrown away until the hub ends it.
+    clock = InputClock(config.timeouts, time.monotonic())
     while True:
         if closing_by is not None and not relay_open and not stream.outbox:
             break
@@ -251,6 +255,15 @@ def _relay(
                 upward += end_note(False)
                 reading = False
                 timeout = None
+        elif reading and upward:
+            clock.hold(now)  # the hub holds this client back: no clock runs
+        elif reading:
+            remaining = clock.remaining(now)
+            if remaining is not None:
+                if remaining <= 0:
+                    upward += clock.expire()
+                else:
+                    timeout = remaining
         # A channel at its end stays readable: polling it then would spin.
         readers = [channel] if channel_open else []
         client_wanted = reading and not upward and closing_by is None
@@ -286,6 +299,8 @@ def _relay(
         if client_wanted and (buffered or client.fileno() in readable):
             buffered = False
             plain = stream.receive()
+            if clock.expired:
+                plain = b""  # thrown away
             events = decoder.feed(plain) if plain else []
             if login is not None and events:
                 verdict, events = login.feed(events)
@@ -293,15 +308,27 @@ def _relay(
                     login = None
                     if verdict:
                         upward += ready_note()
+                        clock = InputClock(config.timeouts, time.monotonic())
+                        # It sent its password: it is heard (and a line begun after
+                        # has its clock running).
+                        clock.heard(time.monotonic(), False, decoder.holding)
+                        upward += heard_note()
                     else:
                         upward += refused_note()
                         reading = False
                         events = []
+            elif (
+                plain
+                and login is None
+                and clock.heard(time.monotonic(), bool(events), decoder.holding)
+            ):
+                upward += heard_note()
             for event in events:
                 upward += encode_event(event)
             if stream.ended and reading:
                 reading = False
-                upward += end_note(stream.reset)
+                if not clock.expired:
+                    upward += end_note(stream.reset)
         if stream.outbox:
             try:
                 stream.flush()

@@ -21,18 +21,19 @@ import logging
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatbox import protocol
 from chatbox.server.channel import (
     encode_event,
     end_note,
+    heard_note,
     ready_note,
     refused_note,
-    timeout_note,
 )
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
+from chatbox.server.timeouts import InputClock, InputTimeouts
 
 if TYPE_CHECKING:
     from chatbox.server.tls import TlsConfig
@@ -44,31 +45,12 @@ log = logging.getLogger("chatbox.worker")
 RECV_SIZE = 65536
 
 
-# Five minutes of silence is a client that is gone (a laptop closed, a NAT that forgot
-# it); chatbox-client sends a bare newline after a minute of its own silence.
-DEFAULT_IDLE_TIMEOUT = 300.0
-# A person's telnet sends each key as typed: a minute for one line is generous; one byte
-# every few seconds (slowloris) never finishes a line of any length in that time.
-DEFAULT_LINE_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class InputTimeouts:
-    """How long a client may send nothing (``idle``), and how long a line it began may
-    take to finish (``line``); 0 turns one off. The worker keeps them, because only it
-    sees every byte: the bare newlines that keep a connection alive, and partial lines.
-    """
-
-    idle: float = DEFAULT_IDLE_TIMEOUT
-    line: float = DEFAULT_LINE_TIMEOUT
-
-
 @dataclass(frozen=True)
 class WorkerConfig:
     """What every worker is given, the same for all (the launcher holds it)."""
 
     max_line: int = protocol.DEFAULT_MAX_LINE
-    timeouts: InputTimeouts = InputTimeouts()  # frozen: one instance is shared safely
+    timeouts: InputTimeouts = field(default_factory=InputTimeouts)
     tls: TlsConfig | None = None  # speak TLS to the client (and relay the hub's output)
     password: bytes | None = None  # the first line must be `/pass` this
 
@@ -167,30 +149,30 @@ def serve_connection(
     waiter = _Waiter(client, channel)
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
-    timed_out = False  # reported to the hub: what the client sends is thrown away
-    heard_at = time.monotonic()  # the client's last bytes (or the hub's last wait)
-    line_since: float | None = None  # when the line being received began
     try:
         if config.password is not None:
             admitted = _login(client, waiter, decoder, Login(config.password), upward)
             if admitted is None:
                 return  # the hub is done with this client
             reading = admitted
+        # Once it timed out (reported to the hub), what the client sends is thrown away.
+        clock = InputClock(config.timeouts, time.monotonic())
+        if config.password is not None and reading:
+            # It sent its password: it is heard (and a line begun after has its clock).
+            clock.heard(time.monotonic(), False, decoder.holding)
+            upward += heard_note()
         while True:
             now = time.monotonic()
             timeout = None
             if upward:
-                heard_at = now  # the hub holds this client back: no clock runs
-                if line_since is not None:
-                    line_since = now
-            elif reading and not timed_out:
-                expiry = _expiry(heard_at, line_since, config.timeouts)
-                if expiry is not None:
-                    if expiry <= now:
-                        timed_out = True
-                        upward += timeout_note(idle=line_since is None)
+                clock.hold(now)  # the hub holds this client back: no clock runs
+            elif reading:
+                remaining = clock.remaining(now)
+                if remaining is not None:
+                    if remaining <= 0:
+                        upward += clock.expire()
                         continue
-                    timeout = expiry - now
+                    timeout = remaining
             client_wanted = reading and not upward
             channel_in, channel_out, client_in = waiter.wait(client_wanted, bool(upward), timeout)
             if channel_in:
@@ -210,18 +192,14 @@ def serve_connection(
                     reset = False
                 if not data:
                     reading = False
-                    if not timed_out:
+                    if not clock.expired:
                         upward += end_note(reset)
-                elif not timed_out:
-                    heard_at = time.monotonic()
+                elif not clock.expired:
                     events = decoder.feed(data)
                     for event in events:
                         upward += encode_event(event)
-                    if not decoder.holding:
-                        line_since = None
-                    elif line_since is None or events:
-                        # Begun now, or a line finished and the next one begun.
-                        line_since = heard_at
+                    if clock.heard(time.monotonic(), bool(events), decoder.holding):
+                        upward += heard_note()
                 channel_out = True
             if upward and channel_out:
                 try:
@@ -238,16 +216,6 @@ def serve_connection(
         except OSError:
             pass
         channel.close()
-
-
-def _expiry(heard_at: float, line_since: float | None, timeouts: InputTimeouts) -> float | None:
-    """When the client times out, if it keeps silent; None if no timeout applies."""
-    if line_since is not None and timeouts.line:
-        # A partial line keeps the connection busy: the line's own clock applies.
-        return line_since + timeouts.line
-    if timeouts.idle:
-        return heard_at + timeouts.idle
-    return None
 
 
 def _login(

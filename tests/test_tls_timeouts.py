@@ -1,0 +1,132 @@
+"""The input timeouts over TLS: `--idle-timeout` and `--line-timeout` hold for a client
+that completed its handshake as they do for a plain one, and the notice that ends it
+arrives inside TLS.
+
+Certificates are made per test with openssl (tests/tls_certs.py).
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from live_server import MODES, WAIT, Peer, ServerProcess, running_server
+from tls_certs import make_certificate, tls_peer
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    return make_certificate(tmp_path)
+
+
+@contextmanager
+def tls_server(mode: str, certificate: tuple[Path, Path], *args: str) -> Iterator[ServerProcess]:
+    cert, key = certificate
+    argv = ["0", "--host", "127.0.0.1", "--mode", mode, "--tls-cert", str(cert)]
+    with running_server(*argv, "--tls-key", str(key), *args) as srv:
+        yield srv
+
+
+def joined_tls_peers(server: ServerProcess, ca: Path, count: int) -> list[Peer]:
+    """``count`` TLS peers, each having read its welcome and everyone's later joins."""
+    peers: list[Peer] = []
+    for _ in range(count):
+        peer = tls_peer(server, ca)
+        assert peer.line().startswith("* welcome ")
+        for earlier in peers:
+            earlier.expect("* ")
+        peers.append(peer)
+    return peers
+
+
+def _readable(peer: Peer, timeout: float) -> bool:
+    """Whether TLS data (or the end) waits for ``peer``, within ``timeout``."""
+    if peer.sock.pending():  # type: ignore[attr-defined]
+        return True
+    ready, _, _ = select.select([peer.sock], [], [], timeout)
+    return bool(ready)
+
+
+def _silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
+    """Wait (bounded) for the server to end ``peer``'s connection while each of
+    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for other in keep_alive:
+            other.send(b"\n")
+        if _readable(peer, 0.3):
+            return peer.read_to_eof()
+    raise AssertionError("the server never closed the idle TLS connection")
+
+
+def test_an_idle_tls_client_is_told_inside_tls_and_closed(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    with tls_server(mode, certificate, "--idle-timeout", "2") as srv:
+        quiet, talker = joined_tls_peers(srv, certificate[0], 2)
+        assert _silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
+        assert talker.line() == "* guest1 left (idle)"
+        talker.send(b"/who\n")
+        assert talker.line() == "* here (1): guest2"
+
+
+def test_a_tls_line_that_is_never_finished_is_timed_out(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    """Slowloris over TLS: a byte every 100 ms, never a newline, from 5 connections."""
+    args = ("--line-timeout", "1", "--idle-timeout", "0")
+    with tls_server(mode, certificate, *args) as srv:
+        (witness,) = joined_tls_peers(srv, certificate[0], 1)
+        loris = [tls_peer(srv, certificate[0]) for _ in range(5)]
+        for peer in loris:
+            peer.expect("* welcome")
+        witness.send(b"/who\n")
+        witness.expect("* here (6)")
+        ended: dict[int, list[str]] = {}
+        deadline = time.monotonic() + WAIT
+        while len(ended) < len(loris) and time.monotonic() < deadline:
+            for index, peer in enumerate(loris):
+                if index not in ended:
+                    peer.send(b"x")
+                    if _readable(peer, 0.02):
+                        lines = peer.read_to_eof()
+                        # (Before it, they may hear of each other leaving.)
+                        ended[index] = [line for line in lines if line.startswith("!")]
+        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
+        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
+        witness.send(b"/who\n")
+        witness.expect("* here (1): guest1")
+
+
+def test_a_tls_line_sent_in_pieces_within_the_line_timeout_goes_through(
+    certificate: tuple[Path, Path],
+) -> None:
+    with tls_server("thread", certificate, "--line-timeout", "30") as srv:
+        alice, bob = joined_tls_peers(srv, certificate[0], 2)
+        for piece in (b"one ", b"line ", b"in pieces\n"):
+            alice.send(piece)
+        assert bob.line() == "<guest1> one line in pieces"
+
+
+def test_a_nearly_full_tls_server_closes_its_silent_connection_inside_tls(
+    mode: str, certificate: tuple[Path, Path]
+) -> None:
+    """A keepalive over TLS counts as having sent something; silence does not."""
+    args = ("--max-clients", "3", "--silent-timeout", "3")
+    with tls_server(mode, certificate, *args) as srv:
+        keeper, silent, talker = joined_tls_peers(srv, certificate[0], 3)
+        keeper.send(b"\n")
+        talker.send(b"\n")
+        assert silent.read_to_eof()[-1:] == ["! disconnected: idle"]
+        assert talker.line() == "* guest2 left (idle)"
+        keeper.send(b"still here\n")
+        assert talker.line() == "<guest1> still here"
