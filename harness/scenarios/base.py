@@ -410,7 +410,7 @@ class Context:
                 sent += 1
                 proven = proven or heard
             if leave:
-                party.close()
+                party.close(busy_until=self.deadline)
 
         thread = threading.Thread(target=run, name=f"stream-{party.name}", daemon=True)
         thread.start()
