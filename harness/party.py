@@ -1,12 +1,13 @@
 """A party: one real client process in a pseudo-terminal, driven like a person would.
 
-The client runs under pexpect in a pty (echo off), started on its host's command line.
-The process's one pty reader (`harness.ptyreader`) reads its output *continuously* - an
-unread pty blocks the client at about 17 KiB, which would turn a slow harness into a
-false deadlock - and the party records each line, timestamped, in its `PartyLog`.
+The client runs in a new pty (`harness.ptychild`, echo off), started on its host's
+command line. The process's one pty reader (`harness.ptyreader`) reads its output
+*continuously* - an unread pty blocks the client at about 17 KiB, which would turn a
+slow harness into a false deadlock - and the party records each line, timestamped, in
+its `PartyLog`.
 Scenario threads write lines and wait for tokens, on a condition each read signals. One
-wait polls, for want of an event: `wait_exit` reaps the process (pexpect has no exit
-event) in 10 ms steps after its terminal has closed.
+wait polls, for want of an event: `wait_exit` reaps the process (a child's exit has
+no event to wait on with others) in 10 ms steps after its terminal has closed.
 
 Only the slow-reader scenario stops reading on purpose (`pause_reading`).
 """
@@ -23,9 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import pexpect
-
-from harness.processes import Lifeline, end_group, preexec
+from harness.processes import Lifeline, end_group
+from harness.ptychild import PtyChild
 from harness.ptyreader import PtyReader
 from harness.tokens import MESSAGE, Token
 from harness.transcript import PartyLog
@@ -76,7 +76,7 @@ def visible_lines(text: str) -> list[str]:
     return out
 
 
-FDS_PER_PARTY = 3  # its pty, and the exec-error pipe pexpect holds while it starts
+FDS_PER_PARTY = 3  # its pty, and its terminal's side while it starts (and a margin)
 FD_MARGIN = 64  # the server's pipes, the proxy, the report files...
 PTY_MAX = "/proc/sys/kernel/pty/max"
 PTY_NR = "/proc/sys/kernel/pty/nr"
@@ -102,7 +102,7 @@ def make_room(count: int) -> None:
         with open(PTY_MAX) as f_max, open(PTY_NR) as f_nr:
             free = int(f_max.read()) - int(f_nr.read())
     except (OSError, ValueError):
-        return  # not Linux, or no such counters: pexpect says so if it runs out
+        return  # not Linux, or no such counters: starting a party says so if it runs out
     if free < count:
         raise PartyError(
             f"{count} parties need {count} pseudo-terminals and only {free} are free "
@@ -143,13 +143,14 @@ class Party:
         # Whether Ctrl-D ends the client (not a byte-exact one, whose raw terminal passes
         # it on as a byte): without it and without a quit line, close ends it at once.
         self.eof_ends = eof_ends
-        self.child: pexpect.spawn | None = None
+        self.child: PtyChild | None = None
         self.pid = 0
         self.cond = threading.Condition()
         self.eof = False
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""  # the start of a line whose end has not been read yet
         self._last_output = time.monotonic()  # when the terminal last showed anything
+        self.first_output: float | None = None  # when it first did (monotonic)
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
         self._messages_from: dict[str, int] = {}
@@ -160,20 +161,12 @@ class Party:
 
     def start(self) -> None:
         try:
-            child = pexpect.spawn(
-                self.argv[0],
-                self.argv[1:],
-                env=self.env,
-                echo=False,
-                dimensions=PTY_SIZE,
-                preexec_fn=preexec(),
-            )
-        except (pexpect.ExceptionPexpect, OSError) as exc:
+            child = PtyChild(self.argv, self.env, PTY_SIZE, echo=False)
+        except OSError as exc:
             raise PartyError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
         self.child = child
         self.pid = child.pid
         Lifeline.get().register(self.pid)
-        os.set_blocking(child.child_fd, False)
         self.log.add_note(self.clock(), "started: " + " ".join(self.argv))
         PtyReader.get().add(child.child_fd, self._on_output)
 
@@ -218,8 +211,7 @@ class Party:
                     break
         end_group(self.pid, lambda: not child.isalive())
         reader.remove(child.child_fd)  # before the descriptor is closed and reused
-        with contextlib.suppress(Exception):
-            child.close(force=True)
+        child.close()
         Lifeline.get().unregister(self.pid)
         status = (
             f"exit {child.exitstatus}"
@@ -254,6 +246,8 @@ class Party:
         """What the pty reader read from this party's terminal; b"" when it closed."""
         t = self.clock()
         self._last_output = time.monotonic()
+        if data and self.first_output is None:
+            self.first_output = self._last_output
         if not data:
             if self._pending:
                 self._record(t, self._pending)

@@ -4,12 +4,14 @@ and a room of 150 that all hear everyone (slow: ~1 minute on a busy 2-core machi
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from faulty_relays import relay_cmd, run_harness
 
 from harness import checks
 from harness.party import SELECT_LIMIT
@@ -146,3 +148,27 @@ def test_two_small_receivers_that_disagree_where_no_big_one_looks_still_fail() -
     result = checks.check_same_order(rec)
     assert result.status == checks.FAIL
     assert "a got u#1 where b got v#1" in result.detail, result.detail
+
+
+def test_a_relay_that_reorders_for_some_receivers_fails_same_order_in_a_room_of_40(
+    tmp_path: object,
+) -> None:
+    """At scale the order check compares receivers with a few references, not every
+    pair: a relay that delays every other sender/receiver pair still fails it (and only
+    it), naming two receivers and the lines they disagree on."""
+    out = run_harness(
+        str(tmp_path),
+        "--scenario",
+        "broadcast",
+        "--clients",
+        "40",
+        "--messages",
+        "5",
+        "--server-cmd",
+        relay_cmd("crossorder"),
+        timeout=300,
+    )
+    assert out.failed() == {checks.SAME_ORDER}, out.stdout + out.stderr
+    check = next(c for c in out.report["runs"][0]["checks"] if c["name"] == checks.SAME_ORDER)
+    assert re.match(r"p\d+ got \S+#\d+ where (p\d+|burst) got \S+#\d+ \(among", check["detail"])
+    assert "40 parties started in" in " ".join(out.report["runs"][0]["notes"]), out.stdout

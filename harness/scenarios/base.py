@@ -274,21 +274,34 @@ class Context:
         hellos: set[tuple[str, int]] = set()
         heard = 0
         resend = True
+        sent_at = time.monotonic()
         while time.monotonic() < budget:
             if resend:
                 hello = self.token(speaker.name, "hello", HELLO)
                 hellos.add(hello.key)
+                sent_at = time.monotonic()
                 if not speaker.send(hello, self.deadline):
                     return False
-            until = min(budget, time.monotonic() + wait)
-            if all(p.wait_tokens({hello.key}, until) for p in listeners):
-                return True
+            round_end = min(budget, time.monotonic() + wait)
+            late = False
+            while True:
+                # In steps, to see a listener come up after the last hello: a client
+                # that starts after a hello never hears it, and waiting out a round of
+                # seconds before saying it again made a room of 100 take seconds more.
+                step = min(round_end, time.monotonic() + SYNC_ROUND)
+                if all(p.wait_tokens({hello.key}, step) for p in listeners):
+                    return True
+                late = self._came_up_since(listeners, hellos, sent_at)
+                if late or time.monotonic() >= round_end:
+                    break
             if not speaker.alive:
                 return False
             now_heard = sum(1 for p in listeners if p.count_from(hellos))
-            # While listeners still hear hellos, wait on for the same one to reach all.
-            resend = now_heard <= heard
-            if not resend:
+            # While listeners still hear hellos, wait on for the same one to reach all;
+            # say it again for those that came up since it was said.
+            progress = now_heard > heard
+            resend = late or not progress
+            if progress or late:
                 # Listeners are still joining: wait on, and nudge nobody - a nudge goes
                 # to the whole room, and one from each of hundreds of joining clients
                 # would be a storm of N x N lines.
@@ -302,6 +315,15 @@ class Context:
                         p.send(self.token(p.name, "nudge", HELLO), self.deadline)
             wait = min(wait * 1.5, self.options.settle)
         return False
+
+    @staticmethod
+    def _came_up_since(listeners: list[Party], hellos: set[tuple[str, int]], since: float) -> bool:
+        """Whether a listener that heard no hello yet first showed output after ``since``
+        (it started, or connected, after the last hello was said)."""
+        return any(
+            p.first_output is not None and p.first_output > since and not p.count_from(hellos)
+            for p in listeners
+        )
 
     def sync_all(self, parties: list[Party]) -> bool:
         """Everyone in the room: the first hears from the rest and the rest from the first."""
