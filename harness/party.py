@@ -242,6 +242,10 @@ class Party:
             PtyReader.get().resume(self.child.child_fd)
         self.log.add_note(self.clock(), "reading again")
 
+    def quiet_since(self, t: float) -> bool:
+        """Whether the terminal has shown nothing since ``t`` (monotonic)."""
+        return self._last_output <= t
+
     def _on_output(self, data: bytes) -> None:
         """What the pty reader read from this party's terminal; b"" when it closed."""
         t = self.clock()

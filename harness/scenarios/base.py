@@ -41,6 +41,7 @@ OUR_MAX_LINE = 4096  # this project's server's default --max-line
 FOREIGN_MAX_LINE = 3500  # a safe bound for servers we know nothing of (many use 4 KB)
 TOKEN_ROOM = 64  # bytes a token's framing and a line ending need beyond the payload
 BURST_BYTES = 16384  # one write of many lines, as a paste or a pipe hands them over
+NUDGES_PER_ROUND = 16  # listeners a sync round nudges at most (each nudge is N lines)
 NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines types a hello
 # The default bound on a run grows with its parties: each is a client process to start
 # (about 0.1 s of CPU for a Python client), and in a room of N each line is shown N
@@ -308,11 +309,17 @@ class Context:
                 heard = now_heard
                 budget = min(self.deadline, time.monotonic() + span)
             else:
-                for p in listeners:
-                    if not p.count_from({hello.key}) and p.alive:
-                        # A client that reads only after it sent shows the hello once
-                        # it types: a hello of its own (never counted) lets it.
-                        p.send(self.token(p.name, "nudge", HELLO), self.deadline)
+                # A client that reads only after it sent shows the hello once it types: a
+                # hello of its own (never counted) lets it. One still showing lines is
+                # busy, not holding them back. Each nudge goes to the whole room, so a
+                # round nudges a few: hundreds at once were N x N lines to show.
+                quiet = [
+                    p
+                    for p in listeners
+                    if not p.count_from({hello.key}) and p.alive and p.quiet_since(sent_at)
+                ]
+                for p in quiet[:NUDGES_PER_ROUND]:
+                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
             wait = min(wait * 1.5, self.options.settle)
         return False
 
@@ -357,15 +364,19 @@ class Context:
                         return False
                     hellos[p.name].add(hello.key)
                     latest.add(hello.key)
-            first.wait_tokens(latest, min(budget, time.monotonic() + wait))
+            round_start = time.monotonic()
+            first.wait_tokens(latest, min(budget, round_start + wait))
             # Any hello of a party's that arrived proves it is in the room.
             still = [p for p in waiting if not first.count_from(hellos[p.name])]
             # While hellos still arrive, wait on: resending them all would add N lines
-            # for every party to show, the slower the room the more.
-            resend = len(still) == len(waiting)
-            if not resend:
+            # for every party to show, the slower the room the more. So would resending
+            # while ``first`` is still showing other lines: the hellos may be behind them.
+            progress = len(still) < len(waiting)
+            busy = not first.quiet_since(round_start)
+            resend = not progress and not busy
+            if progress:
                 budget = min(self.deadline, time.monotonic() + span)
-            elif first.alive:
+            elif resend and first.alive:
                 first.send(self.token(first.name, "nudge", HELLO), self.deadline)
             waiting = still
             wait = min(wait * 1.5, self.options.settle)
