@@ -1,7 +1,7 @@
 """A party: one real client process in a pseudo-terminal, driven like a person would.
 
 The client runs in a new pty (`harness.ptychild`, echo off), started on its host's
-command line. The process's one pty reader (`harness.ptyreader`) reads its output
+command line. A pty reader (`harness.ptyreader`, one per few parties) reads its output
 *continuously* - an unread pty blocks the client at about 17 KiB, which would turn a
 slow harness into a false deadlock - and the party records each line, timestamped, in
 its `PartyLog`.
@@ -151,6 +151,7 @@ class Party:
         self._pending = ""  # the start of a line whose end has not been read yet
         self._last_output = time.monotonic()  # when the terminal last showed anything
         self.first_output: float | None = None  # when it first did (monotonic)
+        self._reader: PtyReader | None = None
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
         self._messages_from: dict[str, int] = {}
@@ -168,7 +169,8 @@ class Party:
         self.pid = child.pid
         Lifeline.get().register(self.pid)
         self.log.add_note(self.clock(), "started: " + " ".join(self.argv))
-        PtyReader.get().add(child.child_fd, self._on_output)
+        self._reader = PtyReader.get()
+        self._reader.add(child.child_fd, self._on_output)
 
     @property
     def alive(self) -> bool:
@@ -191,7 +193,8 @@ class Party:
             return
         self.closed = True
         child = self.child
-        reader = PtyReader.get()
+        reader = self._reader
+        assert reader is not None  # started: it has its reader
         reader.resume(child.child_fd)  # a paused party must drain to act on /quit
         if child.isalive() and (self.quit_line or self.eof_ends):
             deadline = time.monotonic() + grace
@@ -233,13 +236,13 @@ class Party:
     # -- reading -------------------------------------------------------------------
 
     def pause_reading(self) -> None:
-        if self.child is not None:
-            PtyReader.get().pause(self.child.child_fd)
+        if self.child is not None and self._reader is not None:
+            self._reader.pause(self.child.child_fd)
         self.log.add_note(self.clock(), "stopped reading")
 
     def resume_reading(self) -> None:
-        if self.child is not None:
-            PtyReader.get().resume(self.child.child_fd)
+        if self.child is not None and self._reader is not None:
+            self._reader.resume(self.child.child_fd)
         self.log.add_note(self.clock(), "reading again")
 
     def quiet_since(self, t: float) -> bool:

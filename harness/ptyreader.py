@@ -1,11 +1,17 @@
-"""One reader for every party's pty: a thread that waits on all of them at once.
+"""Pty readers: a few threads that each wait on several parties' ptys at once.
 
 A party's terminal must be read *continuously* - an unread pty blocks its client at
-about 17 KiB, which would turn a slow harness into a false deadlock. A thread per party,
-each waking to look at its one descriptor, costs a wake-up and a GIL hand-off per read
-per party; hundreds of them contend for the GIL with the threads that type. One thread
-on one selector (epoll on Linux: no limit at descriptor 1024, as select() has) reads
-whichever terminals have output and hands the bytes to their owners.
+about 17 KiB, which would turn a slow harness into a false deadlock. A thread per party
+that wakes every 0.2 s to look at its one descriptor (with select(), which cannot take
+one above 1023) costs a wake-up per party per look. A reader here waits on up to
+`PTYS_PER_READER` terminals on one selector (epoll on Linux: no limit at 1024) and reads
+whichever have output; it sleeps while none has.
+
+Why not one reader for all: the kernel shares the CPU between *threads*. In a room of
+500 on two cores the load average passes 100, and one reader thread got one share
+against 500 clients writing - too little to keep their terminals drained, so they
+blocked and their lines came late or were cut off. A reader per few ptys keeps the
+harness's reading in proportion to the parties it reads.
 
 Registration changes are queued and applied by the reader thread itself, between two
 waits (a pipe wakes it): a selector is not safe to change from another thread while it
@@ -21,30 +27,37 @@ import selectors
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
 
 READ_SIZE = 65536
+PTYS_PER_READER = 4
 REMOVE_WAIT = 5.0  # s an owner waits for the reader to let go of a descriptor
 
 OnData = Callable[[bytes], None]  # b"" once: the terminal closed (EOF or EIO)
 
 
 class PtyReader:
-    """The process's one pty reader (`PtyReader.get`); its thread starts with the first
-    descriptor and runs, as a daemon, while the process does.
+    """A reader thread for a few ptys (`PtyReader.get` gives a new pty its reader); its
+    thread starts with its first descriptor and runs, as a daemon, while the process
+    does.
 
     Error handling: a callback that raises is the harness's bug, not the run's - it is
     not caught here, so it ends the reader loudly instead of silently dropping output.
     """
 
-    _instance: PtyReader | None = None
-    _instance_lock = threading.Lock()
+    _readers: ClassVar[list[PtyReader]] = []
+    _readers_lock = threading.Lock()
 
     @classmethod
     def get(cls) -> PtyReader:
-        with cls._instance_lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
+        """A reader with room for one more pty (counted as taken until `remove`)."""
+        with cls._readers_lock:
+            reader = next((r for r in cls._readers if r._taken < PTYS_PER_READER), None)
+            if reader is None:
+                reader = cls()
+                cls._readers.append(reader)
+            reader._taken += 1
+            return reader
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
@@ -57,6 +70,7 @@ class PtyReader:
         self._changes: deque[Callable[[], None]] = deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._taken = 0  # ptys given this reader by `get` and not removed yet
 
     # -- what owners call (any thread) --------------------------------------------
 
@@ -85,6 +99,8 @@ class PtyReader:
             done.set()
 
         self._change(remove)
+        with PtyReader._readers_lock:
+            self._taken -= 1
         return done.wait(REMOVE_WAIT)
 
     def _change(self, change: Callable[[], None]) -> None:
