@@ -1,14 +1,15 @@
 """A party: one real client process in a pseudo-terminal, driven like a person would.
 
-The client runs under pexpect in a pty (echo off), started on its host's command line.
-A drain thread reads its output *continuously* - an unread pty blocks the client at
-about 17 KiB, which would turn a slow harness into a false deadlock - and records each
-line, timestamped, in the party's `PartyLog`. Scenario threads write lines and wait for
-tokens, on a condition the drain signals. Two waits poll, for want of an event: the drain
-wakes every 0.2 s to see whether it is asked to stop or pause, and `wait_exit` reaps the
-process (pexpect has no exit event) in 10 ms steps after its terminal has closed.
+The client runs in a new pty (`harness.ptychild`, echo off), started on its host's
+command line. A pty reader (`harness.ptyreader`, one per few parties) reads its output
+*continuously* - an unread pty blocks the client at about 17 KiB, which would turn a
+slow harness into a false deadlock - and the party records each line, timestamped, in
+its `PartyLog`.
+Scenario threads write lines and wait for tokens, on a condition each read signals. One
+wait polls, for want of an event: `wait_exit` reaps the process (a child's exit has
+no event to wait on with others) in 10 ms steps after its terminal has closed.
 
-Only the slow-reader scenario stops the drain on purpose (`pause_reading`).
+Only the slow-reader scenario stops reading on purpose (`pause_reading`).
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import pexpect
-
-from harness.processes import Lifeline, end_group, preexec
+from harness.processes import Lifeline, end_group
+from harness.ptychild import PtyChild
+from harness.ptyreader import PtyReader
 from harness.tokens import MESSAGE, Token
 from harness.transcript import PartyLog
 
 # Wide enough that no token wraps: a line-editing client redraws long lines with cursor
 # movements that would cut a token in two.
 PTY_SIZE = (50, 4000)
-READ_SIZE = 65536
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 EOF_BYTE = b"\x04"
@@ -76,7 +76,7 @@ def visible_lines(text: str) -> list[str]:
     return out
 
 
-FDS_PER_PARTY = 3  # its pty, and the exec-error pipe pexpect holds while it starts
+FDS_PER_PARTY = 3  # its pty, and its terminal's side while it starts (and a margin)
 FD_MARGIN = 64  # the server's pipes, the proxy, the report files...
 PTY_MAX = "/proc/sys/kernel/pty/max"
 PTY_NR = "/proc/sys/kernel/pty/nr"
@@ -102,7 +102,7 @@ def make_room(count: int) -> None:
         with open(PTY_MAX) as f_max, open(PTY_NR) as f_nr:
             free = int(f_max.read()) - int(f_nr.read())
     except (OSError, ValueError):
-        return  # not Linux, or no such counters: pexpect says so if it runs out
+        return  # not Linux, or no such counters: starting a party says so if it runs out
     if free < count:
         raise PartyError(
             f"{count} parties need {count} pseudo-terminals and only {free} are free "
@@ -143,14 +143,15 @@ class Party:
         # Whether Ctrl-D ends the client (not a byte-exact one, whose raw terminal passes
         # it on as a byte): without it and without a quit line, close ends it at once.
         self.eof_ends = eof_ends
-        self.child: pexpect.spawn | None = None
+        self.child: PtyChild | None = None
         self.pid = 0
         self.cond = threading.Condition()
         self.eof = False
-        self._reading = threading.Event()
-        self._reading.set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""  # the start of a line whose end has not been read yet
+        self._last_output = time.monotonic()  # when the terminal last showed anything
+        self.first_output: float | None = None  # when it first did (monotonic)
+        self._reader: PtyReader | None = None
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
         self._messages_from: dict[str, int] = {}
@@ -161,23 +162,15 @@ class Party:
 
     def start(self) -> None:
         try:
-            child = pexpect.spawn(
-                self.argv[0],
-                self.argv[1:],
-                env=self.env,
-                echo=False,
-                dimensions=PTY_SIZE,
-                preexec_fn=preexec(),
-            )
-        except (pexpect.ExceptionPexpect, OSError) as exc:
+            child = PtyChild(self.argv, self.env, PTY_SIZE, echo=False)
+        except OSError as exc:
             raise PartyError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
         self.child = child
         self.pid = child.pid
         Lifeline.get().register(self.pid)
-        os.set_blocking(child.child_fd, False)
         self.log.add_note(self.clock(), "started: " + " ".join(self.argv))
-        self._thread = threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True)
-        self._thread.start()
+        self._reader = PtyReader.get()
+        self._reader.add(child.child_fd, self._on_output)
 
     @property
     def alive(self) -> bool:
@@ -190,25 +183,38 @@ class Party:
                 os.killpg(self.pid, 9)
             self.log.add_note(self.clock(), "killed with SIGKILL")
 
-    def close(self, grace: float = 3.0) -> None:
+    def close(self, grace: float = 3.0, busy_until: float | None = None) -> None:
+        """Ask the client to leave and end it; it is ended by force ``grace`` s after the
+        request, or - with ``busy_until`` - ``grace`` s after it last showed anything,
+        but no later than ``busy_until``: a client still showing a backlog of others'
+        lines reaches its quit line, and sends the lines typed before it, only after
+        that (ended by force at 3 s, a leaver on a busy machine lost its last lines)."""
         if self.closed or self.child is None:
             return
         self.closed = True
         child = self.child
-        self._reading.set()  # a paused reader must drain so the client can act on /quit
+        reader = self._reader
+        assert reader is not None  # started: it has its reader
+        reader.resume(child.child_fd)  # a paused party must drain to act on /quit
         if child.isalive() and (self.quit_line or self.eof_ends):
             deadline = time.monotonic() + grace
+            if busy_until is not None:
+                deadline = max(deadline, busy_until)
             if self.quit_line:
                 self.send_text(self.quit_line, deadline)
             if self.eof_ends:
                 self._write_raw(EOF_BYTE, deadline)
-            self.wait_exit(deadline)
+            while True:
+                until = deadline
+                if busy_until is not None:
+                    until = min(busy_until, max(self._last_output, time.monotonic()) + grace)
+                if self.wait_exit(until) or self._last_output + grace <= time.monotonic():
+                    break
+                if busy_until is None or time.monotonic() >= busy_until:
+                    break
         end_group(self.pid, lambda: not child.isalive())
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with contextlib.suppress(Exception):
-            child.close(force=True)
+        reader.remove(child.child_fd)  # before the descriptor is closed and reused
+        child.close()
         Lifeline.get().unregister(self.pid)
         status = (
             f"exit {child.exitstatus}"
@@ -230,41 +236,37 @@ class Party:
     # -- reading -------------------------------------------------------------------
 
     def pause_reading(self) -> None:
-        self._reading.clear()
+        if self.child is not None and self._reader is not None:
+            self._reader.pause(self.child.child_fd)
         self.log.add_note(self.clock(), "stopped reading")
 
     def resume_reading(self) -> None:
-        self._reading.set()
+        if self.child is not None and self._reader is not None:
+            self._reader.resume(self.child.child_fd)
         self.log.add_note(self.clock(), "reading again")
 
-    def _drain(self) -> None:
-        assert self.child is not None
-        fd = self.child.child_fd
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        while not self._stop.is_set():
-            if not self._reading.wait(timeout=0.2):
-                continue
-            try:
-                if not ready(fd, select.POLLIN, 0.2):
-                    continue
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:  # EIO: the process closed its terminal
-                data = b""
-            t = self.clock()
-            if not data:
-                if pending:
-                    self._record(t, pending)
-                with self.cond:
-                    self.eof = True
-                    self.cond.notify_all()
-                return
-            pending += decoder.decode(data)
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                self._record(t, line)
+    def quiet_since(self, t: float) -> bool:
+        """Whether the terminal has shown nothing since ``t`` (monotonic)."""
+        return self._last_output <= t
+
+    def _on_output(self, data: bytes) -> None:
+        """What the pty reader read from this party's terminal; b"" when it closed."""
+        t = self.clock()
+        self._last_output = time.monotonic()
+        if data and self.first_output is None:
+            self.first_output = self._last_output
+        if not data:
+            if self._pending:
+                self._record(t, self._pending)
+                self._pending = ""
+            with self.cond:
+                self.eof = True
+                self.cond.notify_all()
+            return
+        pending = self._pending + self._decoder.decode(data)
+        *complete, self._pending = pending.split("\n")
+        for line in complete:
+            self._record(t, line)
 
     def _record(self, t: float, raw: str) -> None:
         fresh: list[Token] = []

@@ -4,15 +4,20 @@ and a room of 150 that all hear everyone (slow: ~1 minute on a busy 2-core machi
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from faulty_relays import relay_cmd, run_harness
 
+from harness import checks
 from harness.party import SELECT_LIMIT
 from harness.pytest_plugin import Room
+from harness.tokens import make
+from harness.transcript import PartyLog, RunRecord
 
 
 @pytest.fixture
@@ -89,3 +94,81 @@ def test_a_room_of_150_parties_all_hear_everyone() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "PASS: 1/1 runs passed" in out, out
+
+
+def _room_record(parties: int, lines: int) -> RunRecord:
+    """A broadcast's record: every party sends ``lines`` lines and every other party
+    receives them all, in one order (no echo)."""
+    rec = RunRecord("synthetic")
+    names = [f"p{i + 1}" for i in range(parties)]
+    rec.parties = {name: PartyLog(name) for name in names}
+    sent = [make(name, seq, f"line {seq}") for seq in range(1, lines + 1) for name in names]
+    for i, token in enumerate(sent):
+        rec.parties[token.sender].add_sent(i * 0.001, token)
+        for name in names:
+            if name != token.sender:
+                rec.parties[name].add_received(1 + i * 0.001, f"<{token.sender}> {token.encode()}")
+    return rec
+
+
+def test_a_room_of_200_in_one_order_passes_same_order() -> None:
+    result = checks.check_same_order(_room_record(200, 3))
+    assert result.status == checks.PASS, result.detail
+    assert "200 receivers agree on one order of the 600 lines" in result.detail
+
+
+def test_one_receiver_of_200_with_two_senders_swapped_fails_same_order() -> None:
+    """Without comparing all 19,900 pairs, the one receiver that saw two senders' lines
+    the other way round is named, with a receiver that saw them in the room's order."""
+    rec = _room_record(200, 3)
+    received = rec.parties["p150"].received
+    received[300], received[301] = received[301], received[300]
+    first, second = received[301].token, received[300].token
+    result = checks.check_same_order(rec)
+    assert result.status == checks.FAIL
+    assert f"got {first} where p150 got {second}" in result.detail, result.detail
+    assert "p150 transcript:" in "\n".join(result.context)
+
+
+def test_two_small_receivers_that_disagree_where_no_big_one_looks_still_fail() -> None:
+    """The receivers with the most lines agree with everyone on what they share; two
+    others disagree on lines none of those got: the check still finds them."""
+    rec = RunRecord("synthetic")
+    big = {f"r{i}": PartyLog(f"r{i}") for i in range(1, 4)}
+    a, b = PartyLog("a"), PartyLog("b")
+    rec.parties = {**big, "a": a, "b": b}
+    shared = [make(s, q, "x") for q in range(1, 6) for s in ("s", "t")]
+    for log in big.values():
+        for i, token in enumerate(shared):
+            log.add_received(1 + i * 0.01, token.encode())
+    u, v = make("u", 1, "y"), make("v", 1, "z")
+    for log, tail in ((a, (u, v)), (b, (v, u))):
+        for i, token in enumerate((shared[0], shared[1], *tail)):
+            log.add_received(2 + i * 0.01, token.encode())
+    result = checks.check_same_order(rec)
+    assert result.status == checks.FAIL
+    assert "a got u#1 where b got v#1" in result.detail, result.detail
+
+
+def test_a_relay_that_reorders_for_some_receivers_fails_same_order_in_a_room_of_40(
+    tmp_path: object,
+) -> None:
+    """At scale the order check compares receivers with a few references, not every
+    pair: a relay that delays every other sender/receiver pair still fails it (and only
+    it), naming two receivers and the lines they disagree on."""
+    out = run_harness(
+        str(tmp_path),
+        "--scenario",
+        "broadcast",
+        "--clients",
+        "40",
+        "--messages",
+        "5",
+        "--server-cmd",
+        relay_cmd("crossorder"),
+        timeout=300,
+    )
+    assert out.failed() == {checks.SAME_ORDER}, out.stdout + out.stderr
+    check = next(c for c in out.report["runs"][0]["checks"] if c["name"] == checks.SAME_ORDER)
+    assert re.match(r"p\d+ got \S+#\d+ where (p\d+|burst) got \S+#\d+ \(among", check["detail"])
+    assert "40 parties started in" in " ".join(out.report["runs"][0]["notes"]), out.stdout

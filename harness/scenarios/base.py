@@ -41,6 +41,7 @@ OUR_MAX_LINE = 4096  # this project's server's default --max-line
 FOREIGN_MAX_LINE = 3500  # a safe bound for servers we know nothing of (many use 4 KB)
 TOKEN_ROOM = 64  # bytes a token's framing and a line ending need beyond the payload
 BURST_BYTES = 16384  # one write of many lines, as a paste or a pipe hands them over
+NUDGES_PER_ROUND = 16  # listeners a sync round nudges at most (each nudge is N lines)
 NUDGE_QUIET = 0.3  # s without progress before a receiver that misses lines types a hello
 # The default bound on a run grows with its parties: each is a client process to start
 # (about 0.1 s of CPU for a Python client), and in a room of N each line is shown N
@@ -274,34 +275,62 @@ class Context:
         hellos: set[tuple[str, int]] = set()
         heard = 0
         resend = True
+        sent_at = time.monotonic()
         while time.monotonic() < budget:
             if resend:
                 hello = self.token(speaker.name, "hello", HELLO)
                 hellos.add(hello.key)
+                sent_at = time.monotonic()
                 if not speaker.send(hello, self.deadline):
                     return False
-            until = min(budget, time.monotonic() + wait)
-            if all(p.wait_tokens({hello.key}, until) for p in listeners):
-                return True
+            round_end = min(budget, time.monotonic() + wait)
+            late = False
+            while True:
+                # In steps, to see a listener come up after the last hello: a client
+                # that starts after a hello never hears it, and waiting out a round of
+                # seconds before saying it again made a room of 100 take seconds more.
+                step = min(round_end, time.monotonic() + SYNC_ROUND)
+                if all(p.wait_tokens({hello.key}, step) for p in listeners):
+                    return True
+                late = self._came_up_since(listeners, hellos, sent_at)
+                if late or time.monotonic() >= round_end:
+                    break
             if not speaker.alive:
                 return False
             now_heard = sum(1 for p in listeners if p.count_from(hellos))
-            # While listeners still hear hellos, wait on for the same one to reach all.
-            resend = now_heard <= heard
-            if not resend:
+            # While listeners still hear hellos, wait on for the same one to reach all;
+            # say it again for those that came up since it was said.
+            progress = now_heard > heard
+            resend = late or not progress
+            if progress or late:
                 # Listeners are still joining: wait on, and nudge nobody - a nudge goes
                 # to the whole room, and one from each of hundreds of joining clients
                 # would be a storm of N x N lines.
                 heard = now_heard
                 budget = min(self.deadline, time.monotonic() + span)
             else:
-                for p in listeners:
-                    if not p.count_from({hello.key}) and p.alive:
-                        # A client that reads only after it sent shows the hello once
-                        # it types: a hello of its own (never counted) lets it.
-                        p.send(self.token(p.name, "nudge", HELLO), self.deadline)
+                # A client that reads only after it sent shows the hello once it types: a
+                # hello of its own (never counted) lets it. One still showing lines is
+                # busy, not holding them back. Each nudge goes to the whole room, so a
+                # round nudges a few: hundreds at once were N x N lines to show.
+                quiet = [
+                    p
+                    for p in listeners
+                    if not p.count_from({hello.key}) and p.alive and p.quiet_since(sent_at)
+                ]
+                for p in quiet[:NUDGES_PER_ROUND]:
+                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
             wait = min(wait * 1.5, self.options.settle)
         return False
+
+    @staticmethod
+    def _came_up_since(listeners: list[Party], hellos: set[tuple[str, int]], since: float) -> bool:
+        """Whether a listener that heard no hello yet first showed output after ``since``
+        (it started, or connected, after the last hello was said)."""
+        return any(
+            p.first_output is not None and p.first_output > since and not p.count_from(hellos)
+            for p in listeners
+        )
 
     def sync_all(self, parties: list[Party]) -> bool:
         """Everyone in the room: the first hears from the rest and the rest from the first."""
@@ -335,15 +364,19 @@ class Context:
                         return False
                     hellos[p.name].add(hello.key)
                     latest.add(hello.key)
-            first.wait_tokens(latest, min(budget, time.monotonic() + wait))
+            round_start = time.monotonic()
+            first.wait_tokens(latest, min(budget, round_start + wait))
             # Any hello of a party's that arrived proves it is in the room.
             still = [p for p in waiting if not first.count_from(hellos[p.name])]
             # While hellos still arrive, wait on: resending them all would add N lines
-            # for every party to show, the slower the room the more.
-            resend = len(still) == len(waiting)
-            if not resend:
+            # for every party to show, the slower the room the more. So would resending
+            # while ``first`` is still showing other lines: the hellos may be behind them.
+            progress = len(still) < len(waiting)
+            busy = not first.quiet_since(round_start)
+            resend = not progress and not busy
+            if progress:
                 budget = min(self.deadline, time.monotonic() + span)
-            elif first.alive:
+            elif resend and first.alive:
                 first.send(self.token(first.name, "nudge", HELLO), self.deadline)
             waiting = still
             wait = min(wait * 1.5, self.options.settle)
@@ -410,7 +443,7 @@ class Context:
                 sent += 1
                 proven = proven or heard
             if leave:
-                party.close()
+                party.close(busy_until=self.deadline)
 
         thread = threading.Thread(target=run, name=f"stream-{party.name}", daemon=True)
         thread.start()
