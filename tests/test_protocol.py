@@ -162,6 +162,10 @@ COMMAND_CASES: list[tuple[str, protocol.Command]] = [
     ("/quit\tbye", protocol.Quit("bye")),
     ("/msg\tbob \thi\tthere", protocol.Private("bob", "hi\tthere")),
     ("/help", protocol.Help()),
+    ("/resume", protocol.Resume(None)),
+    ("/resume 1733212345678-0", protocol.Resume("1733212345678-0")),
+    ("/RESUME a1b2c3d4.42", protocol.Resume("a1b2c3d4.42")),
+    ("/resume <alice>", protocol.Invalid("usage: /resume [ID], ID as an [id] line gave it")),
     ("/frob x", protocol.Invalid("unknown command '/frob' (try /help)")),
 ]
 
@@ -184,7 +188,8 @@ def test_help_names_every_command() -> None:
 
 @pytest.mark.parametrize("command", protocol.COMMANDS)
 def test_every_command_a_client_offers_is_one_the_server_knows(command: str) -> None:
-    argument = " 5" if command == "/history" else " bob hi"
+    arguments = {"/history": " 5", "/resume": " a1b2.42"}
+    argument = arguments.get(command, " bob hi")
     assert not isinstance(protocol.parse_line(command + argument), protocol.Invalid)
 
 

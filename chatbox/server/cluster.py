@@ -108,6 +108,12 @@ return n
 APPEND_DEADLINE = CALL_TIMEOUT / 2
 
 
+def stream_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream id (``MS-SEQ``) as something that compares in the stream's order."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or b"0")
+
+
 class Unavailable(Exception):
     """Redis cannot be reached now (the caller tells its client, nothing is dropped silently)."""
 
@@ -154,6 +160,7 @@ class Cluster:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_id = b"0-0"
+        self._start_id = self._last_id
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -168,6 +175,7 @@ class Cluster:
             self._measure_clock(self._hub_r)
             last = self._hub_r.xrevrange(self._log_key, count=1)
             self._last_id = last[0][0] if last else b"0-0"
+            self._start_id = self._last_id
             self._heartbeat(self._hub_r)
         except self._errors as exc:
             raise Unavailable(str(exc)) from None
@@ -315,6 +323,30 @@ class Cluster:
         """The last ``count`` entries of the stream, oldest first."""
         found = self._call(lambda r: r.xrevrange(self._log_key, count=count))
         return [fields for _, fields in reversed(found)]
+
+    @property
+    def start_id(self) -> bytes:
+        """Where the stream ended when this node connected: it delivers what follows."""
+        return self._start_id
+
+    def since(self, after: bytes | None, upto: bytes, count: int) -> tuple[list[Fields], bool]:
+        """The entries after ``after`` up to ``upto`` (both stream ids; None: from the
+        start), at most the latest ``count``, oldest first; and whether that is all of
+        them (False when more were there, or when the stream no longer reaches back to
+        ``after``)."""
+        low = b"-" if after is None else b"(" + after
+
+        def work(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.xrevrange(self._log_key, max=upto, min=low, count=count)
+            pipe.xrange(self._log_key, count=1)
+            return pipe.execute()
+
+        found, first = self._call(work)
+        complete = after is not None and len(found) < count
+        if complete and first and stream_order(first[0][0]) > stream_order(after or b"0-0"):
+            complete = False  # trimmed (MAXLEN): entries right after ``after`` are gone
+        return [fields for _, fields in reversed(found)], complete
 
     def take(self) -> list[tuple[bytes, Fields]]:
         """The entries the reader has read since the last call, in stream order."""

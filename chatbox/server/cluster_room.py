@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass, field
 
 from chatbox import protocol
-from chatbox.server.cluster import Cluster, Fields, Unavailable
+from chatbox.server.cluster import Cluster, Fields, Unavailable, stream_order
 from chatbox.server.room import Postbox
 
 log = logging.getLogger("chatbox.room")
 
 UNAVAILABLE = protocol.error("cluster unavailable")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 @dataclass
 class Member:
     id: int
     name: str
+    # The last entry delivered before it joined: what /resume replays ends there.
+    joined_at: bytes = b"0-0"
     prefix: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +54,13 @@ class ClusterRoom:
         # Entries to append at the end of this turn, each with the member that caused it
         # (told if the append fails), or None for notices nobody is waiting on.
         self._pending: list[tuple[Fields, int | None]] = []
+        # The last entry delivered to this node's members, the members that asked for
+        # their place (/resume), and those resumed from a place this node has not
+        # delivered yet (it lags behind the node they came from): they are not sent
+        # again what they had already seen, up to that place.
+        self._delivered = cluster.start_id
+        self._resumers: list[int] = []
+        self._ahead: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._members)
@@ -82,8 +93,13 @@ class ClusterRoom:
                 lost = sum(1 for _, s in pending if s is None)
                 if lost:
                     log.warning("cluster unavailable: %d notices not appended", lost)
-        for _, fields in self._cluster.take():
-            self._deliver(fields)
+        taken = self._cluster.take()
+        for entry_id, fields in taken:
+            self._deliver(entry_id, fields)
+        if taken:
+            self._delivered = taken[-1][0]
+            if self._resumers:
+                self._postbox.post(self._resumers, protocol.id_line(self._delivered.decode()))
 
     def end_turn(self) -> None:
         """Nothing to coalesce here: each join and leave is its own entry in the stream,
@@ -99,7 +115,30 @@ class ClusterRoom:
                 lines += data.splitlines(keepends=True)
         return protocol.history_lines(lines[-count:])
 
-    def _deliver(self, fields: Fields) -> None:
+    def _resume(self, member: Member, since: str | None) -> None:
+        """Replay the stream after ``since`` up to where the member joined (what came
+        later reached it live), then its place, and its place after every tick."""
+        if since is not None:
+            after = since.encode() if _STREAM_ID.fullmatch(since) else None
+            if after is not None and stream_order(after) > stream_order(member.joined_at):
+                # Seen on a node that is ahead of this one: nothing to replay, and what
+                # this node delivers up to there is not sent again.
+                self._ahead[member.id] = stream_order(after)
+            lines: list[bytes] = []
+            limit = 4 * protocol.RESUME_MAX  # entries, of which some are notices
+            entries, complete = self._cluster.since(after, member.joined_at, limit)
+            for fields in entries:
+                data = _public(fields)
+                if data is not None:
+                    lines += data.splitlines(keepends=True)
+            if len(lines) > protocol.RESUME_MAX:
+                lines, complete = lines[-protocol.RESUME_MAX :], False
+            self._tell(member, protocol.resume_lines(lines, since, complete))
+        self._tell(member, protocol.id_line(self._delivered.decode()))
+        if member.id not in self._resumers:
+            self._resumers.append(member.id)
+
+    def _deliver(self, entry_id: bytes, fields: Fields) -> None:
         kind = fields.get(b"k")
         ours = fields.get(b"n") == self._node
         sender = int(fields.get(b"m", b"0")) if ours else None
@@ -109,6 +148,13 @@ class ClusterRoom:
                 self._postbox.post((sender,), protocol.private_line(fields[b"f"].decode(), text))
             return
         recipients = [i for i in self._everyone if i != sender]
+        if self._ahead:
+            order = stream_order(entry_id)
+            for member_id, seen in list(self._ahead.items()):
+                if order > seen or member_id not in self._members:
+                    del self._ahead[member_id]
+                elif member_id in recipients:
+                    recipients.remove(member_id)
         if not recipients:
             return
         if kind == b"x":
@@ -138,7 +184,7 @@ class ClusterRoom:
             self._postbox.post((member_id,), UNAVAILABLE)
             self._postbox.dismiss(member_id)
             return ""
-        member = Member(member_id, name)
+        member = Member(member_id, name, self._delivered)
         self._members[member_id] = member
         self._everyone = list(self._members)
         others.remove(name)
@@ -152,6 +198,8 @@ class ClusterRoom:
         if member is None:
             return
         self._everyone = list(self._members)
+        if member_id in self._resumers:
+            self._resumers.remove(member_id)
         self._queue(b"x", member, None, t=f"{member.name} left ({reason})".encode())
         try:
             self._cluster.release(member_id, protocol.name_key(member.name))
@@ -236,6 +284,8 @@ class ClusterRoom:
             self._tell(member, protocol.help_lines())
         elif isinstance(command, protocol.History):
             self._tell(member, self._replay(command.count))
+        elif isinstance(command, protocol.Resume):
+            self._resume(member, command.since)
         elif isinstance(command, protocol.Invalid):
             self._tell(member, protocol.error(command.message))
         else:  # Chat never reaches here: receive() queues chat lines itself.
