@@ -10,6 +10,8 @@ cluster nodes sharing a real redis-server. Plain clients never see an `[id]` lin
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +187,65 @@ def test_resume_on_another_node_gets_what_was_missed_once(two_nodes: list[Server
 
 def test_resume_on_the_same_node_of_a_cluster(two_nodes: list[ServerProcess]) -> None:
     resume_while_talking(two_nodes[1], two_nodes[1], total=200)
+
+
+def test_history_lines_bounds_what_a_history_file_keeps(tmp_path: Path) -> None:
+    args = ["--host", "127.0.0.1", "--history-file", str(tmp_path / "h.db")]
+    with running_server(*args, "--history-lines", "2", "0") as server:
+        bob = server.connect()
+        welcomed(bob)
+        bob.send(b"one\ntwo\n/history 1\nthree\n/quit\n")
+        bob.read_to_eof()
+        assert server.terminate() == 0
+    with running_server(*args, "--history-lines", "2", "0") as server:
+        back = server.connect()
+        welcomed(back)
+        back.send(b"/history 10\n")
+        assert [line.split("> ")[-1] for line in back.expect("* end of history")] == [
+            "* history: the last 2 lines",
+            "two",
+            "three",
+        ]
+        back.close()
+
+
+def bad_history_files(tmp_path: Path) -> list[tuple[str, str]]:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"x" * 4096)
+    return [
+        (str(garbage), "file is not a database"),
+        (str(tmp_path / "no" / "such" / "folder.db"), "unable to open database file"),
+        (str(tmp_path), "unable to open database file"),
+    ]
+
+
+def test_a_history_file_that_cannot_be_used_is_one_line_exit_1(tmp_path: Path) -> None:
+    for path, said in bad_history_files(tmp_path):
+        done = subprocess.run(
+            [sys.executable, "-m", "chatbox.server", "0", "--history-file", path],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        assert done.stderr == f"chatbox-server: cannot use --history-file {path}: {said}\n"
+
+
+def test_a_history_file_is_refused_with_cluster(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatbox.server",
+            "0",
+            "--history-file",
+            str(tmp_path / "h.db"),
+            "--cluster",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--history-file is for a single server" in done.stderr

@@ -417,8 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatbox-server: {exc}", file=sys.stderr)
         return 2
     if args.cluster and args.history_file:
-        print("chatbox-server: --history-file is for a single server", file=sys.stderr)
-        print("  (with --cluster the history is the cluster's stream)", file=sys.stderr)
+        print(
+            "chatbox-server: --history-file is for a single server "
+            "(with --cluster the history is the cluster's stream)",
+            file=sys.stderr,
+        )
         return 2
     try:
         history, store = open_history(args.history_file, args.history_lines)

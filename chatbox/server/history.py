@@ -45,6 +45,12 @@ class Block:
     data: bytes
     lines: int
 
+    def last(self, count: int) -> Block:
+        """This block with only its last ``count`` lines (a bound by lines cuts into
+        the oldest block rather than dropping all of it)."""
+        kept = b"".join(self.data.splitlines(keepends=True)[-count:])
+        return Block(self.seq, kept, count)
+
 
 class SqliteStore:
     """The history's blocks on disk, written by a thread of its own.
@@ -86,10 +92,11 @@ class SqliteStore:
             rows = self._db.execute("SELECT seq, data FROM blocks ORDER BY seq DESC")
             for seq, data in rows:
                 block = Block(int(seq), bytes(data), bytes(data).count(b"\n"))
-                if found and (
-                    size + len(block.data) > max_bytes
-                    or (max_lines is not None and lines + block.lines > max_lines)
-                ):
+                if found and size + len(block.data) > max_bytes:
+                    break
+                if max_lines is not None and lines + block.lines > max_lines:
+                    if lines < max_lines:
+                        found.append(block.last(max_lines - lines))
                     break
                 found.append(block)
                 size += len(block.data)
@@ -187,13 +194,20 @@ class History:
         if self._store is not None:
             self._unwritten.append((block.seq, data))
         blocks = self._blocks
-        while len(blocks) > 1 and (
-            self._bytes > self._max_bytes
-            or (self._max_lines is not None and self._lines > self._max_lines)
-        ):
+        while len(blocks) > 1 and self._bytes > self._max_bytes:
             old = blocks.popleft()
             self._bytes -= len(old.data)
             self._lines -= old.lines
+        limit = self._max_lines
+        while limit is not None and self._lines > limit:
+            old = blocks.popleft()
+            self._bytes -= len(old.data)
+            self._lines -= old.lines
+            if self._lines < limit:
+                cut = old.last(limit - self._lines)
+                blocks.appendleft(cut)
+                self._bytes += len(cut.data)
+                self._lines += cut.lines
 
     def end_turn(self) -> None:
         """The hub ends its turn: what it added goes to the disk, off the hub's thread."""
