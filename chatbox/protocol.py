@@ -444,13 +444,23 @@ def id_line(history_id: str) -> bytes:
     return ID_PREFIX + history_id.encode() + b"\n"
 
 
-def resume_lines(lines: list[bytes], since: str, complete: bool) -> bytes:
+def resume_lines(lines: list[bytes], since: str, complete: bool, repeated: int = 0) -> bytes:
     """What /resume SINCE replays: the missed ``lines`` marked as history, between two
-    notices; ``complete`` False when lines after SINCE are gone (or SINCE is unknown)."""
+    notices; ``complete`` False when lines after SINCE are gone (or SINCE is unknown);
+    ``repeated``: how many of the live lines sent before this reply the asker had
+    already been sent before (a cluster node behind the one it came from)."""
     body = b"".join(HISTORY_PREFIX + line for line in lines)
     gap = "" if complete else " (older ones are no longer kept)"
-    head = notice(f"history: {len(lines)} lines since {since}{gap}")
+    again = f"; the {repeated} live lines before this repeat what you had" if repeated else ""
+    head = notice(f"history: {len(lines)} lines since {since}{gap}{again}")
     return head + body + notice("end of history")
+
+
+# The head of a /resume reply; group 1 counts the live lines before it that repeat.
+RESUME_HEAD_LINE = re.compile(
+    r"\* history: \d+ lines since [^\s;]+(?: \([^)]*\))?"
+    r"(?:; the (\d+) live lines before this repeat)?"
+)
 
 
 def help_lines() -> bytes:

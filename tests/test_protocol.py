@@ -258,3 +258,11 @@ def test_coalesced_notices_read_back_to_every_name_and_count(
 def test_coalesced_notice_patterns_refuse_actions_and_chat() -> None:
     for line in ("* <eve> and 3 others joined", "<eve> a and b joined", "* a, <b> joined"):
         assert not protocol.JOINED_LINE.match(line)
+
+
+@pytest.mark.parametrize(("complete", "repeated"), [(True, 0), (False, 0), (True, 7), (False, 12)])
+def test_a_resume_head_says_how_many_live_lines_repeat(complete: bool, repeated: int) -> None:
+    head = protocol.resume_lines([b"<a> x\n"], "1-0", complete, repeated).decode().split("\n")[0]
+    match = protocol.RESUME_HEAD_LINE.fullmatch(head.split(" what you had")[0])
+    assert match is not None
+    assert int(match.group(1) or 0) == repeated

@@ -20,6 +20,8 @@ import pytest
 from live_server import Peer, ServerProcess, running_server
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
+from chatbox import protocol
+
 BOB_LINE = re.compile(r"(\[history\] )?<(\S+)> (\d+)$")
 
 
@@ -104,6 +106,11 @@ def resume_while_talking(first: ServerProcess, second: ServerProcess, total: int
     live: list[int] = []
     while total not in heard + replayed + live:
         line = back.line()
+        head = protocol.RESUME_HEAD_LINE.match(line)
+        if head is not None and head.group(1):
+            # A node behind the first one said how many of the live lines it sent
+            # before its reply were sent before (docs/protocol.md, Resuming).
+            del live[: int(head.group(1))]
         match = BOB_LINE.match(line)
         if match is not None and match.group(2) == bob_name:
             (replayed if match.group(1) else live).append(int(match.group(3)))
@@ -249,3 +256,26 @@ def test_a_history_file_is_refused_with_cluster(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--history-file is for a single server" in done.stderr
+
+
+def test_a_made_up_place_on_a_node_replays_what_is_kept_and_hides_nothing_live(
+    two_nodes: list[ServerProcess],
+) -> None:
+    a, b = two_nodes
+    carol = b.connect()
+    welcomed(carol)
+    bob = a.connect()
+    bob_name = welcomed(bob)
+    bob.send(b"kept\n")
+    carol.expect(f"<{bob_name}> kept")  # node b has delivered it: alice joins after it
+    alice = b.connect()
+    welcomed(alice)
+    alice.send(b"/resume 99999999999999-0\n")
+    assert alice.expect("* end of history")[-2:] == [
+        "* history: 1 lines since 99999999999999-0 (older ones are no longer kept)",
+        f"[history] <{bob_name}> kept",
+    ]
+    bob.send(b"live\n")
+    alice.expect(f"<{bob_name}> live")  # not held back by the made-up place
+    for peer in (alice, bob, carol):
+        peer.close()

@@ -389,6 +389,12 @@ class Session:
                 if line[len(protocol.HISTORY_PREFIX) :] == self._already_shown[0]:
                     self._already_shown.popleft()
                     continue
+            elif self._held and line.startswith(b"* history: "):
+                # The node we came back to was behind: the first of the live lines it
+                # sent us meanwhile are ones we had shown before.
+                head = protocol.RESUME_HEAD_LINE.match(line.decode("utf-8", "replace"))
+                if head is not None and head.group(1):
+                    del self._held[: int(head.group(1))]
             elif line == _END_OF_HISTORY or (self._held is not None and line.startswith(b"! ")):
                 # The replay is over (or refused): then what arrived live meanwhile.
                 self._already_shown.clear()

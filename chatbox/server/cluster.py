@@ -333,20 +333,29 @@ class Cluster:
         """The entries after ``after`` up to ``upto`` (both stream ids; None: from the
         start), at most the latest ``count``, oldest first; and whether that is all of
         them (False when more were there, or when the stream no longer reaches back to
-        ``after``)."""
-        low = b"-" if after is None else b"(" + after
+        ``after``). An ``after`` later than the stream's last entry is no place in it
+        (a made-up id): then as None."""
 
         def work(r: Any) -> Any:
+            low = b"-" if after is None else b"(" + after
             pipe = r.pipeline(transaction=False)
             pipe.xrevrange(self._log_key, max=upto, min=low, count=count)
             pipe.xrange(self._log_key, count=1)
+            pipe.xrevrange(self._log_key, count=1)
             return pipe.execute()
 
-        found, first = self._call(work)
+        found, first, last = self._call(work)
+        if after is not None and (not last or stream_order(after) > stream_order(last[0][0])):
+            return self.since(None, upto, count)  # rare: a made-up id, one more round trip
         complete = after is not None and len(found) < count
         if complete and first and stream_order(first[0][0]) > stream_order(after or b"0-0"):
             complete = False  # trimmed (MAXLEN): entries right after ``after`` are gone
         return [fields for _, fields in reversed(found)], complete
+
+    def is_place(self, entry_id: bytes) -> bool:
+        """Whether ``entry_id`` is at most the stream's last entry (not made up)."""
+        last = self._call(lambda r: r.xrevrange(self._log_key, count=1))
+        return bool(last) and stream_order(entry_id) <= stream_order(last[0][0])
 
     def take(self) -> list[tuple[bytes, Fields]]:
         """The entries the reader has read since the last call, in stream order."""

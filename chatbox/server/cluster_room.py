@@ -120,23 +120,40 @@ class ClusterRoom:
         later reached it live), then its place, and its place after every tick."""
         if since is not None:
             after = since.encode() if _STREAM_ID.fullmatch(since) else None
-            if after is not None and stream_order(after) > stream_order(member.joined_at):
-                # Seen on a node that is ahead of this one: nothing to replay, and what
-                # this node delivers up to there is not sent again.
-                self._ahead[member.id] = stream_order(after)
-            lines: list[bytes] = []
             limit = 4 * protocol.RESUME_MAX  # entries, of which some are notices
+            repeated = 0
+            if (
+                after is not None
+                and stream_order(after) > stream_order(member.joined_at)
+                and self._cluster.is_place(after)
+            ):
+                # Seen on a node that is ahead of this one: nothing to replay; what this
+                # node delivers up to there is not sent again, and what it delivered
+                # since the member joined up to there is counted, for the client to
+                # leave out (those lines came before this reply).
+                self._ahead[member.id] = stream_order(after)
+                upto = min(after, self._delivered, key=stream_order)
+                if stream_order(upto) > stream_order(member.joined_at):
+                    sent, _ = self._cluster.since(member.joined_at, upto, limit)
+                    repeated = len(self._public_lines(sent, member))
             entries, complete = self._cluster.since(after, member.joined_at, limit)
-            for fields in entries:
-                data = _public(fields)
-                if data is not None:
-                    lines += data.splitlines(keepends=True)
+            lines = self._public_lines(entries, None)
             if len(lines) > protocol.RESUME_MAX:
                 lines, complete = lines[-protocol.RESUME_MAX :], False
-            self._tell(member, protocol.resume_lines(lines, since, complete))
+            self._tell(member, protocol.resume_lines(lines, since, complete, repeated))
         self._tell(member, protocol.id_line(self._delivered.decode()))
         if member.id not in self._resumers:
             self._resumers.append(member.id)
+
+    def _public_lines(self, entries: list[Fields], skip: Member | None) -> list[bytes]:
+        """The chat and action lines of these entries, but those ``skip`` said here."""
+        lines: list[bytes] = []
+        own = (self._node, str(skip.id).encode()) if skip is not None else None
+        for fields in entries:
+            data = _public(fields)
+            if data is not None and (fields.get(b"n"), fields.get(b"m")) != own:
+                lines += data.splitlines(keepends=True)
+        return lines
 
     def _deliver(self, entry_id: bytes, fields: Fields) -> None:
         kind = fields.get(b"k")
