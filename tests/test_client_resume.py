@@ -164,6 +164,26 @@ def test_lines_said_while_no_server_takes_the_client_are_replayed_once(
         later.stop()
 
 
+def test_after_a_failover_the_client_takes_its_name_back_once_the_lease_ends(
+    two_nodes: list[ServerProcess], spawn: Spawn
+) -> None:
+    a, b = two_nodes
+    talker = b.connect()
+    welcomed(talker)
+    client = spawn(merged(str(a.port), "--name", "carol", "--fallback", f"127.0.0.1:{b.port}"))
+    client.expect(r"\* you are now known as carol$")
+    line_ending(talker, " is now known as carol")
+    os.kill(a.pid, signal.SIGKILL)
+    client.expect(rf"\* reconnected to 127\.0\.0\.1:{b.port}$")
+    # The dead node holds the name for its lease (1 s here); then the client gets it.
+    line_ending(talker, " is now known as carol")
+    client.send(b"carol again\n")
+    assert line_ending(talker, "> carol again") == "<carol> carol again"
+    client.close_stdin()
+    assert client.wait()[0] == 0
+    assert sum(line == "! name 'carol' is taken" for line in client.lines) <= 1
+
+
 def test_a_client_goes_on_on_a_fallback_when_a_single_server_dies(spawn: Spawn) -> None:
     first = ServerProcess("--host", "127.0.0.1", "0")
     second = ServerProcess("--host", "127.0.0.1", "0")

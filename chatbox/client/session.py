@@ -22,6 +22,7 @@ closes right as the user quits is never reported as a failure, nor the other way
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import os
 import re
@@ -63,6 +64,10 @@ RESUME_LINE = b"/resume"
 # reconnect; marks come once per server turn, so this bound is never reached in practice.
 MAX_UNCONFIRMED = 10_000
 _PUBLIC = (b"<", b"* <")
+# After a failover in a cluster the dead node holds our name until its lease ends: the
+# client asks for it again this often, this many times, showing the first refusal only.
+RECLAIM_INTERVAL = 1.0
+RECLAIM_TRIES = 30
 _END_OF_HISTORY = protocol.notice("end of history")[:-1]
 # A line that ends the session; commands are case-insensitive on the wire.
 _QUIT = re.compile(rb"^/quit(?:[ \t\r].*)?$", re.MULTILINE | re.IGNORECASE)
@@ -154,6 +159,8 @@ class Session:
         # everything is shown in the room's order; None when not waiting.
         self._held: list[bytes] | None = None
         self._name_now = name
+        self._reclaiming: str | None = None
+        self._reclaim_tries = 0
 
     def run(self) -> int:
         """Chat until the user or the server ends it; the process's exit status."""
@@ -281,6 +288,27 @@ class Session:
 
     # --- the receiving thread ---------------------------------------------------------
 
+    def _reclaim_later(self) -> bool:
+        """Ask for our name again in a while (the dead node's claim lapses with its
+        lease); True when giving up."""
+        name = self._reclaiming
+        if name is None or self._reclaim_tries >= RECLAIM_TRIES:
+            self._reclaiming = None
+            return True
+        self._reclaim_tries += 1
+
+        def ask() -> None:
+            keep_signals_off_this_thread()
+            if self._reclaiming != name or self._ended.is_set() or self._quitting:
+                return
+            with contextlib.suppress(OSError):
+                self._send(b"/nick " + name.encode("utf-8", "surrogateescape") + b"\n")
+
+        timer = threading.Timer(RECLAIM_INTERVAL, ask)
+        timer.daemon = True
+        timer.start()
+        return False
+
     def _receive(self) -> None:
         keep_signals_off_this_thread()
         try:
@@ -324,6 +352,8 @@ class Session:
             self._already_shown = collections.deque(self._unconfirmed)
             self._unconfirmed = []
             self._held = [] if self._place is not None else None
+            self._reclaiming = self._name_now
+            self._reclaim_tries = 0
             self._end_reason = "connection closed by server"
             self._end_clean = True
         self.console.status(f"* reconnected to {address}")
@@ -395,7 +425,9 @@ class Session:
                 head = protocol.RESUME_HEAD_LINE.match(line.decode("utf-8", "replace"))
                 if head is not None and head.group(1):
                     del self._held[: int(head.group(1))]
-            elif line == _END_OF_HISTORY or (self._held is not None and line.startswith(b"! ")):
+            elif line == _END_OF_HISTORY or (
+                self._held is not None and line.startswith(b"! ") and b"/resume" in line
+            ):
                 # The replay is over (or refused): then what arrived live meanwhile.
                 self._already_shown.clear()
                 shown.append(line)
@@ -409,10 +441,16 @@ class Session:
                 if self._held is not None and len(self._held) < MAX_UNCONFIRMED:
                     self._held.append(line)
                     continue
+            elif self._reclaiming is not None and line[2:].decode(
+                "utf-8", "replace"
+            ) == protocol.name_taken(self._reclaiming):
+                if not self._reclaim_later() and self._reclaim_tries > 1:
+                    continue  # said once is enough
             else:
                 renamed = protocol.YOU_RENAMED_LINE.match(line.decode("utf-8", "replace"))
                 if renamed is not None:
                     self._name_now = renamed.group(1)
+                    self._reclaiming = None
             shown.append(line)
         return b"".join(line + b"\n" for line in shown)
 
