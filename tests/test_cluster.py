@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from live_server import WAIT, Peer, ServerProcess
 from needs import needs
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
+from chatbox import protocol
 from harness.daemon import free_port
 
 LEASE = "1"
@@ -230,4 +232,31 @@ def test_history_replays_lines_said_on_every_node(nodes: list[ServerProcess]) ->
         f"[history] <{n_b1}> from b",
     ]
     for peer in (a1, b1, b2):
+        peer.close()
+
+
+def test_a_storm_of_joins_on_one_node_is_one_notice_at_another(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    watcher, _ = join(b)
+    storm = 30
+    a.proc.send_signal(signal.SIGSTOP)  # the connections wait in its backlog, together
+    try:
+        peers = [Peer(socket.create_connection(("127.0.0.1", a.port), timeout=WAIT))]
+        peers += [
+            Peer(socket.create_connection(("127.0.0.1", a.port), timeout=WAIT))
+            for _ in range(storm - 1)
+        ]
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    counted = 0
+    notices = 0
+    while counted < storm:
+        match = protocol.JOINED_LINE.match(watcher.line())
+        if match is not None:
+            names, others = protocol.notice_names(match)
+            counted += len(names) + others
+            notices += 1
+    assert counted == storm  # every joiner announced, none twice
+    assert notices < storm  # and not one line each
+    for peer in [watcher, *peers]:
         peer.close()

@@ -94,16 +94,35 @@ class ClusterRoom:
                 if lost:
                     log.warning("cluster unavailable: %d notices not appended", lost)
         taken = self._cluster.take()
+        # Consecutive joins (or leaves for one reason) from any nodes go out as one
+        # notice per recipient, as in a single server: a storm of N arrivals across
+        # the cluster costs each member about one line per batch, not N.
+        run: list[tuple[int | None, str]] = []
+        run_what = ""
         for entry_id, fields in taken:
-            self._deliver(entry_id, fields)
+            arrival = None if self._ahead else _arrival(fields)
+            if arrival is not None and (not run or arrival[0] == run_what):
+                run_what = arrival[0]
+                run.append((self._local_member(fields), arrival[1]))
+                continue
+            if run:
+                self._post_run(run_what, run)
+                run = []
+            if arrival is not None:
+                run_what = arrival[0]
+                run.append((self._local_member(fields), arrival[1]))
+            else:
+                self._deliver(entry_id, fields)
+        if run:
+            self._post_run(run_what, run)
         if taken:
             self._delivered = taken[-1][0]
             if self._resumers:
                 self._postbox.post(self._resumers, protocol.id_line(self._delivered.decode()))
 
     def end_turn(self) -> None:
-        """Nothing to coalesce here: each join and leave is its own entry in the stream,
-        appended once per turn by `tick` (coalescing across nodes is not built)."""
+        """Nothing to do here: each join and leave is its own entry in the stream, and
+        `tick` coalesces the runs of them it reads back."""
 
     def _replay(self, count: int) -> bytes:
         """The last ``count`` chat lines and actions of the stream (notices and private
@@ -144,6 +163,31 @@ class ClusterRoom:
         self._tell(member, protocol.id_line(self._delivered.decode()))
         if member.id not in self._resumers:
             self._resumers.append(member.id)
+
+    def _local_member(self, fields: Fields) -> int | None:
+        """The member of this node an entry is about, if it is one of ours."""
+        if fields.get(b"n") != self._node:
+            return None
+        return int(fields.get(b"m", b"0"))
+
+    def _post_run(self, what: str, run: list[tuple[int | None, str]]) -> None:
+        """One notice for a run of joins (``what`` = "joined") or of leaves for one
+        reason: those here before it hear of all of it, each newcomer of this node of
+        those after it (as `chatbox.server.room` does)."""
+        names = [name for _, name in run]
+        if what != "joined":
+            if self._everyone:
+                self._postbox.post(self._everyone, protocol.arrivals(names, len(names), what))
+            return
+        newcomers = {member_id for member_id, _ in run if member_id is not None}
+        before = [i for i in self._everyone if i not in newcomers]
+        if before:
+            self._postbox.post(before, protocol.arrivals(names, len(names), what))
+        for index, (member_id, _) in enumerate(run[:-1], start=1):
+            if member_id is not None and member_id in self._members:
+                later = names[index : index + protocol.NOTICE_NAMES]
+                notice = protocol.arrivals(later, len(names) - index, what)
+                self._postbox.post((member_id,), notice)
 
     def _public_lines(self, entries: list[Fields], skip: Member | None) -> list[bytes]:
         """The chat and action lines of these entries, but those ``skip`` said here."""
@@ -330,6 +374,28 @@ class ClusterRoom:
         self._queue(b"x", member, member.id, t=f"{old} is now known as {new}".encode())
         self._tell(member, protocol.notice(protocol.you_renamed(new)))
         log.info("%s is now known as %s", old, new)
+
+
+_JOINED = re.compile(r"(\S+) joined")
+_LEFT = re.compile(r"(\S+) (left \(.*\))")
+# A dead node's members are announced one by one: the harness's failover scenario (and
+# perhaps other watchers) look for each `* NAME left (server lost)` line as it is.
+_LOST = "left (server lost)"
+
+
+def _arrival(fields: Fields) -> tuple[str, str] | None:
+    """A join or leave notice entry as (what, name): ("joined", "alice"), ("left
+    (quit)", "bob"); None for any other entry."""
+    if fields.get(b"k") != b"x":
+        return None
+    text = fields.get(b"t", b"").decode("utf-8", "replace")
+    joined = _JOINED.fullmatch(text)
+    if joined is not None:
+        return "joined", joined.group(1)
+    left = _LEFT.fullmatch(text)
+    if left is not None and left.group(2) != _LOST:
+        return left.group(2), left.group(1)
+    return None
 
 
 def _public(fields: Fields) -> bytes | None:
