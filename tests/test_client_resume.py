@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from client_parties import Party, child_env, client_argv
@@ -205,3 +206,35 @@ def test_a_client_goes_on_on_a_fallback_when_a_single_server_dies(spawn: Spawn) 
     finally:
         first.stop()
         second.stop()
+
+
+def test_resume_across_a_restart_of_a_server_with_a_history_file(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    port = str(free_port())
+    args = ["--host", "127.0.0.1", "--history-file", str(tmp_path / "h.db"), port]
+    server = ServerProcess(*args)
+    try:
+        talker = server.connect()
+        talker_name = welcomed(talker)
+        client = spawn(merged(port, "--resume"))
+        client.join()
+        talker.send(b"before the restart\n")
+        client.expect(rf"<{talker_name}> before the restart$")
+        assert server.terminate() == 0  # the client did not /quit: it comes back
+        server.stop()
+        server = ServerProcess(*args)
+        other = server.connect()
+        other_name = welcomed(other)
+        other.send(b"after the restart\n/history 1\n")
+        other.expect("* end of history")
+        client.expect(r"\* reconnected to 127\.0\.0\.1:" + port + "$")
+        client.expect(rf"(\[history\] )?<{other_name}> after the restart$")
+        client.send(b"back\n")
+        line_ending(other, "> back")
+        client.close_stdin()
+        assert client.wait()[0] == 0
+        said_before = [line for line in client.lines if line.endswith("> before the restart")]
+        assert said_before == [f"<{talker_name}> before the restart"]  # not replayed again
+    finally:
+        server.stop()
