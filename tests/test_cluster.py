@@ -260,3 +260,20 @@ def test_a_storm_of_joins_on_one_node_is_one_notice_at_another(nodes: list[Serve
     assert notices < storm  # and not one line each
     for peer in [watcher, *peers]:
         peer.close()
+
+
+def test_a_welcome_in_a_crowded_cluster_names_twenty_and_counts_the_rest(
+    nodes: list[ServerProcess],
+) -> None:
+    a, b = nodes
+    crowd = [join(node)[0] for node in (a, b) * 12]  # 24 members, on both nodes
+    newcomer = b.connect()
+    welcome = newcomer.line()
+    match = protocol.WELCOME_LINE.match(welcome)
+    assert match is not None, welcome
+    assert len(match.group(2).split(", ")) == protocol.WELCOME_NAMES
+    assert welcome.endswith(" and 4 more (/who lists everyone)"), welcome
+    newcomer.send(b"/who\n")
+    assert until(newcomer, "* here (").startswith("* here (25): ")
+    for peer in [*crowd, newcomer]:
+        peer.close()

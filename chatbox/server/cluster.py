@@ -297,6 +297,29 @@ class Cluster:
 
         return sorted(work_result for work_result in self._call(work))
 
+    def some_names(self, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` claimed names (sorted) and how many are claimed in all: what a
+        welcome shows, in a few round trips however many are here (the count is the
+        nodes' member lists, the names one short SCAN)."""
+
+        def work(r: Any) -> tuple[list[str], int]:
+            nodes = r.smembers(self._key("nodes"))
+            pipe = r.pipeline(transaction=False)
+            for node in nodes:
+                pipe.hlen(self._key("members:", node.decode()))
+            total = sum(pipe.execute())
+            names: list[str] = []
+            cursor = 0
+            while True:
+                cursor, keys = r.scan(cursor, match=self._key("name:*"), count=200)
+                values = r.mget(keys) if keys else []
+                names += [v.decode().split("\t", 2)[2] for v in values if v is not None]
+                if not cursor or len(names) >= limit:
+                    return sorted(names)[:limit], max(total, len(names))
+
+        result: tuple[list[str], int] = self._call(work)
+        return result
+
     def append(self, entries: Iterable[Fields]) -> None:
         """Append entries to the stream in this order, in one pipelined round trip."""
 

@@ -237,7 +237,9 @@ class ClusterRoom:
                 name = f"guest{self._cluster.guest_number()}"
                 if self._cluster.claim(member_id, name, protocol.name_key(name)) is None:
                     break
-            others = self._cluster.roster()
+            # Not the whole roster: a welcome names a few (a storm of N joins must not
+            # read N names N times); /who lists everyone.
+            others, total = self._cluster.some_names(protocol.WELCOME_NAMES + 1)
         except Unavailable:
             if name:  # granted or not: this node no longer renews it
                 with contextlib.suppress(Unavailable):
@@ -248,8 +250,12 @@ class ClusterRoom:
         member = Member(member_id, name, self._delivered)
         self._members[member_id] = member
         self._everyone = list(self._members)
-        others.remove(name)
-        self._postbox.post((member_id,), protocol.welcome(name, others))
+        if name in others:
+            others.remove(name)
+        else:
+            others = others[: protocol.WELCOME_NAMES]
+        count = max(total - 1, len(others))
+        self._postbox.post((member_id,), protocol.welcome(name, others, count))
         self._queue(b"x", member, None, t=f"{name} joined".encode())
         log.info("%s joined (%d on this node)", name, len(self._members))
         return name
