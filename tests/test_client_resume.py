@@ -82,13 +82,18 @@ def numbers_from(client: Party, sender: str, total: int) -> list[int]:
     return [int(m.group(2)) for m in found if m is not None and m.group(1) == sender]
 
 
-@pytest.fixture
-def two_nodes(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:  # noqa: F811
+@pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
+def two_nodes(
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[list[ServerProcess]]:
+    """Two cluster nodes, in each mode: in fork mode a worker holds the client's socket
+    and must let it go when its node dies."""
     started: list[ServerProcess] = []
     try:
         for _ in range(2):
             args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
-            started.append(ServerProcess(*args, "0"))
+            started.append(ServerProcess(*args, "--mode", request.param, "0"))
         yield started
     finally:
         for node in started:

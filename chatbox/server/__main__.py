@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODES,
         default=None,
         help="serve each client in a forked process or a thread "
-        f"(default here: {default_mode()}; thread with --cluster)",
+        f"(default here: {default_mode()}; thread with --cluster, where fork works too)",
     )
     parser.add_argument(
         "--cluster",
@@ -405,12 +405,8 @@ def bind(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode is None:
+        # Thread mode by default in a cluster, as before fork mode was allowed there.
         args.mode = "thread" if args.cluster else default_mode()
-    elif args.cluster and args.mode == "fork":
-        # The cluster's reader and keeper are threads of the hub, and forking a process
-        # that runs threads can leave a worker holding a lock nobody will release.
-        print("chatbox-server: --cluster runs in --mode thread only", file=sys.stderr)
-        return 2
     try:
         workers = worker_config(args)
     except (TlsSetupError, PasswordError) as exc:
