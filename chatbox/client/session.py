@@ -69,6 +69,9 @@ _PUBLIC = (b"<", b"* <")
 RECLAIM_INTERVAL = 1.0
 RECLAIM_TRIES = 30
 _END_OF_HISTORY = protocol.notice("end of history")[:-1]
+# Errors that mean no replay is coming: a server that does not know /resume (or our ID),
+# a cluster node that cannot reach Redis now.
+_NO_REPLAY = (b"! unknown command '/resume'", b"! usage: /resume", b"! cluster unavailable")
 # A line that ends the session; commands are case-insensitive on the wire.
 _QUIT = re.compile(rb"^/quit(?:[ \t\r].*)?$", re.MULTILINE | re.IGNORECASE)
 
@@ -331,6 +334,10 @@ class Session:
         with self._lock:
             if self._quitting:
                 return False
+        if self._held:
+            # The replay they waited for never came (the server went away again).
+            self.console.show(b"".join(line + b"\n" for line in self._held))
+        self._held = None
         # The user's lines wait meanwhile: they go to the new server, not into the void.
         with self._send_lock:
             self.sock.close()
@@ -426,7 +433,7 @@ class Session:
                 if head is not None and head.group(1):
                     del self._held[: int(head.group(1))]
             elif line == _END_OF_HISTORY or (
-                self._held is not None and line.startswith(b"! ") and b"/resume" in line
+                self._held is not None and line.startswith(_NO_REPLAY)
             ):
                 # The replay is over (or refused): then what arrived live meanwhile.
                 self._already_shown.clear()
