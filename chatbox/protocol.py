@@ -263,17 +263,28 @@ class History:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """``/resume [ID]``: replay what followed ID, then mark the asker's place with
+    ``[id] ID`` lines from now on (``since`` None: only the marks)."""
+
+    since: str | None
+
+
+@dataclass(frozen=True)
 class Invalid:
     """A line the room answers with an error line only to its sender."""
 
     message: str
 
 
-Command = Chat | Nick | Who | Private | Action | Quit | Help | History | Invalid
+Command = Chat | Nick | Who | Private | Action | Quit | Help | History | Resume | Invalid
 
 # /history replays this many lines unless asked for another count, and at most the other.
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 500
+# /resume replays at most this many of the lines missed (the latest ones): a client away
+# for a day gets a screenful it can read, not the whole log through its --sendq.
+RESUME_MAX = 1000
 
 COMMAND_HELP = (
     ("/nick NAME", "change your name"),
@@ -282,6 +293,7 @@ COMMAND_HELP = (
     ("/me ACTION", "say what you are doing: * you ACTION"),
     ("/quit [REASON]", "leave the chat"),
     ("/history [N]", f"replay the last N lines (default {HISTORY_DEFAULT})"),
+    ("/resume [ID]", "replay what was said since ID; mark your place with [id] lines"),
     ("/help", "show this help"),
     ("//TEXT", "send a line that starts with /"),
 )
@@ -291,6 +303,9 @@ COMMANDS = tuple(sorted(usage.split()[0] for usage, _ in COMMAND_HELP if usage[1
 
 
 _BLANK = re.compile(r"[ \t]+")
+# A place in the room's history, as `id_line` says it: a stream id in a cluster
+# (``1733212345678-0``), an epoch and a sequence number on a single server (``a1b2c3.42``).
+_HISTORY_ID = re.compile(r"[0-9a-z]{1,32}[.-][0-9]{1,20}")
 
 
 def _first_word(text: str) -> tuple[str, str]:
@@ -329,6 +344,10 @@ def parse_line(line: str) -> Command:
         if rest.isdigit() and 0 < int(rest) <= HISTORY_MAX:
             return History(int(rest))
         return Invalid(f"usage: /history [N], N from 1 to {HISTORY_MAX}")
+    if verb == "resume":
+        if not rest or _HISTORY_ID.fullmatch(rest):
+            return Resume(rest or None)
+        return Invalid("usage: /resume [ID], ID as an [id] line gave it")
     if verb == "pass":
         # The password gate takes /pass before a client is in the room; in it, a
         # /pass (a client that sends its password unasked) is answered, never relayed.
@@ -413,6 +432,35 @@ def history_lines(lines: list[bytes]) -> bytes:
     """``lines`` (each ending in LF) marked as replayed, between two notices."""
     body = b"".join(HISTORY_PREFIX + line for line in lines)
     return notice(f"history: the last {len(lines)} lines") + body + notice("end of history")
+
+
+# A mark sent only to a client that asked with /resume: everything public up to ID has
+# been sent to it (or said by it). Starts with `[`, as private and replayed lines do, so
+# it never reads as a chat line, a notice or an error.
+ID_PREFIX = b"[id] "
+
+
+def id_line(history_id: str) -> bytes:
+    return ID_PREFIX + history_id.encode() + b"\n"
+
+
+def resume_lines(lines: list[bytes], since: str, complete: bool, repeated: int = 0) -> bytes:
+    """What /resume SINCE replays: the missed ``lines`` marked as history, between two
+    notices; ``complete`` False when lines after SINCE are gone (or SINCE is unknown);
+    ``repeated``: how many of the live lines sent before this reply the asker had
+    already been sent before (a cluster node behind the one it came from)."""
+    body = b"".join(HISTORY_PREFIX + line for line in lines)
+    gap = "" if complete else " (older ones are no longer kept)"
+    again = f"; the {repeated} live lines before this repeat what you had" if repeated else ""
+    head = notice(f"history: {len(lines)} lines since {since}{gap}{again}")
+    return head + body + notice("end of history")
+
+
+# The head of a /resume reply; group 1 counts the live lines before it that repeat.
+RESUME_HEAD_LINE = re.compile(
+    r"\* history: \d+ lines since [^\s;]+(?: \([^)]*\))?"
+    r"(?:; the (\d+) live lines before this repeat)?"
+)
 
 
 def help_lines() -> bytes:

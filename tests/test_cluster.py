@@ -10,29 +10,34 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
-from live_server import WAIT, Peer, ServerProcess
+from live_server import WAIT, Peer, ServerProcess, running_server
 from needs import needs
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
+from chatbox import protocol
 from harness.daemon import free_port
 
 LEASE = "1"
 
 
-@pytest.fixture
-def nodes(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:  # noqa: F811
-    """Two nodes (A and B) on one Redis, each on its own port."""
+@pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
+def nodes(
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[list[ServerProcess]]:
+    """Two nodes (A and B) on one Redis, each on its own port, in each mode."""
     started: list[ServerProcess] = []
     try:
         for _ in range(2):
             args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", LEASE]
-            started.append(ServerProcess(*args, "0"))
+            started.append(ServerProcess(*args, "--mode", request.param, "0"))
         yield started
     finally:
         for node in started:
@@ -203,7 +208,7 @@ def run_server(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--cluster", "redis://127.0.0.1:{port}/0"], "cannot reach the cluster at"),
         (["--cluster", "nowhere://x"], "bad --cluster URL"),
-        (["--mode", "fork", "--cluster", "redis://127.0.0.1:{port}/0"], "--mode thread only"),
+        (["--mode", "fork", "--cluster", "redis://127.0.0.1:{port}/0"], "cannot reach the cluster"),
     ],
 )
 def test_a_cluster_that_cannot_be_used_is_said_in_one_line(args: list[str], said: str) -> None:
@@ -230,4 +235,54 @@ def test_history_replays_lines_said_on_every_node(nodes: list[ServerProcess]) ->
         f"[history] <{n_b1}> from b",
     ]
     for peer in (a1, b1, b2):
+        peer.close()
+
+
+def test_a_storm_of_joins_on_one_node_is_one_notice_at_another(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    watcher, _ = join(b)
+    storm = 30
+    a.proc.send_signal(signal.SIGSTOP)  # the connections wait in its backlog, together
+    try:
+        peers = [Peer(socket.create_connection(("127.0.0.1", a.port), timeout=WAIT))]
+        peers += [
+            Peer(socket.create_connection(("127.0.0.1", a.port), timeout=WAIT))
+            for _ in range(storm - 1)
+        ]
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    counted = 0
+    notices = 0
+    while counted < storm:
+        match = protocol.JOINED_LINE.match(watcher.line())
+        if match is not None:
+            names, others = protocol.notice_names(match)
+            counted += len(names) + others
+            notices += 1
+    assert counted == storm  # every joiner announced, none twice
+    assert notices < storm  # and not one line each
+    for peer in [watcher, *peers]:
+        peer.close()
+
+
+def test_a_welcome_in_a_crowded_cluster_names_twenty_and_counts_the_rest(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # A lease of its own, long: 25 claims must outlive a loaded machine's slow renewals.
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "30", "0"]
+    with running_server(*args) as a, running_server(*args) as b:
+        crowded_welcome(a, b)
+
+
+def crowded_welcome(a: ServerProcess, b: ServerProcess) -> None:
+    crowd = [join(node)[0] for node in (a, b) * 12]  # 24 members, on both nodes
+    newcomer = b.connect()
+    welcome = newcomer.line()
+    match = protocol.WELCOME_LINE.match(welcome)
+    assert match is not None, welcome
+    assert len(match.group(2).split(", ")) == protocol.WELCOME_NAMES
+    assert welcome.endswith(" and 4 more (/who lists everyone)"), welcome
+    newcomer.send(b"/who\n")
+    assert until(newcomer, "* here (").startswith("* here (25): ")
+    for peer in [*crowd, newcomer]:
         peer.close()

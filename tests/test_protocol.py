@@ -162,6 +162,10 @@ COMMAND_CASES: list[tuple[str, protocol.Command]] = [
     ("/quit\tbye", protocol.Quit("bye")),
     ("/msg\tbob \thi\tthere", protocol.Private("bob", "hi\tthere")),
     ("/help", protocol.Help()),
+    ("/resume", protocol.Resume(None)),
+    ("/resume 1733212345678-0", protocol.Resume("1733212345678-0")),
+    ("/RESUME a1b2c3d4.42", protocol.Resume("a1b2c3d4.42")),
+    ("/resume <alice>", protocol.Invalid("usage: /resume [ID], ID as an [id] line gave it")),
     ("/frob x", protocol.Invalid("unknown command '/frob' (try /help)")),
 ]
 
@@ -184,7 +188,8 @@ def test_help_names_every_command() -> None:
 
 @pytest.mark.parametrize("command", protocol.COMMANDS)
 def test_every_command_a_client_offers_is_one_the_server_knows(command: str) -> None:
-    argument = " 5" if command == "/history" else " bob hi"
+    arguments = {"/history": " 5", "/resume": " a1b2.42"}
+    argument = arguments.get(command, " bob hi")
     assert not isinstance(protocol.parse_line(command + argument), protocol.Invalid)
 
 
@@ -253,3 +258,11 @@ def test_coalesced_notices_read_back_to_every_name_and_count(
 def test_coalesced_notice_patterns_refuse_actions_and_chat() -> None:
     for line in ("* <eve> and 3 others joined", "<eve> a and b joined", "* a, <b> joined"):
         assert not protocol.JOINED_LINE.match(line)
+
+
+@pytest.mark.parametrize(("complete", "repeated"), [(True, 0), (False, 0), (True, 7), (False, 12)])
+def test_a_resume_head_says_how_many_live_lines_repeat(complete: bool, repeated: int) -> None:
+    head = protocol.resume_lines([b"<a> x\n"], "1-0", complete, repeated).decode().split("\n")[0]
+    match = protocol.RESUME_HEAD_LINE.fullmatch(head.split(" what you had")[0])
+    assert match is not None
+    assert int(match.group(1) or 0) == repeated

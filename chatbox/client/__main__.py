@@ -21,6 +21,7 @@ from chatbox import protocol
 from chatbox.argtypes import non_negative_float, positive_float
 from chatbox.client.consoles import open_console
 from chatbox.client.login import PASSWORD_ENV, LoginError, log_in, read_password
+from chatbox.client.reconnect import Address, Reconnector, parse_address
 from chatbox.client.session import (
     KEEPALIVE_INTERVAL,
     QUIT_TIMEOUT,
@@ -64,6 +65,8 @@ class Options:
     tls_ca: str | None = None
     tls_insecure: bool = False
     password_file: str | None = None
+    resume: bool = False
+    fallbacks: tuple[Address, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after this long without sending, send a bare newline so the server knows "
         f"you are still there; 0: never (default {KEEPALIVE_INTERVAL:g})",
+    )
+    going_on = parser.add_argument_group("when the server goes away")
+    going_on.add_argument(
+        "--resume",
+        action="store_true",
+        help="if the connection ends without your /quit, connect again and get what was "
+        "said meanwhile (as [history] lines, nothing twice); with --fallback, on the next "
+        "server",
+    )
+    going_on.add_argument(
+        "--fallback",
+        metavar="IP:PORT",
+        action="append",
+        default=[],
+        help="another server of the same room (a cluster node) to go on with if this one "
+        "dies; repeat for more, tried in turn; implies --resume",
     )
     security = parser.add_argument_group("TLS and password")
     security.add_argument(
@@ -147,6 +166,12 @@ def parse_args(argv: Sequence[str]) -> Options:
         parser.error(f"invalid name {name!r}: a name is one word")
     if args.tls_ca is not None and args.tls_insecure:
         parser.error("--tls-ca and --tls-insecure contradict each other")
+    fallbacks = []
+    for text in args.fallback:
+        address = parse_address(text)
+        if address is None:
+            parser.error(f"invalid --fallback {text!r}: expected IP:PORT ([IPv6]:PORT)")
+        fallbacks.append(address)
     return Options(
         port=port,
         host=host,
@@ -158,6 +183,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         tls_ca=args.tls_ca,
         tls_insecure=args.tls_insecure,
         password_file=args.password_file,
+        resume=args.resume or bool(fallbacks),
+        fallbacks=tuple(fallbacks),
     )
 
 
@@ -195,28 +222,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # `kill` ends the session the way Ctrl-C does: a clean /quit, and a terminal left sane.
     signal.signal(signal.SIGTERM, _interrupt)
-    return Session(
-        sock, console, options.name, options.quit_timeout, options.keepalive, received
-    ).run()
+    reconnector = None
+    if options.resume:
+
+        def reopen(address: Address) -> tuple[socket.socket, bytes]:
+            sock = open_connection(options, address)
+            try:
+                return sock, log_in(sock, password) if password is not None else b""
+            except BaseException:
+                sock.close()
+                raise
+
+        servers = [Address(options.host, options.port), *options.fallbacks]
+        reconnector = Reconnector(servers, reopen, (ConnectError, LoginError))
+    session = Session(
+        sock, console, options.name, options.quit_timeout, options.keepalive, received, reconnector
+    )
+    return session.run()
 
 
-def open_connection(options: Options) -> socket.socket:
+def open_connection(options: Options, address: Address | None = None) -> socket.socket:
     """The connected socket the session speaks plain lines on (TLS bridged, if asked).
 
     Error handling: anything that keeps the connection from being made, its TLS
     handshake included, is a `ConnectError` in one line.
     """
+    host, port = (options.host, options.port) if address is None else (address.host, address.port)
     context = None
     if options.tls:
         from chatbox.client.tls import client_context
 
         context = client_context(options.tls_ca, options.tls_insecure)
-    sock = connect(options.host, options.port)
+    sock = connect(host, port)
     if context is None:
         return sock
     from chatbox.client.tls import secure
 
-    return secure(sock, options.host, options.port, context)
+    return secure(sock, host, port, context)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -21,6 +21,8 @@ closes right as the user quits is never reported as a failure, nor the other way
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import os
 import re
@@ -35,6 +37,7 @@ from chatbox.client.consoles import (
     keep_signals_off_this_thread,
     signals_held,
 )
+from chatbox.client.reconnect import Reconnector
 
 # A server that neither answers nor refuses within this time is unreachable for a person.
 CONNECT_TIMEOUT = 10.0
@@ -56,6 +59,19 @@ KEEPALIVE_INTERVAL = 60.0
 KEEPALIVE_LINE = b"\n"
 
 QUIT_LINE = b"/quit\n"
+RESUME_LINE = b"/resume"
+# Lines shown since the last [id] mark, kept to leave them out of the replay after a
+# reconnect; marks come once per server turn, so this bound is never reached in practice.
+MAX_UNCONFIRMED = 10_000
+_PUBLIC = (b"<", b"* <")
+# After a failover in a cluster the dead node holds our name until its lease ends: the
+# client asks for it again this often, this many times, showing the first refusal only.
+RECLAIM_INTERVAL = 1.0
+RECLAIM_TRIES = 30
+_END_OF_HISTORY = protocol.notice("end of history")[:-1]
+# Errors that mean no replay is coming: a server that does not know /resume (or our ID),
+# a cluster node that cannot reach Redis now.
+_NO_REPLAY = (b"! unknown command '/resume'", b"! usage: /resume", b"! cluster unavailable")
 # A line that ends the session; commands are case-insensitive on the wire.
 _QUIT = re.compile(rb"^/quit(?:[ \t\r].*)?$", re.MULTILINE | re.IGNORECASE)
 
@@ -108,9 +124,11 @@ class Session:
         quit_timeout: float = QUIT_TIMEOUT,
         keepalive: float = KEEPALIVE_INTERVAL,
         received: bytes = b"",
+        reconnector: Reconnector | None = None,
     ) -> None:
         """``received``: what the server said before the session began (while logging
-        in), shown first."""
+        in), shown first. ``reconnector``: where to go on when the server goes away
+        (--resume, --fallback), resuming where this client was; None: the session ends."""
         self.sock = sock
         self._received = received
         self.console = console
@@ -132,6 +150,20 @@ class Session:
         self._nick_answered = threading.Event()
         self._nick_refusal: str | None = None
         self._receiver = threading.Thread(target=self._receive, name="receive", daemon=True)
+        # Resuming: the last place the server marked (`[id] ID`), the lines shown since,
+        # those of them the replay after a reconnect must leave out, and the name to
+        # take back there (the latest one the server accepted).
+        self._reconnector = reconnector
+        self._place: bytes | None = None
+        self._unconfirmed: list[bytes] = []
+        self._already_shown: collections.deque[bytes] = collections.deque()
+        # After a reconnect, the live lines that arrive before the replay (said between
+        # our arrival and our /resume reaching the server) wait for it to end, so that
+        # everything is shown in the room's order; None when not waiting.
+        self._held: list[bytes] | None = None
+        self._name_now = name
+        self._reclaiming: str | None = None
+        self._reclaim_tries = 0
 
     def run(self) -> int:
         """Chat until the user or the server ends it; the process's exit status."""
@@ -150,6 +182,8 @@ class Session:
                 self._receiver.start()
                 if self.keepalive > 0:
                     threading.Thread(target=self._keep_alive, name="keepalive", daemon=True).start()
+            if self._reconnector is not None:
+                self._send(RESUME_LINE + b"\n")  # from now on the server marks our place
             if self.name is not None and not self._claim_name(self.name):
                 self._quit(QUIT_LINE)
                 return 1
@@ -226,12 +260,15 @@ class Session:
         """Say goodbye and wait until the server has closed; the exit status."""
         with self._lock:
             self._quitting = not self._ended.is_set()
+            if self._reconnector is not None:
+                self._reconnector.stop.set()
         if not self._quitting:
             return self._report_end()
         try:
             self._send(quit_line or b"")
             # Our half closed: a server that ignores /quit still sees the end of input.
-            self.sock.shutdown(socket.SHUT_WR)
+            with self._send_lock:
+                self.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             return self._report_end(exc)
         if not self.console.wait_for(self._ended, self.quit_timeout):
@@ -254,6 +291,27 @@ class Session:
 
     # --- the receiving thread ---------------------------------------------------------
 
+    def _reclaim_later(self) -> bool:
+        """Ask for our name again in a while (the dead node's claim lapses with its
+        lease); True when giving up."""
+        name = self._reclaiming
+        if name is None or self._reclaim_tries >= RECLAIM_TRIES:
+            self._reclaiming = None
+            return True
+        self._reclaim_tries += 1
+
+        def ask() -> None:
+            keep_signals_off_this_thread()
+            if self._reclaiming != name or self._ended.is_set() or self._quitting:
+                return
+            with contextlib.suppress(OSError):
+                self._send(b"/nick " + name.encode("utf-8", "surrogateescape") + b"\n")
+
+        timer = threading.Timer(RECLAIM_INTERVAL, ask)
+        timer.daemon = True
+        timer.start()
+        return False
+
     def _receive(self) -> None:
         keep_signals_off_this_thread()
         try:
@@ -263,8 +321,54 @@ class Session:
             self._end_receiving()
 
     def _receive_until_closed(self) -> None:
+        while True:
+            self._receive_one_connection(self._received)
+            if not self._reconnected():
+                return
+
+    def _reconnected(self) -> bool:
+        """The connection ended without our /quit: go on on the next server (--resume,
+        --fallback), asking for what was said since our place; False to end."""
+        if self._reconnector is None:
+            return False
+        with self._lock:
+            if self._quitting:
+                return False
+        if self._held:
+            # The replay they waited for never came (the server went away again).
+            self.console.show(b"".join(line + b"\n" for line in self._held))
+        self._held = None
+        # The user's lines wait meanwhile: they go to the new server, not into the void.
+        with self._send_lock:
+            self.sock.close()
+            outcome = self._reconnector.next()
+            if isinstance(outcome, str):
+                self._end_reason += f"; cannot reconnect: {outcome}"
+                return False
+            self.sock, self._received, address = outcome
+            greeting = b""
+            if self._name_now is not None:
+                greeting += b"/nick " + self._name_now.encode("utf-8", "surrogateescape") + b"\n"
+            place = b"" if self._place is None else b" " + self._place
+            try:
+                self.sock.sendall(greeting + RESUME_LINE + place + b"\n")
+            except OSError as exc:
+                self._end_reason = f"connection lost: {describe(exc)}"
+                self._received = b""
+                return True  # the next turn of the receiving loop sees it end, and goes on
+            self._already_shown = collections.deque(self._unconfirmed)
+            self._unconfirmed = []
+            self._held = [] if self._place is not None else None
+            self._reclaiming = self._name_now
+            self._reclaim_tries = 0
+            self._end_reason = "connection closed by server"
+            self._end_clean = True
+        self.console.status(f"* reconnected to {address}")
+        return True
+
+    def _receive_one_connection(self, data: bytes) -> None:
         partial = b""
-        data = self._received
+        self._received = b""
         try:
             while True:
                 if not data:
@@ -298,9 +402,64 @@ class Session:
             os._exit(1)
 
     def _deliver(self, block: bytes) -> None:
+        if self._reconnector is not None:
+            block = self._follow_place(block)
+            if not block:
+                return
         self.console.show(block)
         if self._nick_pending:
             self._watch_nick(block)
+
+    def _follow_place(self, block: bytes) -> bytes:
+        """Take the server's `[id]` marks out of a block (they are for us, not the user),
+        note the lines shown since the last one, and leave out of a replay the lines
+        already shown before the reconnect; what remains is shown."""
+        shown: list[bytes] = []
+        for line in block[:-1].split(b"\n"):
+            if line.startswith(protocol.ID_PREFIX):
+                self._place = line[len(protocol.ID_PREFIX) :]
+                self._unconfirmed.clear()
+                if self._reconnector is not None:
+                    self._reconnector.settled()
+                continue
+            if line.startswith(protocol.HISTORY_PREFIX) and self._already_shown:
+                if line[len(protocol.HISTORY_PREFIX) :] == self._already_shown[0]:
+                    self._already_shown.popleft()
+                    continue
+            elif self._held and line.startswith(b"* history: "):
+                # The node we came back to was behind: the first of the live lines it
+                # sent us meanwhile are ones we had shown before.
+                head = protocol.RESUME_HEAD_LINE.match(line.decode("utf-8", "replace"))
+                if head is not None and head.group(1):
+                    del self._held[: int(head.group(1))]
+            elif line == _END_OF_HISTORY or (
+                self._held is not None and line.startswith(_NO_REPLAY)
+            ):
+                # The replay is over (or refused): then what arrived live meanwhile.
+                self._already_shown.clear()
+                shown.append(line)
+                shown += self._held or ()
+                self._held = None
+                continue
+            elif line.startswith(_PUBLIC):
+                self._unconfirmed.append(line)
+                if len(self._unconfirmed) > MAX_UNCONFIRMED:
+                    del self._unconfirmed[: MAX_UNCONFIRMED // 2]
+                if self._held is not None and len(self._held) < MAX_UNCONFIRMED:
+                    self._held.append(line)
+                    continue
+            elif self._reclaiming is not None and line[2:].decode(
+                "utf-8", "replace"
+            ) == protocol.name_taken(self._reclaiming):
+                if not self._reclaim_later() and self._reclaim_tries > 1:
+                    continue  # said once is enough
+            else:
+                renamed = protocol.YOU_RENAMED_LINE.match(line.decode("utf-8", "replace"))
+                if renamed is not None:
+                    self._name_now = renamed.group(1)
+                    self._reclaiming = None
+            shown.append(line)
+        return b"".join(line + b"\n" for line in shown)
 
     def _watch_nick(self, block: bytes) -> None:
         assert self.name is not None

@@ -20,6 +20,7 @@ from chatbox.server import admission, flood
 from chatbox.server.cluster import DEFAULT_LEASE
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.gate import PASSWORD_ENV, PasswordError, read_secret
+from chatbox.server.history import HISTORY_BYTES, History, HistoryFileError, SqliteStore
 from chatbox.server.hub import (
     DEFAULT_HARD_FACTOR,
     DEFAULT_MAX_CLIENTS,
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODES,
         default=None,
         help="serve each client in a forked process or a thread "
-        f"(default here: {default_mode()}; thread with --cluster)",
+        f"(default here: {default_mode()}; thread with --cluster, where fork works too)",
     )
     parser.add_argument(
         "--cluster",
@@ -94,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a node's names outlive it if it dies without a word "
         f"(default {DEFAULT_LEASE})",
+    )
+    parser.add_argument(
+        "--history-file",
+        metavar="PATH",
+        help="keep the history (/history, /resume) in this SQLite file, so that it "
+        "survives restarts (created if absent; not with --cluster, whose history is the "
+        "stream)",
+    )
+    parser.add_argument(
+        "--history-lines",
+        type=positive_int,
+        metavar="N",
+        help="keep at most the last N lines of history (default: about the last "
+        f"{HISTORY_BYTES >> 20} MiB of lines)",
     )
     parser.add_argument(
         "--max-line",
@@ -407,17 +422,25 @@ def bind(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode is None:
+        # Thread mode by default in a cluster, as before fork mode was allowed there.
         args.mode = "thread" if args.cluster else default_mode()
-    elif args.cluster and args.mode == "fork":
-        # The cluster's reader and keeper are threads of the hub, and forking a process
-        # that runs threads can leave a worker holding a lock nobody will release.
-        print("chatbox-server: --cluster runs in --mode thread only", file=sys.stderr)
-        return 2
     try:
         workers = worker_config(args)
     except (TlsSetupError, PasswordError) as exc:
         print(f"chatbox-server: {exc}", file=sys.stderr)
         return 2
+    if args.cluster and args.history_file:
+        print(
+            "chatbox-server: --history-file is for a single server "
+            "(with --cluster the history is the cluster's stream)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        history, store = open_history(args.history_file, args.history_lines)
+    except HistoryFileError as exc:
+        print(f"chatbox-server: {exc}", file=sys.stderr)
+        return 1
     cluster = None
     if args.cluster:
         cluster = connect_cluster(args.cluster, args.cluster_lease)
@@ -469,9 +492,12 @@ def main(argv: list[str] | None = None) -> int:
             args.flood_lines, args.flood_bytes, args.flood_burst, args.flood_timeout
         ),
         admission=admission_rules(args),
+        history=history,
     )
     server_log = ServerLog(args.log_level)
     server_log.start()
+    if store is not None:
+        store.start()
     try:
         hub = Hub(listener, launcher, config, cluster)
         if cluster is not None:
@@ -482,8 +508,24 @@ def main(argv: list[str] | None = None) -> int:
             if cluster is not None:
                 cluster.stop()
     finally:
+        if store is not None:
+            store.stop()  # what the last turns added is written before the server ends
         server_log.stop()
     return 0
+
+
+def open_history(path: str | None, lines: int | None) -> tuple[History, SqliteStore | None]:
+    """The single server's history, on disk if ``path`` is given.
+
+    Error handling: a file that cannot be opened, read or written raises
+    `HistoryFileError` in one line naming it."""
+    store = SqliteStore(path) if path is not None else None
+    try:
+        return History(HISTORY_BYTES, lines, store), store
+    except HistoryFileError:
+        if store is not None:
+            store.stop()
+        raise
 
 
 def connect_cluster(url: str, lease: float) -> Cluster | None:

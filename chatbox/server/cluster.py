@@ -108,6 +108,12 @@ return n
 APPEND_DEADLINE = CALL_TIMEOUT / 2
 
 
+def stream_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream id (``MS-SEQ``) as something that compares in the stream's order."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or b"0")
+
+
 class Unavailable(Exception):
     """Redis cannot be reached now (the caller tells its client, nothing is dropped silently)."""
 
@@ -154,6 +160,7 @@ class Cluster:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_id = b"0-0"
+        self._start_id = self._last_id
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -168,6 +175,7 @@ class Cluster:
             self._measure_clock(self._hub_r)
             last = self._hub_r.xrevrange(self._log_key, count=1)
             self._last_id = last[0][0] if last else b"0-0"
+            self._start_id = self._last_id
             self._heartbeat(self._hub_r)
         except self._errors as exc:
             raise Unavailable(str(exc)) from None
@@ -289,6 +297,29 @@ class Cluster:
 
         return sorted(work_result for work_result in self._call(work))
 
+    def some_names(self, limit: int) -> tuple[list[str], int]:
+        """Up to ``limit`` claimed names (sorted) and how many are claimed in all: what a
+        welcome shows, in a few round trips however many are here (the count is the
+        nodes' member lists, the names one short SCAN)."""
+
+        def work(r: Any) -> tuple[list[str], int]:
+            nodes = r.smembers(self._key("nodes"))
+            pipe = r.pipeline(transaction=False)
+            for node in nodes:
+                pipe.hlen(self._key("members:", node.decode()))
+            total = sum(pipe.execute())
+            names: list[str] = []
+            cursor = 0
+            while True:
+                cursor, keys = r.scan(cursor, match=self._key("name:*"), count=200)
+                values = r.mget(keys) if keys else []
+                names += [v.decode().split("\t", 2)[2] for v in values if v is not None]
+                if not cursor or len(names) >= limit:
+                    return sorted(names)[:limit], max(total, len(names))
+
+        result: tuple[list[str], int] = self._call(work)
+        return result
+
     def append(self, entries: Iterable[Fields]) -> None:
         """Append entries to the stream in this order, in one pipelined round trip."""
 
@@ -315,6 +346,39 @@ class Cluster:
         """The last ``count`` entries of the stream, oldest first."""
         found = self._call(lambda r: r.xrevrange(self._log_key, count=count))
         return [fields for _, fields in reversed(found)]
+
+    @property
+    def start_id(self) -> bytes:
+        """Where the stream ended when this node connected: it delivers what follows."""
+        return self._start_id
+
+    def since(self, after: bytes | None, upto: bytes, count: int) -> tuple[list[Fields], bool]:
+        """The entries after ``after`` up to ``upto`` (both stream ids; None: from the
+        start), at most the latest ``count``, oldest first; and whether that is all of
+        them (False when more were there, or when the stream no longer reaches back to
+        ``after``). An ``after`` later than the stream's last entry is no place in it
+        (a made-up id): then as None."""
+
+        def work(r: Any) -> Any:
+            low = b"-" if after is None else b"(" + after
+            pipe = r.pipeline(transaction=False)
+            pipe.xrevrange(self._log_key, max=upto, min=low, count=count)
+            pipe.xrange(self._log_key, count=1)
+            pipe.xrevrange(self._log_key, count=1)
+            return pipe.execute()
+
+        found, first, last = self._call(work)
+        if after is not None and (not last or stream_order(after) > stream_order(last[0][0])):
+            return self.since(None, upto, count)  # rare: a made-up id, one more round trip
+        complete = after is not None and len(found) < count
+        if complete and first and stream_order(first[0][0]) > stream_order(after or b"0-0"):
+            complete = False  # trimmed (MAXLEN): entries right after ``after`` are gone
+        return [fields for _, fields in reversed(found)], complete
+
+    def is_place(self, entry_id: bytes) -> bool:
+        """Whether ``entry_id`` is at most the stream's last entry (not made up)."""
+        last = self._call(lambda r: r.xrevrange(self._log_key, count=1))
+        return bool(last) and stream_order(entry_id) <= stream_order(last[0][0])
 
     def take(self) -> list[tuple[bytes, Fields]]:
         """The entries the reader has read since the last call, in stream order."""

@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass, field
 
 from chatbox import protocol
-from chatbox.server.cluster import Cluster, Fields, Unavailable
+from chatbox.server.cluster import Cluster, Fields, Unavailable, stream_order
 from chatbox.server.room import Postbox
 
 log = logging.getLogger("chatbox.room")
 
 UNAVAILABLE = protocol.error("cluster unavailable")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 @dataclass
 class Member:
     id: int
     name: str
+    # The last entry delivered before it joined: what /resume replays ends there.
+    joined_at: bytes = b"0-0"
     prefix: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +54,13 @@ class ClusterRoom:
         # Entries to append at the end of this turn, each with the member that caused it
         # (told if the append fails), or None for notices nobody is waiting on.
         self._pending: list[tuple[Fields, int | None]] = []
+        # The last entry delivered to this node's members, the members that asked for
+        # their place (/resume), and those resumed from a place this node has not
+        # delivered yet (it lags behind the node they came from): they are not sent
+        # again what they had already seen, up to that place.
+        self._delivered = cluster.start_id
+        self._resumers: list[int] = []
+        self._ahead: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._members)
@@ -82,12 +93,36 @@ class ClusterRoom:
                 lost = sum(1 for _, s in pending if s is None)
                 if lost:
                     log.warning("cluster unavailable: %d notices not appended", lost)
-        for _, fields in self._cluster.take():
-            self._deliver(fields)
+        taken = self._cluster.take()
+        # Consecutive joins (or leaves for one reason) from any nodes go out as one
+        # notice per recipient, as in a single server: a storm of N arrivals across
+        # the cluster costs each member about one line per batch, not N.
+        run: list[tuple[int | None, str]] = []
+        run_what = ""
+        for entry_id, fields in taken:
+            arrival = None if self._ahead else _arrival(fields)
+            if arrival is not None and (not run or arrival[0] == run_what):
+                run_what = arrival[0]
+                run.append((self._local_member(fields), arrival[1]))
+                continue
+            if run:
+                self._post_run(run_what, run)
+                run = []
+            if arrival is not None:
+                run_what = arrival[0]
+                run.append((self._local_member(fields), arrival[1]))
+            else:
+                self._deliver(entry_id, fields)
+        if run:
+            self._post_run(run_what, run)
+        if taken:
+            self._delivered = taken[-1][0]
+            if self._resumers:
+                self._postbox.post(self._resumers, protocol.id_line(self._delivered.decode()))
 
     def end_turn(self) -> None:
-        """Nothing to coalesce here: each join and leave is its own entry in the stream,
-        appended once per turn by `tick` (coalescing across nodes is not built)."""
+        """Nothing to do here: each join and leave is its own entry in the stream, and
+        `tick` coalesces the runs of them it reads back."""
 
     def _replay(self, count: int) -> bytes:
         """The last ``count`` chat lines and actions of the stream (notices and private
@@ -99,7 +134,72 @@ class ClusterRoom:
                 lines += data.splitlines(keepends=True)
         return protocol.history_lines(lines[-count:])
 
-    def _deliver(self, fields: Fields) -> None:
+    def _resume(self, member: Member, since: str | None) -> None:
+        """Replay the stream after ``since`` up to where the member joined (what came
+        later reached it live), then its place, and its place after every tick."""
+        if since is not None:
+            after = since.encode() if _STREAM_ID.fullmatch(since) else None
+            limit = 4 * protocol.RESUME_MAX  # entries, of which some are notices
+            repeated = 0
+            if (
+                after is not None
+                and stream_order(after) > stream_order(member.joined_at)
+                and self._cluster.is_place(after)
+            ):
+                # Seen on a node that is ahead of this one: nothing to replay; what this
+                # node delivers up to there is not sent again, and what it delivered
+                # since the member joined up to there is counted, for the client to
+                # leave out (those lines came before this reply).
+                self._ahead[member.id] = stream_order(after)
+                upto = min(after, self._delivered, key=stream_order)
+                if stream_order(upto) > stream_order(member.joined_at):
+                    sent, _ = self._cluster.since(member.joined_at, upto, limit)
+                    repeated = len(self._public_lines(sent, member))
+            entries, complete = self._cluster.since(after, member.joined_at, limit)
+            lines = self._public_lines(entries, None)
+            if len(lines) > protocol.RESUME_MAX:
+                lines, complete = lines[-protocol.RESUME_MAX :], False
+            self._tell(member, protocol.resume_lines(lines, since, complete, repeated))
+        self._tell(member, protocol.id_line(self._delivered.decode()))
+        if member.id not in self._resumers:
+            self._resumers.append(member.id)
+
+    def _local_member(self, fields: Fields) -> int | None:
+        """The member of this node an entry is about, if it is one of ours."""
+        if fields.get(b"n") != self._node:
+            return None
+        return int(fields.get(b"m", b"0"))
+
+    def _post_run(self, what: str, run: list[tuple[int | None, str]]) -> None:
+        """One notice for a run of joins (``what`` = "joined") or of leaves for one
+        reason: those here before it hear of all of it, each newcomer of this node of
+        those after it (as `chatbox.server.room` does)."""
+        names = [name for _, name in run]
+        if what != "joined":
+            if self._everyone:
+                self._postbox.post(self._everyone, protocol.arrivals(names, len(names), what))
+            return
+        newcomers = {member_id for member_id, _ in run if member_id is not None}
+        before = [i for i in self._everyone if i not in newcomers]
+        if before:
+            self._postbox.post(before, protocol.arrivals(names, len(names), what))
+        for index, (member_id, _) in enumerate(run[:-1], start=1):
+            if member_id is not None and member_id in self._members:
+                later = names[index : index + protocol.NOTICE_NAMES]
+                notice = protocol.arrivals(later, len(names) - index, what)
+                self._postbox.post((member_id,), notice)
+
+    def _public_lines(self, entries: list[Fields], skip: Member | None) -> list[bytes]:
+        """The chat and action lines of these entries, but those ``skip`` said here."""
+        lines: list[bytes] = []
+        own = (self._node, str(skip.id).encode()) if skip is not None else None
+        for fields in entries:
+            data = _public(fields)
+            if data is not None and (fields.get(b"n"), fields.get(b"m")) != own:
+                lines += data.splitlines(keepends=True)
+        return lines
+
+    def _deliver(self, entry_id: bytes, fields: Fields) -> None:
         kind = fields.get(b"k")
         ours = fields.get(b"n") == self._node
         sender = int(fields.get(b"m", b"0")) if ours else None
@@ -109,6 +209,13 @@ class ClusterRoom:
                 self._postbox.post((sender,), protocol.private_line(fields[b"f"].decode(), text))
             return
         recipients = [i for i in self._everyone if i != sender]
+        if self._ahead:
+            order = stream_order(entry_id)
+            for member_id, seen in list(self._ahead.items()):
+                if order > seen or member_id not in self._members:
+                    del self._ahead[member_id]
+                elif member_id in recipients:
+                    recipients.remove(member_id)
         if not recipients:
             return
         if kind == b"x":
@@ -130,7 +237,9 @@ class ClusterRoom:
                 name = f"guest{self._cluster.guest_number()}"
                 if self._cluster.claim(member_id, name, protocol.name_key(name)) is None:
                     break
-            others = self._cluster.roster()
+            # Not the whole roster: a welcome names a few (a storm of N joins must not
+            # read N names N times); /who lists everyone.
+            others, total = self._cluster.some_names(protocol.WELCOME_NAMES + 1)
         except Unavailable:
             if name:  # granted or not: this node no longer renews it
                 with contextlib.suppress(Unavailable):
@@ -138,11 +247,15 @@ class ClusterRoom:
             self._postbox.post((member_id,), UNAVAILABLE)
             self._postbox.dismiss(member_id)
             return ""
-        member = Member(member_id, name)
+        member = Member(member_id, name, self._delivered)
         self._members[member_id] = member
         self._everyone = list(self._members)
-        others.remove(name)
-        self._postbox.post((member_id,), protocol.welcome(name, others))
+        if name in others:
+            others.remove(name)
+        else:
+            others = others[: protocol.WELCOME_NAMES]
+        count = max(total - 1, len(others))
+        self._postbox.post((member_id,), protocol.welcome(name, others, count))
         self._queue(b"x", member, None, t=f"{name} joined".encode())
         log.info("%s joined (%d on this node)", name, len(self._members))
         return name
@@ -152,6 +265,8 @@ class ClusterRoom:
         if member is None:
             return
         self._everyone = list(self._members)
+        if member_id in self._resumers:
+            self._resumers.remove(member_id)
         self._queue(b"x", member, None, t=f"{member.name} left ({reason})".encode())
         try:
             self._cluster.release(member_id, protocol.name_key(member.name))
@@ -236,6 +351,8 @@ class ClusterRoom:
             self._tell(member, protocol.help_lines())
         elif isinstance(command, protocol.History):
             self._tell(member, self._replay(command.count))
+        elif isinstance(command, protocol.Resume):
+            self._resume(member, command.since)
         elif isinstance(command, protocol.Invalid):
             self._tell(member, protocol.error(command.message))
         else:  # Chat never reaches here: receive() queues chat lines itself.
@@ -263,6 +380,28 @@ class ClusterRoom:
         self._queue(b"x", member, member.id, t=f"{old} is now known as {new}".encode())
         self._tell(member, protocol.notice(protocol.you_renamed(new)))
         log.info("%s is now known as %s", old, new)
+
+
+_JOINED = re.compile(r"(\S+) joined")
+_LEFT = re.compile(r"(\S+) (left \(.*\))")
+# A dead node's members are announced one by one: the harness's failover scenario (and
+# perhaps other watchers) look for each `* NAME left (server lost)` line as it is.
+_LOST = "left (server lost)"
+
+
+def _arrival(fields: Fields) -> tuple[str, str] | None:
+    """A join or leave notice entry as (what, name): ("joined", "alice"), ("left
+    (quit)", "bob"); None for any other entry."""
+    if fields.get(b"k") != b"x":
+        return None
+    text = fields.get(b"t", b"").decode("utf-8", "replace")
+    joined = _JOINED.fullmatch(text)
+    if joined is not None:
+        return "joined", joined.group(1)
+    left = _LEFT.fullmatch(text)
+    if left is not None and left.group(2) != _LOST:
+        return left.group(2), left.group(1)
+    return None
 
 
 def _public(fields: Fields) -> bytes | None:

@@ -69,6 +69,7 @@ from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.forkserver import STOP_SIGNALS, Sockets
 from chatbox.server.gate import Penalties
+from chatbox.server.history import History
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
@@ -140,6 +141,8 @@ class HubConfig:
     tls_context: ssl.SSLContext | None = None
     # Clients must give the password (their workers judge it) before they enter.
     password: bool = False
+    # What the single server's room remembers (/history, /resume); None: the default.
+    history: History | None = None
 
     @property
     def hard_bound(self) -> int:
@@ -180,7 +183,7 @@ class Hub:
         # once per turn (docs/cluster.md); alone it posts straight away.
         self._tick: Callable[[], None] | None = None
         if cluster is None:
-            self._room = Room(self, config.max_line)
+            self._room = Room(self, config.max_line, config.history)
         else:
             from chatbox.server.cluster_room import ClusterRoom
 

@@ -20,7 +20,6 @@ and every recipient still learns of every joiner (named, or counted in "and N ot
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 from collections.abc import Iterable
@@ -28,11 +27,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatbox import protocol
+from chatbox.server.history import History
 
 log = logging.getLogger("chatbox.room")
-
-# /history keeps the latest chat blocks up to about this many bytes.
-HISTORY_BYTES = 1 << 20
 
 
 class Postbox(Protocol):
@@ -54,6 +51,9 @@ class Postbox(Protocol):
 class Member:
     id: int
     name: str
+    # Where the history stood when it joined: what /resume replays ends there, since
+    # everything later was sent to it live.
+    joined_at: int = 0
     prefix: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +61,12 @@ class Member:
 
 
 class Room:
-    def __init__(self, postbox: Postbox, max_line: int = protocol.DEFAULT_MAX_LINE) -> None:
+    def __init__(
+        self,
+        postbox: Postbox,
+        max_line: int = protocol.DEFAULT_MAX_LINE,
+        history: History | None = None,
+    ) -> None:
         self._postbox = postbox
         self._max_line = max_line
         self._members: dict[int, Member] = {}  # insertion order = joining order
@@ -75,9 +80,11 @@ class Room:
         self._joins: list[tuple[int, str]] = []
         self._leaves: list[str] = []
         self._leave_reason = ""
-        # What /history replays: the latest relayed blocks (chat lines and actions).
-        self._history: collections.deque[bytes] = collections.deque()
-        self._history_bytes = 0
+        # What /history and /resume replay: the latest relayed blocks (chat, actions).
+        self._history = history if history is not None else History()
+        # Members that asked for their place (/resume) and the place they were last told.
+        self._resumers: list[int] = []
+        self._announced = self._history.last_seq
 
     def __len__(self) -> int:
         return len(self._members)
@@ -101,7 +108,7 @@ class Room:
         ]
         if self._leaves:
             self._end_run()
-        member = Member(member_id, name)
+        member = Member(member_id, name, self._history.last_seq)
         self._members[member_id] = member
         self._by_key[protocol.name_key(name)] = member
         self._joins.append((member_id, name))
@@ -122,6 +129,8 @@ class Room:
         if member is None:
             return
         del self._by_key[protocol.name_key(member.name)]
+        if member_id in self._resumers:
+            self._resumers.remove(member_id)
         if self._joins or (self._leaves and reason != self._leave_reason):
             self._end_run()
         self._leaves.append(member.name)
@@ -130,9 +139,15 @@ class Room:
         log.info("%s left (%s)", member.name, reason)
 
     def end_turn(self) -> None:
-        """The hub ends its loop turn: post the run of join or leave notices."""
+        """The hub ends its loop turn: post the run of join or leave notices, tell the
+        members that asked where they are now, and let the history write its turn."""
         if self._joins or self._leaves:
             self._end_run()
+        if self._announced != self._history.last_seq:
+            self._announced = self._history.last_seq
+            if self._resumers:
+                self._postbox.post(self._resumers, protocol.id_line(self._history.position()))
+        self._history.end_turn()
 
     def _end_run(self) -> None:
         joins, self._joins = self._joins, []
@@ -176,6 +191,7 @@ class Room:
         self._postbox.post(everyone, protocol.SERVER_SHUTTING_DOWN)
         self._members.clear()
         self._by_key.clear()
+        self._resumers.clear()
         self._everyone = []
         for member_id in everyone:
             self._postbox.dismiss(member_id)
@@ -233,19 +249,20 @@ class Room:
             self._postbox.post(recipients, data)
 
     def _remember(self, data: bytes) -> None:
-        history = self._history
-        history.append(data)
-        self._history_bytes += len(data)
-        while self._history_bytes > HISTORY_BYTES and len(history) > 1:
-            self._history_bytes -= len(history.popleft())
+        self._history.remember(data)
 
     def _replay(self, count: int) -> bytes:
-        lines: list[bytes] = []
-        for block in reversed(self._history):
-            lines[:0] = block.splitlines(keepends=True)
-            if len(lines) >= count:
-                break
-        return protocol.history_lines(lines[-count:])
+        return protocol.history_lines(self._history.recent(count))
+
+    def _resume(self, member: Member, since: str | None) -> None:
+        """Replay what was said after ``since`` until the member joined (what came later
+        reached it live), then its place, and its place after every turn from now on."""
+        if since is not None:
+            lines, complete = self._history.since(since, member.joined_at)
+            self._post((member.id,), protocol.resume_lines(lines, since, complete))
+        self._post((member.id,), protocol.id_line(self._history.position()))
+        if member.id not in self._resumers:
+            self._resumers.append(member.id)
 
     def line_too_long(self, member_id: int) -> None:
         """The member's worker discarded a line over the limit: tell the member alone."""
@@ -277,6 +294,8 @@ class Room:
             self._post(recipients, data)
         elif isinstance(command, protocol.History):
             self._post((member.id,), self._replay(command.count))
+        elif isinstance(command, protocol.Resume):
+            self._resume(member, command.since)
         elif isinstance(command, protocol.Quit):
             self.leave(member.id, command.reason)
             self._postbox.dismiss(member.id)

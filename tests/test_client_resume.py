@@ -1,0 +1,245 @@
+"""`chatbox-client --resume` and `--fallback IP:PORT`: a client that outlives its server.
+
+Real client processes through pipes, real servers, a real redis-server for the cluster:
+a node is killed with SIGKILL while a talker on the other node goes on, and the client
+must go on on the other node, saying so in one line, and show every line exactly once
+(live or as `[history] `) - also the ones said while it was away or reconnecting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from client_parties import Party, child_env, client_argv
+from live_server import Peer, ServerProcess
+from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
+
+from harness.daemon import free_port
+
+Spawn = Callable[..., Party]
+NUMBERED = re.compile(r"(?:\[history\] )?<(\S+)> (\d+)$")
+
+
+def merged(*args: str) -> list[str]:
+    """The client's argv with its stderr (where its own lines go) merged into stdout."""
+    return ["sh", "-c", 'exec "$@" 2>&1', "sh", *client_argv(*args)]
+
+
+@pytest.mark.parametrize(
+    ("fallback", "said"),
+    [
+        ("127.0.0.1", "invalid --fallback '127.0.0.1': expected IP:PORT"),
+        ("::1:5000", "invalid --fallback '::1:5000': expected IP:PORT"),
+        ("localhost:0", "invalid --fallback 'localhost:0'"),
+        (":5000", "invalid --fallback ':5000'"),
+    ],
+)
+def test_a_bad_fallback_is_one_line_exit_2(fallback: str, said: str) -> None:
+    done = subprocess.run(
+        client_argv("5000", "--fallback", fallback),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert said in done.stderr.splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_explains_resume_and_fallback() -> None:
+    done = subprocess.run(client_argv("--help"), capture_output=True, text=True, timeout=20)
+    text = " ".join(done.stdout.split())
+    assert "--resume" in text and "--fallback IP:PORT" in text
+    assert "repeat for more" in text and "nothing twice" in text
+
+
+def talk_numbered(talker: Peer, total: int, start: int = 1) -> threading.Thread:
+    """Say start..total, one line per round trip (so they spread over many server turns)."""
+
+    def talk() -> None:
+        for n in range(start, total + 1):
+            talker.send(f"{n}\n/history 1\n".encode())
+            talker.expect("* end of history")
+
+    thread = threading.Thread(target=talk, daemon=True)
+    thread.start()
+    return thread
+
+
+def numbers_from(client: Party, sender: str, total: int) -> list[int]:
+    """The numbers of ``sender``'s lines the client showed, live or replayed, once it
+    showed ``total``."""
+    client.expect(rf"(\[history\] )?<{re.escape(sender)}> {total}$")
+    found = [NUMBERED.match(line) for line in client.lines]
+    return [int(m.group(2)) for m in found if m is not None and m.group(1) == sender]
+
+
+@pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
+def two_nodes(
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[list[ServerProcess]]:
+    """Two cluster nodes, in each mode: in fork mode a worker holds the client's socket
+    and must let it go when its node dies."""
+    started: list[ServerProcess] = []
+    try:
+        for _ in range(2):
+            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
+            started.append(ServerProcess(*args, "--mode", request.param, "0"))
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def line_ending(peer: Peer, suffix: str) -> str:
+    """The first line the peer reads that ends with ``suffix`` (fails on timeout)."""
+    while not (line := peer.line()).endswith(suffix):
+        pass
+    return line
+
+
+def welcomed(peer: Peer) -> str:
+    line = peer.line()
+    assert line.startswith("* welcome "), line
+    return line.split()[2].rstrip(";")
+
+
+def test_a_client_goes_on_on_the_other_node_when_its_node_is_killed(
+    two_nodes: list[ServerProcess], spawn: Spawn
+) -> None:
+    a, b = two_nodes
+    total = 200
+    talker = b.connect()
+    talker_name = welcomed(talker)
+    client = spawn(merged(str(a.port), "127.0.0.1", "--fallback", f"127.0.0.1:{b.port}"))
+    client.join()
+    talker.expect(f"* {client.name} joined")
+    talking = talk_numbered(talker, total)
+    client.expect(rf"<{talker_name}> {total // 4}$")
+    os.kill(a.pid, signal.SIGKILL)  # mid-stream: the client's node is gone at once
+    client.expect(rf"\* reconnected to 127\.0\.0\.1:{b.port}$")
+    talking.join()
+    # Each line once, in the room's order: the replay of what it missed, then what
+    # came live (the lines said while it came back wait for the replay to end).
+    assert numbers_from(client, talker_name, total) == list(range(1, total + 1))
+    # What it types now is said on the other node.
+    client.send(b"after the failover\n")
+    line_ending(talker, "> after the failover")
+    client.close_stdin()
+    status, _ = client.wait()
+    assert status == 0
+    assert not [line for line in client.lines if line.startswith("[id]")]
+
+
+def test_lines_said_while_no_server_takes_the_client_are_replayed_once(
+    redis_server: RedisServer,  # noqa: F811
+    two_nodes: list[ServerProcess],
+    spawn: Spawn,
+) -> None:
+    a, b = two_nodes
+    later_port = free_port()  # the fallback, not up yet when the client's node dies
+    talker = b.connect()
+    talker_name = welcomed(talker)
+    client = spawn(merged(str(a.port), "127.0.0.1", "--fallback", f"127.0.0.1:{later_port}"))
+    client.join()
+    talker.expect(f"* {client.name} joined")
+    talk_numbered(talker, 50).join()
+    client.expect(rf"<{talker_name}> 50$")
+    os.kill(a.pid, signal.SIGKILL)
+    talk_numbered(talker, 100, start=51).join()  # nobody can take the client now
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
+    later = ServerProcess(*args, str(later_port))
+    try:
+        talking = talk_numbered(talker, 200, start=101)  # while it comes back, and after
+        client.expect(rf"\* reconnected to 127\.0\.0\.1:{later_port}$")
+        talking.join()
+        assert numbers_from(client, talker_name, 200) == list(range(1, 201))
+        assert f"[history] <{talker_name}> 51" in client.lines
+        client.close_stdin()
+        assert client.wait()[0] == 0
+    finally:
+        later.stop()
+
+
+def test_after_a_failover_the_client_takes_its_name_back_once_the_lease_ends(
+    two_nodes: list[ServerProcess], spawn: Spawn
+) -> None:
+    a, b = two_nodes
+    talker = b.connect()
+    welcomed(talker)
+    client = spawn(merged(str(a.port), "--name", "carol", "--fallback", f"127.0.0.1:{b.port}"))
+    client.expect(r"\* you are now known as carol$")
+    line_ending(talker, " is now known as carol")
+    os.kill(a.pid, signal.SIGKILL)
+    client.expect(rf"\* reconnected to 127\.0\.0\.1:{b.port}$")
+    # The dead node holds the name for its lease (1 s here); then the client gets it.
+    line_ending(talker, " is now known as carol")
+    client.send(b"carol again\n")
+    assert line_ending(talker, "> carol again") == "<carol> carol again"
+    client.close_stdin()
+    assert client.wait()[0] == 0
+    assert sum(line == "! name 'carol' is taken" for line in client.lines) <= 1
+
+
+def test_a_client_goes_on_on_a_fallback_when_a_single_server_dies(spawn: Spawn) -> None:
+    first = ServerProcess("--host", "127.0.0.1", "0")
+    second = ServerProcess("--host", "127.0.0.1", "0")
+    try:
+        listener = second.connect()
+        welcomed(listener)
+        client = spawn(
+            merged(str(first.port), "--name", "carol", "--fallback", f"127.0.0.1:{second.port}")
+        )
+        client.join()
+        client.expect(r"\* you are now known as carol$")
+        first.proc.kill()  # the server simply dies
+        client.expect(rf"\* reconnected to 127\.0\.0\.1:{second.port}$")
+        line_ending(listener, " is now known as carol")  # back under the name it had
+        client.send(b"still here\n")
+        assert listener.line() == "<carol> still here"
+        client.close_stdin()
+        assert client.wait()[0] == 0
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_resume_across_a_restart_of_a_server_with_a_history_file(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    port = str(free_port())
+    args = ["--host", "127.0.0.1", "--history-file", str(tmp_path / "h.db"), port]
+    server = ServerProcess(*args)
+    try:
+        talker = server.connect()
+        talker_name = welcomed(talker)
+        client = spawn(merged(port, "--resume"))
+        client.join()
+        talker.send(b"before the restart\n")
+        client.expect(rf"<{talker_name}> before the restart$")
+        assert server.terminate() == 0  # the client did not /quit: it comes back
+        server.stop()
+        server = ServerProcess(*args)
+        other = server.connect()
+        other_name = welcomed(other)
+        other.send(b"after the restart\n/history 1\n")
+        other.expect("* end of history")
+        client.expect(r"\* reconnected to 127\.0\.0\.1:" + port + "$")
+        client.expect(rf"(\[history\] )?<{other_name}> after the restart$")
+        client.send(b"back\n")
+        line_ending(other, "> back")
+        client.close_stdin()
+        assert client.wait()[0] == 0
+        said_before = [line for line in client.lines if line.endswith("> before the restart")]
+        assert said_before == [f"<{talker_name}> before the restart"]  # not replayed again
+    finally:
+        server.stop()
