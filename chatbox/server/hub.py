@@ -66,7 +66,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatbox.hub")
 
 # One recv from a channel takes up to this much: a worker batches many lines per send,
-# and reading them in one call is what keeps the per-line cost low.
+# and reading them in one call is what keeps the per-line cost low. It is read into one
+# buffer the hub keeps (`recv_into`): a plain ``recv`` of this size allocates and frees
+# 256 KiB per call, past the size malloc keeps for reuse - about 20 us for a 30-byte
+# line against 3 us (a third of the hub's CPU in a ping-pong).
 CHANNEL_RECV_SIZE = 262144
 
 # New connections taken per loop turn, so a connection storm cannot starve the relaying.
@@ -173,6 +176,8 @@ class Hub:
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
         self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
+        self._inbox = bytearray(CHANNEL_RECV_SIZE)  # what `_read` receives into
+        self._inbox_view = memoryview(self._inbox)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -430,17 +435,17 @@ class Hub:
 
     def _read(self, link: Link) -> None:
         try:
-            data = link.channel.recv(CHANNEL_RECV_SIZE)
+            size = link.channel.recv_into(self._inbox)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             # The worker has ended: whatever it was doing, this client is gone.
             self._room.leave(link.id, "connection lost")
             self._forget(link)
             return
-        self._deliver(link, link.inbound.feed(data))
+        self._deliver(link, link.inbound.feed(self._inbox_view[:size].tobytes()))
 
     def _deliver(self, link: Link, events: list[ChannelEvent]) -> None:
         """Hand the room a client's events in order, as far as its flood allowance and
