@@ -72,6 +72,12 @@ log = logging.getLogger("chatbox.hub")
 # line against 3 us (a third of the hub's CPU in a ping-pong).
 CHANNEL_RECV_SIZE = 262144
 
+# The launcher's reports (workers that ended, a fork server that died) need no answer
+# within a line's time: they are read when a signal woke the loop (SIGCHLD), and
+# otherwise at most this often (seconds) - not every turn, where looking cost fork mode
+# two system calls per relayed line.
+REAP_INTERVAL = 0.05
+
 # New connections taken per loop turn, so a connection storm cannot starve the relaying.
 ACCEPTS_PER_TURN = 64
 
@@ -175,6 +181,7 @@ class Hub:
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
+        self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
         self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
         self._inbox = bytearray(CHANNEL_RECV_SIZE)  # what `_read` receives into
         self._inbox_view = memoryview(self._inbox)
@@ -225,7 +232,10 @@ class Hub:
                 self._pause(link)
             else:
                 self._read(link)
-        self._launcher.reap()
+        now = time.monotonic()
+        if now >= self._reap_at or self._stopping:
+            self._reap_at = now + REAP_INTERVAL
+            self._launcher.reap()
         if self._tick is not None:
             self._tick()
         if self._throttled:
@@ -325,6 +335,7 @@ class Hub:
             self._wakeup_w.send(b"\0")
 
     def _drain_wakeup(self) -> None:
+        self._reap_at = 0.0  # a signal: maybe SIGCHLD, a worker or fork server ended
         with contextlib.suppress(BlockingIOError):
             while self._wakeup_r.recv(4096):
                 pass
