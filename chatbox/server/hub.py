@@ -38,11 +38,13 @@ the worker encrypts (`chatbox.server.tls`); the hub cannot tell the difference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import selectors
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.forkserver import Sockets
 from chatbox.server.gate import Penalties
+from chatbox.server.handover import Handover
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
@@ -182,6 +185,14 @@ class Hub:
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
         self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
+        # Held by whoever runs the hub's code: the loop, except while it waits in its
+        # selector - and then maybe a worker thread handing over a line (`_take`).
+        self._lock = threading.Lock()
+        self._interest_changes = 0  # registrations changed (a waiting loop must re-look)
+        # Thread workers hand their lines over directly: not with TLS or a password
+        # (lines start after the worker's ready note), not in a cluster (the room
+        # delivers on the loop's tick).
+        self._handing_over = launcher.shares_hub and not config.gated and cluster is None
         self._farewells = Farewells(self._selector)  # refused clients, closing gracefully
         self._inbox = bytearray(CHANNEL_RECV_SIZE)  # what `_read` receives into
         self._inbox_view = memoryview(self._inbox)
@@ -200,6 +211,7 @@ class Hub:
         Resource handling: on return every worker has ended and been reaped, every
         socket the hub opened is closed, and the signal handlers are restored.
         """
+        self._lock.acquire()
         previous = self._install_signals()
         try:
             while not self._stopping:
@@ -211,10 +223,16 @@ class Hub:
             self._selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
+            self._lock.release()
 
     def _turn(self, timeout: float | None) -> None:
         self._storm = False
-        for key, _ in self._selector.select(timeout):
+        self._lock.release()
+        try:
+            ready = self._selector.select(timeout)
+        finally:
+            self._lock.acquire()
+        for key, _ in ready:
             link = key.data
             if link is None:
                 if key.fileobj is self._listener:
@@ -238,6 +256,11 @@ class Hub:
             self._launcher.reap()
         if self._tick is not None:
             self._tick()
+        self._after_input()
+
+    def _after_input(self) -> None:
+        """The rest of a turn, once its input was handed to the room: timers, then
+        sending what was queued."""
         if self._throttled:
             self._end_throttles()
         if self._verdicts:
@@ -417,8 +440,12 @@ class Hub:
                 link = Link(next(self._ids), relay[0], hub_end, raw=client, ticket=ticket)
             if isinstance(address, tuple) and address:
                 link.address = str(address[0])
+            if self._handing_over:
+                link.handover = Handover(functools.partial(self._take, link))
             starting.append((link, (client, worker_end, relay[1] if relay else None)))
-        results = self._launcher.start_all([sockets for _, sockets in starting])
+        results = self._launcher.start_all(
+            [sockets for _, sockets in starting], [link.handover for link, _ in starting]
+        )
         for (link, (client, worker_end, worker_relay)), error in zip(
             starting, results, strict=True
         ):
@@ -456,7 +483,39 @@ class Hub:
             self._room.leave(link.id, "connection lost")
             self._forget(link)
             return
+        if link.handover is not None:
+            link.handover.read += size
         self._deliver(link, link.inbound.feed(self._inbox_view[:size].tobytes()))
+
+    def _take(self, link: Link, lines: protocol.Lines) -> bool:
+        """A thread worker's lines, on the worker's thread (`chatbox.server.handover`):
+        handled as a turn of the loop would - unless the loop is busy, or this client's
+        channel still holds something, or is not read now (backpressure, flood, held
+        commands): then False, and the worker sends them up the channel."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            handover = link.handover
+            if (
+                self._stopping
+                or link.state is not State.OPEN
+                or not link.reading
+                or self._over
+                or handover is None
+                or handover.read != handover.sent
+            ):
+                return False
+            changes = self._interest_changes
+            self._deliver(link, [lines])
+            self._after_input()
+            # The loop waits in its selector as it was when it began to wait: a new
+            # deadline or a changed registration (a queue now waiting for room) is
+            # only seen if it turns.
+            if self._interest_changes != changes or self._next_deadline() is not None:
+                self.wake()
+            return True
+        finally:
+            self._lock.release()
 
     def _deliver(self, link: Link, events: list[ChannelEvent]) -> None:
         """Hand the room a client's events in order, as far as its flood allowance and
@@ -784,6 +843,8 @@ class Hub:
         except KeyError:
             if wanted:
                 self._selector.register(sock, event, link)
+                self._interest_changes += 1
             return
         if not wanted:
             self._selector.unregister(sock)
+            self._interest_changes += 1

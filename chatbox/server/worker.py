@@ -35,6 +35,7 @@ from chatbox.server.channel import (
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
 
 if TYPE_CHECKING:
+    from chatbox.server.handover import Handover
     from chatbox.server.tls import TlsConfig
 
 log = logging.getLogger("chatbox.worker")
@@ -130,11 +131,14 @@ def serve_connection(
     channel: socket.socket,
     config: WorkerConfig,
     relay: socket.socket | None = None,
+    handover: Handover | None = None,
 ) -> None:
     """Pass what one client sends up to the hub until the hub shuts the channel down.
 
     With TLS (``config.tls``), ``relay`` is the worker's end of the socketpair the hub
     writes this client's output to; `chatbox.server.tls.serve_tls` serves it instead.
+    With a ``handover`` (thread mode), a block of lines goes straight into the hub when
+    it can take it (`chatbox.server.handover`), and up the channel otherwise.
 
     Both sockets are non-blocking and waited on together. Lines for the hub that do not
     fit in the channel wait here, and meanwhile the client is not read (TCP holds it
@@ -215,8 +219,15 @@ def serve_connection(
                 elif not timed_out:
                     heard_at = time.monotonic()
                     events = decoder.feed(data)
-                    for event in events:
-                        upward += encode_event(event)
+                    if not (
+                        handover is not None
+                        and not upward
+                        and len(events) == 1
+                        and isinstance(events[0], protocol.Lines)
+                        and handover.give(events[0])
+                    ):
+                        for event in events:
+                            upward += encode_event(event)
                     if not decoder.holding:
                         line_since = None
                     elif line_since is None or events:
@@ -229,6 +240,8 @@ def serve_connection(
                 except BlockingIOError:
                     sent = 0
                 del upward[:sent]
+                if handover is not None:
+                    handover.sent += sent
     except OSError as exc:
         # Only the channel can get here: the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)
