@@ -258,9 +258,10 @@ class Hub:
             self._tick()
         self._after_input()
 
-    def _after_input(self) -> None:
+    def _after_input(self, farewells: bool = True) -> None:
         """The rest of a turn, once its input was handed to the room: timers, then
-        sending what was queued."""
+        sending what was queued. A worker's handover leaves the ``farewells`` to the
+        loop: expiring one closes a socket the loop's selector may be waiting on."""
         if self._throttled:
             self._end_throttles()
         if self._verdicts:
@@ -271,7 +272,7 @@ class Hub:
         self._check_slow()
         if self._waiting and self._config.stall_timeout:
             self._check_stalled()
-        if self._farewells:
+        if farewells and self._farewells:
             self._farewells.expire()
 
     def _next_deadline(self) -> float | None:
@@ -507,7 +508,7 @@ class Hub:
                 return False
             changes = self._interest_changes
             self._deliver(link, [lines])
-            self._after_input()
+            self._after_input(farewells=False)
             # The loop waits in its selector as it was when it began to wait: a new
             # deadline or a changed registration (a queue now waiting for room) is
             # only seen if it turns.
