@@ -289,10 +289,11 @@ class Hub:
             deadlines.append(moved + self._config.stall_timeout)
         if self._verdicts:
             deadlines.append(min(at for at, _ in self._verdicts.values()))
-        if any(self._releasable(link) for link in self._held.values()):
+        if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
-        farewell = self._farewells.next_deadline()
+        # (Each check is skipped when empty: a thread worker's handover asks after every line.)
+        farewell = self._farewells.next_deadline() if self._farewells else None
         if farewell is not None:
             deadlines.append(farewell)
         if not deadlines:
