@@ -6,7 +6,9 @@ It reads what the client sends, turns it into sanitised lines with the protocol'
 hub writes to the client itself. So a worker holds no shared state at all, and the same
 function serves in both concurrency modes.
 
-When the hub shuts its end of the channel down, the worker's job is over.
+In thread mode a block of lines may go straight into the hub instead, on the worker's
+own thread, when the hub is idle (`chatbox.server.handover`); the channel carries
+everything else. When the hub shuts its end of the channel down, the worker's job is over.
 
 A connection behind the password gate (`chatbox.server.gate`) is first told
 `* password required` and its first line judged here, before anything reaches the
