@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def main() -> int:
     parser.add_argument("--py-spy", type=Path, metavar="OUT", help="sample with py-spy into OUT")
     parser.add_argument("--ramp", type=int, help="ramp target for the connections workload")
     parser.add_argument("--lines", type=int, help="lines per client in duplex and fan-out")
+    parser.add_argument("--rounds", type=int, help="round trips measured in ping-pong")
     parser.add_argument(
         "--subprocesses", action="store_true", help="sample the workers too (fork mode)"
     )
@@ -99,6 +101,8 @@ def profile(args: argparse.Namespace, build: Path) -> int:
             fanout10_lines=args.lines,
             fanout100_lines=args.lines,
         )
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
     with RunningServer(spec) as server:
         hub_own0, _ = cpu_seconds(server.pid)
         tree0 = server.cpu_seconds()
@@ -123,6 +127,10 @@ def profile(args: argparse.Namespace, build: Path) -> int:
     workers = (tree1 - tree0) - hub
     lines_in = result.get("clients", 0) * result.get("lines_per_client", 0)
     delivered = result.get("deliveries", 0)
+    if args.workload == "pingpong":
+        # Each round trip is two relayed lines, each delivered once (warm-up included:
+        # the CPU here is the whole workload's).
+        lines_in = delivered = 2 * (result.get("rounds", 0) + Sizes().warmup)
     print(
         f"{args.server} {args.workload}: valid={result.get('valid')} "
         f"deliveries/s={result.get('deliveries_per_s')} seconds={result.get('seconds_measured')}"

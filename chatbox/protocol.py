@@ -80,9 +80,12 @@ def sanitize(text: str) -> str:
 
 def _clean_block(block: bytes) -> bytes:
     """Complete lines (each ending in LF) made safe; empty lines dropped."""
-    if b"\r\n" in block:
+    # Plain bytes (the common case) hold no CR either: one scan tells both.
+    unusual = block.translate(None, PLAIN_BYTES)
+    if unusual and b"\r\n" in block:
         block = block.replace(b"\r\n", b"\n")
-    if block.translate(None, PLAIN_BYTES):
+        unusual = block.translate(None, PLAIN_BYTES)
+    if unusual:
         # Something unusual: decode as a whole (valid UTF-8 never spans a LF, so this
         # equals decoding line by line) and replace controls, keeping the LF framing.
         text = block.decode("utf-8", "replace")
@@ -109,6 +112,16 @@ class LineDecoder:
         self._discarding = False  # inside an overlong line already reported
 
     def feed(self, data: bytes) -> list[Event]:
+        if (
+            data.endswith(b"\n")
+            and len(data) <= self.max_line + 1
+            and not self._partial
+            and not self._discarding
+        ):
+            # The common case - whole short lines, nothing waiting - in one step: what
+            # the general path below does with it, without its splitting and holding.
+            block = _clean_block(data)
+            return [Lines(block)] if block else []
         events: list[Event] = []
         if self._discarding:
             end = data.find(b"\n")

@@ -43,12 +43,14 @@ the worker encrypts (`chatbox.server.tls`); the hub cannot tell the difference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import selectors
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ from chatbox.server.farewell import Farewells
 from chatbox.server.flood import FloodBucket, FloodLimits
 from chatbox.server.forkserver import STOP_SIGNALS, Sockets
 from chatbox.server.gate import Penalties
+from chatbox.server.handover import Handover
 from chatbox.server.history import History
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
@@ -81,8 +84,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatbox.hub")
 
 # One recv from a channel takes up to this much: a worker batches many lines per send,
-# and reading them in one call is what keeps the per-line cost low.
+# and reading them in one call is what keeps the per-line cost low. It is read into one
+# buffer the hub keeps (`recv_into`): a plain ``recv`` of this size allocates and frees
+# 256 KiB per call, past the size malloc keeps for reuse - about 20 us for a 30-byte
+# line against 3 us (a third of the hub's CPU in a ping-pong).
 CHANNEL_RECV_SIZE = 262144
+
+# The launcher's reports (workers that ended, a fork server that died) need no answer
+# within a line's time: they are read when a signal woke the loop (SIGCHLD), and
+# otherwise at most this often (seconds) - not every turn, where looking cost fork mode
+# two system calls per relayed line.
+REAP_INTERVAL = 0.05
 
 # New connections taken per loop turn, so a connection storm cannot starve the relaying.
 ACCEPTS_PER_TURN = 64
@@ -213,8 +225,19 @@ class Hub:
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
+        self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
+        # Held by whoever runs the hub's code: the loop, except while it waits in its
+        # selector - and then maybe a worker thread handing over a line (`_take`).
+        self._lock = threading.Lock()
+        self._interest_changes = 0  # registrations changed (a waiting loop must re-look)
+        # Thread workers hand their lines over directly: not with TLS or a password
+        # (lines start after the worker's ready note), not in a cluster (the room
+        # delivers on the loop's tick).
+        self._handing_over = launcher.shares_hub and not config.gated and cluster is None
         # Refused clients, closing gracefully (in TLS on a TLS port).
         self._farewells = Farewells(self._selector, config.tls_context)
+        self._inbox = bytearray(CHANNEL_RECV_SIZE)  # what `_read` receives into
+        self._inbox_view = memoryview(self._inbox)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -230,6 +253,7 @@ class Hub:
         Resource handling: on return every worker has ended and been reaped, every
         socket the hub opened is closed, and the signal handlers are restored.
         """
+        self._lock.acquire()
         previous = self._install_signals()
         try:
             while not self._stopping:
@@ -241,10 +265,16 @@ class Hub:
             self._selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
+            self._lock.release()
 
     def _turn(self, timeout: float | None) -> None:
         self._storm = False
-        for key, _ in self._selector.select(timeout):
+        self._lock.release()
+        try:
+            ready = self._selector.select(timeout)
+        finally:
+            self._lock.acquire()
+        for key, _ in ready:
             link = key.data
             if link is None:
                 if key.fileobj is self._listener:
@@ -260,9 +290,18 @@ class Hub:
                     self._dirty[link.id] = link  # room to write again
             else:
                 self._read(link)
-        self._launcher.reap()
+        now = time.monotonic()
+        if now >= self._reap_at or self._stopping:
+            self._reap_at = now + REAP_INTERVAL
+            self._launcher.reap()
         if self._tick is not None:
             self._tick()
+        self._after_input()
+
+    def _after_input(self, farewells: bool = True) -> None:
+        """The rest of a turn, once its input was handed to the room: timers, then
+        sending what was queued. A worker's handover leaves the ``farewells`` to the
+        loop: expiring one closes a socket the loop's selector may be waiting on."""
         if self._throttled:
             self._end_throttles()
         if self._verdicts:
@@ -275,7 +314,7 @@ class Hub:
         self._check_slow()
         if self._waiting and self._config.stall_timeout:
             self._check_stalled()
-        if self._farewells:
+        if farewells and self._farewells:
             self._farewells.expire()
 
     def _next_deadline(self) -> float | None:
@@ -292,10 +331,11 @@ class Hub:
             deadlines.append(moved + self._config.stall_timeout)
         if self._verdicts:
             deadlines.append(min(at for at, _ in self._verdicts.values()))
-        if any(self._releasable(link) for link in self._held.values()):
+        if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
-        farewell = self._farewells.next_deadline()
+        # (Each check is skipped when empty: a thread worker's handover asks after every line.)
+        farewell = self._farewells.next_deadline() if self._farewells else None
         if farewell is not None:
             deadlines.append(farewell)
         if self._silent and self._config.silent_timeout and self._crowded():
@@ -372,6 +412,7 @@ class Hub:
             self._wakeup_w.send(b"\0")
 
     def _drain_wakeup(self) -> None:
+        self._reap_at = 0.0  # a signal: maybe SIGCHLD, a worker or fork server ended
         with contextlib.suppress(BlockingIOError):
             while self._wakeup_r.recv(4096):
                 pass
@@ -453,8 +494,12 @@ class Hub:
                 link = Link(next(self._ids), relay[0], hub_end, raw=client, ticket=ticket)
             if isinstance(address, tuple) and address:
                 link.address = str(address[0])
+            if self._handing_over:
+                link.handover = Handover(functools.partial(self._take, link))
             starting.append((link, (client, worker_end, relay[1] if relay else None)))
-        results = self._launcher.start_all([sockets for _, sockets in starting])
+        results = self._launcher.start_all(
+            [sockets for _, sockets in starting], [link.handover for link, _ in starting]
+        )
         for (link, (client, worker_end, worker_relay)), error in zip(
             starting, results, strict=True
         ):
@@ -487,17 +532,49 @@ class Hub:
 
     def _read(self, link: Link) -> None:
         try:
-            data = link.channel.recv(CHANNEL_RECV_SIZE)
+            size = link.channel.recv_into(self._inbox)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             # The worker has ended: whatever it was doing, this client is gone.
             self._room.leave(link.id, "connection lost")
             self._forget(link)
             return
-        self._deliver(link, link.inbound.feed(data))
+        if link.handover is not None:
+            link.handover.read += size
+        self._deliver(link, link.inbound.feed(self._inbox_view[:size].tobytes()))
+
+    def _take(self, link: Link, lines: protocol.Lines) -> bool:
+        """A thread worker's lines, on the worker's thread (`chatbox.server.handover`):
+        handled as a turn of the loop would - unless the loop is busy, or this client's
+        channel still holds something, or is not read now (backpressure, flood, held
+        commands): then False, and the worker sends them up the channel."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            handover = link.handover
+            if (
+                self._stopping
+                or link.state is not State.OPEN
+                or not link.reading
+                or self._over
+                or handover is None
+                or handover.read != handover.sent
+            ):
+                return False
+            changes = self._interest_changes
+            self._deliver(link, [lines])
+            self._after_input(farewells=False)
+            # The loop waits in its selector as it was when it began to wait: a new
+            # deadline or a changed registration (a queue now waiting for room) is
+            # only seen if it turns.
+            if self._interest_changes != changes or self._next_deadline() is not None:
+                self.wake()
+            return True
+        finally:
+            self._lock.release()
 
     def _deliver(self, link: Link, events: list[ChannelEvent]) -> None:
         """Hand the room a client's events in order, as far as its flood allowance and
@@ -848,6 +925,8 @@ class Hub:
         except KeyError:
             if wanted:
                 self._selector.register(sock, event, link)
+                self._interest_changes += 1
             return
         if not wanted:
             self._selector.unregister(sock)
+            self._interest_changes += 1

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from chatbox.server.forkserver import ForkServer, Sockets
+from chatbox.server.handover import Handover
 from chatbox.server.worker import WorkerConfig, serve_connection
 
 log = logging.getLogger("chatbox.launcher")
@@ -48,7 +49,11 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def start(
-        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+        self,
+        client: socket.socket,
+        channel: socket.socket,
+        relay: socket.socket | None = None,
+        handover: Handover | None = None,
     ) -> None:
         """Serve ``client`` in a new worker talking to the hub over ``channel`` (and,
         with TLS, taking the client's output from ``relay``).
@@ -62,14 +67,21 @@ class Launcher(abc.ABC):
         started; the caller still owns ``channel`` then, and refuses this one client.
         """
 
-    def start_all(self, workers: Sequence[Sockets]) -> list[OSError | None]:
+    # Whether its workers share the hub's process, so that a worker may hand its lines
+    # to the hub directly (`chatbox.server.handover`) instead of through the channel.
+    shares_hub = False
+
+    def start_all(
+        self, workers: Sequence[Sockets], handovers: Sequence[Handover | None] = ()
+    ) -> list[OSError | None]:
         """`start` for each (client, channel, relay), in order: for each, None if its
-        worker started, or the `OSError` `start` would have raised. A mode that starts
+        worker started, or the `OSError` `start` would have raised. ``handovers``, if
+        given, has one for each worker (only where `shares_hub`). A mode that starts
         many workers at once more cheaply than one by one overrides this."""
         results: list[OSError | None] = []
-        for client, channel, relay in workers:
+        for index, (client, channel, relay) in enumerate(workers):
             try:
-                self.start(client, channel, relay)
+                self.start(client, channel, relay, handovers[index] if handovers else None)
             except OSError as exc:
                 results.append(exc)
             else:
@@ -127,13 +139,20 @@ class ForkLauncher(Launcher):
         serve_connection(client, channel, self.config, relay)
 
     def start(
-        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+        self,
+        client: socket.socket,
+        channel: socket.socket,
+        relay: socket.socket | None = None,
+        handover: Handover | None = None,
     ) -> None:
         (error,) = self.start_all([(client, channel, relay)])
         if error is not None:
             raise error
 
-    def start_all(self, workers: Sequence[Sockets]) -> list[OSError | None]:
+    def start_all(
+        self, workers: Sequence[Sockets], handovers: Sequence[Handover | None] = ()
+    ) -> list[OSError | None]:
+        # A worker process cannot run the hub's code: ``handovers`` is not used.
         results = self._fork_server().start(workers)
         for (_, channel, relay), error in zip(workers, results, strict=True):
             if error is None:
@@ -157,6 +176,7 @@ class ForkLauncher(Launcher):
 
 class ThreadLauncher(Launcher):
     mode = "thread"
+    shares_hub = True
 
     def __init__(self, config: WorkerConfig) -> None:
         super().__init__(config)
@@ -167,7 +187,11 @@ class ThreadLauncher(Launcher):
         threading.stack_size(THREAD_STACK_SIZE)
 
     def start(
-        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None = None
+        self,
+        client: socket.socket,
+        channel: socket.socket,
+        relay: socket.socket | None = None,
+        handover: Handover | None = None,
     ) -> None:
         # The low-level start, not threading.Thread.start: that one waits until the
         # new thread has run, which takes a GIL hand-off per client (up to the 5 ms
@@ -175,7 +199,7 @@ class ThreadLauncher(Launcher):
         with self._ended:
             self._live += 1
         try:
-            _thread.start_new_thread(self._run, (client, channel, relay))
+            _thread.start_new_thread(self._run, (client, channel, relay, handover))
         except RuntimeError as exc:
             # What the system refusing a thread (EAGAIN from pthread_create) raises:
             # the same condition fork reports as OSError.
@@ -184,10 +208,14 @@ class ThreadLauncher(Launcher):
             raise OSError(errno.EAGAIN, f"cannot start a thread: {exc}") from None
 
     def _run(
-        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None
+        self,
+        client: socket.socket,
+        channel: socket.socket,
+        relay: socket.socket | None,
+        handover: Handover | None,
     ) -> None:
         try:
-            serve_connection(client, channel, self.config, relay)
+            serve_connection(client, channel, self.config, relay, handover)
         finally:
             with self._ended:
                 self._live -= 1

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from chatbox.server.admission import Ticket
 from chatbox.server.channel import ChannelEvent, ChannelReader
 from chatbox.server.flood import FloodBucket
+from chatbox.server.handover import Handover
 
 
 class State(enum.Enum):
@@ -67,6 +68,8 @@ class Link:
     # TCP connection itself: the worker speaks TLS on it; the hub holds it only to close
     # it last, after the worker's channel end (as it does a plain client's socket).
     raw: socket.socket | None = None
+    # Thread mode: its worker's short cut into the hub (`chatbox.server.handover`).
+    handover: Handover | None = None
     address: str = ""  # the client's IP address (the password gate's penalties)
     # What it sent that waits for room in its own queue (commands whose replies would
     # not fit); its channel is not read meanwhile.

@@ -6,7 +6,9 @@ It reads what the client sends, turns it into sanitised lines with the protocol'
 hub writes to the client itself. So a worker holds no shared state at all, and the same
 function serves in both concurrency modes.
 
-When the hub shuts its end of the channel down, the worker's job is over.
+In thread mode a block of lines may go straight into the hub instead, on the worker's
+own thread, when the hub is idle (`chatbox.server.handover`); the channel carries
+everything else. When the hub shuts its end of the channel down, the worker's job is over.
 
 A connection behind the password gate (`chatbox.server.gate`) is first told
 `* password required` and its first line judged here, before anything reaches the
@@ -36,6 +38,7 @@ from chatbox.server.gate import LOGIN_TIMEOUT, Login
 from chatbox.server.timeouts import InputClock, InputTimeouts
 
 if TYPE_CHECKING:
+    from chatbox.server.handover import Handover
     from chatbox.server.tls import TlsConfig
 
 log = logging.getLogger("chatbox.worker")
@@ -112,11 +115,14 @@ def serve_connection(
     channel: socket.socket,
     config: WorkerConfig,
     relay: socket.socket | None = None,
+    handover: Handover | None = None,
 ) -> None:
     """Pass what one client sends up to the hub until the hub shuts the channel down.
 
     With TLS (``config.tls``), ``relay`` is the worker's end of the socketpair the hub
     writes this client's output to; `chatbox.server.tls.serve_tls` serves it instead.
+    With a ``handover`` (thread mode), a block of lines goes straight into the hub when
+    it can take it (`chatbox.server.handover`), and up the channel otherwise.
 
     Both sockets are non-blocking and waited on together. Lines for the hub that do not
     fit in the channel wait here, and meanwhile the client is not read (TCP holds it
@@ -196,8 +202,15 @@ def serve_connection(
                         upward += end_note(reset)
                 elif not clock.expired:
                     events = decoder.feed(data)
-                    for event in events:
-                        upward += encode_event(event)
+                    if not (
+                        handover is not None
+                        and not upward
+                        and len(events) == 1
+                        and isinstance(events[0], protocol.Lines)
+                        and handover.give(events[0])
+                    ):
+                        for event in events:
+                            upward += encode_event(event)
                     if clock.heard(time.monotonic(), bool(events), decoder.holding):
                         upward += heard_note()
                 channel_out = True
@@ -207,6 +220,8 @@ def serve_connection(
                 except BlockingIOError:
                     sent = 0
                 del upward[:sent]
+                if handover is not None:
+                    handover.sent += sent
     except OSError as exc:
         # Only the channel can get here: the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)
