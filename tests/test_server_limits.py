@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -242,6 +243,118 @@ def test_a_reader_whose_queue_does_not_move_is_cut_off_under_sendq(mode: str) ->
         talker.send(b"/who\n")
         assert talker.line() == "* here (1): guest2"
         victim.close()
+
+
+class _Trickle:
+    """Reads its socket a KiB every 100 ms (a slowloris reader) until it ends. (A byte
+    every 100 ms would be no test: the kernel's own silly-window avoidance keeps the
+    window shut until about half its 4 KiB buffer is free, so the server's socket takes
+    nothing and the queue visibly does not move.)"""
+
+    def __init__(self, peer: Peer) -> None:
+        self._sock = peer.sock
+        self._stop = threading.Event()
+        self.taken = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._sock.settimeout(WAIT)
+        deadline = time.monotonic() + 3 * WAIT  # bounded, whatever the server does
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                try:
+                    got = len(self._sock.recv(1024))
+                except OSError:
+                    return
+                if not got:
+                    return
+                self.taken += got
+            self._stop.wait(0.1)  # the trickle's pace, not a synchronisation
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+
+
+class _Chatter:
+    """Says a line every 100 ms, so the hub keeps trying to send to everyone; reads all
+    it is sent (it is no stalled reader itself)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._peer.sock.recv(65536):
+                pass
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 3 * WAIT
+        count = 0
+        while not self._stop.wait(0.1) and time.monotonic() < deadline:
+            count += 1
+            with contextlib.suppress(OSError):
+                self._peer.send(b"tick %d\n" % count)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+
+    def close(self) -> None:
+        self._peer.sock.shutdown(socket.SHUT_WR)  # the server closes: the drain ends
+        self._reader.join(WAIT)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reader_that_takes_a_byte_at_a_time_is_cut_off_as_stalled(mode: str) -> None:
+    """A trickle is not progress: a reader taking 10 KiB/s from a queue of megabytes
+    (it would take it a quarter of an hour) is cut off by --stall-timeout, though its
+    socket takes a few KiB every fraction of a second."""
+    args = ("--stall-timeout", "2", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        victim = _stopped_reader(srv.port)
+        talker, chatter = joined_peers(srv, 2)
+        victim_trickle = _Trickle(victim)
+        ticks = _Chatter(chatter)
+        try:
+            talker.send(BULK)
+            # A generous bound (ten stall timeouts), not a measure: the chatter's ticks
+            # keep arriving, so without it a reader never cut would pass once the
+            # trickle gives up.
+            deadline = time.monotonic() + WAIT
+            while talker.line() != "* guest1 left (too slow)":
+                assert time.monotonic() < deadline, "the trickling reader was never cut off"
+        finally:
+            ticks.stop()
+            victim_trickle.stop()
+        assert victim_trickle.taken > 0, "the trickle took nothing: the test shows nothing"
+        talker.send(b"/who\n")
+        assert talker.expect("* here (2)") is not None  # the chatter stays: it reads
+        ticks.close()
+        victim.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reader_that_keeps_up_with_a_big_queue_is_not_stalled(mode: str) -> None:
+    """An honest reader whose queue is megabytes deep, reading all it can, takes far
+    longer than --stall-timeout to catch up: it is never cut off while it does."""
+    args = ("--stall-timeout", "2", *STUCK)
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        reader = _stopped_reader(srv.port)
+        (talker,) = joined_peers(srv, 1)
+        talker.send(BULK)
+        reader.expect("* guest2 joined")
+        for i in range(8000):
+            assert reader.line().startswith(f"<guest2> {i} ")
+        reader.send(b"/who\n")
+        assert reader.line() == "* here (2): guest1, guest2"
+        reader.close()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         default=DEFAULT_STALL_TIMEOUT,
         metavar="SECONDS",
-        help="seconds a client's queue may wait without moving at all, however small, "
-        f"before it is disconnected as too slow; 0: never (default {DEFAULT_STALL_TIMEOUT:g})",
+        help="seconds a client's queue may wait without moving (all that was queued when "
+        "the wait began sent), however small, before it is disconnected as too slow; "
+        f"0: never (default {DEFAULT_STALL_TIMEOUT:g})",
     )
     parser.add_argument(
         "--max-clients",

@@ -876,7 +876,7 @@ class Hub:
                 if link.want_write != want_write:
                     link.want_write = want_write
                     if want_write:
-                        link.moved_at = time.monotonic()
+                        link.start_stall_timer(time.monotonic())
                         self._waiting[link.id] = link
                     else:
                         self._waiting.pop(link.id, None)
@@ -900,9 +900,8 @@ class Hub:
             self._broken.append(link)
             return
         del link.sendq[:sent]
-        if sent and link.sendq and link.want_write:
+        if sent and link.sendq and link.want_write and link.took(sent, time.monotonic()):
             # It moved: to the back of the line of queues waiting.
-            link.moved_at = time.monotonic()
             self._waiting.pop(link.id, None)
             self._waiting[link.id] = link
         if link.over_since is not None and len(link.sendq) <= self._config.sendq:

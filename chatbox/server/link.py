@@ -62,7 +62,10 @@ class Link:
     # registration only when it must (these are interest, not lifecycle).
     reading: bool = True  # its channel (unless paused for backpressure)
     want_write: bool = False  # its client socket, while output waits for room
-    moved_at: float = 0.0  # while it waits: when its queue last moved
+    # While its queue waits for room: when its stall timer started, and the bytes it
+    # must still take for the queue to count as moved (all that was queued then).
+    moved_at: float = 0.0
+    owed: int = 0
     bucket: FloodBucket | None = None  # its flood allowance (None: flood control off)
     # With TLS, ``client`` is the hub's end of the relay to the worker, and this is the
     # TCP connection itself: the worker speaks TLS on it; the hub holds it only to close
@@ -76,6 +79,21 @@ class Link:
     held: list[ChannelEvent] = field(default_factory=list)
     # Its place in its address's connection count, given back when it is GONE.
     ticket: Ticket = field(default_factory=lambda: Ticket(None))
+
+    def start_stall_timer(self, now: float) -> None:
+        """Its queue waits for room from ``now``: it has moved once all of it is out."""
+        self.moved_at = now
+        self.owed = len(self.sendq)
+
+    def took(self, sent: int, now: float) -> bool:
+        """Its socket took ``sent`` bytes: whether that moved its queue, which restarts
+        the stall timer. A few bytes are not a move - a reader taking a byte a second
+        would keep a queue (and a slot) forever - all that waited when it started is."""
+        self.owed -= sent
+        if self.owed > 0:
+            return False
+        self.start_stall_timer(now)
+        return True
 
     @property
     def sending(self) -> bool:
