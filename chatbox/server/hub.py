@@ -666,11 +666,13 @@ class Hub:
         limit = self._config.sendq
         links = self._links
         dirty = self._dirty
+        if type(data) is not bytes:
+            data = bytes(data)  # every queue shares the block: it must never change
         for member_id in member_ids:
             link = links[member_id]
             if not link.sending:
                 continue
-            link.sendq += data
+            link.sendq.append(data)
             dirty[member_id] = link
             if link.over_since is None and len(link.sendq) > limit:
                 link.over_since = time.monotonic()
@@ -890,7 +892,7 @@ class Hub:
 
     def _send(self, link: Link) -> None:
         try:
-            sent = link.client.send(link.sendq)
+            sent = link.sendq.send(link.client)
         except BlockingIOError:
             return
         except OSError:
@@ -899,7 +901,6 @@ class Hub:
             self._not_over(link)
             self._broken.append(link)
             return
-        del link.sendq[:sent]
         if sent and link.sendq and link.want_write:
             # It moved: to the back of the line of queues waiting.
             link.moved_at = time.monotonic()
