@@ -103,7 +103,11 @@ class SendQ:
             if self._offset:
                 buffers[0] = memoryview(buffers[0])[self._offset :]
             sent = sock.sendmsg(buffers)
-        self._consume(sent)
+        if sent == self._size:  # the common case: the socket took it all
+            blocks.clear()
+            self._offset = self._size = 0
+        else:
+            self._consume(sent)
         return sent
 
     def _consume(self, sent: int) -> None:
