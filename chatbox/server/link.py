@@ -67,29 +67,31 @@ class SendQ:
     slow-reader bounds are judged by.
     """
 
-    __slots__ = ("_blocks", "_offset", "_size")
+    __slots__ = ("_blocks", "_offset", "size")
 
     def __init__(self) -> None:
         self._blocks: deque[bytes] = deque()
         self._offset = 0  # bytes of the first block already sent
-        self._size = 0  # bytes still to send, over all blocks
+        # Bytes still to send, over all blocks (read it, never set it: the hub's hot
+        # path reads the attribute rather than pay for a call to ``len``).
+        self.size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def __bool__(self) -> bool:
-        return self._size > 0
+        return self.size > 0
 
     def append(self, block: bytes) -> None:
         """Queue ``block`` (immutable bytes: it is shared, never copied)."""
         if block:
             self._blocks.append(block)
-            self._size += len(block)
+            self.size += len(block)
 
     def clear(self) -> None:
         self._blocks.clear()
         self._offset = 0
-        self._size = 0
+        self.size = 0
 
     def send(self, sock: socket.socket) -> int:
         """One non-blocking send of as much as ``sock`` takes; returns the bytes sent
@@ -103,15 +105,15 @@ class SendQ:
             if self._offset:
                 buffers[0] = memoryview(buffers[0])[self._offset :]
             sent = sock.sendmsg(buffers)
-        if sent == self._size:  # the common case: the socket took it all
+        if sent == self.size:  # the common case: the socket took it all
             blocks.clear()
-            self._offset = self._size = 0
+            self._offset = self.size = 0
         else:
             self._consume(sent)
         return sent
 
     def _consume(self, sent: int) -> None:
-        self._size -= sent
+        self.size -= sent
         blocks = self._blocks
         left = sent + self._offset
         while blocks and left >= len(blocks[0]):
