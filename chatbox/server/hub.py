@@ -666,13 +666,15 @@ class Hub:
         limit = self._config.sendq
         links = self._links
         dirty = self._dirty
+        if type(data) is not bytes:
+            data = bytes(data)  # every queue shares the block: it must never change
         for member_id in member_ids:
             link = links[member_id]
             if not link.sending:
                 continue
-            link.sendq += data
+            link.sendq.append(data)
             dirty[member_id] = link
-            if link.over_since is None and len(link.sendq) > limit:
+            if link.over_since is None and link.sendq.size > limit:
                 link.over_since = time.monotonic()
                 self._over[member_id] = link
 
@@ -685,7 +687,7 @@ class Hub:
         # Half the bound: a reply never takes the asker's queue over it, so its own
         # replies never make it a slow reader.
         link = self._links.get(member_id)
-        return link is None or len(link.sendq) <= self._config.sendq // 2
+        return link is None or link.sendq.size <= self._config.sendq // 2
 
     # --- one client's own limits: flood control, replies waiting for room -----------------
 
@@ -814,7 +816,7 @@ class Hub:
             doomed = [
                 link
                 for link in self._over.values()
-                if len(link.sendq) > hard or (link.over_since or 0.0) <= expired
+                if link.sendq.size > hard or (link.over_since or 0.0) <= expired
             ]
             if not doomed:
                 return
@@ -870,9 +872,9 @@ class Hub:
             for link in dirty.values():
                 if not link.sending:
                     continue
-                if link.sendq:
+                if link.sendq.size:
                     self._send(link)
-                want_write = bool(link.sendq)
+                want_write = link.sendq.size > 0
                 if link.want_write != want_write:
                     link.want_write = want_write
                     if want_write:
@@ -881,7 +883,7 @@ class Hub:
                     else:
                         self._waiting.pop(link.id, None)
                     self._watch(link)
-                if link.state is State.LEAVING and not link.sendq:
+                if link.state is State.LEAVING and not link.sendq.size:
                     self._close_link(link)
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
@@ -890,7 +892,7 @@ class Hub:
 
     def _send(self, link: Link) -> None:
         try:
-            sent = link.client.send(link.sendq)
+            sent = link.sendq.send(link.client)
         except BlockingIOError:
             return
         except OSError:
@@ -899,12 +901,11 @@ class Hub:
             self._not_over(link)
             self._broken.append(link)
             return
-        del link.sendq[:sent]
-        if sent and link.sendq and link.want_write and link.took(sent, time.monotonic()):
+        if sent and link.sendq.size and link.want_write and link.took(sent, time.monotonic()):
             # It moved: to the back of the line of queues waiting.
             self._waiting.pop(link.id, None)
             self._waiting[link.id] = link
-        if link.over_since is not None and len(link.sendq) <= self._config.sendq:
+        if link.over_since is not None and link.sendq.size <= self._config.sendq:
             self._not_over(link)
 
     def _watch(self, link: Link) -> None:

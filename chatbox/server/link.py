@@ -30,13 +30,95 @@ the hub does each step's work exactly once.
 from __future__ import annotations
 
 import enum
+import itertools
+import os
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 
 from chatbox.server.admission import Ticket
 from chatbox.server.channel import ChannelEvent, ChannelReader
 from chatbox.server.flood import FloodBucket
 from chatbox.server.handover import Handover
+
+
+def _iov_max() -> int:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        value = -1
+    return value if value > 0 else 16  # POSIX's minimum, where the system does not say
+
+
+# Buffers one sendmsg may take: the system's limit (1024 on Linux), past which the call
+# fails with EMSGSIZE instead of sending less.
+IOV_MAX = min(_iov_max(), 1024)
+
+
+class SendQ:
+    """A client's outbound queue: the blocks posted to it, not copies of them.
+
+    A fan-out posts one ``bytes`` block to every recipient; each queue keeps a reference
+    to that same block, so queuing costs no copy at all, and a send hands the kernel the
+    blocks as they are (``sendmsg``, one call for up to `IOV_MAX` of them). What the
+    kernel did not take stays where it is: the queue only moves its ``offset`` into the
+    first block (a partial send used to delete the sent bytes from the front of a
+    bytearray, copying the rest). ``len`` is the bytes still to send - what the
+    slow-reader bounds are judged by.
+    """
+
+    __slots__ = ("_blocks", "_offset", "size")
+
+    def __init__(self) -> None:
+        self._blocks: deque[bytes] = deque()
+        self._offset = 0  # bytes of the first block already sent
+        # Bytes still to send, over all blocks (read it, never set it: the hub's hot
+        # path reads the attribute rather than pay for a call to ``len``).
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def append(self, block: bytes) -> None:
+        """Queue ``block`` (immutable bytes: it is shared, never copied)."""
+        if block:
+            self._blocks.append(block)
+            self.size += len(block)
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._offset = 0
+        self.size = 0
+
+    def send(self, sock: socket.socket) -> int:
+        """One non-blocking send of as much as ``sock`` takes; returns the bytes sent
+        (which leave the queue). Raises what the socket raises (BlockingIOError...)."""
+        blocks = self._blocks
+        if len(blocks) == 1:
+            first = blocks[0]
+            sent = sock.send(memoryview(first)[self._offset :] if self._offset else first)
+        else:
+            buffers: list[bytes | memoryview] = list(itertools.islice(blocks, IOV_MAX))
+            if self._offset:
+                buffers[0] = memoryview(buffers[0])[self._offset :]
+            sent = sock.sendmsg(buffers)
+        if sent == self.size:  # the common case: the socket took it all
+            blocks.clear()
+            self._offset = self.size = 0
+        else:
+            self._consume(sent)
+        return sent
+
+    def _consume(self, sent: int) -> None:
+        self.size -= sent
+        blocks = self._blocks
+        left = sent + self._offset
+        while blocks and left >= len(blocks[0]):
+            left -= len(blocks.popleft())
+        self._offset = left
 
 
 class State(enum.Enum):
@@ -54,7 +136,7 @@ class Link:
     id: int
     client: socket.socket
     channel: socket.socket
-    sendq: bytearray = field(default_factory=bytearray)
+    sendq: SendQ = field(default_factory=SendQ)
     inbound: ChannelReader = field(default_factory=ChannelReader)
     state: State = State.OPEN
     over_since: float | None = None  # when its queue went over the bound, if it is
@@ -83,7 +165,7 @@ class Link:
     def start_stall_timer(self, now: float) -> None:
         """Its queue waits for room from ``now``: it has moved once all of it is out."""
         self.moved_at = now
-        self.owed = len(self.sendq)
+        self.owed = self.sendq.size
 
     def took(self, sent: int, now: float) -> bool:
         """Its socket took ``sent`` bytes: whether that moved its queue, which restarts
