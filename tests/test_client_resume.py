@@ -213,12 +213,6 @@ def test_a_client_goes_on_on_a_fallback_when_a_single_server_dies(spawn: Spawn) 
         second.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, not yet found: on a loaded machine (about 1 run in 3 beside two CPU "
-    "hogs) the reconnected client gets no answer to its /resume within 20 s; the server "
-    "answers the same /resume at once when asked directly (docs/client.md, Known problems)",
-)
 def test_resume_across_a_restart_of_a_server_with_a_history_file(
     spawn: Spawn, tmp_path: Path
 ) -> None:

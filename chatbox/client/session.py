@@ -60,6 +60,11 @@ KEEPALIVE_LINE = b"\n"
 
 QUIT_LINE = b"/quit\n"
 RESUME_LINE = b"/resume"
+# The place asked for after a connection that ended before the server's first `[id]`
+# mark (a server stopped right after we joined, before it read our /resume): an ID that
+# is before everything on a single server and in a cluster, so the server replays all it
+# keeps and nothing said while we were away is lost; what we had shown is left out.
+NO_PLACE = b"0-0"
 # Lines shown since the last [id] mark, kept to leave them out of the replay after a
 # reconnect; marks come once per server turn, so this bound is never reached in practice.
 MAX_UNCONFIRMED = 10_000
@@ -349,7 +354,7 @@ class Session:
             greeting = b""
             if self._name_now is not None:
                 greeting += b"/nick " + self._name_now.encode("utf-8", "surrogateescape") + b"\n"
-            place = b"" if self._place is None else b" " + self._place
+            place = b" " + (NO_PLACE if self._place is None else self._place)
             try:
                 self.sock.sendall(greeting + RESUME_LINE + place + b"\n")
             except OSError as exc:
@@ -358,7 +363,7 @@ class Session:
                 return True  # the next turn of the receiving loop sees it end, and goes on
             self._already_shown = collections.deque(self._unconfirmed)
             self._unconfirmed = []
-            self._held = [] if self._place is not None else None
+            self._held = []
             self._reclaiming = self._name_now
             self._reclaim_tries = 0
             self._end_reason = "connection closed by server"
