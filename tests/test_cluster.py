@@ -286,3 +286,55 @@ def crowded_welcome(a: ServerProcess, b: ServerProcess) -> None:
     assert until(newcomer, "* here (").startswith("* here (25): ")
     for peer in [*crowd, newcomer]:
         peer.close()
+
+
+@pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
+def patient_node(
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[ServerProcess]:
+    """One node that waits a minute for Redis before it gives up on a call."""
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "30"]
+    node = ServerProcess(*args, "--cluster-timeout", "60", "--mode", request.param, "0")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_a_call_waiting_on_redis_holds_up_nobody_else(
+    patient_node: ServerProcess,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a1, n_a1), (a2, _) = join(patient_node), join(patient_node)
+    a2.send(b"/nick bea\n")
+    a2.expect("* you are now known as bea")
+    redis_server.pause()
+    try:
+        # a1's /who waits for Redis (for up to a minute); meanwhile a2 is answered, and
+        # its own lines and commands that need no Redis go on.
+        a1.send(b"/who\n")
+        a2.send(b"/help\n")
+        a2.expect("* /nick")
+        a2.send(b"/nick 42bad\n")
+        assert until(a2, "! ").startswith("! ")
+    finally:
+        redis_server.resume()
+    assert until(a1, "* here") == f"* here (2): {', '.join(sorted([n_a1, 'bea']))}"
+    a1.close()
+    a2.close()
+
+
+def test_a_members_lines_wait_behind_its_own_command(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (b1, _) = join(a), join(b)
+    # The rename needs Redis; the line after it must go out under the new name, after
+    # the notice of the rename, as typed.
+    a1.send(b"/nick zed\nsaid as zed\n/me waves\n/who\n")
+    assert until(b1, f"* {n_a1} is ") == f"* {n_a1} is now known as zed"
+    assert b1.line() == "<zed> said as zed"
+    assert b1.line() == "* <zed> waves"
+    a1.expect("* you are now known as zed")
+    assert until(a1, "* here").startswith("* here (2): ")
+    a1.close()
+    b1.close()

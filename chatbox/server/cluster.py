@@ -7,7 +7,9 @@ says (chat lines, actions, notices, private messages) is appended to one stream
 entries to its own clients in stream order, so every client on every node sees the same
 order. Names are keys claimed with ``SET NX`` under a lease that the owning node renews
 on its keeper thread; a node that stops renewing (killed, cut off) loses its names when
-the lease runs out, and a surviving node tells the room that its members left.
+the lease runs out, and a surviving node tells the room that its members left. The
+hub never waits on Redis: the room's calls run on two call threads
+(`chatbox.server.cluster_calls`), appends on one and everything else on the other.
 
 This module is the Redis side alone: `chatbox.server.cluster_room` holds the room's
 rules. redis-py is imported here only, and only when a node starts (``pip install
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import secrets
 import socket
@@ -37,6 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from chatbox import protocol
+from chatbox.server.cluster_calls import Calls
 
 log = logging.getLogger("chatbox.cluster")
 
@@ -46,10 +50,10 @@ STREAM_MAXLEN = 100_000
 # Entries taken per XREAD, and how long one blocks before the reader looks up again.
 READ_COUNT = 1000
 READ_BLOCK_MS = 1000
-# A call from the hub waits at most this long for Redis: the hub must not stall long
-# on a Redis that stopped answering; past it the line is refused, not lost.
-CALL_TIMEOUT = 1.0
-# After a failure the hub refuses at once (no connect attempt per line) for a while,
+# A call waits at most this long for Redis by default (--cluster-timeout): past it the
+# client is told the cluster is unavailable; its line is refused, not lost.
+DEFAULT_TIMEOUT = 1.0
+# After a failure a call is refused at once (no connect attempt per line) for a while,
 # doubling up to this bound; the reader retries on the same schedule.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 2.0
@@ -103,9 +107,13 @@ end
 return n
 """
 
-# An append must have run within this much of being sent, well inside CALL_TIMEOUT, so
-# that a reply still on its way when the node gives up is (nearly) impossible.
-APPEND_DEADLINE = CALL_TIMEOUT / 2
+# An append must have run within this share of the timeout of being sent, so that a
+# reply still on its way when the node gives up is (nearly) impossible.
+APPEND_DEADLINE = 0.5
+
+
+def _incrby(r: Any, key: str, amount: int) -> Any:
+    return r.incrby(key, amount)
 
 
 def stream_order(entry_id: bytes) -> tuple[int, int]:
@@ -133,7 +141,12 @@ class Cluster:
     """One node's link to the shared Redis: claims, the roster, appends, the reader."""
 
     def __init__(
-        self, url: str, lease: float = DEFAULT_LEASE, prefix: str = "chatbox:", node: str = ""
+        self,
+        url: str,
+        lease: float = DEFAULT_LEASE,
+        timeout: float = DEFAULT_TIMEOUT,
+        prefix: str = "chatbox:",
+        node: str = "",
     ) -> None:
         redis = import_redis()
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -141,16 +154,19 @@ class Cluster:
         self.node = node or f"{socket.gethostname()}-{secrets.token_hex(3)}"
         self._p = prefix
         self._log_key = (prefix + "log").encode()
-        opts: dict[str, Any] = {"socket_timeout": CALL_TIMEOUT}
-        opts["socket_connect_timeout"] = CALL_TIMEOUT
-        self._hub_r = redis.Redis.from_url(url, **opts)
+        self.timeout = timeout
+        opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        self._url = url
+        self._redis = redis
+        # The calls' connections (a pool: the two call threads take one each).
+        self._calls_r = redis.Redis.from_url(url, **opts)
         # The reader blocks in XREAD for READ_BLOCK_MS: its timeout must be longer.
         read_opts = {**opts, "socket_timeout": READ_BLOCK_MS / 1000 + 5}
         self._read_r = redis.Redis.from_url(url, **read_opts)
         self._keep_r = redis.Redis.from_url(url, **opts)
         self._renew = self._keep_r.register_script(_RENEW)
-        self._release = self._hub_r.register_script(_RELEASE)
-        self._append = self._hub_r.register_script(_APPEND)
+        self._release = self._calls_r.register_script(_RELEASE)
+        self._append = self._calls_r.register_script(_APPEND)
         self._clock_offset = 0.0  # Redis's clock minus ours, in seconds
         self._down_until = 0.0
         self._backoff = BACKOFF_MIN
@@ -159,6 +175,10 @@ class Cluster:
         self._held: dict[int, str] = {}  # member id -> name key this node holds
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Every call the room makes runs on one of these threads, never on the hub's:
+        # appends on their own, so that a slow /who or join does not hold up the lines.
+        self.calls = Calls("cluster-calls", Unavailable)
+        self.appends = Calls("cluster-appends", Unavailable)
         self._last_id = b"0-0"
         self._start_id = self._last_id
 
@@ -171,17 +191,20 @@ class Cluster:
         Error handling: a Redis that cannot be reached raises `Unavailable` (the command
         line says so in one line); later outages are survived with backoff."""
         try:
-            self._hub_r.ping()
-            self._measure_clock(self._hub_r)
-            last = self._hub_r.xrevrange(self._log_key, count=1)
+            self._calls_r.ping()
+            self._measure_clock(self._calls_r)
+            last = self._calls_r.xrevrange(self._log_key, count=1)
             self._last_id = last[0][0] if last else b"0-0"
             self._start_id = self._last_id
-            self._heartbeat(self._hub_r)
+            self._heartbeat(self._calls_r)
         except self._errors as exc:
             raise Unavailable(str(exc)) from None
 
     def start(self, wake: Callable[[], None]) -> None:
-        """Start the reader (which calls ``wake`` when entries arrive) and the keeper."""
+        """Start the reader (which calls ``wake`` when entries arrive), the keeper and
+        the call threads (which call ``wake`` when a call has ended)."""
+        self.calls.start(wake)
+        self.appends.start(wake)
         for name, target in (("reader", self._read_loop), ("keeper", self._keep_loop)):
             thread = threading.Thread(
                 target=target, args=(wake,), name=f"cluster-{name}", daemon=True
@@ -192,32 +215,51 @@ class Cluster:
     def stop(self) -> None:
         """End both threads and say this node is gone (best effort: Redis may be down)."""
         self._stop.set()
+        self.calls.stop()
+        self.appends.stop()
         for thread in self._threads:
             # The reader may be inside a blocking XREAD: the server must be gone soon
             # after SIGTERM, so it is not waited for long (it is a daemon thread, and
             # what it reads now nobody will deliver).
             thread.join(0.2)
+        # A connection of its own: a call thread may still be stuck in a call to a Redis
+        # that does not answer, and the node must be gone soon after SIGTERM.
+        quick = min(self.timeout, DEFAULT_TIMEOUT)
+        last_r = self._redis.Redis.from_url(
+            self._url, socket_timeout=quick, socket_connect_timeout=quick
+        )
         with contextlib.suppress(*self._errors):
-            pipe = self._hub_r.pipeline(transaction=False)
+            pipe = last_r.pipeline(transaction=False)
             pipe.delete(self._key("node:", self.node), self._key("members:", self.node))
             pipe.srem(self._key("nodes"), self.node)
             pipe.execute()
-        for client in (self._hub_r, self._read_r, self._keep_r):
+        for client in (last_r, self._calls_r, self._read_r, self._keep_r):
             with contextlib.suppress(*self._errors):
                 client.close()
+
+    def finish(self) -> None:
+        """Run the outcomes of the calls that ended (on the hub's thread)."""
+        self.calls.finish()
+        self.appends.finish()
+
+    def drain(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` in all, for the calls made so far to end."""
+        deadline = time.monotonic() + timeout
+        self.calls.drain(timeout)
+        self.appends.drain(max(0.0, deadline - time.monotonic()))
 
     def _key(self, kind: str, rest: str = "") -> str:
         return f"{self._p}{kind}{rest}"
 
-    # --- calls from the hub -------------------------------------------------------------
+    # --- calls (made on the call threads, never on the hub's) ---------------------------
 
     def _call(self, work: Callable[[Any], Any]) -> Any:
-        """Run ``work`` on the hub's connection; `Unavailable` if Redis does not answer
-        (and at once, without trying, while backing off after a failure)."""
+        """Run ``work`` on a connection of the calls' pool; `Unavailable` if Redis does
+        not answer (and at once, without trying, while backing off after a failure)."""
         if time.monotonic() < self._down_until:
             raise Unavailable("backing off")
         try:
-            result = work(self._hub_r)
+            result = work(self._calls_r)
         except self._errors as exc:
             log.warning("cluster unavailable: %s", exc)
             self._down_until = time.monotonic() + self._backoff
@@ -260,12 +302,22 @@ class Cluster:
             raise
         return None
 
-    def release(self, member_id: int, key: str) -> None:
-        """Give a name back (the member left or took another name)."""
+    def let_go(self, members: list[tuple[int, str]]) -> None:
+        """Give back the names of members that left (member id, name key) and forget
+        them, in one round trip however many they are."""
         with self._names_lock:
-            if self._held.get(member_id) == key:
-                del self._held[member_id]
-        self.release_only(key)
+            for member_id, key in members:
+                if self._held.get(member_id) == key:
+                    del self._held[member_id]
+
+        def work(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for member_id, key in members:
+                self._release(keys=[self._key("name:", key)], args=[self.node], client=pipe)
+                pipe.hdel(self._key("members:", self.node), str(member_id))
+            pipe.execute()
+
+        self._call(work)
 
     def release_only(self, key: str) -> None:
         """Delete this node's claim on a name (a member's old name after /nick)."""
@@ -273,11 +325,41 @@ class Cluster:
             lambda r: self._release(keys=[self._key("name:", key)], args=[self.node], client=r)
         )
 
-    def forget_member(self, member_id: int) -> None:
-        self._call(lambda r: r.hdel(self._key("members:", self.node), str(member_id)))
+    def claim_guests(self, member_ids: list[int]) -> dict[int, str]:
+        """Fresh guest names claimed for these members of this node (member id ->
+        name), in a few round trips however many arrive at once: the names are
+        numbered by one counter for the whole cluster, and one taken already (by a
+        /nick) is replaced by the next number."""
+        px = int(self.lease * 1000)
+        granted: dict[int, str] = {}
+        todo = list(member_ids)
+        while todo:
+            count = len(todo)
+            guests = self._key("guests")
+            last = int(self._call(functools.partial(_incrby, key=guests, amount=count)))
+            tries = {m: f"guest{last - count + 1 + i}" for i, m in enumerate(todo)}
 
-    def guest_number(self) -> int:
-        return int(self._call(lambda r: r.incr(self._key("guests"))))
+            def work(r: Any, tries: dict[int, str] = tries) -> Any:
+                pipe = r.pipeline(transaction=False)
+                for member_id, name in tries.items():
+                    value = f"{self.node}\t{member_id}\t{name}".encode()
+                    pipe.set(self._key("name:", protocol.name_key(name)), value, nx=True, px=px)
+                return pipe.execute()
+
+            answers = self._call(work)
+            todo = []
+            for (member_id, name), won in zip(tries.items(), answers, strict=True):
+                if won:
+                    granted[member_id] = name
+                else:
+                    todo.append(member_id)
+        members = {str(member_id): name for member_id, name in granted.items()}
+        self._call(lambda r: r.hset(self._key("members:", self.node), mapping=members))
+        # Renewed from now on (a claim not granted after all would lapse with its lease).
+        with self._names_lock:
+            for member_id, name in granted.items():
+                self._held[member_id] = protocol.name_key(name)
+        return granted
 
     def lookup(self, key: str) -> tuple[str, int, str] | None:
         """Who holds a name: (node, member id, name), or None."""
@@ -323,7 +405,7 @@ class Cluster:
     def append(self, entries: Iterable[Fields]) -> None:
         """Append entries to the stream in this order, in one pipelined round trip."""
 
-        deadline = (time.time() + self._clock_offset + APPEND_DEADLINE) * 1_000_000
+        deadline = (time.time() + self._clock_offset + APPEND_DEADLINE * self.timeout) * 1e6
         argv: list[bytes | int] = [int(deadline), STREAM_MAXLEN]
         for fields in entries:
             argv.append(2 * len(fields))
