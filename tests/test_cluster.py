@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -49,6 +50,19 @@ def join(node: ServerProcess) -> tuple[Peer, str]:
     welcome = peer.line()
     assert welcome.startswith("* welcome "), welcome
     return peer, welcome.split()[2].rstrip(";")
+
+
+def joined_when_ready(node: ServerProcess) -> Peer:
+    """A client of ``node`` once it admits one: a node that has just been out of touch
+    with Redis refuses newcomers (``! cluster unavailable``) until its backoff ends."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        peer = node.connect()
+        said = peer.line()
+        if said.startswith("* welcome "):
+            return peer
+        peer.close()
+        assert said == "! cluster unavailable" and time.monotonic() < deadline, said
 
 
 def until(peer: Peer, prefix: str) -> str:
@@ -338,3 +352,48 @@ def test_a_members_lines_wait_behind_its_own_command(nodes: list[ServerProcess])
     assert until(a1, "* here").startswith("* here (2): ")
     a1.close()
     b1.close()
+
+
+def test_a_node_cut_off_past_its_lease_disconnects_its_clients(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # Node B reaches Redis through a proxy; stopping the proxy cuts B off while B and
+    # Redis both live on. Node A then takes B for dead and tells the room.
+    target = f"127.0.0.1:{redis_server.port}"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "harness.impair", "--listen", "127.0.0.1:0", "--target", target],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    started: list[ServerProcess] = []
+    try:
+        assert proxy.stdout is not None
+        announced = proxy.stdout.readline()
+        assert announced.startswith("listening on "), announced
+        via_proxy = f"redis://127.0.0.1:{announced.rsplit(':', 1)[1].strip()}/0"
+        for url in (redis_server.url, via_proxy):
+            args = ["--host", "127.0.0.1", "--cluster", url, "--cluster-lease", LEASE]
+            started.append(ServerProcess(*args, "0"))
+        a, b = started
+        (a1, _), (b1, n_b1) = join(a), join(b)
+        proxy.send_signal(signal.SIGSTOP)
+        try:
+            a1.expect(f"* {n_b1} left (server lost)")
+        finally:
+            proxy.send_signal(signal.SIGCONT)
+        # Back in touch, B finds it was taken for dead: its client's name may be
+        # someone else's by now, so the client is told and disconnected (a client with
+        # --resume comes back and is shown what it missed).
+        said = until(b1, "! disconnected")
+        assert said == "! disconnected: this server was cut off from the cluster"
+        assert b1.read_to_eof() == []
+        b2 = joined_when_ready(b)  # B serves new clients as before, in the one room
+        b2.send(b"/who\n")
+        assert until(b2, "* here (").startswith("* here (2): ")
+        for peer in (a1, b2):
+            peer.close()
+    finally:
+        for node in started:
+            node.stop()
+        proxy.kill()
+        proxy.wait(10)

@@ -181,6 +181,9 @@ class Cluster:
         self.appends = Calls("cluster-appends", Unavailable)
         self._last_id = b"0-0"
         self._start_id = self._last_id
+        # Set by the keeper when it finds this node was taken for dead (`take_lost`).
+        self._lost = ""
+        self._lost_until = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -502,18 +505,45 @@ class Cluster:
 
     # --- the keeper thread: leases and dead nodes ---------------------------------------
 
-    def _heartbeat(self, r: Any) -> None:
+    def _heartbeat(self, r: Any) -> str:
+        """Renew this node's own lease, and say what became of it meanwhile: "" if it
+        was still held; "expired" if it ran out (so did this node's names: others may
+        have claimed them); "reaped" if another node has told the room that this
+        node's members left (`_reap_dead`)."""
         px = int(self.lease * 1000)
         pipe = r.pipeline(transaction=False)
-        pipe.set(self._key("node:", self.node), b"1", px=px)
+        pipe.set(self._key("node:", self.node), b"1", px=px, get=True)
+        pipe.exists(self._key("reap:", self.node))
         pipe.sadd(self._key("nodes"), self.node)
-        pipe.execute()
+        held, reaped, _ = pipe.execute()
+        if time.monotonic() < self._lost_until:
+            return ""  # told already: the reaper's mark outlives the reaping by a lease
+        if reaped:
+            return "reaped"
+        return "" if held else "expired"
+
+    def take_lost(self) -> str:
+        """Whether this node was found cut off for longer than its lease since the last
+        call ("expired" or "reaped", as `_heartbeat` says), once; else ""."""
+        lost, self._lost = self._lost, ""
+        return lost
 
     def _keep_loop(self, wake: Callable[[], None]) -> None:
         period = self.lease / 3
         while not self._stop.wait(period):
             try:
-                self._heartbeat(self._keep_r)
+                lost = self._heartbeat(self._keep_r)
+                # Redis answers again: the calls need not wait out their backoff.
+                self._down_until = 0.0
+                if lost:
+                    log.warning(
+                        "this node was cut off from the cluster for longer than its lease "
+                        "(%s): its clients are disconnected",
+                        lost,
+                    )
+                    self._lost_until = time.monotonic() + 2 * self.lease
+                    self._lost = lost
+                    wake()
                 self._measure_clock(self._keep_r)
                 with self._names_lock:
                     keys = [self._key("name:", key) for key in self._held.values()]

@@ -152,6 +152,9 @@ class ClusterRoom:
         """Once per hub turn: take the answers of the calls that ended, send off what
         was queued, deliver what the reader brought."""
         self._cluster.finish()
+        lost = self._cluster.take_lost()
+        if lost:
+            self._cut_off(told=lost == "reaped")
         self._send_off()
         taken = self._cluster.take()
         if not taken:
@@ -423,7 +426,18 @@ class ClusterRoom:
         self._queue(b"x", member, None, t=f"{name} joined".encode())
         log.info("%s joined (%d on this node)", name, len(self._members))
 
-    def leave(self, member_id: int, reason: str) -> None:
+    def _cut_off(self, told: bool) -> None:
+        """This node was taken for dead: its members are disconnected (a client with
+        ``--resume`` comes back and is shown what it missed). If the room was ``told``
+        they left, it is not told again."""
+        everyone = [*self._members, *self._joining]
+        self._postbox.post(everyone, protocol.CUT_OFF)
+        for member_id in everyone:
+            self.leave(member_id, "cut off from the cluster", tell=not told)
+        for member_id in everyone:
+            self._postbox.dismiss(member_id)
+
+    def leave(self, member_id: int, reason: str, tell: bool = True) -> None:
         if member_id in self._joining:
             self._joining.discard(member_id)  # its arrival, when it answers, is undone
             if member_id in self._arrivals:
@@ -436,7 +450,8 @@ class ClusterRoom:
         self._roster_changed()
         if member_id in self._resumers:
             self._resumers.remove(member_id)
-        self._queue(b"x", member, None, t=f"{member.name} left ({reason})".encode())
+        if tell:
+            self._queue(b"x", member, None, t=f"{member.name} left ({reason})".encode())
         self._releases.append((member_id, protocol.name_key(member.name)))
         log.info("%s left (%s)", member.name, reason)
 
