@@ -183,7 +183,9 @@ class ClusterRoom:
         if run:
             self._post_run(run_what, run)
         self._delivered = taken[-1][0]
-        placed = [i for i in self._resumers if i not in self._parked]
+        # (A member resumed from a place this node has not reached is told no place
+        # until it has: it would go back to an older one.)
+        placed = [i for i in self._resumers if i not in self._parked and i not in self._ahead]
         if placed:
             self._postbox.post(placed, protocol.id_line(self._delivered.decode()))
 
@@ -278,7 +280,7 @@ class ClusterRoom:
                 self._ahead[member.id] = stream_order(after)
             self._tell(member, reply)
             self._unpark(member)
-            self._placed(member)
+            self._placed(member, after if ahead else None)
 
         def refused() -> None:
             self._tell(member, UNAVAILABLE)
@@ -296,9 +298,11 @@ class ClusterRoom:
         for entry_id, fields in parked:
             self._deliver(entry_id, fields, only=member.id)
 
-    def _placed(self, member: Member) -> None:
-        """Tell the member its place now, and after every tick from now on."""
-        self._tell(member, protocol.id_line(self._delivered.decode()))
+    def _placed(self, member: Member, ahead: bytes | None = None) -> None:
+        """Tell the member its place now (``ahead``: the one it came from, which this
+        node has not reached yet), and after every tick from now on."""
+        place = ahead if ahead is not None and member.id in self._ahead else self._delivered
+        self._tell(member, protocol.id_line(place.decode()))
         if member.id not in self._resumers:
             self._resumers.append(member.id)
 
