@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from client_parties import Party, child_env, client_argv
-from live_server import Peer, ServerProcess
+from client_parties import OneShotServer, Party, child_env, client_argv
+from live_server import Peer, ServerProcess, running_server
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
+from chatbox import protocol
 from harness.daemon import free_port
 
 Spawn = Callable[..., Party]
@@ -243,3 +245,46 @@ def test_resume_across_a_restart_of_a_server_with_a_history_file(
         assert said_before == [f"<{talker_name}> before the restart"]  # not replayed again
     finally:
         server.stop()
+
+
+def read_until(conn: socket.socket, token: bytes) -> bytes:
+    """What ``conn`` receives up to and including ``token`` (fails on EOF or timeout)."""
+    data = b""
+    while token not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the client closed before sending {token!r}; it sent {data!r}"
+        data += chunk
+    return data
+
+
+def stops_before_its_first_mark(first: OneShotServer, said: bytes) -> None:
+    """Be the client's first server: take its `/resume`, send ``said`` (never an `[id]`
+    line), then close gracefully and wait until the client has closed too."""
+    conn = first.accept()
+    read_until(conn, b"/resume\n")
+    conn.sendall(said)
+    conn.shutdown(socket.SHUT_WR)
+    first.read_until_eof()
+
+
+def test_a_server_that_stops_before_its_first_mark_costs_no_line(spawn: Spawn) -> None:
+    """The first server says the welcome and one line, then stops before it ever marks
+    the client's place: on the fallback the client must still get what it missed."""
+    with running_server("--host", "127.0.0.1", "0") as fallback, OneShotServer() as first:
+        talker = fallback.connect()
+        talker_name = welcomed(talker)
+        talker.send(b"1\n2\n3\n/history 1\n")
+        talker.expect("* end of history")  # the fallback keeps all three
+        client = spawn(merged(str(first.port), "--fallback", f"127.0.0.1:{fallback.port}"))
+        # As a node of the room that relayed line 1 to the client and then died.
+        said = protocol.welcome("guest9", [talker_name]) + f"<{talker_name}> 1\n".encode()
+        stops_before_its_first_mark(first, said)
+        client.expect(rf"<{talker_name}> 1$")
+        client.expect(rf"\* reconnected to 127\.0\.0\.1:{fallback.port}$")
+        talker.expect("* ")  # the client joined the fallback: what comes now is live
+        talker.send(b"4\n")
+        # Lines 2 and 3 were said while it was away; 1 it had shown; 4 came live.
+        assert numbers_from(client, talker_name, 4) == [1, 2, 3, 4]
+        assert f"[history] <{talker_name}> 2" in client.lines
+        client.close_stdin()
+        assert client.wait()[0] == 0
