@@ -65,8 +65,8 @@ RESUME_LINE = b"/resume"
 # is before everything on a single server and in a cluster, so the server replays all it
 # keeps and nothing said while we were away is lost; what we had shown is left out.
 NO_PLACE = b"0-0"
-# Lines shown since the last [id] mark, kept to leave them out of the replay after a
-# reconnect; marks come once per server turn, so this bound is never reached in practice.
+# Public lines shown since the last [id] mark, kept to leave them out of the replay after
+# a reconnect; marks come once per server turn, so this bound is never reached in practice.
 MAX_UNCONFIRMED = 10_000
 _PUBLIC = (b"<", b"* <")
 # After a failover in a cluster the dead node holds our name until its lease ends: the
@@ -155,9 +155,10 @@ class Session:
         self._nick_answered = threading.Event()
         self._nick_refusal: str | None = None
         self._receiver = threading.Thread(target=self._receive, name="receive", daemon=True)
-        # Resuming: the last place the server marked (`[id] ID`), the lines shown since,
-        # those of them the replay after a reconnect must leave out, and the name to
-        # take back there (the latest one the server accepted).
+        # Resuming: the last place the server marked (`[id] ID`), the public lines shown
+        # since (in the room's order), those of them the replay after a reconnect has
+        # yet to reach (it leaves them out), and the name to take back there (the latest
+        # one the server accepted).
         self._reconnector = reconnector
         self._place: bytes | None = None
         self._unconfirmed: list[bytes] = []
@@ -342,6 +343,13 @@ class Session:
         if self._held:
             # The replay they waited for never came (the server went away again).
             self.console.show(b"".join(line + b"\n" for line in self._held))
+        # Everything shown since the place, in the room's order, for the next replay
+        # (from the same place) to leave out: if a replay was under way, what it had
+        # replayed, then the lines shown before that it had not reached, then the live
+        # lines held for it.
+        self._unconfirmed += self._already_shown
+        self._unconfirmed += self._held or ()
+        self._already_shown.clear()
         self._held = None
         # The user's lines wait meanwhile: they go to the new server, not into the void.
         with self._send_lock:
@@ -393,7 +401,8 @@ class Session:
             self._end_reason = f"connection lost: {describe(exc)}"
             self._end_clean = False
         if partial:
-            self._deliver(partial + b"\n")  # the server's last words, even without a newline
+            # The server's last words, even without a newline.
+            self._deliver(partial + b"\n", cut=True)
 
     def _end_receiving(self) -> None:
         with self._lock:
@@ -406,29 +415,42 @@ class Session:
             self.console.status(self._end_reason)
             os._exit(1)
 
-    def _deliver(self, block: bytes) -> None:
+    def _deliver(self, block: bytes, cut: bool = False) -> None:
+        """Show a block of lines; ``cut``: its last line lost its end with the connection."""
         if self._reconnector is not None:
-            block = self._follow_place(block)
+            block = self._follow_place(block, cut)
             if not block:
                 return
         self.console.show(block)
         if self._nick_pending:
             self._watch_nick(block)
 
-    def _follow_place(self, block: bytes) -> bytes:
+    def _follow_place(self, block: bytes, cut: bool = False) -> bytes:
         """Take the server's `[id]` marks out of a block (they are for us, not the user),
         note the lines shown since the last one, and leave out of a replay the lines
         already shown before the reconnect; what remains is shown."""
         shown: list[bytes] = []
-        for line in block[:-1].split(b"\n"):
+        lines = block[:-1].split(b"\n")
+        if cut and (
+            protocol.ID_PREFIX.startswith(lines[-1]) or lines[-1].startswith(protocol.ID_PREFIX)
+        ):
+            # A mark cut short by the break is no place: its ID may be cut too, and
+            # `a1b2.12` read as `a1b2.1` names an older place, whose replay would show
+            # eleven blocks again. Nor is it a line for the user.
+            lines.pop()
+        for line in lines:
             if line.startswith(protocol.ID_PREFIX):
                 self._place = line[len(protocol.ID_PREFIX) :]
                 self._unconfirmed.clear()
                 if self._reconnector is not None:
                     self._reconnector.settled()
                 continue
-            if line.startswith(protocol.HISTORY_PREFIX) and self._already_shown:
-                if line[len(protocol.HISTORY_PREFIX) :] == self._already_shown[0]:
+            if line.startswith(protocol.HISTORY_PREFIX) and self._held is not None:
+                # A line of the replay we wait for: shown now or before the break (then
+                # left out), it is shown since the place either way.
+                replayed = line[len(protocol.HISTORY_PREFIX) :]
+                self._note_shown(replayed)
+                if self._already_shown and replayed == self._already_shown[0]:
                     self._already_shown.popleft()
                     continue
             elif self._held and line.startswith(b"* history: "):
@@ -443,16 +465,16 @@ class Session:
                 # The replay is over (or refused): then what arrived live meanwhile.
                 self._already_shown.clear()
                 shown.append(line)
-                shown += self._held or ()
+                for held in self._held or ():
+                    self._note_shown(held)
+                    shown.append(held)
                 self._held = None
                 continue
             elif line.startswith(_PUBLIC):
-                self._unconfirmed.append(line)
-                if len(self._unconfirmed) > MAX_UNCONFIRMED:
-                    del self._unconfirmed[: MAX_UNCONFIRMED // 2]
                 if self._held is not None and len(self._held) < MAX_UNCONFIRMED:
-                    self._held.append(line)
+                    self._held.append(line)  # noted as shown once it is
                     continue
+                self._note_shown(line)
             elif self._reclaiming is not None and line[2:].decode(
                 "utf-8", "replace"
             ) == protocol.name_taken(self._reclaiming):
@@ -465,6 +487,11 @@ class Session:
                     self._reclaiming = None
             shown.append(line)
         return b"".join(line + b"\n" for line in shown)
+
+    def _note_shown(self, line: bytes) -> None:
+        self._unconfirmed.append(line)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[: MAX_UNCONFIRMED // 2]
 
     def _watch_nick(self, block: bytes) -> None:
         assert self.name is not None
