@@ -407,3 +407,27 @@ def test_a_server_that_dies_mid_replay_leaves_no_line_shown_twice(spawn: Spawn) 
         assert numbers_from(client, name, 5) == [1, 2, 3, 4, 5]
         client.close_stdin()
         assert client.wait()[0] == 0
+
+
+def test_a_line_seen_before_the_break_leaves_an_equal_later_one_alone(spawn: Spawn) -> None:
+    """The line the client saw ('ok') is no longer kept when it comes back; an 'ok'
+    said later, while it was away, is in the replay and was never seen: it is shown."""
+    args = ["--host", "127.0.0.1", "--history-lines", "3", "0"]
+    with running_server(*args) as fallback, OneShotServer() as first:
+        watcher, before = marks_of(fallback)
+        talker = fallback.connect()
+        talker_name = welcomed(talker)
+        say_marked(talker, watcher, "ok", "2", "3", "ok", "5")  # keeps 3, ok, 5
+        client = spawn(merged(str(first.port), "--fallback", f"127.0.0.1:{fallback.port}"))
+        said = f"[id] {before}\n<{talker_name}> ok\n"
+        stops_before_its_first_mark(
+            first, protocol.welcome("guest9", [talker_name]) + said.encode()
+        )
+        client.expect(rf"\* reconnected to 127\.0\.0\.1:{fallback.port}$")
+        client.expect(r"\* end of history$")  # before "end" pushes "3" out of the history
+        talker.send(b"end\n")
+        chat = f"<{talker_name}>"
+        replayed = [f"[history] {chat} {n}" for n in ("3", "ok", "5")]
+        assert talked(client, talker_name, "end") == [f"{chat} ok", *replayed, f"{chat} end"]
+        client.close_stdin()
+        assert client.wait()[0] == 0

@@ -453,12 +453,19 @@ class Session:
                 if self._already_shown and replayed == self._already_shown[0]:
                     self._already_shown.popleft()
                     continue
-            elif self._held and line.startswith(b"* history: "):
-                # The node we came back to was behind: the first of the live lines it
-                # sent us meanwhile are ones we had shown before.
+            elif self._held is not None and line.startswith(b"* history: "):
                 head = protocol.RESUME_HEAD_LINE.match(line.decode("utf-8", "replace"))
                 if head is not None and head.group(1):
+                    # The node we came back to was behind: the first of the live lines
+                    # it sent us meanwhile are ones we had shown before.
                     del self._held[: int(head.group(1))]
+                if head is not None and self._place is not None and " (" in head.group(0):
+                    # `(older ones are no longer kept)`: the replay does not reach back
+                    # to our place, and what is missing is the oldest, the lines right
+                    # after it - those we have shown. Left out by their text, equal
+                    # lines said later, which we never saw, would go instead.
+                    self._unconfirmed += self._already_shown
+                    self._already_shown.clear()
             elif line == _END_OF_HISTORY or (
                 self._held is not None and line.startswith(_NO_REPLAY)
             ):
