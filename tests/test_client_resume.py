@@ -431,3 +431,30 @@ def test_a_line_seen_before_the_break_leaves_an_equal_later_one_alone(spawn: Spa
         assert talked(client, talker_name, "end") == [f"{chat} ok", *replayed, f"{chat} end"]
         client.close_stdin()
         assert client.wait()[0] == 0
+
+
+def test_lines_shown_after_the_last_mark_are_not_shown_again_by_a_node_behind(
+    spawn: Spawn,
+) -> None:
+    """In a cluster, the node the client comes back to may not have delivered its place
+    yet: it replays nothing and then sends live what follows the place, starting with
+    the lines the client was shown on the dead node after its last mark.
+
+    Both nodes are played by the test, speaking as docs/protocol.md says such nodes
+    do; the real ones are tested with a real redis-server above."""
+    with OneShotServer() as first, OneShotServer() as second:
+        client = spawn(merged(str(first.port), "--fallback", f"127.0.0.1:{second.port}"))
+        welcome = protocol.welcome("guest9", ["bob"])
+        place, behind = "1733212345678-0", "1733212345600-0"
+        said = f"<bob> 1\n[id] {place}\n<bob> 2\n"
+        stops_before_its_first_mark(first, welcome + said.encode())
+        conn = second.accept()
+        read_until(conn, f"/resume {place}\n".encode())
+        reply = f"* history: 0 lines since {place}\n* end of history\n[id] {behind}\n"
+        conn.sendall(welcome + reply.encode() + b"<bob> 2\n<bob> 3\n")
+        client.expect(r"<bob> 3$")
+        client.close_stdin()
+        assert read_until(conn, b"/quit\n")
+        conn.close()
+        assert client.wait()[0] == 0
+        assert numbers_from(client, "bob", 3) == [1, 2, 3]

@@ -167,6 +167,10 @@ class Session:
         # our arrival and our /resume reaching the server) wait for it to end, so that
         # everything is shown in the room's order; None when not waiting.
         self._held: list[bytes] | None = None
+        # A cluster node behind the one we came from replays nothing and then sends live
+        # what follows our place: the lines we were shown after it come again, these.
+        self._replay_lags = False
+        self._coming_again: collections.deque[bytes] = collections.deque()
         self._name_now = name
         self._reclaiming: str | None = None
         self._reclaim_tries = 0
@@ -459,6 +463,10 @@ class Session:
                     # The node we came back to was behind: the first of the live lines
                     # it sent us meanwhile are ones we had shown before.
                     del self._held[: int(head.group(1))]
+                # Nothing since our place, and nothing missing: on a single server the
+                # lines shown since it would be replayed, so only a node behind sends
+                # this while we have some (it has not yet delivered our place).
+                self._replay_lags = line.startswith(b"* history: 0 lines since ")
                 if head is not None and self._place is not None and " (" in head.group(0):
                     # `(older ones are no longer kept)`: the replay does not reach back
                     # to our place, and what is missing is the oldest, the lines right
@@ -466,22 +474,28 @@ class Session:
                     # lines said later, which we never saw, would go instead.
                     self._unconfirmed += self._already_shown
                     self._already_shown.clear()
+                    self._replay_lags = False
             elif line == _END_OF_HISTORY or (
                 self._held is not None and line.startswith(_NO_REPLAY)
             ):
                 # The replay is over (or refused): then what arrived live meanwhile.
+                if self._replay_lags and line == _END_OF_HISTORY:
+                    self._coming_again = self._already_shown
+                    self._already_shown = collections.deque()
                 self._already_shown.clear()
+                self._replay_lags = False
                 shown.append(line)
                 for held in self._held or ():
-                    self._note_shown(held)
-                    shown.append(held)
+                    if not self._came_again(held):
+                        shown.append(held)
                 self._held = None
                 continue
             elif line.startswith(_PUBLIC):
                 if self._held is not None and len(self._held) < MAX_UNCONFIRMED:
                     self._held.append(line)  # noted as shown once it is
                     continue
-                self._note_shown(line)
+                if self._came_again(line):
+                    continue
             elif self._reclaiming is not None and line[2:].decode(
                 "utf-8", "replace"
             ) == protocol.name_taken(self._reclaiming):
@@ -494,6 +508,17 @@ class Session:
                     self._reclaiming = None
             shown.append(line)
         return b"".join(line + b"\n" for line in shown)
+
+    def _came_again(self, line: bytes) -> bool:
+        """Note a live public line as shown since our place; True if it had been shown
+        before the break (it comes again from a node that was behind: leave it out).
+        They come first and in order, so the first other line ends the wait for them."""
+        self._note_shown(line)
+        if self._coming_again and line == self._coming_again[0]:
+            self._coming_again.popleft()
+            return True
+        self._coming_again.clear()
+        return False
 
     def _note_shown(self, line: bytes) -> None:
         self._unconfirmed.append(line)
