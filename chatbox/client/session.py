@@ -350,9 +350,12 @@ class Session:
         # Everything shown since the place, in the room's order, for the next replay
         # (from the same place) to leave out: if a replay was under way, what it had
         # replayed, then the lines shown before that it had not reached, then the live
-        # lines held for it.
+        # lines held for it; after a lagging node's replay, the lines it had still to
+        # send again.
+        self._unconfirmed += self._coming_again
         self._unconfirmed += self._already_shown
         self._unconfirmed += self._held or ()
+        self._coming_again.clear()
         self._already_shown.clear()
         self._held = None
         # The user's lines wait meanwhile: they go to the new server, not into the void.
