@@ -25,7 +25,7 @@ from harness.processes import child_env, wait_until
 
 __all__ = ["WAIT", "Peer", "ServerProcess", "child_env", "joined_peers", "running_server"]
 __all__ += ["kernel_send_buffer", "private_memory", "send_in_background", "wait_until"]
-__all__ += ["readable", "silence_until_closed", "trickle_until_cut"]
+__all__ += ["check_slowloris_cut", "readable", "silence_until_closed", "trickle_until_cut"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
@@ -250,3 +250,16 @@ def trickle_until_cut(peers: Sequence[Peer], pace: float = 0.1) -> dict[int, lis
             # (Before it, they may hear of each other leaving.)
             ended[peers.index(peer)] = [line for line in lines if line.startswith("!")]
     return ended
+
+
+def check_slowloris_cut(witness: Peer, loris: Sequence[Peer]) -> None:
+    """Each of ``loris`` (welcomed, in a room where ``witness`` was first) trickles
+    bytes and never a newline: the line timeout must cut every one, each told why, and
+    leave the witness alone in the room."""
+    witness.send(b"/who\n")
+    witness.expect(f"* here ({len(loris) + 1})")
+    ended = trickle_until_cut(loris)
+    assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
+    assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
+    witness.send(b"/who\n")
+    witness.expect("* here (1): guest1")

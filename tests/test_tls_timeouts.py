@@ -16,9 +16,9 @@ from live_server import (
     MODES,
     Peer,
     ServerProcess,
+    check_slowloris_cut,
     running_server,
     silence_until_closed,
-    trickle_until_cut,
 )
 from tls_certs import make_certificate, tls_peer
 
@@ -74,13 +74,7 @@ def test_a_tls_line_that_is_never_finished_is_timed_out(
         loris = [tls_peer(srv, certificate[0]) for _ in range(5)]
         for peer in loris:
             peer.expect("* welcome")
-        witness.send(b"/who\n")
-        witness.expect("* here (6)")
-        ended = trickle_until_cut(loris)
-        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
-        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
-        witness.send(b"/who\n")
-        witness.expect("* here (1): guest1")
+        check_slowloris_cut(witness, loris)
 
 
 def test_a_tls_line_sent_in_pieces_within_the_line_timeout_goes_through(
