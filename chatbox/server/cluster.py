@@ -60,17 +60,22 @@ BACKOFF_MAX = 2.0
 
 Fields = dict[bytes, bytes]
 
-# Renew the leases of the names this node still holds, and no other node's.
+# Renew the leases of the names this node holds (KEYS); claim again those that lapsed
+# (ARGV[3...]: each one's claim); return the positions (1-based) of those that another
+# node holds now: their members have lost their names.
 _RENEW = """
-local n = 0
+local taken = {}
 for i, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
-  if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\\t' then
+  if not v then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
+  elseif string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\\t' then
     redis.call('PEXPIRE', key, ARGV[2])
-    n = n + 1
+  else
+    taken[#taken + 1] = i
   end
 end
-return n
+return taken
 """
 
 # Delete a name's claim if NODE still holds it.
@@ -172,7 +177,8 @@ class Cluster:
         self._backoff = BACKOFF_MIN
         self._inbox: collections.deque[tuple[bytes, Fields]] = collections.deque()
         self._names_lock = threading.Lock()
-        self._held: dict[int, str] = {}  # member id -> name key this node holds
+        # member id -> (name key, claim) of each name this node holds
+        self._held: dict[int, tuple[str, bytes]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Every call the room makes runs on one of these threads, never on the hub's:
@@ -181,9 +187,12 @@ class Cluster:
         self.appends = Calls("cluster-appends", Unavailable)
         self._last_id = b"0-0"
         self._start_id = self._last_id
-        # Set by the keeper when it finds this node was taken for dead (`take_lost`).
-        self._lost = ""
+        # Set by the keeper when it finds this node was taken for dead, or some of its
+        # members' names lapsed and were claimed by others (`take_lost`).
+        self._lost: tuple[bool, list[int]] | None = None
         self._lost_until = 0.0
+        self._judge_after = 0.0
+        self._wake: Callable[[], None] = lambda: None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -206,6 +215,7 @@ class Cluster:
     def start(self, wake: Callable[[], None]) -> None:
         """Start the reader (which calls ``wake`` when entries arrive), the keeper and
         the call threads (which call ``wake`` when a call has ended)."""
+        self._wake = wake
         self.calls.start(wake)
         self.appends.start(wake)
         for name, target in (("reader", self._read_loop), ("keeper", self._keep_loop)):
@@ -292,7 +302,7 @@ class Cluster:
             return str(holder.split(b"\t")[-1].decode()) if holder else key
         with self._names_lock:
             previous = self._held.get(member_id)
-            self._held[member_id] = key
+            self._held[member_id] = (key, value)
         try:
             self._call(lambda r: r.hset(self._key("members:", self.node), str(member_id), name))
         except Unavailable:
@@ -310,7 +320,7 @@ class Cluster:
         them, in one round trip however many they are."""
         with self._names_lock:
             for member_id, key in members:
-                if self._held.get(member_id) == key:
+                if self._held.get(member_id, ("",))[0] == key:
                     del self._held[member_id]
 
         def work(r: Any) -> None:
@@ -361,7 +371,8 @@ class Cluster:
         # Renewed from now on (a claim not granted after all would lapse with its lease).
         with self._names_lock:
             for member_id, name in granted.items():
-                self._held[member_id] = protocol.name_key(name)
+                claim = f"{self.node}\t{member_id}\t{name}".encode()
+                self._held[member_id] = (protocol.name_key(name), claim)
         return granted
 
     def lookup(self, key: str) -> tuple[str, int, str] | None:
@@ -522,36 +533,55 @@ class Cluster:
             return "reaped"
         return "" if held else "expired"
 
-    def take_lost(self) -> str:
-        """Whether this node was found cut off for longer than its lease since the last
-        call ("expired" or "reaped", as `_heartbeat` says), once; else ""."""
-        lost, self._lost = self._lost, ""
+    def _renew_names(self, r: Any) -> list[int]:
+        """Renew the leases of this node's names, claim again those that lapsed, and
+        return the members whose names another node holds now."""
+        with self._names_lock:
+            held = list(self._held.items())
+        if not held:
+            return []
+        keys = [self._key("name:", key) for _, (key, _) in held]
+        claims = [claim for _, (_, claim) in held]
+        taken = self._renew(keys=keys, args=[self.node, int(self.lease * 1000), *claims], client=r)
+        return [held[int(i) - 1][0] for i in taken]
+
+    def take_lost(self) -> tuple[bool, list[int]] | None:
+        """Members this node must let go of, found since the last call: (True, []) if
+        the room was told they all left (another node took this one for dead); (False,
+        ids) if these members' names lapsed while this node was cut off from Redis and
+        are someone else's now. None if neither."""
+        lost, self._lost = self._lost, None
         return lost
 
     def _keep_loop(self, wake: Callable[[], None]) -> None:
         period = self.lease / 3
         while not self._stop.wait(period):
             try:
-                lost = self._heartbeat(self._keep_r)
+                r = self._keep_r
+                state = self._heartbeat(r)
                 # Redis answers again: the calls need not wait out their backoff.
                 self._down_until = 0.0
-                if lost:
-                    log.warning(
-                        "this node was cut off from the cluster for longer than its lease "
-                        "(%s): its clients are disconnected",
-                        lost,
-                    )
-                    self._lost_until = time.monotonic() + 2 * self.lease
-                    self._lost = lost
-                    wake()
-                self._measure_clock(self._keep_r)
-                with self._names_lock:
-                    keys = [self._key("name:", key) for key in self._held.values()]
-                if keys:
-                    self._renew(keys=keys, args=[self.node, int(self.lease * 1000)])
-                self._reap_dead()
+                self._measure_clock(r)
+                taken = self._renew_names(r)
+                if state == "reaped":
+                    self._report_lost(True, [], "the room was told its members left")
+                elif taken:
+                    self._report_lost(False, taken, f"{len(taken)} names are others' now")
+                if state:
+                    # Out of touch itself, it does not judge the others until they had
+                    # a lease's time to renew theirs.
+                    self._judge_after = time.monotonic() + self.lease
+                    log.warning("this node's lease had lapsed (%s)", state)
+                if time.monotonic() >= self._judge_after:
+                    self._reap_dead()
             except self._errors as exc:
                 log.warning("cluster keeper: %s", exc)
+
+    def _report_lost(self, told: bool, members: list[int], why: str) -> None:
+        log.warning("this node was cut off from the cluster: %s; disconnecting them", why)
+        self._lost_until = time.monotonic() + 2 * self.lease
+        self._lost = (told, members)
+        self._wake()
 
     def _reap_dead(self) -> None:
         """Tell the room that the members of a node whose lease ran out have left, and

@@ -153,8 +153,8 @@ class ClusterRoom:
         was queued, deliver what the reader brought."""
         self._cluster.finish()
         lost = self._cluster.take_lost()
-        if lost:
-            self._cut_off(told=lost == "reaped")
+        if lost is not None:
+            self._cut_off(*lost)
         self._send_off()
         taken = self._cluster.take()
         if not taken:
@@ -430,11 +430,12 @@ class ClusterRoom:
         self._queue(b"x", member, None, t=f"{name} joined".encode())
         log.info("%s joined (%d on this node)", name, len(self._members))
 
-    def _cut_off(self, told: bool) -> None:
-        """This node was taken for dead: its members are disconnected (a client with
-        ``--resume`` comes back and is shown what it missed). If the room was ``told``
-        they left, it is not told again."""
-        everyone = [*self._members, *self._joining]
+    def _cut_off(self, told: bool, members: list[int]) -> None:
+        """This node was cut off from Redis for too long: these members (all, if the
+        room was ``told`` they left) are disconnected, since their names may be someone
+        else's now. A client with ``--resume`` comes back and is shown what it missed."""
+        here = [*self._members, *self._joining]
+        everyone = here if told else [i for i in members if i in self._members]
         self._postbox.post(everyone, protocol.CUT_OFF)
         for member_id in everyone:
             self.leave(member_id, "cut off from the cluster", tell=not told)
