@@ -23,6 +23,7 @@ from needs import needs
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
 from chatbox import protocol
+from chatbox.server.cluster import stream_order
 from harness.daemon import free_port
 
 LEASE = "1"
@@ -354,46 +355,113 @@ def test_a_members_lines_wait_behind_its_own_command(nodes: list[ServerProcess])
     b1.close()
 
 
-def test_a_node_cut_off_past_its_lease_disconnects_its_clients(
-    redis_server: RedisServer,  # noqa: F811
-) -> None:
-    # Node B reaches Redis through a proxy; stopping the proxy cuts B off while B and
-    # Redis both live on. Node A then takes B for dead and tells the room.
-    target = f"127.0.0.1:{redis_server.port}"
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "harness.impair", "--listen", "127.0.0.1:0", "--target", target],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    started: list[ServerProcess] = []
-    try:
-        assert proxy.stdout is not None
-        announced = proxy.stdout.readline()
-        assert announced.startswith("listening on "), announced
-        via_proxy = f"redis://127.0.0.1:{announced.rsplit(':', 1)[1].strip()}/0"
-        for url in (redis_server.url, via_proxy):
-            args = ["--host", "127.0.0.1", "--cluster", url, "--cluster-lease", LEASE]
-            started.append(ServerProcess(*args, "0"))
-        a, b = started
-        (a1, _), (b1, n_b1) = join(a), join(b)
-        proxy.send_signal(signal.SIGSTOP)
+class ProxiedNodes:
+    """Node A on Redis, node B on Redis through a real TCP proxy (`harness.impair`):
+    stopping the proxy (SIGSTOP) cuts B off while B and Redis both live on."""
+
+    def __init__(self, redis_server: RedisServer, *options: str) -> None:  # noqa: F811
+        target = f"127.0.0.1:{redis_server.port}"
+        argv = [sys.executable, "-m", "harness.impair", "--listen", "127.0.0.1:0"]
+        self.proxy = subprocess.Popen(
+            [*argv, "--target", target], stdout=subprocess.PIPE, text=True
+        )
+        self.nodes: list[ServerProcess] = []
         try:
-            a1.expect(f"* {n_b1} left (server lost)")
-        finally:
-            proxy.send_signal(signal.SIGCONT)
-        # Back in touch, B finds it was taken for dead: its client's name may be
-        # someone else's by now, so the client is told and disconnected (a client with
-        # --resume comes back and is shown what it missed).
-        said = until(b1, "! disconnected")
-        assert said == "! disconnected: this server was cut off from the cluster"
-        assert b1.read_to_eof() == []
-        b2 = joined_when_ready(b)  # B serves new clients as before, in the one room
-        b2.send(b"/who\n")
-        assert until(b2, "* here (").startswith("* here (2): ")
-        for peer in (a1, b2):
-            peer.close()
-    finally:
-        for node in started:
+            assert self.proxy.stdout is not None
+            announced = self.proxy.stdout.readline()
+            assert announced.startswith("listening on "), announced
+            via_proxy = f"redis://127.0.0.1:{announced.rsplit(':', 1)[1].strip()}/0"
+            for url in (redis_server.url, via_proxy):
+                args = ["--host", "127.0.0.1", "--cluster", url, *options]
+                self.nodes.append(ServerProcess(*args, "0"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def cut_b_off(self) -> None:
+        self.proxy.send_signal(signal.SIGSTOP)
+
+    def reconnect_b(self) -> None:
+        self.proxy.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        for node in self.nodes:
             node.stop()
-        proxy.kill()
-        proxy.wait(10)
+        self.proxy.kill()
+        self.proxy.wait(10)
+
+
+@pytest.fixture
+def proxied(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ProxiedNodes]:  # noqa: F811
+    pair = ProxiedNodes(redis_server, *getattr(request, "param", ("--cluster-lease", LEASE)))
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+def test_a_node_cut_off_past_its_lease_disconnects_its_clients(proxied: ProxiedNodes) -> None:
+    # Node A takes B for dead while B is cut off, and tells the room.
+    a, b = proxied.nodes
+    (a1, _), (b1, n_b1) = join(a), join(b)
+    proxied.cut_b_off()
+    try:
+        a1.expect(f"* {n_b1} left (server lost)")
+    finally:
+        proxied.reconnect_b()
+    # Back in touch, B finds it was taken for dead: its client's name may be someone
+    # else's by now, so the client is told and disconnected (a client with --resume
+    # comes back and is shown what it missed).
+    said = until(b1, "! disconnected")
+    assert said == "! disconnected: this server was cut off from the cluster"
+    assert b1.read_to_eof() == []
+    b2 = joined_when_ready(b)  # B serves new clients as before, in the one room
+    b2.send(b"/who\n")
+    assert until(b2, "* here (").startswith("* here (2): ")
+    for peer in (a1, b2):
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    "proxied", [("--cluster-lease", "60", "--cluster-timeout", "60")], indirect=True
+)
+def test_a_node_behind_the_one_a_client_came_from_sends_nothing_twice(
+    proxied: ProxiedNodes,
+) -> None:
+    a, b = proxied.nodes
+    (talker, name), (on_a, _) = join(a), join(a)
+    on_a.send(b"/resume\n")
+    until(on_a, "[id] ")
+    on_b, _ = join(b)  # the same user's next connection, on the node that will lag
+    proxied.cut_b_off()
+    try:
+        talker.send(b"one\ntwo\n")
+        until(on_a, f"<{name}> two")
+        place = until(on_a, "[id] ").split()[1]
+        # B has delivered neither line: the place is ahead of it.
+        on_b.send(f"/resume {place}\n".encode())
+    finally:
+        proxied.reconnect_b()
+    live_before: list[str] = []
+    while not (said := on_b.line()).startswith("* history: "):
+        if said.startswith("<"):
+            live_before.append(said)
+    # Either B had not reached the lines when it took the /resume (nothing repeats,
+    # and B keeps them back from this member), or it had (they came live before the
+    # reply, and the reply says they repeat what it had).
+    head = f"* history: 0 lines since {place}"
+    if live_before:
+        assert live_before == [f"<{name}> one", f"<{name}> two"]
+        head += "; the 2 live lines before this repeat what you had"
+    assert said == head
+    assert on_b.line() == "* end of history"
+    # Its place: that one (or a later one B has delivered since), not the older one B
+    # was at when it answered.
+    mark = on_b.line()
+    assert mark.startswith("[id] ") and stream_order(mark[5:].encode()) >= stream_order(
+        place.encode()
+    ), (mark, place)
+    talker.send(b"three\n")
+    assert until(on_b, "<") == f"<{name}> three"
+    for peer in (talker, on_a, on_b):
+        peer.close()
