@@ -94,7 +94,7 @@ def two_nodes(
     started: list[ServerProcess] = []
     try:
         for _ in range(2):
-            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
+            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "3"]
             started.append(ServerProcess(*args, "--mode", request.param, "0"))
         yield started
     finally:
@@ -158,7 +158,7 @@ def test_lines_said_while_no_server_takes_the_client_are_replayed_once(
     client.expect(rf"<{talker_name}> 50$")
     os.kill(a.pid, signal.SIGKILL)
     talk_numbered(talker, 100, start=51).join()  # nobody can take the client now
-    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "3"]
     later = ServerProcess(*args, str(later_port))
     try:
         talking = talk_numbered(talker, 200, start=101)  # while it comes back, and after

@@ -26,7 +26,10 @@ from chatbox import protocol
 from chatbox.server.cluster import stream_order
 from harness.daemon import free_port
 
-LEASE = "1"
+# Short, since some tests wait for a dead node's lease to run out; long enough that a live
+# node's keeper renews in time on a loaded machine (else it is taken for dead, and then
+# disconnects its clients).
+LEASE = "3"
 
 
 @pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
