@@ -70,8 +70,10 @@ class Calls:
                 return failed or _nothing
             except Exception:
                 # A bug, not an outage: said in the log, and the client is answered
-                # as for an outage rather than left waiting forever.
-                log.exception("cluster call failed")
+                # as for an outage rather than left waiting forever. (While the node
+                # stops, its connections are closed under the call: nothing to say.)
+                if not self._stopping:
+                    log.exception("cluster call failed")
                 return failed or _nothing
             if then is None:
                 return _nothing
