@@ -166,7 +166,7 @@ def check_intact(record: RunRecord) -> CheckResult:
             original = sent.get(r.token.key)
             if original is None:
                 bad.append((r.t, name, str(r.token), "never sent by the harness", r.index))
-            elif original != r.token:
+            elif original.payload != r.token.payload or original.kind != r.token.kind:
                 why = f"altered: sent {original.payload!r}, got {r.token.payload!r}"
                 bad.append((r.t, name, str(r.token), why, r.index))
     if not bad:
@@ -454,16 +454,18 @@ def _one_order(keys: dict[str, list[tuple[str, int]]]) -> bool:
     right before" at each receiver has no cycle. Then any two receivers agree on the
     lines they share (each one's order is the one order, restricted), in O(lines x
     receivers) instead of comparing O(receivers²) pairs."""
-    after: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    # The edges are gathered as a set first: receivers share most of them (a room of
+    # 100 has ~200,000 receipts and ~20,000 distinct edges), and a set takes them in C.
+    lines: set[tuple[str, int]] = set()
+    edges: set[tuple[tuple[str, int], tuple[str, int]]] = set()
     for order in keys.values():
-        for k in order:
-            after.setdefault(k, set())
-        for prev, k in itertools.pairwise(order):
-            after[prev].add(k)
-    before = dict.fromkeys(after, 0)
-    for nexts in after.values():
-        for k in nexts:
-            before[k] += 1
+        lines.update(order)
+        edges.update(itertools.pairwise(order))
+    after: dict[tuple[str, int], list[tuple[str, int]]] = {k: [] for k in lines}
+    before = dict.fromkeys(lines, 0)
+    for prev, k in edges:
+        after[prev].append(k)
+        before[k] += 1
     free = [k for k, n in before.items() if n == 0]
     placed = 0
     while free:
