@@ -313,6 +313,14 @@ class Party:
                 and keys <= self._received_keys
             )
 
+    def wait_heard_any(self, keys: set[tuple[str, int]], deadline: float) -> bool:
+        """Wait until one of ``keys`` has arrived (or the deadline passes)."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: not keys.isdisjoint(self._received_keys) or self.eof,
+                timeout=max(0.0, deadline - time.monotonic()),
+            ) and not keys.isdisjoint(self._received_keys)
+
     def wait_text(self, needle: str, deadline: float) -> bool:
         """Wait until a visible line contains ``needle`` (project-specific expectations)."""
         with self.cond:

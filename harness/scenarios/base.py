@@ -262,10 +262,10 @@ class Context:
     def sync(self, speaker: Party, listeners: list[Party]) -> bool:
         """Prove ``speaker`` and ``listeners`` are all in the room.
 
-        ``speaker`` says hello until one hello reaches every listener; a listener that
-        joined late misses earlier hellos, which is why hellos are never counted as loss.
+        ``speaker`` says hello until every listener has heard one of its hellos (one is
+        proof enough: a listener in the room stays there). A listener that joined late
+        misses earlier hellos, which is why hellos are never counted as loss.
         """
-        wait = SYNC_ROUND
         # A server that never relays (or one direction only) must not eat the whole run:
         # give up after SYNC_BUDGET without progress and let the checks say what is wrong.
         # Progress is one more listener hearing a hello: hundreds of clients take tens of
@@ -274,54 +274,53 @@ class Context:
         budget = min(self.deadline, time.monotonic() + span)
         hellos: set[tuple[str, int]] = set()
         heard = 0
-        resend = True
-        sent_at = time.monotonic()
+        wait = SYNC_ROUND
         while time.monotonic() < budget:
-            if resend:
-                hello = self.token(speaker.name, "hello", HELLO)
-                hellos.add(hello.key)
-                sent_at = time.monotonic()
-                if not speaker.send(hello, self.deadline):
-                    return False
-            round_end = min(budget, time.monotonic() + wait)
-            late = False
-            while True:
-                # In steps, to see a listener come up after the last hello: a client
-                # that starts after a hello never hears it, and waiting out a round of
-                # seconds before saying it again made a room of 100 take seconds more.
-                step = min(round_end, time.monotonic() + SYNC_ROUND)
-                if all(p.wait_tokens({hello.key}, step) for p in listeners):
-                    return True
-                late = self._came_up_since(listeners, hellos, sent_at)
-                if late or time.monotonic() >= round_end:
-                    break
-            if not speaker.alive:
+            hello = self.token(speaker.name, "hello", HELLO)
+            hellos.add(hello.key)
+            sent_at = time.monotonic()
+            if not speaker.send(hello, self.deadline):
                 return False
-            now_heard = sum(1 for p in listeners if p.count_from(hellos))
-            # While listeners still hear hellos, wait on for the same one to reach all;
-            # say it again for those that came up since it was said.
-            progress = now_heard > heard
-            resend = late or not progress
-            if progress or late:
-                # Listeners are still joining: wait on, and nudge nobody - a nudge goes
-                # to the whole room, and one from each of hundreds of joining clients
-                # would be a storm of N x N lines.
+            # Wait while listeners still come to hear a hello; say it again as soon as a
+            # step brings nobody new (those left missed it: they joined after it was
+            # said) or a listener comes up after it was said. Hellos do not cancel each
+            # other, so a room slower to show one than a step still converges; waiting
+            # out rounds of seconds for one hello to reach all cost a room of 100 up to
+            # 4 s once its last client had joined. A hello is N lines for the room to
+            # show, nudges below are N each: those are what stay rare.
+            while time.monotonic() < budget:
+                step_end = min(budget, time.monotonic() + wait)
+                if all(p.wait_heard_any(hellos, step_end) for p in listeners):
+                    return True
+                if not speaker.alive:
+                    return False
+                now_heard = sum(1 for p in listeners if p.count_from(hellos))
+                progress = now_heard > heard
                 heard = now_heard
-                budget = min(self.deadline, time.monotonic() + span)
-            else:
-                # A client that reads only after it sent shows the hello once it types: a
-                # hello of its own (never counted) lets it. One still showing lines is
-                # busy, not holding them back. Each nudge goes to the whole room, so a
-                # round nudges a few: hundreds at once were N x N lines to show.
-                quiet = [
-                    p
-                    for p in listeners
-                    if not p.count_from({hello.key}) and p.alive and p.quiet_since(sent_at)
-                ]
-                for p in quiet[:NUDGES_PER_ROUND]:
-                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
-            wait = min(wait * 1.5, self.options.settle)
+                if progress:
+                    budget = min(self.deadline, time.monotonic() + span)
+                    wait = SYNC_ROUND
+                    if self._came_up_since(listeners, hellos, sent_at):
+                        break
+                    continue
+                if wait > SYNC_ROUND:
+                    self._nudge_quiet(listeners, hellos, sent_at)
+                wait = min(wait * 1.5, self.options.settle)
+                break
         return False
+
+    def _nudge_quiet(
+        self, listeners: list[Party], hellos: set[tuple[str, int]], since: float
+    ) -> None:
+        """After steps without progress: a client that reads only after it sent shows
+        the hello once it types, and a hello of its own (never counted) lets it. One
+        still showing lines is busy, not holding them back. Each nudge goes to the whole
+        room, so a step nudges a few: hundreds at once were N x N lines to show."""
+        quiet = [
+            p for p in listeners if not p.count_from(hellos) and p.alive and p.quiet_since(since)
+        ]
+        for p in quiet[:NUDGES_PER_ROUND]:
+            p.send(self.token(p.name, "nudge", HELLO), self.deadline)
 
     @staticmethod
     def _came_up_since(listeners: list[Party], hellos: set[tuple[str, int]], since: float) -> bool:
