@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from harness.argtypes import port, positive_float, positive_int, readiness
+from harness.bytecode import remove_cache
 from harness.checks import check_no_reset, run_checks
 from harness.daemon import Readiness
 from harness.hosts import NETWORK_KINDS, NetworkOptions
@@ -388,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run_command_line(argv)
     if argv is not None:
         return code
+    remove_cache()  # what exit handlers would have done
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
         sys.stderr.flush()
