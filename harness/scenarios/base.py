@@ -297,10 +297,13 @@ class Context:
                 now_heard = sum(1 for p in listeners if p.count_from(hellos))
                 progress = now_heard > heard
                 heard = now_heard
-                if progress:
+                late = self._came_up_since(listeners, hellos, sent_at)
+                if progress or late:
+                    # The room is still forming: no backing off, and no nudges (each is
+                    # N lines, and the listeners not up yet would all look quiet).
                     budget = min(self.deadline, time.monotonic() + span)
                     wait = SYNC_ROUND
-                    if self._came_up_since(listeners, hellos, sent_at):
+                    if late:
                         break
                     continue
                 if wait > SYNC_ROUND:
