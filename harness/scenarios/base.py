@@ -490,11 +490,14 @@ class Context:
         Error handling: passing the run's deadline marks the record timed out, with what
         was still awaited, so the "bounded time" check fails instead of the run hanging.
         """
-        last = self._missing_count()
+        # What is awaited does not change once all sending is done: built once, not at
+        # every look (500 receivers of 500 senders: half a million keys each time).
+        awaited = self._awaited()
+        last = self._missing_count(awaited)
         quiet_since = nudged = time.monotonic()
         interval = NUDGE_QUIET
         while True:
-            count = self._missing_count()
+            count = self._missing_count(awaited)
             if not count:
                 return
             now = time.monotonic()
@@ -514,16 +517,16 @@ class Context:
                 # Each nudge waits twice as long as the last: a relay that serves one
                 # talker at a time needs that talker quiet before it serves the others.
                 nudged, interval = now, interval * 2
-                for receiver in self._lacking():
+                for receiver in self._lacking(awaited):
                     if receiver.alive and not receiver.closed:
                         receiver.send(self.token(receiver.name, "nudge", HELLO), self.deadline)
             # Polling: the absence of a delivery has no event to wait on.
             time.sleep(0.05)
 
-    def _missing_count(self) -> int:
-        """How many expected deliveries have not happened: one intersection per receiver
-        with all it expects."""
-        return sum(len(keys) - self.parties[r].count_from(keys) for r, keys in self._awaited())
+    def _missing_count(self, awaited: list[tuple[str, set[tuple[str, int]]]]) -> int:
+        """How many of the ``awaited`` deliveries have not happened: one intersection per
+        receiver with all it expects."""
+        return sum(len(keys) - self.parties[r].count_from(keys) for r, keys in awaited)
 
     def _awaited(self) -> list[tuple[str, set[tuple[str, int]]]]:
         """Each expectation's receiver and every key it is to receive."""
@@ -533,9 +536,9 @@ class Context:
             for exp in self.record.expectations
         ]
 
-    def _lacking(self) -> list[Party]:
+    def _lacking(self, awaited: list[tuple[str, set[tuple[str, int]]]]) -> list[Party]:
         out = []
-        for receiver, keys in self._awaited():
+        for receiver, keys in awaited:
             party = self.parties[receiver]
             if party.count_from(keys) < len(keys) and party not in out:
                 out.append(party)
