@@ -298,6 +298,11 @@ class Party:
         with self.cond:
             return self._messages_from.get(sender, 0)
 
+    def not_received(self, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those of ``keys`` that have not arrived (a look costs ``len(keys)``)."""
+        with self.cond:
+            return keys - self._received_keys
+
     def count_from(self, keys: set[tuple[str, int]]) -> int:
         with self.cond:
             return len(keys & self._received_keys)

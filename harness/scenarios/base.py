@@ -490,14 +490,16 @@ class Context:
         Error handling: passing the run's deadline marks the record timed out, with what
         was still awaited, so the "bounded time" check fails instead of the run hanging.
         """
-        # What is awaited does not change once all sending is done: built once, not at
-        # every look (500 receivers of 500 senders: half a million keys each time).
+        # What is awaited does not change once all sending is done: built once, and each
+        # look keeps only what is still missing, so it costs what is left, not what was
+        # expected (500 receivers of 500 senders: half a million keys at every look).
         awaited = self._awaited()
-        last = self._missing_count(awaited)
+        last = -1
         quiet_since = nudged = time.monotonic()
         interval = NUDGE_QUIET
         while True:
-            count = self._missing_count(awaited)
+            awaited = [(r, self.parties[r].not_received(keys)) for r, keys in awaited]
+            count = sum(len(keys) for _, keys in awaited)
             if not count:
                 return
             now = time.monotonic()
@@ -506,7 +508,9 @@ class Context:
                 self.record.stalled = self.missing()
                 return
             if count != last:
-                last, quiet_since, interval = count, now, NUDGE_QUIET
+                if last >= 0:
+                    quiet_since, interval = now, NUDGE_QUIET
+                last = count
             elif now - max(quiet_since, nudged) >= self.options.settle:
                 self.record.notes.append(
                     f"gave up waiting after {self.options.settle:g}s without progress: "
@@ -522,11 +526,6 @@ class Context:
                         receiver.send(self.token(receiver.name, "nudge", HELLO), self.deadline)
             # Polling: the absence of a delivery has no event to wait on.
             time.sleep(0.05)
-
-    def _missing_count(self, awaited: list[tuple[str, set[tuple[str, int]]]]) -> int:
-        """How many of the ``awaited`` deliveries have not happened: one intersection per
-        receiver with all it expects."""
-        return sum(len(keys) - self.parties[r].count_from(keys) for r, keys in awaited)
 
     def _awaited(self) -> list[tuple[str, set[tuple[str, int]]]]:
         """Each expectation's receiver and every key it is to receive."""
