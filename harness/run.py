@@ -361,10 +361,10 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(signal.Signals(signum).name)
 
 
-# A run keeps every line every party showed (216,000 objects' worth at 100 x 20, millions
-# at 500 parties), and the cyclic collector's full passes walk all of them again and
-# again: 8 full passes took 1.5 s of a 100-party run's 6.4 s of harness CPU. The records
-# hold no cycles worth collecting while a run lasts; young passes still run.
+# A run keeps every line every party showed (216,000 lines at 100 x 20, 850,000 at 500
+# parties), and the cyclic collector's full passes walk all of them again and again: it
+# took 1.7 s of a 100-party run's 6.4 s of harness CPU. The records hold no cycles worth
+# collecting while a run lasts; young passes still run.
 FULL_COLLECTIONS_OFF = 10**9  # gc threshold of the oldest generation: never reached
 
 
@@ -383,8 +383,8 @@ def few_full_collections() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """The command line's exit code. Called as the program (``argv`` None), the process
     ends right here once its output is flushed: freeing every recorded line one by one
-    as the interpreter shuts down took 2.3 s after a 100-party run and about 50 s after
-    a 500-party one, with every child already ended and reaped and every report written."""
+    as the interpreter shuts down took 2.3 s after a 100-party run and 23 s after a
+    500-party one, with every child already ended and reaped and every report written."""
     with few_full_collections():
         code = run_command_line(argv)
     if argv is not None:

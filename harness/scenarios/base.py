@@ -347,8 +347,8 @@ class Context:
 
     def _sync_each_to(self, first: Party, rest: list[Party]) -> bool:
         """Each of ``rest`` is heard by ``first``: all say hello at once, and those not
-        heard yet say it again once a round brought nobody new and ``first`` has shown
-        nothing for ``--settle`` s, waiting longer each round. ``first`` is nudged then
+        heard yet say it again once a round brought nobody new and no party has shown
+        anything for ``--settle`` s, waiting longer each round. ``first`` is nudged then
         too. Each hello and each nudge goes to the whole room: one more from each of
         hundreds of parties is N x N lines the clients must show."""
         span = SYNC_BUDGET * self.options.settle
@@ -372,14 +372,16 @@ class Context:
             still = [p for p in waiting if not first.count_from(hellos[p.name])]
             # While hellos still arrive, wait on: resending them all would add N lines
             # for every party to show, the slower the room the more. So would resending
-            # while ``first`` still shows lines now and then: the hellos may be behind
+            # while the room still shows lines now and then: the hellos may be behind
             # them. Every one of ``rest`` is in the room already (it heard ``first``), so
             # its hello is not missed for joining late: only a lossy relay, or a client
             # that holds lines back, needs it said again. In a room of 500 on a busy
             # machine ``first`` went quiet for a round now and then while 250,000 hellos
-            # were still being shown; resending at each such pause made it 900,000.
+            # were still being shown (with a thousand processes runnable, one waits
+            # seconds for the CPU); resending at each such pause made it 900,000.
             progress = len(still) < len(waiting)
-            busy = not first.quiet_since(time.monotonic() - self.options.settle)
+            since = time.monotonic() - self.options.settle
+            busy = not all(p.quiet_since(since) for p in (first, *rest))
             resend = not progress and not busy
             if progress:
                 budget = min(self.deadline, time.monotonic() + span)
