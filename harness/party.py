@@ -151,6 +151,7 @@ class Party:
         self._pending = ""  # the start of a line whose end has not been read yet
         self._last_output = time.monotonic()  # when the terminal last showed anything
         self.first_output: float | None = None  # when it first did (monotonic)
+        self.started_at = 0.0  # when its process was started (monotonic)
         self._reader: PtyReader | None = None
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
@@ -165,6 +166,7 @@ class Party:
             child = PtyChild(self.argv, self.env, PTY_SIZE, echo=False)
         except OSError as exc:
             raise PartyError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
+        self.started_at = time.monotonic()
         self.child = child
         self.pid = child.pid
         Lifeline.get().register(self.pid)

@@ -318,9 +318,26 @@ class Context:
         """After steps without progress: a client that reads only after it sent shows
         the hello once it types, and a hello of its own (never counted) lets it. One
         still showing lines is busy, not holding them back. Each nudge goes to the whole
-        room, so a step nudges a few: hundreds at once were N x N lines to show."""
+        room, so a step nudges a few: hundreds at once were N x N lines to show.
+
+        While listeners still come up (one was started, or first showed output, within
+        ``--settle`` s), one that has shown nothing is most likely still starting: a
+        nudge typed into its terminal would reach the room once it runs, for nothing (a
+        room of 100 said 32 such nudges, 3,200 lines, before any client had shown its
+        prompt). A room where nobody shows anything until it types is nudged once its
+        last party has been running ``--settle`` s."""
+        recent = time.monotonic() - self.options.settle
+        forming = any(
+            p.started_at > recent or (p.first_output is not None and p.first_output > recent)
+            for p in listeners
+        )
         quiet = [
-            p for p in listeners if not p.count_from(hellos) and p.alive and p.quiet_since(since)
+            p
+            for p in listeners
+            if not p.count_from(hellos)
+            and p.alive
+            and p.quiet_since(since)
+            and not (forming and p.first_output is None)
         ]
         for p in quiet[:NUDGES_PER_ROUND]:
             p.send(self.token(p.name, "nudge", HELLO), self.deadline)
