@@ -151,6 +151,7 @@ class Party:
         self._pending = ""  # the start of a line whose end has not been read yet
         self._last_output = time.monotonic()  # when the terminal last showed anything
         self.first_output: float | None = None  # when it first did (monotonic)
+        self.started_at = 0.0  # when its process was started (monotonic)
         self._reader: PtyReader | None = None
         self._write_lock = threading.Lock()
         self._received_keys: set[tuple[str, int]] = set()
@@ -165,6 +166,7 @@ class Party:
             child = PtyChild(self.argv, self.env, PTY_SIZE, echo=False)
         except OSError as exc:
             raise PartyError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from None
+        self.started_at = time.monotonic()
         self.child = child
         self.pid = child.pid
         Lifeline.get().register(self.pid)
@@ -298,6 +300,11 @@ class Party:
         with self.cond:
             return self._messages_from.get(sender, 0)
 
+    def not_received(self, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those of ``keys`` that have not arrived (a look costs ``len(keys)``)."""
+        with self.cond:
+            return keys - self._received_keys
+
     def count_from(self, keys: set[tuple[str, int]]) -> int:
         with self.cond:
             return len(keys & self._received_keys)
@@ -312,6 +319,14 @@ class Party:
                 )
                 and keys <= self._received_keys
             )
+
+    def wait_heard_any(self, keys: set[tuple[str, int]], deadline: float) -> bool:
+        """Wait until one of ``keys`` has arrived (or the deadline passes)."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: not keys.isdisjoint(self._received_keys) or self.eof,
+                timeout=max(0.0, deadline - time.monotonic()),
+            ) and not keys.isdisjoint(self._received_keys)
 
     def wait_text(self, needle: str, deadline: float) -> bool:
         """Wait until a visible line contains ``needle`` (project-specific expectations)."""

@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from harness.bytecode import use_private_cache
+
 TERM_GRACE = 2.0  # seconds a group gets between SIGTERM and SIGKILL: a server says goodbye
 
 # The watchdog: reads "+PGID" / "-PGID" lines; on EOF (the harness is gone) it ends every
@@ -139,11 +141,13 @@ def preexec() -> Callable[[], None] | None:
 
 
 def child_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
-    """The environment for every child: ours, unbuffered Python, no colours, no pager.
+    """The environment for every child: ours, unbuffered Python, no colours, no pager;
+    bytecode in a private cache if ours says not to write any (`harness.bytecode`).
 
     ``extra`` adds variables; a None value removes one (``NO_COLOR``, to test colours).
     """
     env = dict(os.environ)
+    use_private_cache(env)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TERM", "xterm")
     env["NO_COLOR"] = "1"

@@ -5,9 +5,10 @@ which copies its page tables and holds the GIL throughout, then the child's own 
 in Python before it execs. With a hundred parties started at once from threads, the
 starters took turns at the GIL and a room of 100 took 7-14 s to start. Here the pty is
 made and set up (size, no echo) in the harness, and the child is started with
-`os.posix_spawn` (a vfork on Linux: the parent's memory is not copied) in a new session
-that opens the terminal as its first descriptor - which makes it the session's
-controlling terminal, as a login or pexpect would have it.
+``posix_spawn`` (a vfork on Linux: the parent's memory is not copied; through ctypes,
+with the GIL released meanwhile: `harness.spawn`) in a new session that opens the
+terminal as its first descriptor - which makes it the session's controlling terminal,
+as a login or pexpect would have it.
 
 The child is registered with no death signal: the lifeline (`harness.processes`) ends
 it if the harness dies.
@@ -24,6 +25,8 @@ import struct
 import termios
 import threading
 from collections.abc import Mapping, Sequence
+
+from harness.spawn import spawn_on_terminal
 
 
 class PtyChild:
@@ -57,18 +60,14 @@ class PtyChild:
             terminal = os.ttyname(slave)
             # The child opens the terminal by name after setsid(), so it becomes its
             # controlling terminal; our descriptors are close-on-exec (PEP 446).
-            self.pid = os.posix_spawn(
+            # Nothing blocked, as in a fresh login; the signals Python sets up for
+            # itself at their defaults.
+            self.pid = spawn_on_terminal(
                 path,
-                list(argv),
-                dict(env),
-                setsid=True,
-                setsigmask=(),  # nothing blocked, as in a fresh login
-                setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, terminal, os.O_RDWR, 0),
-                    (os.POSIX_SPAWN_DUP2, 0, 1),
-                    (os.POSIX_SPAWN_DUP2, 0, 2),
-                ],
+                argv,
+                env,
+                terminal,
+                (signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ),
             )
         except BaseException:
             os.close(master)

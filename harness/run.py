@@ -13,12 +13,17 @@ stderr is shown - or a client command that cannot run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import os
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 from harness.argtypes import port, positive_float, positive_int, readiness
+from harness.bytecode import remove_cache
 from harness.checks import check_no_reset, run_checks
 from harness.daemon import Readiness
 from harness.hosts import NETWORK_KINDS, NetworkOptions
@@ -356,7 +361,42 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise _Terminated(signal.Signals(signum).name)
 
 
+# A run keeps every line every party showed (216,000 lines at 100 x 20, 850,000 at 500
+# parties), and the cyclic collector's full passes walk all of them again and again: it
+# took 1.7 s of a 100-party run's 6.4 s of harness CPU. The records hold no cycles worth
+# collecting while a run lasts; young passes still run.
+FULL_COLLECTIONS_OFF = 10**9  # gc threshold of the oldest generation: never reached
+
+
+@contextlib.contextmanager
+def few_full_collections() -> Iterator[None]:
+    """No automatic full garbage collection inside (young generations are still
+    collected); the thresholds are as they were afterwards."""
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], FULL_COLLECTIONS_OFF)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line's exit code. Called as the program (``argv`` None), the process
+    ends right here once its output is flushed: freeing every recorded line one by one
+    as the interpreter shuts down took 2.3 s after a 100-party run and 23 s after a
+    500-party one, with every child already ended and reaped and every report written."""
+    with few_full_collections():
+        code = run_command_line(argv)
+    if argv is not None:
+        return code
+    remove_cache()  # what exit handlers would have done
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def run_command_line(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

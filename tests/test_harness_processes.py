@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from faulty_relays import ROOT
@@ -85,3 +86,28 @@ def test_children_get_unbuffered_python_even_if_the_caller_did_not_ask(
     ours = subprocess.run(probe, env=child_env(), capture_output=True, text=True, check=True)
     assert plain.stdout.strip() == "0"  # the control: a pipe is block-buffered by default
     assert ours.stdout.strip() == "1"
+
+
+def test_python_children_told_not_to_write_bytecode_share_a_private_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With PYTHONDONTWRITEBYTECODE set, a module a child imports is compiled once into
+    the harness's own cache (the next child reads it), never beside its source."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.delenv("PYTHONPYCACHEPREFIX", raising=False)
+    (tmp_path / "probe_module.py").write_text("VALUE = 42\n")
+    probe = [
+        sys.executable,
+        "-c",
+        "import sys, probe_module; print(probe_module.VALUE, sys.flags.dont_write_bytecode)",
+    ]
+    env = child_env({"PYTHONPATH": str(tmp_path)})
+    out = subprocess.run(probe, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["42", "0"]
+    cache = Path(env["PYTHONPYCACHEPREFIX"])
+    compiled = list(cache.rglob("probe_module.*.pyc"))
+    assert compiled, f"nothing compiled into {cache}"
+    assert not (tmp_path / "__pycache__").exists()  # nothing beside the source
+    # A caller that names its own cache keeps it.
+    monkeypatch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path / "own"))
+    assert child_env()["PYTHONPYCACHEPREFIX"] == str(tmp_path / "own")

@@ -60,6 +60,24 @@ def test_lone_tail_is_attributed_through_known_checksums() -> None:
     assert [(d.sender, d.seq) for d in found.damage] == [("p1", 7)]
 
 
+OTHER = make("p2", 3, "glued on")
+
+
+@pytest.mark.parametrize(
+    ("line", "sender"),
+    [
+        ("<u1> " + TOKEN.encode() + OTHER.encode()[:16], "p2"),  # a head after a token
+        ("<u1> " + OTHER.encode()[-12:] + " " + TOKEN.encode(), "p2"),  # a tail before one
+        # A tail whose "~" is the whole token's first character.
+        ("<u1> |" + OTHER.crc + TOKEN.encode(), "p2"),
+    ],
+)
+def test_a_piece_of_a_token_beside_a_whole_one_is_damage(line: str, sender: str) -> None:
+    found = scan(line, {OTHER.crc: OTHER.key})
+    assert found.tokens == [TOKEN]
+    assert [d.sender for d in found.damage] == [sender]
+
+
 def test_plain_chat_text_is_neither_token_nor_damage() -> None:
     found = scan("<alice> the cbx is great | really ~ yes")
     assert found.tokens == []

@@ -262,10 +262,10 @@ class Context:
     def sync(self, speaker: Party, listeners: list[Party]) -> bool:
         """Prove ``speaker`` and ``listeners`` are all in the room.
 
-        ``speaker`` says hello until one hello reaches every listener; a listener that
-        joined late misses earlier hellos, which is why hellos are never counted as loss.
+        ``speaker`` says hello until every listener has heard one of its hellos (one is
+        proof enough: a listener in the room stays there). A listener that joined late
+        misses earlier hellos, which is why hellos are never counted as loss.
         """
-        wait = SYNC_ROUND
         # A server that never relays (or one direction only) must not eat the whole run:
         # give up after SYNC_BUDGET without progress and let the checks say what is wrong.
         # Progress is one more listener hearing a hello: hundreds of clients take tens of
@@ -274,54 +274,73 @@ class Context:
         budget = min(self.deadline, time.monotonic() + span)
         hellos: set[tuple[str, int]] = set()
         heard = 0
-        resend = True
-        sent_at = time.monotonic()
+        wait = SYNC_ROUND
         while time.monotonic() < budget:
-            if resend:
-                hello = self.token(speaker.name, "hello", HELLO)
-                hellos.add(hello.key)
-                sent_at = time.monotonic()
-                if not speaker.send(hello, self.deadline):
-                    return False
-            round_end = min(budget, time.monotonic() + wait)
-            late = False
-            while True:
-                # In steps, to see a listener come up after the last hello: a client
-                # that starts after a hello never hears it, and waiting out a round of
-                # seconds before saying it again made a room of 100 take seconds more.
-                step = min(round_end, time.monotonic() + SYNC_ROUND)
-                if all(p.wait_tokens({hello.key}, step) for p in listeners):
-                    return True
-                late = self._came_up_since(listeners, hellos, sent_at)
-                if late or time.monotonic() >= round_end:
-                    break
-            if not speaker.alive:
+            hello = self.token(speaker.name, "hello", HELLO)
+            hellos.add(hello.key)
+            sent_at = time.monotonic()
+            if not speaker.send(hello, self.deadline):
                 return False
-            now_heard = sum(1 for p in listeners if p.count_from(hellos))
-            # While listeners still hear hellos, wait on for the same one to reach all;
-            # say it again for those that came up since it was said.
-            progress = now_heard > heard
-            resend = late or not progress
-            if progress or late:
-                # Listeners are still joining: wait on, and nudge nobody - a nudge goes
-                # to the whole room, and one from each of hundreds of joining clients
-                # would be a storm of N x N lines.
+            # Wait while listeners still come to hear a hello; say it again as soon as a
+            # step brings nobody new (those left missed it: they joined after it was
+            # said) or a listener comes up after it was said. Hellos do not cancel each
+            # other, so a room slower to show one than a step still converges; waiting
+            # out rounds of seconds for one hello to reach all cost a room of 100 up to
+            # 4 s once its last client had joined. A hello is N lines for the room to
+            # show, nudges below are N each: those are what stay rare.
+            while time.monotonic() < budget:
+                step_end = min(budget, time.monotonic() + wait)
+                if all(p.wait_heard_any(hellos, step_end) for p in listeners):
+                    return True
+                if not speaker.alive:
+                    return False
+                now_heard = sum(1 for p in listeners if p.count_from(hellos))
+                progress = now_heard > heard
                 heard = now_heard
-                budget = min(self.deadline, time.monotonic() + span)
-            else:
-                # A client that reads only after it sent shows the hello once it types: a
-                # hello of its own (never counted) lets it. One still showing lines is
-                # busy, not holding them back. Each nudge goes to the whole room, so a
-                # round nudges a few: hundreds at once were N x N lines to show.
-                quiet = [
-                    p
-                    for p in listeners
-                    if not p.count_from({hello.key}) and p.alive and p.quiet_since(sent_at)
-                ]
-                for p in quiet[:NUDGES_PER_ROUND]:
-                    p.send(self.token(p.name, "nudge", HELLO), self.deadline)
-            wait = min(wait * 1.5, self.options.settle)
+                late = self._came_up_since(listeners, hellos, sent_at)
+                if progress or late:
+                    # The room is still forming: no backing off, and no nudges (each is
+                    # N lines, and the listeners not up yet would all look quiet).
+                    budget = min(self.deadline, time.monotonic() + span)
+                    wait = SYNC_ROUND
+                    if late:
+                        break
+                    continue
+                if wait > SYNC_ROUND:
+                    self._nudge_quiet(listeners, hellos, sent_at)
+                wait = min(wait * 1.5, self.options.settle)
+                break
         return False
+
+    def _nudge_quiet(
+        self, listeners: list[Party], hellos: set[tuple[str, int]], since: float
+    ) -> None:
+        """After steps without progress: a client that reads only after it sent shows
+        the hello once it types, and a hello of its own (never counted) lets it. One
+        still showing lines is busy, not holding them back. Each nudge goes to the whole
+        room, so a step nudges a few: hundreds at once were N x N lines to show.
+
+        While listeners still come up (one was started, or first showed output, within
+        ``--settle`` s), one that has shown nothing is most likely still starting: a
+        nudge typed into its terminal would reach the room once it runs, for nothing (a
+        room of 100 said 32 such nudges, 3,200 lines, before any client had shown its
+        prompt). A room where nobody shows anything until it types is nudged once its
+        last party has been running ``--settle`` s."""
+        recent = time.monotonic() - self.options.settle
+        forming = any(
+            p.started_at > recent or (p.first_output is not None and p.first_output > recent)
+            for p in listeners
+        )
+        quiet = [
+            p
+            for p in listeners
+            if not p.count_from(hellos)
+            and p.alive
+            and p.quiet_since(since)
+            and not (forming and p.first_output is None)
+        ]
+        for p in quiet[:NUDGES_PER_ROUND]:
+            p.send(self.token(p.name, "nudge", HELLO), self.deadline)
 
     @staticmethod
     def _came_up_since(listeners: list[Party], hellos: set[tuple[str, int]], since: float) -> bool:
@@ -345,10 +364,10 @@ class Context:
 
     def _sync_each_to(self, first: Party, rest: list[Party]) -> bool:
         """Each of ``rest`` is heard by ``first``: all say hello at once, and those not
-        heard yet say it again a round later, waiting longer each round. ``first`` is
-        nudged once a round, and only in a round nobody new was heard in: each hello and
-        each nudge goes to the whole room, and one nudge per party of hundreds would be
-        N x N lines the clients must show."""
+        heard yet say it again once a round brought nobody new and no party has shown
+        anything for ``--settle`` s, waiting longer each round. ``first`` is nudged then
+        too. Each hello and each nudge goes to the whole room: one more from each of
+        hundreds of parties is N x N lines the clients must show."""
         span = SYNC_BUDGET * self.options.settle
         budget = min(self.deadline, time.monotonic() + span)
         hellos: dict[str, set[tuple[str, int]]] = {p.name: set() for p in rest}
@@ -370,9 +389,16 @@ class Context:
             still = [p for p in waiting if not first.count_from(hellos[p.name])]
             # While hellos still arrive, wait on: resending them all would add N lines
             # for every party to show, the slower the room the more. So would resending
-            # while ``first`` is still showing other lines: the hellos may be behind them.
+            # while the room still shows lines now and then: the hellos may be behind
+            # them. Every one of ``rest`` is in the room already (it heard ``first``), so
+            # its hello is not missed for joining late: only a lossy relay, or a client
+            # that holds lines back, needs it said again. In a room of 500 on a busy
+            # machine ``first`` went quiet for a round now and then while 250,000 hellos
+            # were still being shown (with a thousand processes runnable, one waits
+            # seconds for the CPU); resending at each such pause made it 900,000.
             progress = len(still) < len(waiting)
-            busy = not first.quiet_since(round_start)
+            since = time.monotonic() - self.options.settle
+            busy = not all(p.quiet_since(since) for p in (first, *rest))
             resend = not progress and not busy
             if progress:
                 budget = min(self.deadline, time.monotonic() + span)
@@ -488,11 +514,16 @@ class Context:
         Error handling: passing the run's deadline marks the record timed out, with what
         was still awaited, so the "bounded time" check fails instead of the run hanging.
         """
-        last = self._missing_count()
+        # What is awaited does not change once all sending is done: built once, and each
+        # look keeps only what is still missing, so it costs what is left, not what was
+        # expected (500 receivers of 500 senders: half a million keys at every look).
+        awaited = self._awaited()
+        last = -1
         quiet_since = nudged = time.monotonic()
         interval = NUDGE_QUIET
         while True:
-            count = self._missing_count()
+            awaited = [(r, self.parties[r].not_received(keys)) for r, keys in awaited]
+            count = sum(len(keys) for _, keys in awaited)
             if not count:
                 return
             now = time.monotonic()
@@ -501,7 +532,9 @@ class Context:
                 self.record.stalled = self.missing()
                 return
             if count != last:
-                last, quiet_since, interval = count, now, NUDGE_QUIET
+                if last >= 0:
+                    quiet_since, interval = now, NUDGE_QUIET
+                last = count
             elif now - max(quiet_since, nudged) >= self.options.settle:
                 self.record.notes.append(
                     f"gave up waiting after {self.options.settle:g}s without progress: "
@@ -512,16 +545,11 @@ class Context:
                 # Each nudge waits twice as long as the last: a relay that serves one
                 # talker at a time needs that talker quiet before it serves the others.
                 nudged, interval = now, interval * 2
-                for receiver in self._lacking():
+                for receiver in self._lacking(awaited):
                     if receiver.alive and not receiver.closed:
                         receiver.send(self.token(receiver.name, "nudge", HELLO), self.deadline)
             # Polling: the absence of a delivery has no event to wait on.
             time.sleep(0.05)
-
-    def _missing_count(self) -> int:
-        """How many expected deliveries have not happened: one intersection per receiver
-        with all it expects."""
-        return sum(len(keys) - self.parties[r].count_from(keys) for r, keys in self._awaited())
 
     def _awaited(self) -> list[tuple[str, set[tuple[str, int]]]]:
         """Each expectation's receiver and every key it is to receive."""
@@ -531,9 +559,9 @@ class Context:
             for exp in self.record.expectations
         ]
 
-    def _lacking(self) -> list[Party]:
+    def _lacking(self, awaited: list[tuple[str, set[tuple[str, int]]]]) -> list[Party]:
         out = []
-        for receiver, keys in self._awaited():
+        for receiver, keys in awaited:
             party = self.parties[receiver]
             if party.count_from(keys) < len(keys) and party not in out:
                 out.append(party)
