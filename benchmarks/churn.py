@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from room_load import HOG, percentile, start_server
 
+from harness.daemon import Daemon, Readiness
+
 CHATTER_NETWORK = "127.0.1."  # chatter i comes from 127.0.1.(i + 1): one address each
 CHURNER_ADDRESS = "127.0.0.2"
 SETTINGS = {"limits": (), "no-limits": ("--max-per-ip", "0", "--connect-rate", "0")}
@@ -73,28 +75,114 @@ print(made, failed, time.monotonic() - start, flush=True)
 """
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def _ticks(pid: int) -> int:
+    """User plus system CPU of a process (all its threads), in clock ticks; 0 if gone."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _tree(root: int) -> list[int]:
+    """``root``'s descendants (fork server, workers), from /proc's parent links."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parents[int(entry)] = int(_stat(int(entry))[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _machine() -> tuple[int, int]:
+    """(busy ticks of all cores, ticks spent in softirq), from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle, fields[6]
+
+
+class CpuMeter:
+    """Who used the CPU during a phase, in cores (CPU seconds per wall second): the hub
+    (the server process), its workers and fork server, this benchmark (the honest
+    chatters), the side process (hog or churner), and the whole machine."""
+
+    def __init__(self, server_pid: int, side_pid: int | None) -> None:
+        self.server_pid, self.side_pid = server_pid, side_pid
+        self.started = time.monotonic()
+        self.before = self._sample()
+
+    def _sample(self) -> dict[str, int]:
+        busy, softirq = _machine()
+        return {
+            "hub": _ticks(self.server_pid),
+            "workers": sum(_ticks(pid) for pid in _tree(self.server_pid)),
+            "bench": _ticks(os.getpid()),
+            "side": _ticks(self.side_pid) if self.side_pid else 0,
+            "machine": busy,
+            "softirq": softirq,
+        }
+
+    def stop(self) -> dict[str, float]:
+        """Cores per part since the start, and the 1-minute load average at the end."""
+        after = self._sample()
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        shares = {k: max(0, after[k] - self.before[k]) / TICK / elapsed for k in after}
+        shares["load"] = os.getloadavg()[0]
+        return shares
+
+
 @dataclass
 class Phase:
     """One phase's round trips (seconds), pooled over the rounds of a run."""
 
+    source: str  # which checkout's server
     mode: str
     setting: str
     phase: str
     rtts: list[float] = field(default_factory=list)
     churn_per_s: list[float] = field(default_factory=list)  # one figure a round
     stalled: int = 0  # rounds in which a round trip took over PING_TIMEOUT
+    cpu: list[dict[str, float]] = field(default_factory=list)  # CpuMeter's, one a round
+    round_p99: list[float] = field(default_factory=list)  # each round's own p99
 
     def summary(self) -> dict[str, object]:
         return {
+            "source": self.source,
             "mode": self.mode,
             "setting": self.setting,
             "phase": self.phase,
             "pings": len(self.rtts),
             "p50_ms": round(self.p50 * 1000, 3),
             "p99_ms": round(self.p99 * 1000, 3),
+            "round_p99_ms": [round(v * 1000, 3) for v in self.round_p99],
             "churn_per_s": round(statistics.median(self.churn_per_s)) if self.churn_per_s else 0,
             "stalled_rounds": self.stalled,
-        }
+            "cpu_cores": {k: round(statistics.median(c[k] for c in self.cpu), 3)
+                          for k in (self.cpu[0] if self.cpu else {})},
+        }  # fmt: skip
+
+    def merge(self, other: Phase) -> None:
+        self.rtts += other.rtts
+        self.churn_per_s += other.churn_per_s
+        self.stalled += other.stalled
+        self.cpu += other.cpu
+        self.round_p99 += other.round_p99
 
     @property
     def p50(self) -> float:
@@ -175,47 +263,72 @@ class Chatters:
             sock.close()
 
 
-def run_setting(mode: str, setting: str, args: argparse.Namespace) -> list[Phase]:
-    daemon = start_server(mode, SETTINGS[setting])
+# Runs the server of another checkout (argv[1]), whatever this one's environment says.
+RUN_FROM = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('chatbox.server', run_name='__main__', alter_sys=True)"
+)
+
+
+def start_server_from(source: str | None, mode: str, extra: tuple[str, ...]) -> Daemon:
+    """This checkout's server (``source`` None), or the one in the directory ``source``."""
+    if source is None:
+        return start_server(mode, extra)
+    argv = [sys.executable, "-c", RUN_FROM, source, "0", "--host", "127.0.0.1"]
+    daemon = Daemon(f"server-{mode}", [*argv, "--mode", mode, *extra])
+    daemon.start()
+    daemon.wait_ready(Readiness("line"), 0, lambda _: False, time.monotonic() + 30)
+    return daemon
+
+
+def run_setting(
+    source: tuple[str, str | None], mode: str, setting: str, args: argparse.Namespace
+) -> list[Phase]:
+    label = source[0]
+    daemon = start_server_from(source[1], mode, SETTINGS[setting])
     assert daemon.announced is not None
     port = daemon.announced[1]
     results = []
     chatters = Chatters(port, args.chatters)
+    nice = ["nice", "-n", str(args.churner_nice)] if args.churner_nice else []
     try:
         chatters.ping_pong(0, 20, args.seconds)  # warm up: every worker has run once
+        meter = CpuMeter(daemon.pid, None)
         rtts, stalled = chatters.ping_pong(1000, args.pings, args.seconds)
-        results.append(_phase(mode, setting, "quiet", rtts, stalled))
+        results.append(_phase(label, mode, setting, "quiet", rtts, stalled, meter.stop()))
         # The churner is a busy process too: on a small machine that alone costs the
         # others latency. A process that only spins tells that cost apart.
         hog = subprocess.Popen(
-            [*(["nice", "-n", str(args.churner_nice)] if args.churner_nice else []),
-             sys.executable, "-c", HOG, str(time.monotonic() + args.seconds + 5)],
+            [*nice, sys.executable, "-c", HOG, str(time.monotonic() + args.seconds + 5)],
             stdout=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         try:
             assert hog.stdout is not None
             hog.stdout.readline()
+            meter = CpuMeter(daemon.pid, hog.pid)
             rtts, stalled = chatters.ping_pong(50_000, args.pings, args.seconds)
+            cpu = meter.stop()
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(hog.pid, signal.SIGTERM)
             hog.communicate(timeout=30)
-        results.append(_phase(mode, setting, "hog", rtts, stalled))
+        results.append(_phase(label, mode, setting, "hog", rtts, stalled, cpu))
         churner = subprocess.Popen(
-            [*(["nice", "-n", str(args.churner_nice)] if args.churner_nice else []),
-             sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
+            [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
              str(time.monotonic() + args.seconds + 5), str(MAX_CHURN)],
             stdout=subprocess.PIPE, text=True, start_new_session=True,
         )  # fmt: skip
         try:
             assert churner.stdout is not None
             churner.stdout.readline()  # "going": the phase is about churn at full speed
+            meter = CpuMeter(daemon.pid, churner.pid)
             rtts, stalled = chatters.ping_pong(100_000, args.pings, args.seconds)
+            cpu = meter.stop()
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(churner.pid, signal.SIGTERM)
             out, _ = churner.communicate(timeout=30)
-        phase = _phase(mode, setting, "churn", rtts, stalled)
+        phase = _phase(label, mode, setting, "churn", rtts, stalled, cpu)
         if out.strip():
             made, _, elapsed = out.split()[-3:]
             phase.churn_per_s.append(int(made) / max(float(elapsed), 1e-9))
@@ -226,8 +339,26 @@ def run_setting(mode: str, setting: str, args: argparse.Namespace) -> list[Phase
     return results
 
 
-def _phase(mode: str, setting: str, name: str, rtts: list[float], stalled: bool) -> Phase:
-    return Phase(mode, setting, name, rtts, stalled=int(stalled))
+def _phase(
+    source: str,
+    mode: str,
+    setting: str,
+    name: str,
+    rtts: list[float],
+    stalled: bool,
+    cpu: dict[str, float],
+) -> Phase:
+    return Phase(
+        source, mode, setting, name, rtts, stalled=int(stalled), cpu=[cpu],
+        round_p99=[percentile(rtts, 0.99)],
+    )  # fmt: skip
+
+
+def _source(text: str) -> tuple[str, str | None]:
+    label, _, directory = text.partition("=")
+    if not label or not directory or not Path(directory, "chatbox", "server").is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=DIR of a chatbox checkout")
+    return label, str(Path(directory).resolve())
 
 
 def main() -> int:
@@ -244,32 +375,40 @@ def main() -> int:
         help="run the churner (and the hog) at this nice level: on a small machine the "
         "churner's own CPU, not the server's work, is then out of the honest clients' way",
     )
+    parser.add_argument(
+        "--source",
+        type=_source,
+        action="append",
+        metavar="LABEL=DIR",
+        help="also run the server of the checkout in DIR (an older one, say), interleaved "
+        "with this one's in every round; repeatable",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds, pooled (default 3)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    pooled: dict[tuple[str, str, str], Phase] = {}
-    # Rounds interleave the servers and settings, so a burst of load from elsewhere on
-    # the machine falls on all of them alike.
+    sources: list[tuple[str, str | None]] = [("this", None), *(args.source or [])]
+    pooled: dict[tuple[str, str, str, str], Phase] = {}
+    # Rounds interleave the checkouts, servers and settings, so a burst of load from
+    # elsewhere on the machine falls on all of them alike.
     for _ in range(args.repeat):
-        for mode in args.modes.split(","):
-            for setting in args.settings.split(","):
-                for phase in run_setting(mode, setting, args):
-                    key = (phase.mode, phase.setting, phase.phase)
-                    if key not in pooled:
-                        pooled[key] = phase
-                    else:
-                        pooled[key].rtts += phase.rtts
-                        pooled[key].churn_per_s += phase.churn_per_s
-                        pooled[key].stalled += phase.stalled
-    print(f"{'mode':7} {'setting':10} {'phase':6} {'pings':>5} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'churn/s':>8}  p50 / p99 against quiet; against hog")  # fmt: skip
-    for (mode, setting, name), p in pooled.items():
+        for source in sources:
+            for mode in args.modes.split(","):
+                for setting in args.settings.split(","):
+                    for phase in run_setting(source, mode, setting, args):
+                        key = (phase.source, phase.mode, phase.setting, phase.phase)
+                        if key not in pooled:
+                            pooled[key] = phase
+                        else:
+                            pooled[key].merge(phase)
+    print(f"{'source':8} {'mode':7} {'setting':10} {'phase':6} {'pings':>5} {'p50 ms':>8}"
+          f" {'p99 ms':>8} {'churn/s':>8}  p50 / p99 against quiet; against hog")  # fmt: skip
+    for (label, mode, setting, name), p in pooled.items():
         ratio = ""
         if name != "quiet":
-            q = pooled[(mode, setting, "quiet")]
+            q = pooled[(label, mode, setting, "quiet")]
             ratio = f"{p.p50 / q.p50:6.2f}x / {p.p99 / q.p99:6.2f}x"
         if name == "churn":
-            h = pooled[(mode, setting, "hog")]
+            h = pooled[(label, mode, setting, "hog")]
             ratio += f";  {p.p50 / h.p50:6.2f}x / {p.p99 / h.p99:6.2f}x"
             if setting == "limits":
                 goal = p.p99 <= 2 * q.p99 and not p.stalled
@@ -277,9 +416,18 @@ def main() -> int:
         row = p.summary()
         note = f" STALLED in {p.stalled} rounds" if p.stalled else ""
         print(
-            f"{mode:7} {setting:10} {name:6} {row['pings']:5d} {row['p50_ms']:8.3f} "
+            f"{label:8} {mode:7} {setting:10} {name:6} {row['pings']:5d} {row['p50_ms']:8.3f} "
             f"{row['p99_ms']:8.3f} {row['churn_per_s']:8d}  {ratio}{note}"
         )
+    print("\nCPU in cores (median over rounds) and each round's p99 (ms) and load average:")
+    for (label, mode, setting, name), p in pooled.items():
+        cores = p.summary()["cpu_cores"]
+        assert isinstance(cores, dict)
+        parts = " ".join(f"{k} {cores[k]:.2f}" for k in cores if k != "load")
+        rounds = ", ".join(
+            f"{v * 1000:.1f}@{c['load']:.0f}" for v, c in zip(p.round_p99, p.cpu, strict=True)
+        )
+        print(f"{label:8} {mode:7} {setting:10} {name:6} {parts}  p99@load: {rounds}")
     if args.json:
         summaries = [p.summary() for p in pooled.values()]
         args.json.write_text(json.dumps(summaries, indent=2) + "\n")
