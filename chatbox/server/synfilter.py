@@ -22,7 +22,6 @@ filter is off and refusals go on costing what they did (logged once).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import socket
 import struct
@@ -128,6 +127,8 @@ class SynFilter:
             self.enabled = False
 
     def _attach(self, instructions: list[bytes]) -> None:
+        import ctypes  # here: only a server that blocks someone pays for the import
+
         code = b"".join(instructions)
         # struct sock_fprog: the count, and a pointer to the instructions (the kernel
         # copies them during the call).
