@@ -76,6 +76,7 @@ from chatbox.server.history import History
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
+from chatbox.server.synfilter import SynFilter
 
 if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
@@ -203,6 +204,8 @@ class Hub:
             self._tick = self._room.tick
         self._links: dict[int, Link] = {}
         self._admission = Admission(config.admission)
+        # Addresses admission blocks are dropped by the kernel, before they are connections.
+        self._syn_filter = SynFilter(listener)
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
@@ -291,6 +294,8 @@ class Hub:
             else:
                 self._read(link)
         now = time.monotonic()
+        if self._admission.blocks_due(now):
+            self._update_blocks(now)
         if now >= self._reap_at or self._stopping:
             self._reap_at = now + REAP_INTERVAL
             self._launcher.reap()
@@ -331,6 +336,9 @@ class Hub:
             deadlines.append(moved + self._config.stall_timeout)
         if self._verdicts:
             deadlines.append(min(at for at, _ in self._verdicts.values()))
+        unblock = self._admission.next_unblock()
+        if unblock is not None:
+            deadlines.append(unblock)
         if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -463,6 +471,18 @@ class Hub:
             self._farewells.add(client, refusal.last_words)
         else:
             client.close()
+
+    def _update_blocks(self, now: float) -> None:
+        """Have the kernel drop the connection attempts of the addresses admission
+        blocks now, and of no other."""
+        for host, seconds in self._admission.take_new_blocks():
+            log.warning(
+                "dropping connection attempts from %s for %.0f s: it keeps connecting "
+                "after being refused",
+                host,
+                seconds,
+            )
+        self._syn_filter.drop(self._admission.blocked(now))
 
     def _admit(self, clients: list[tuple[socket.socket, object, Ticket]]) -> None:
         """Start a worker for each new client - all at once, which the fork server does
