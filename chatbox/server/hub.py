@@ -46,6 +46,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -430,9 +431,12 @@ class Hub:
     def _accept(self) -> None:
         self._storm = True  # unless the backlog runs dry below
         fresh: list[tuple[socket.socket, object, Ticket]] = []
+        listener = self._listener
+        # The bare accept: a descriptor and an address, no socket object yet.
+        accept_fd: Callable[[], tuple[int, tuple[str, int]]] = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPTS_PER_TURN):
             try:
-                client, address = self._listener.accept()
+                fd, address = accept_fd()
             except (BlockingIOError, InterruptedError):
                 self._storm = False
                 break
@@ -442,9 +446,17 @@ class Hub:
                 log.error("cannot accept: %s", exc)
                 self._storm = False
                 break
+            ticket = self._admission.check(address[0], time.monotonic())
+            if isinstance(ticket, Refusal) and not ticket.last_words:
+                # Most of a churner's refusals: the descriptor is closed as it came, with
+                # no socket object made for it (nor the system calls that takes).
+                if not ticket.repeat:
+                    log.warning("refused %s: " + ticket.reason, address)
+                os.close(fd)
+                continue
+            client = socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
-            ticket = self._admission.check(address[0], time.monotonic())
             if isinstance(ticket, Refusal):
                 self._refuse(client, address, ticket)
                 continue
@@ -463,14 +475,12 @@ class Hub:
             self._admit(fresh)
 
     def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
-        """Turned away by admission, at the cost of a close: no worker, no notice."""
+        """Turned away by admission and told why: no worker, no notice. (Those closed
+        without a word never get this far, `_accept`.)"""
         if not refusal.repeat:
             # One template per reason, so each is rate-limited on its own (logs.RateLimit).
             log.warning("refused %s: " + refusal.reason, address)
-        if refusal.last_words:
-            self._farewells.add(client, refusal.last_words)
-        else:
-            client.close()
+        self._farewells.add(client, refusal.last_words)
 
     def _update_blocks(self, now: float) -> None:
         """Have the kernel drop the connection attempts of the addresses admission
