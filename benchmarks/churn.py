@@ -52,6 +52,7 @@ MAX_CHURN = 200_000  # connections one churner makes at most
 CHURNER = """
 import signal, socket, struct, sys, time
 port, source, until, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+waits = sys.argv[5] == "blocking"  # else each attempt is sent off and reset at once
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 linger = struct.pack("ii", 1, 0)
@@ -61,7 +62,12 @@ while not stop and made + failed < limit and time.monotonic() < until:
     sock = socket.socket()
     try:
         sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
+        if waits:
+            sock.connect(("127.0.0.1", port))
+        else:
+            sock.setblocking(False)
+            if sock.connect_ex(("127.0.0.1", port)) not in (0, 115):  # EINPROGRESS
+                raise OSError
         made += 1
         if made == 1:
             print("going", flush=True)
@@ -159,7 +165,9 @@ class Phase:
     churn_per_s: list[float] = field(default_factory=list)  # one figure a round
     stalled: int = 0  # rounds in which a round trip took over PING_TIMEOUT
     cpu: list[dict[str, float]] = field(default_factory=list)  # CpuMeter's, one a round
-    round_p99: list[float] = field(default_factory=list)  # each round's own p99
+    round_p99: list[float] = field(default_factory=list)  # each window's own p99
+    # A hog or churn window's p99 over that of the quiet window just before it.
+    pair_ratio: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -173,6 +181,7 @@ class Phase:
             "round_p99_ms": [round(v * 1000, 3) for v in self.round_p99],
             "churn_per_s": round(statistics.median(self.churn_per_s)) if self.churn_per_s else 0,
             "stalled_rounds": self.stalled,
+            "pair_p99_ratios": [round(r, 3) for r in self.pair_ratio],
             "cpu_cores": {k: round(statistics.median(c[k] for c in self.cpu), 3)
                           for k in (self.cpu[0] if self.cpu else {})},
         }  # fmt: skip
@@ -183,6 +192,7 @@ class Phase:
         self.stalled += other.stalled
         self.cpu += other.cpu
         self.round_p99 += other.round_p99
+        self.pair_ratio += other.pair_ratio
 
     @property
     def p50(self) -> float:
@@ -288,55 +298,69 @@ def run_setting(
     daemon = start_server_from(source[1], mode, SETTINGS[setting])
     assert daemon.announced is not None
     port = daemon.announced[1]
-    results = []
+    results: list[Phase] = []
     chatters = Chatters(port, args.chatters)
     nice = ["nice", "-n", str(args.churner_nice)] if args.churner_nice else []
+    until = str(time.monotonic() + 2 * args.alternate * args.seconds + 5)
     try:
         chatters.ping_pong(0, 20, args.seconds)  # warm up: every worker has run once
-        meter = CpuMeter(daemon.pid, None)
-        rtts, stalled = chatters.ping_pong(1000, args.pings, args.seconds)
-        results.append(_phase(label, mode, setting, "quiet", rtts, stalled, meter.stop()))
         # The churner is a busy process too: on a small machine that alone costs the
         # others latency. A process that only spins tells that cost apart.
-        hog = subprocess.Popen(
-            [*nice, sys.executable, "-c", HOG, str(time.monotonic() + args.seconds + 5)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            assert hog.stdout is not None
-            hog.stdout.readline()
-            meter = CpuMeter(daemon.pid, hog.pid)
-            rtts, stalled = chatters.ping_pong(50_000, args.pings, args.seconds)
-            cpu = meter.stop()
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(hog.pid, signal.SIGTERM)
-            hog.communicate(timeout=30)
-        results.append(_phase(label, mode, setting, "hog", rtts, stalled, cpu))
-        churner = subprocess.Popen(
-            [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
-             str(time.monotonic() + args.seconds + 5), str(MAX_CHURN)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            assert churner.stdout is not None
-            churner.stdout.readline()  # "going": the phase is about churn at full speed
-            meter = CpuMeter(daemon.pid, churner.pid)
-            rtts, stalled = chatters.ping_pong(100_000, args.pings, args.seconds)
-            cpu = meter.stop()
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(churner.pid, signal.SIGTERM)
-            out, _ = churner.communicate(timeout=30)
-        phase = _phase(label, mode, setting, "churn", rtts, stalled, cpu)
-        if out.strip():
-            made, _, elapsed = out.split()[-3:]
-            phase.churn_per_s.append(int(made) / max(float(elapsed), 1e-9))
-        results.append(phase)
+        sides = [
+            ("hog", [*nice, sys.executable, "-c", HOG, until]),
+            ("churn", [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
+                       until, str(MAX_CHURN), args.churner]),
+        ]  # fmt: skip
+        first = 1000
+        for name, argv in sides:
+            side = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            try:
+                assert side.stdout is not None
+                side.stdout.readline()  # "going": the churner's first connection is made
+                labels = (label, mode, setting)
+                results += _alternate(chatters, daemon.pid, side.pid, name, first, args, labels)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(side.pid, signal.SIGCONT)
+                    os.kill(side.pid, signal.SIGTERM)
+                out, _ = side.communicate(timeout=30)
+            if name == "churn" and out.strip():
+                made, _, elapsed = out.split()[-3:]
+                results[-1].churn_per_s.append(int(made) / max(float(elapsed), 1e-9))
+            first += 2 * args.alternate * args.pings
     finally:
         chatters.close()
         daemon.stop()
     return results
+
+
+def _alternate(
+    chatters: Chatters,
+    server_pid: int,
+    side_pid: int,
+    name: str,
+    first: int,
+    args: argparse.Namespace,
+    labels: tuple[str, str, str],
+) -> list[Phase]:
+    """``--alternate`` pairs of windows: the side process stopped (SIGSTOP: ``quiet``),
+    then running (``name``). A pair is seconds apart, so the load the rest of the
+    machine puts on it is about the same in both windows."""
+    quiet = Phase(*labels, "quiet")
+    busy = Phase(*labels, name)
+    n = first
+    for _ in range(args.alternate):
+        windows = []
+        for signum, phase in ((signal.SIGSTOP, "quiet"), (signal.SIGCONT, name)):
+            os.kill(side_pid, signum)
+            meter = CpuMeter(server_pid, side_pid)
+            rtts, stalled = chatters.ping_pong(n, args.pings, args.seconds)
+            n += args.pings
+            windows.append(_phase(*labels, phase, rtts, stalled, meter.stop()))
+        windows[1].pair_ratio = [windows[1].p99 / max(windows[0].p99, 1e-9)]
+        quiet.merge(windows[0])
+        busy.merge(windows[1])
+    return [quiet, busy]
 
 
 def _phase(
@@ -376,6 +400,14 @@ def main() -> int:
         "churner's own CPU, not the server's work, is then out of the honest clients' way",
     )
     parser.add_argument(
+        "--churner",
+        choices=("blocking", "nonblocking"),
+        default="blocking",
+        help="blocking: each connect waits for its handshake (a dropped one for the "
+        "kernel's retries); nonblocking: each attempt is sent off and reset at once, "
+        "never waiting, as a SYN flood does (its 'connections' are attempts)",
+    )
+    parser.add_argument(
         "--source",
         type=_source,
         action="append",
@@ -384,6 +416,12 @@ def main() -> int:
         "with this one's in every round; repeatable",
     )
     parser.add_argument("--repeat", type=int, default=3, help="rounds, pooled (default 3)")
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=1,
+        help="pairs of windows (quiet, then hog or churn) per server and round (default 1)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sources: list[tuple[str, str | None]] = [("this", None), *(args.source or [])]
@@ -419,7 +457,7 @@ def main() -> int:
             f"{label:8} {mode:7} {setting:10} {name:6} {row['pings']:5d} {row['p50_ms']:8.3f} "
             f"{row['p99_ms']:8.3f} {row['churn_per_s']:8d}  {ratio}{note}"
         )
-    print("\nCPU in cores (median over rounds) and each round's p99 (ms) and load average:")
+    print("\nCPU in cores (median over windows) and each window's p99 (ms) @ load average:")
     for (label, mode, setting, name), p in pooled.items():
         cores = p.summary()["cpu_cores"]
         assert isinstance(cores, dict)
@@ -428,6 +466,16 @@ def main() -> int:
             f"{v * 1000:.1f}@{c['load']:.0f}" for v, c in zip(p.round_p99, p.cpu, strict=True)
         )
         print(f"{label:8} {mode:7} {setting:10} {name:6} {parts}  p99@load: {rounds}")
+    print("\np99 of each hog or churn window over that of the quiet window just before it")
+    print("(seconds apart, so the rest of the machine's load is about the same in both):")
+    for (label, mode, setting, name), p in pooled.items():
+        if not p.pair_ratio:
+            continue
+        listed = " ".join(f"{r:.2f}" for r in p.pair_ratio)
+        median = statistics.median(p.pair_ratio)
+        within = sum(r <= 2.0 for r in p.pair_ratio)
+        print(f"{label:8} {mode:7} {setting:10} {name:6} median {median:5.2f}x, "
+              f"{within}/{len(p.pair_ratio)} within 2x: {listed}")  # fmt: skip
     if args.json:
         summaries = [p.summary() for p in pooled.values()]
         args.json.write_text(json.dumps(summaries, indent=2) + "\n")
