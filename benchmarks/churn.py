@@ -301,18 +301,20 @@ def run_setting(
     results: list[Phase] = []
     chatters = Chatters(port, args.chatters)
     nice = ["nice", "-n", str(args.churner_nice)] if args.churner_nice else []
-    until = str(time.monotonic() + 2 * args.alternate * args.seconds + 5)
     try:
         chatters.ping_pong(0, 20, args.seconds)  # warm up: every worker has run once
         # The churner is a busy process too: on a small machine that alone costs the
         # others latency. A process that only spins tells that cost apart.
         sides = [
-            ("hog", [*nice, sys.executable, "-c", HOG, until]),
-            ("churn", [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS,
-                       until, str(MAX_CHURN), args.churner]),
-        ]  # fmt: skip
+            ("hog", [*nice, sys.executable, "-c", HOG]),
+            ("churn", [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS]),
+        ]
         first = 1000
         for name, argv in sides:
+            # Its own deadline (argv[1] of the hog, argv[3] of the churner): past all its
+            # windows, so it runs in each of them.
+            until = str(time.monotonic() + 2 * args.alternate * args.seconds + 10)
+            argv = [*argv, until, *([str(MAX_CHURN), args.churner] if name == "churn" else [])]
             side = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
             try:
                 assert side.stdout is not None
