@@ -1,22 +1,32 @@
 """Connection churn: what one address opening and resetting connections as fast as it
 can costs everyone else, with the per-address limits on and off, in one run.
 
-    python benchmarks/churn.py [--modes fork,thread] [--chatters 10] [--pings 300]
-                               [--seconds 12] [--repeat 3] [--churner-nice N] [--json OUT]
+    python benchmarks/churn.py [--modes fork,thread] [--settings limits,no-limits]
+                               [--chatters 10] [--pings 300] [--seconds 12] [--repeat 3]
+                               [--alternate 1] [--churner blocking|nonblocking]
+                               [--churner-nice N] [--source LABEL=DIR ...] [--json OUT]
 
-For each server mode and each setting (``limits``: the defaults, ``no-limits``:
-``--max-per-ip 0 --connect-rate 0``, how the server behaved before admission), a fresh
-server is started and ``--chatters`` honest clients join, each from an address of its
-own (127.0.1.1, 127.0.1.2, ...). They play
+For each checkout (this one, and each ``--source``), server mode and setting
+(``limits``: the defaults, ``no-limits``: ``--max-per-ip 0 --connect-rate 0``, how the
+server behaved before admission), a fresh server is started and ``--chatters`` honest
+clients join, each from an address of its own (127.0.1.1, 127.0.1.2, ...). They play
 ping-pong one message at a time (A says ``pN``; when B has it, B says ``qN``; the
-figure is A's round trip), first alone (``quiet``), then while a churner process,
-from 127.0.0.2, opens and resets (SO_LINGER 0) connections as fast as it can
-(``churn``). It prints p50/p99 per phase and the churn/quiet ratios (the goal: within
-2x with limits on), and how many connections a second the churner made.
+figure is A's round trip) beside a side process: first a hog (it only spins: the
+churner is a busy process too, and on a small machine that alone costs the others),
+then a churner from 127.0.0.2 that opens and resets (SO_LINGER 0) connections as fast
+as it can (``blocking``: each connect waits for its handshake; ``nonblocking``: each
+attempt is sent off and reset at once, as a SYN flood does). Each side process runs in
+``--alternate`` pairs of windows: stopped (SIGSTOP: ``quiet``), then running (``hog`` or
+``churn``), so the two windows of a pair are seconds apart and see about the same load
+from the rest of the machine. It prints p50/p99 per phase, pooled, and the churn/quiet
+ratios (the goal: within 2x with limits on), each pair's p99 ratio, how many
+connections a second the churner made, and the CPU each part took (in cores, from
+/proc/PID/stat: the hub, its workers, this benchmark's chatters, the side process, the
+machine) with the load average of each window.
 
-Bounded: each phase ends after ``--pings`` round trips or ``--seconds``, whichever comes
-first; the churner ends itself at its deadline and is ended by its pid regardless; each
-server is stopped and reaped.
+Bounded: each window ends after ``--pings`` round trips or ``--seconds``, whichever comes
+first; each side process ends itself at its deadline and is ended by its pid regardless;
+each server is stopped and reaped.
 """
 
 from __future__ import annotations
