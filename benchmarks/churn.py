@@ -13,9 +13,12 @@ clients join, each from an address of its own (127.0.1.1, 127.0.1.2, ...). They 
 ping-pong one message at a time (A says ``pN``; when B has it, B says ``qN``; the
 figure is A's round trip) beside a side process: first a hog (it only spins: the
 churner is a busy process too, and on a small machine that alone costs the others),
-then a churner from 127.0.0.2 that opens and resets (SO_LINGER 0) connections as fast
-as it can (``blocking``: each connect waits for its handshake; ``nonblocking``: each
-attempt is sent off and reset at once, as a SYN flood does). Each side process runs in
+then a ``decoy`` (the churner below, aimed at a port of this benchmark's own whose
+kernel filter drops every SYN it sends: what its own traffic costs the machine, the
+server not involved), then a churner from 127.0.0.2 that opens and resets (SO_LINGER 0)
+connections to the server as fast as it can (``blocking``: each connect waits for its
+handshake; ``nonblocking``: each attempt is sent off and reset at once, as a SYN flood
+does). Each side process runs in
 ``--alternate`` pairs of windows: stopped (SIGSTOP: ``quiet``), then running (``hog`` or
 ``churn``), so the two windows of a pair are seconds apart and see about the same load
 from the rest of the machine. It prints p50/p99 per phase, pooled, and the churn/quiet
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import selectors
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from room_load import HOG, percentile, start_server
 
+from chatbox.server.synfilter import SynFilter
 from harness.daemon import Daemon, Readiness
 
 CHATTER_NETWORK = "127.0.1."  # chatter i comes from 127.0.1.(i + 1): one address each
@@ -310,6 +315,13 @@ def run_setting(
     port = daemon.announced[1]
     results: list[Phase] = []
     chatters = Chatters(port, args.chatters)
+    # The decoy: the same churner aimed at a port of this process's whose kernel filter
+    # drops all its SYNs. What it costs the chatters is what the churner's own traffic
+    # costs this machine, with the server not involved at all.
+    decoy = socket.socket()
+    decoy.bind(("127.0.0.1", 0))
+    decoy.listen(16)
+    SynFilter(decoy).drop([(4, int(ipaddress.IPv4Address(CHURNER_ADDRESS)))])
     nice = ["nice", "-n", str(args.churner_nice)] if args.churner_nice else []
     try:
         chatters.ping_pong(0, 20, args.seconds)  # warm up: every worker has run once
@@ -317,14 +329,16 @@ def run_setting(
         # others latency. A process that only spins tells that cost apart.
         sides = [
             ("hog", [*nice, sys.executable, "-c", HOG]),
+            ("decoy", [*nice, sys.executable, "-c", CHURNER, str(decoy.getsockname()[1]),
+                       CHURNER_ADDRESS]),
             ("churn", [*nice, sys.executable, "-c", CHURNER, str(port), CHURNER_ADDRESS]),
-        ]
+        ]  # fmt: skip
         first = 1000
         for name, argv in sides:
             # Its own deadline (argv[1] of the hog, argv[3] of the churner): past all its
             # windows, so it runs in each of them.
             until = str(time.monotonic() + 2 * args.alternate * args.seconds + 10)
-            argv = [*argv, until, *([str(MAX_CHURN), args.churner] if name == "churn" else [])]
+            argv = [*argv, until, *([str(MAX_CHURN), args.churner] if name != "hog" else [])]
             side = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
             try:
                 assert side.stdout is not None
@@ -336,12 +350,13 @@ def run_setting(
                     os.kill(side.pid, signal.SIGCONT)
                     os.kill(side.pid, signal.SIGTERM)
                 out, _ = side.communicate(timeout=30)
-            if name == "churn" and out.strip():
+            if name != "hog" and out.strip():
                 made, _, elapsed = out.split()[-3:]
                 results[-1].churn_per_s.append(int(made) / max(float(elapsed), 1e-9))
             first += 2 * args.alternate * args.pings
     finally:
         chatters.close()
+        decoy.close()
         daemon.stop()
     return results
 
@@ -451,14 +466,14 @@ def main() -> int:
                         else:
                             pooled[key].merge(phase)
     print(f"{'source':8} {'mode':7} {'setting':10} {'phase':6} {'pings':>5} {'p50 ms':>8}"
-          f" {'p99 ms':>8} {'churn/s':>8}  p50 / p99 against quiet; against hog")  # fmt: skip
+          f" {'p99 ms':>8} {'churn/s':>8}  p50 / p99 against quiet; against decoy")  # fmt: skip
     for (label, mode, setting, name), p in pooled.items():
         ratio = ""
         if name != "quiet":
             q = pooled[(label, mode, setting, "quiet")]
             ratio = f"{p.p50 / q.p50:6.2f}x / {p.p99 / q.p99:6.2f}x"
         if name == "churn":
-            h = pooled[(label, mode, setting, "hog")]
+            h = pooled[(label, mode, setting, "decoy")]
             ratio += f";  {p.p50 / h.p50:6.2f}x / {p.p99 / h.p99:6.2f}x"
             if setting == "limits":
                 goal = p.p99 <= 2 * q.p99 and not p.stalled
