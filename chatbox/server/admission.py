@@ -198,6 +198,7 @@ class Admission:
         self._block_history: dict[tuple[int, int], tuple[int, float]] = {}
         self._new_blocks: list[tuple[str, float]] = []
         self._blocks_changed = False
+        self._next_unblock: float | None = None  # the earliest end of a block, if any
 
     def check(self, host: str, now: float) -> Ticket | Refusal:
         """Admit a connection from ``host`` (the accepted peer's address) or say why not.
@@ -269,6 +270,8 @@ class Admission:
         self._blocks[key] = (now + seconds, host)
         self._new_blocks.append((host, seconds))
         self._blocks_changed = True
+        if self._next_unblock is None or now + seconds < self._next_unblock:
+            self._next_unblock = now + seconds
 
     # --- blocks: what the kernel is to drop (`chatbox.server.synfilter`) -----------------
 
@@ -277,18 +280,19 @@ class Admission:
         added, or one's time is up."""
         if self._blocks_changed:
             return True
-        until = self.next_unblock()
-        return until is not None and until <= now
+        return self._next_unblock is not None and self._next_unblock <= now
 
     def blocked(self, now: float) -> list[tuple[int, int]]:
         """The addresses blocked at ``now``, oldest block first (expired ones dropped)."""
         self._blocks = {k: v for k, v in self._blocks.items() if v[0] > now}
         self._blocks_changed = False
+        self._next_unblock = min((v[0] for v in self._blocks.values()), default=None)
         return list(self._blocks)
 
     def next_unblock(self) -> float | None:
-        """When the first block ends (the caller's clock), if any address is blocked."""
-        return min(until for until, _ in self._blocks.values()) if self._blocks else None
+        """When the first block ends (the caller's clock), if any address is blocked.
+        (Asked once a loop turn: kept, not computed.)"""
+        return self._next_unblock
 
     def take_new_blocks(self) -> list[tuple[str, float]]:
         """The blocks begun since the last call (address, seconds), to be logged."""
