@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import resource
-import select
 import signal
 import socket
 import statistics
@@ -30,6 +29,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.drain import read_ready
 
 HERE = Path(__file__).resolve().parents[1]
 STEP_DEADLINE = 120.0
@@ -100,18 +103,8 @@ def one_run(source: Path, args: argparse.Namespace) -> tuple[float, int]:
         open_ = set(tails)
         deadline = time.monotonic() + STEP_DEADLINE
         while open_ and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(open_)[:1000], [], [], 1.0)
-            for sock in ready:
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    tails[sock] = (tails[sock] + data)[-256:]
-                else:
-                    open_.discard(sock)
+            for sock, data in read_ready(open_, 1.0, most=1000).items():
+                tails[sock] = (tails[sock] + data)[-256:]
         told = sum(bytes(t).rstrip(b"\n").endswith(NOTICE) for t in tails.values())
         with contextlib.suppress(OSError):
             rest = file.read()

@@ -40,17 +40,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from room_load import end_side, percentile, start_server, start_side
 
+CHECKOUT = Path(__file__).resolve().parents[1]
 PER_ADDRESS = 10  # connections from one address: the default burst of --connect-burst
 PING_TIMEOUT = 10.0
 # The honest pair's pace: a round trip, then this long (a chat, not a flood of its own).
 PACE = 0.05
 
-# argv: port, count, per address, line timeout. Prints "going" once every connection is
-# open and has its first byte, then one JSON line when all are cut (or its deadline).
+# argv: port, count, per address, line timeout, CA file or "", the checkout. Prints
+# "going" once every connection is open and has its first byte, then one JSON line when
+# all are cut (or its deadline).
 LORIS = r"""
-import json, select, signal, socket, sys, time
+import json, signal, socket, sys, time
 port, count, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 line_timeout, ca = float(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, sys.argv[6])
+from harness.drain import read_ready
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 context = None
@@ -75,23 +79,9 @@ open_, cut_after = set(socks), []
 deadline = time.monotonic() + 3 * line_timeout + 30
 next_byte = time.monotonic() + 0.1
 while open_ and not stop and time.monotonic() < deadline:
-    ready, _, _ = select.select(list(open_), [], [], max(0.0, next_byte - time.monotonic()))
-    for s in ready:
-        data = b""
-        try:
-            while True:  # (a TLS socket may hold more than one record's data)
-                chunk = s.recv(65536)
-                data += chunk
-                if not chunk or not (context and s.pending()):
-                    break
-        except BlockingIOError:  # (ssl.SSLWantReadError is one)
-            if not data:
-                continue
-        except OSError:
-            chunk = b""
+    for s, data in read_ready(open_, max(0.0, next_byte - time.monotonic())).items():
         heard[s] += data
-        if not chunk:
-            open_.discard(s)
+        if s not in open_:
             cut_after.append(time.monotonic() - first[s])
     if time.monotonic() >= next_byte:
         next_byte += 0.1
@@ -192,6 +182,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, object]:
             quiet.append(pair.round_trip())
             time.sleep(PACE)
         side_args = [str(port), str(args.loris), str(PER_ADDRESS), str(args.line_timeout), ca]
+        side_args.append(str(CHECKOUT))
         loris = start_side(LORIS, side_args)
         attack: list[float] = []
         peak = 0

@@ -487,6 +487,9 @@ def line_too_long(limit: int) -> bytes:
 SERVER_SHUTTING_DOWN = notice("server shutting down")
 TOO_SLOW = error("disconnected: too slow")
 FLOODING = error("disconnected: flooding")
+# A cluster node cut off from Redis for longer than its lease: the others were told its
+# members left, and their names may be someone else's now.
+CUT_OFF = error("disconnected: this server was cut off from the cluster")
 # Input timeouts (--idle-timeout, --line-timeout): sent nothing at all; began a line and
 # did not finish it.
 IDLE = error("disconnected: idle")

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Sequence
@@ -212,11 +210,11 @@ class ClusterTarget(Target):
         """SIGKILL node ``index`` (its whole process group) and wait for it to end: a
         power loss, which the run does not count as a death."""
         self.killed.add(index)
-        daemon = self.nodes[index].server
+        node = self.nodes[index]
+        daemon = node.server
         if daemon is None or daemon.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGKILL)
+        node.host.kill(daemon)
         with contextlib.suppress(Exception):
             daemon.proc.wait(REAP_TIMEOUT)
 

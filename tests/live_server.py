@@ -7,12 +7,14 @@ line a peer waits for, or the process's exit. Never on time passing.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from harness.processes import child_env, wait_until
 
 __all__ = ["WAIT", "Peer", "ServerProcess", "child_env", "joined_peers", "running_server"]
 __all__ += ["kernel_send_buffer", "private_memory", "send_in_background", "wait_until"]
+__all__ += ["check_slowloris_cut", "readable", "silence_until_closed", "trickle_until_cut"]
 
 # Generous bounds for waiting on an event; reaching one is a failure, not a pacing device.
 WAIT = 20.0
@@ -208,3 +211,55 @@ def send_in_background(peer: Peer, data: bytes) -> threading.Thread:
     thread = threading.Thread(target=peer.send, args=(data,), daemon=True)
     thread.start()
     return thread
+
+
+def readable(peers: Sequence[Peer], timeout: float) -> list[Peer]:
+    """Those of ``peers`` with something to read (data or the end) within ``timeout``:
+    over TLS, data already decrypted counts, which no poll of the socket sees."""
+    pending = [p for p in peers if isinstance(p.sock, ssl.SSLSocket) and p.sock.pending()]
+    if pending:
+        return pending
+    ready, _, _ = select.select([p.sock for p in peers], [], [], timeout)
+    return [p for p in peers if p.sock in ready]
+
+
+def silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
+    """Wait (bounded) for the server to end ``peer``'s connection while each of
+    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for other in keep_alive:
+            other.send(b"\n")
+        if readable([peer], 0.3):
+            return peer.read_to_eof()
+    raise AssertionError("the server never closed the idle connection")
+
+
+def trickle_until_cut(peers: Sequence[Peer], pace: float = 0.1) -> dict[int, list[str]]:
+    """Slowloris: a byte (never a newline) into each of ``peers`` not cut yet, every
+    ``pace`` seconds or so, until the server has cut them all (bounded by `WAIT`). For
+    each one cut, by its index, the error lines (``! ...``) it read before its end."""
+    ended: dict[int, list[str]] = {}
+    deadline = time.monotonic() + WAIT
+    while len(ended) < len(peers) and time.monotonic() < deadline:
+        waiting = [peer for index, peer in enumerate(peers) if index not in ended]
+        for peer in waiting:
+            peer.send(b"x")
+        for peer in readable(waiting, pace):
+            lines = peer.read_to_eof()
+            # (Before it, they may hear of each other leaving.)
+            ended[peers.index(peer)] = [line for line in lines if line.startswith("!")]
+    return ended
+
+
+def check_slowloris_cut(witness: Peer, loris: Sequence[Peer]) -> None:
+    """Each of ``loris`` (welcomed, in a room where ``witness`` was first) trickles
+    bytes and never a newline: the line timeout must cut every one, each told why, and
+    leave the witness alone in the room."""
+    witness.send(b"/who\n")
+    witness.expect(f"* here ({len(loris) + 1})")
+    ended = trickle_until_cut(loris)
+    assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
+    assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
+    witness.send(b"/who\n")
+    witness.expect("* here (1): guest1")

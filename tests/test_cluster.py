@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +23,13 @@ from needs import needs
 from redis_fixture import RedisServer, redis_server  # noqa: F401 - the fixture
 
 from chatbox import protocol
+from chatbox.server.cluster import stream_order
 from harness.daemon import free_port
 
-LEASE = "1"
+# Short, since some tests wait for a dead node's lease to run out; long enough that a live
+# node's keeper renews in time on a loaded machine (else it is taken for dead, and then
+# disconnects its clients).
+LEASE = "3"
 
 
 @pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
@@ -49,6 +54,19 @@ def join(node: ServerProcess) -> tuple[Peer, str]:
     welcome = peer.line()
     assert welcome.startswith("* welcome "), welcome
     return peer, welcome.split()[2].rstrip(";")
+
+
+def joined_when_ready(node: ServerProcess) -> Peer:
+    """A client of ``node`` once it admits one: a node that has just been out of touch
+    with Redis refuses newcomers (``! cluster unavailable``) until its backoff ends."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        peer = node.connect()
+        said = peer.line()
+        if said.startswith("* welcome "):
+            return peer
+        peer.close()
+        assert said == "! cluster unavailable" and time.monotonic() < deadline, said
 
 
 def until(peer: Peer, prefix: str) -> str:
@@ -285,4 +303,168 @@ def crowded_welcome(a: ServerProcess, b: ServerProcess) -> None:
     newcomer.send(b"/who\n")
     assert until(newcomer, "* here (").startswith("* here (25): ")
     for peer in [*crowd, newcomer]:
+        peer.close()
+
+
+@pytest.fixture(params=["thread", pytest.param("fork", marks=pytest.mark.fork)])
+def patient_node(
+    redis_server: RedisServer,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> Iterator[ServerProcess]:
+    """One node that waits a minute for Redis before it gives up on a call."""
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "30"]
+    node = ServerProcess(*args, "--cluster-timeout", "60", "--mode", request.param, "0")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_a_call_waiting_on_redis_holds_up_nobody_else(
+    patient_node: ServerProcess,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    (a1, n_a1), (a2, _) = join(patient_node), join(patient_node)
+    a2.send(b"/nick bea\n")
+    a2.expect("* you are now known as bea")
+    redis_server.pause()
+    try:
+        # a1's /who waits for Redis (for up to a minute); meanwhile a2 is answered, and
+        # its own lines and commands that need no Redis go on.
+        a1.send(b"/who\n")
+        a2.send(b"/help\n")
+        a2.expect("* /nick")
+        a2.send(b"/nick 42bad\n")
+        assert until(a2, "! ").startswith("! ")
+    finally:
+        redis_server.resume()
+    assert until(a1, "* here") == f"* here (2): {', '.join(sorted([n_a1, 'bea']))}"
+    a1.close()
+    a2.close()
+
+
+def test_a_members_lines_wait_behind_its_own_command(nodes: list[ServerProcess]) -> None:
+    a, b = nodes
+    (a1, n_a1), (b1, _) = join(a), join(b)
+    # The rename needs Redis; the line after it must go out under the new name, after
+    # the notice of the rename, as typed.
+    a1.send(b"/nick zed\nsaid as zed\n/me waves\n/who\n")
+    assert until(b1, f"* {n_a1} is ") == f"* {n_a1} is now known as zed"
+    assert b1.line() == "<zed> said as zed"
+    assert b1.line() == "* <zed> waves"
+    a1.expect("* you are now known as zed")
+    assert until(a1, "* here").startswith("* here (2): ")
+    a1.close()
+    b1.close()
+
+
+class ProxiedNodes:
+    """Node A on Redis, node B on Redis through a real TCP proxy (`harness.impair`):
+    stopping the proxy (SIGSTOP) cuts B off while B and Redis both live on."""
+
+    def __init__(self, redis_server: RedisServer, *options: str) -> None:  # noqa: F811
+        target = f"127.0.0.1:{redis_server.port}"
+        argv = [sys.executable, "-m", "harness.impair", "--listen", "127.0.0.1:0"]
+        self.proxy = subprocess.Popen(
+            [*argv, "--target", target], stdout=subprocess.PIPE, text=True
+        )
+        self.nodes: list[ServerProcess] = []
+        try:
+            assert self.proxy.stdout is not None
+            announced = self.proxy.stdout.readline()
+            assert announced.startswith("listening on "), announced
+            via_proxy = f"redis://127.0.0.1:{announced.rsplit(':', 1)[1].strip()}/0"
+            for url in (redis_server.url, via_proxy):
+                args = ["--host", "127.0.0.1", "--cluster", url, *options]
+                self.nodes.append(ServerProcess(*args, "0"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def cut_b_off(self) -> None:
+        self.proxy.send_signal(signal.SIGSTOP)
+
+    def reconnect_b(self) -> None:
+        self.proxy.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.proxy.kill()
+        self.proxy.wait(10)
+
+
+@pytest.fixture
+def proxied(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[ProxiedNodes]:  # noqa: F811
+    pair = ProxiedNodes(redis_server, *getattr(request, "param", ("--cluster-lease", LEASE)))
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+def test_a_node_cut_off_past_its_lease_disconnects_its_clients(proxied: ProxiedNodes) -> None:
+    # Node A takes B for dead while B is cut off, and tells the room.
+    a, b = proxied.nodes
+    (a1, _), (b1, n_b1) = join(a), join(b)
+    proxied.cut_b_off()
+    try:
+        a1.expect(f"* {n_b1} left (server lost)")
+    finally:
+        proxied.reconnect_b()
+    # Back in touch, B finds it was taken for dead: its client's name may be someone
+    # else's by now, so the client is told and disconnected (a client with --resume
+    # comes back and is shown what it missed).
+    said = until(b1, "! disconnected")
+    assert said == "! disconnected: this server was cut off from the cluster"
+    assert b1.read_to_eof() == []
+    b2 = joined_when_ready(b)  # B serves new clients as before, in the one room
+    b2.send(b"/who\n")
+    assert until(b2, "* here (").startswith("* here (2): ")
+    for peer in (a1, b2):
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    "proxied", [("--cluster-lease", "60", "--cluster-timeout", "60")], indirect=True
+)
+def test_a_node_behind_the_one_a_client_came_from_sends_nothing_twice(
+    proxied: ProxiedNodes,
+) -> None:
+    a, b = proxied.nodes
+    (talker, name), (on_a, _) = join(a), join(a)
+    on_a.send(b"/resume\n")
+    until(on_a, "[id] ")
+    on_b, _ = join(b)  # the same user's next connection, on the node that will lag
+    proxied.cut_b_off()
+    try:
+        talker.send(b"one\ntwo\n")
+        until(on_a, f"<{name}> two")
+        place = until(on_a, "[id] ").split()[1]
+        # B has delivered neither line: the place is ahead of it.
+        on_b.send(f"/resume {place}\n".encode())
+    finally:
+        proxied.reconnect_b()
+    live_before: list[str] = []
+    while not (said := on_b.line()).startswith("* history: "):
+        if said.startswith("<"):
+            live_before.append(said)
+    # Either B had not reached the lines when it took the /resume (nothing repeats,
+    # and B keeps them back from this member), or it had (they came live before the
+    # reply, and the reply says they repeat what it had).
+    head = f"* history: 0 lines since {place}"
+    if live_before:
+        assert live_before == [f"<{name}> one", f"<{name}> two"]
+        head += "; the 2 live lines before this repeat what you had"
+    assert said == head
+    assert on_b.line() == "* end of history"
+    # Its place: that one (or a later one B has delivered since), not the older one B
+    # was at when it answered.
+    mark = on_b.line()
+    assert mark.startswith("[id] ") and stream_order(mark[5:].encode()) >= stream_order(
+        place.encode()
+    ), (mark, place)
+    talker.send(b"three\n")
+    assert until(on_b, "<") == f"<{name}> three"
+    for peer in (talker, on_a, on_b):
         peer.close()

@@ -173,7 +173,7 @@ def test_failover_fails_a_node_that_loses_lines(tmp_path: Path) -> None:
 
 
 def test_failover_fails_when_the_dead_node_s_clients_never_leave(tmp_path: Path) -> None:
-    args = ["--scenario", "failover", "--cluster", "2", "--cluster-lease", "1"]
+    args = ["--scenario", "failover", "--cluster", "2", "--cluster-lease", "3"]
     code, doc, output = run_harness(tmp_path, *args, "--messages", "40", "--server-cmd", SLOW_LEASE)
     assert code == 1, output
     assert failed(doc) == {"this project's server"}, output

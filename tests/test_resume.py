@@ -180,7 +180,7 @@ def two_nodes(redis_server: RedisServer) -> Iterator[list[ServerProcess]]:  # no
     started: list[ServerProcess] = []
     try:
         for _ in range(2):
-            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "1"]
+            args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--cluster-lease", "3"]
             started.append(ServerProcess(*args, "0"))
         yield started
     finally:

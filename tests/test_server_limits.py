@@ -7,27 +7,29 @@ a storm of commands cannot queue replies past the asker's --sendq.
 from __future__ import annotations
 
 import contextlib
-import select
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 
 import pytest
 from live_server import (
     MODES,
     WAIT,
     Peer,
+    check_slowloris_cut,
     child_env,
     joined_peers,
     running_server,
     send_in_background,
+    silence_until_closed,
     wait_until,
 )
 from needs import needs
+
+from harness.drain import read_ready
 
 # 100 lines a second, 20 at once: small enough that a test's flood takes a second.
 SLOW_FLOOD = ["--flood-lines", "100", "--flood-burst", "0.2", "--flood-bytes", "0"]
@@ -99,24 +101,11 @@ def test_a_who_storm_queues_no_reply_past_the_askers_sendq(mode: str) -> None:
         alice.expect("* guest1 left (quit)")
 
 
-def _silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
-    """Wait (bounded) for the server to end ``peer``'s connection while each of
-    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        for other in keep_alive:
-            other.send(b"\n")
-        ready, _, _ = select.select([peer.sock], [], [], 0.3)
-        if ready:
-            return peer.read_to_eof()
-    raise AssertionError("the server never closed the idle connection")
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_an_idle_client_is_closed_and_a_bare_newline_keeps_one_alive(mode: str) -> None:
     with running_server("0", "--host", "127.0.0.1", "--mode", mode, "--idle-timeout", "2") as srv:
         quiet, talker = joined_peers(srv, 2)
-        assert _silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
+        assert silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
         assert talker.line() == "* guest1 left (idle)"
         talker.send(b"/who\n")
         assert talker.line() == "* here (1): guest2"
@@ -131,25 +120,7 @@ def test_a_line_that_is_never_finished_is_timed_out(mode: str) -> None:
         loris = [srv.connect() for _ in range(20)]
         for peer in loris:
             peer.expect("* welcome")
-        witness.send(b"/who\n")
-        witness.expect("* here (21)")
-        ended: dict[int, list[str]] = {}
-        deadline = time.monotonic() + WAIT
-        while len(ended) < len(loris) and time.monotonic() < deadline:
-            for index, peer in enumerate(loris):
-                if index not in ended:
-                    peer.send(b"x")
-            ready, _, _ = select.select([p.sock for p in loris], [], [], 0.1)
-            for sock in ready:
-                index = next(i for i, p in enumerate(loris) if p.sock is sock)
-                if index not in ended:
-                    lines = loris[index].read_to_eof()
-                    # (Before it, they may hear of each other leaving.)
-                    ended[index] = [line for line in lines if line.startswith("!")]
-        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
-        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
-        witness.send(b"/who\n")
-        witness.expect("* here (1): guest1")
+        check_slowloris_cut(witness, loris)
 
 
 def test_a_line_sent_in_pieces_within_the_line_timeout_goes_through() -> None:
@@ -180,7 +151,7 @@ def test_chatbox_client_keeps_an_idle_connection_alive() -> None:
             # client has been silent longer than both.
             for _ in range(2):
                 (raw,) = joined_peers(srv, 1)
-                assert _silence_until_closed(raw) == ["! disconnected: idle"]
+                assert silence_until_closed(raw) == ["! disconnected: idle"]
             (witness,) = joined_peers(srv, 1)
             witness.send(b"/who\n")
             assert witness.line() == "* here (2): guest1, guest4"
@@ -444,17 +415,8 @@ def test_a_hundred_slowloris_connections_are_cut_while_an_honest_pair_chats(mode
                         sock.send(b"x")
                 alice.send(b"ping %d\n" % sent)
                 sent += 1
-                ready, _, _ = select.select(list(open_), [], [], 0.1)
-                for sock in ready:
-                    try:
-                        data = sock.recv(65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
+                for sock, data in read_ready(open_, 0.1).items():
                     heard[sock] += data
-                    if not data:
-                        open_.discard(sock)
             assert not open_, f"{len(open_)} of 100 were never timed out"
             for sock in loris:
                 last = heard[sock].rstrip(b"\n").rsplit(b"\n", 1)[-1]

@@ -34,6 +34,7 @@ from netns_fixture import (
 )
 from sshd_fixture import ALT_PORT, Keys, Sshd, keygen, make_keys, needs_sshd, running_sshd
 
+from harness.checks import SPECIFIC
 from harness.hosts import NetworkOptions
 from harness.hosts.netns import NetnsNetwork
 from harness.hosts.ssh import SshHost, split_destination
@@ -284,11 +285,14 @@ def test_harness_scenario_across_ssh_hosts(lab: Lab, tmp_path: Path, impair: str
         assert network["round_trip_proxy_ms"] >= 16
 
 
-@needs(
+needs_cluster = needs(
     None
     if shutil.which("redis-server") and importlib.util.find_spec("redis")
     else "redis-server and redis-py are needed for a cluster"
 )
+
+
+@needs_cluster
 def test_harness_cluster_across_ssh_hosts(lab: Lab, tmp_path: Path) -> None:
     """--cluster 2 over ssh: the redis-server and node 0 on the server's host, node 1 on
     the --node-host, the clients spread over both; one order at every receiver."""
@@ -304,14 +308,25 @@ def test_harness_cluster_across_ssh_hosts(lab: Lab, tmp_path: Path) -> None:
     assert statuses["same order at every receiver"] == "pass"
 
 
-def test_failover_over_ssh_is_refused_in_one_line(lab: Lab, tmp_path: Path) -> None:
-    args = ["--scenario", "failover", "--cluster", "2"]
-    code, _, output = run_harness_over_ssh(lab, tmp_path, *args)
-    assert code == 2, output
-    assert output.strip().splitlines() == [
-        "chatbox-harness: failover kills a node with SIGKILL: its nodes must run on this "
-        "machine (--hosts loopback or netns)"
-    ]
+@needs_cluster
+def test_failover_across_ssh_hosts(lab: Lab, tmp_path: Path) -> None:
+    """failover over ssh: node 1, on the --node-host, is killed with SIGKILL through a
+    second ssh session (its far process group: no word to anyone); the clients on node
+    0 lose nothing and see its clients leave."""
+    args = ["--scenario", "failover", "--cluster", "2", "--messages", "10"]
+    args += ["--node-host", lab.other.destination, "--ssh-python", sys.executable]
+    code, doc, output = run_harness_over_ssh(lab, tmp_path, *args)
+    assert code == 0, output
+    statuses = {c["name"]: c["status"] for c in doc["runs"][0]["checks"]}
+    assert "fail" not in statuses.values(), statuses
+    # The failover's own checks: every survivor saw the killed node's clients leave,
+    # and lost nothing that had reached anyone.
+    specific = next(c for c in doc["runs"][0]["checks"] if c["name"] == SPECIFIC)
+    assert specific["status"] == "pass", specific
+    for said in ("the failed node's clients left", "nothing appended is lost"):
+        assert said in specific["detail"], specific
+    killed = doc["runs"][0]["network"]["cluster"]
+    assert killed["nodes"][1]["address"] == lab.other.address, killed
 
 
 def test_harness_ssh_flags_port_identity_python_and_server_address(

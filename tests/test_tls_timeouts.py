@@ -7,14 +7,19 @@ Certificates are made per test with openssl (tests/tls_certs.py).
 
 from __future__ import annotations
 
-import select
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from live_server import MODES, WAIT, Peer, ServerProcess, running_server
+from live_server import (
+    MODES,
+    Peer,
+    ServerProcess,
+    check_slowloris_cut,
+    running_server,
+    silence_until_closed,
+)
 from tls_certs import make_certificate, tls_peer
 
 
@@ -48,32 +53,12 @@ def joined_tls_peers(server: ServerProcess, ca: Path, count: int) -> list[Peer]:
     return peers
 
 
-def _readable(peer: Peer, timeout: float) -> bool:
-    """Whether TLS data (or the end) waits for ``peer``, within ``timeout``."""
-    if peer.sock.pending():  # type: ignore[attr-defined]
-        return True
-    ready, _, _ = select.select([peer.sock], [], [], timeout)
-    return bool(ready)
-
-
-def _silence_until_closed(peer: Peer, keep_alive: Sequence[Peer] = ()) -> list[str]:
-    """Wait (bounded) for the server to end ``peer``'s connection while each of
-    ``keep_alive`` sends a bare newline every 0.3 s; what ``peer`` read."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        for other in keep_alive:
-            other.send(b"\n")
-        if _readable(peer, 0.3):
-            return peer.read_to_eof()
-    raise AssertionError("the server never closed the idle TLS connection")
-
-
 def test_an_idle_tls_client_is_told_inside_tls_and_closed(
     mode: str, certificate: tuple[Path, Path]
 ) -> None:
     with tls_server(mode, certificate, "--idle-timeout", "2") as srv:
         quiet, talker = joined_tls_peers(srv, certificate[0], 2)
-        assert _silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
+        assert silence_until_closed(quiet, [talker]) == ["! disconnected: idle"]
         assert talker.line() == "* guest1 left (idle)"
         talker.send(b"/who\n")
         assert talker.line() == "* here (1): guest2"
@@ -89,22 +74,7 @@ def test_a_tls_line_that_is_never_finished_is_timed_out(
         loris = [tls_peer(srv, certificate[0]) for _ in range(5)]
         for peer in loris:
             peer.expect("* welcome")
-        witness.send(b"/who\n")
-        witness.expect("* here (6)")
-        ended: dict[int, list[str]] = {}
-        deadline = time.monotonic() + WAIT
-        while len(ended) < len(loris) and time.monotonic() < deadline:
-            for index, peer in enumerate(loris):
-                if index not in ended:
-                    peer.send(b"x")
-                    if _readable(peer, 0.02):
-                        lines = peer.read_to_eof()
-                        # (Before it, they may hear of each other leaving.)
-                        ended[index] = [line for line in lines if line.startswith("!")]
-        assert len(ended) == len(loris), f"{len(loris) - len(ended)} were never timed out"
-        assert all(lines == ["! disconnected: unfinished line"] for lines in ended.values()), ended
-        witness.send(b"/who\n")
-        witness.expect("* here (1): guest1")
+        check_slowloris_cut(witness, loris)
 
 
 def test_a_tls_line_sent_in_pieces_within_the_line_timeout_goes_through(

@@ -65,8 +65,8 @@ RESUME_LINE = b"/resume"
 # is before everything on a single server and in a cluster, so the server replays all it
 # keeps and nothing said while we were away is lost; what we had shown is left out.
 NO_PLACE = b"0-0"
-# Lines shown since the last [id] mark, kept to leave them out of the replay after a
-# reconnect; marks come once per server turn, so this bound is never reached in practice.
+# Public lines shown since the last [id] mark, kept to leave them out of the replay after
+# a reconnect; marks come once per server turn, so this bound is never reached in practice.
 MAX_UNCONFIRMED = 10_000
 _PUBLIC = (b"<", b"* <")
 # After a failover in a cluster the dead node holds our name until its lease ends: the
@@ -155,9 +155,10 @@ class Session:
         self._nick_answered = threading.Event()
         self._nick_refusal: str | None = None
         self._receiver = threading.Thread(target=self._receive, name="receive", daemon=True)
-        # Resuming: the last place the server marked (`[id] ID`), the lines shown since,
-        # those of them the replay after a reconnect must leave out, and the name to
-        # take back there (the latest one the server accepted).
+        # Resuming: the last place the server marked (`[id] ID`), the public lines shown
+        # since (in the room's order), those of them the replay after a reconnect has
+        # yet to reach (it leaves them out), and the name to take back there (the latest
+        # one the server accepted).
         self._reconnector = reconnector
         self._place: bytes | None = None
         self._unconfirmed: list[bytes] = []
@@ -166,6 +167,10 @@ class Session:
         # our arrival and our /resume reaching the server) wait for it to end, so that
         # everything is shown in the room's order; None when not waiting.
         self._held: list[bytes] | None = None
+        # A cluster node behind the one we came from replays nothing and then sends live
+        # what follows our place: the lines we were shown after it come again, these.
+        self._replay_lags = False
+        self._coming_again: collections.deque[bytes] = collections.deque()
         self._name_now = name
         self._reclaiming: str | None = None
         self._reclaim_tries = 0
@@ -342,6 +347,16 @@ class Session:
         if self._held:
             # The replay they waited for never came (the server went away again).
             self.console.show(b"".join(line + b"\n" for line in self._held))
+        # Everything shown since the place, in the room's order, for the next replay
+        # (from the same place) to leave out: if a replay was under way, what it had
+        # replayed, then the lines shown before that it had not reached, then the live
+        # lines held for it; after a lagging node's replay, the lines it had still to
+        # send again.
+        self._unconfirmed += self._coming_again
+        self._unconfirmed += self._already_shown
+        self._unconfirmed += self._held or ()
+        self._coming_again.clear()
+        self._already_shown.clear()
         self._held = None
         # The user's lines wait meanwhile: they go to the new server, not into the void.
         with self._send_lock:
@@ -393,7 +408,8 @@ class Session:
             self._end_reason = f"connection lost: {describe(exc)}"
             self._end_clean = False
         if partial:
-            self._deliver(partial + b"\n")  # the server's last words, even without a newline
+            # The server's last words, even without a newline.
+            self._deliver(partial + b"\n", cut=True)
 
     def _end_receiving(self) -> None:
         with self._lock:
@@ -406,52 +422,82 @@ class Session:
             self.console.status(self._end_reason)
             os._exit(1)
 
-    def _deliver(self, block: bytes) -> None:
+    def _deliver(self, block: bytes, cut: bool = False) -> None:
+        """Show a block of lines; ``cut``: its last line lost its end with the connection."""
         if self._reconnector is not None:
-            block = self._follow_place(block)
+            block = self._follow_place(block, cut)
             if not block:
                 return
         self.console.show(block)
         if self._nick_pending:
             self._watch_nick(block)
 
-    def _follow_place(self, block: bytes) -> bytes:
+    def _follow_place(self, block: bytes, cut: bool = False) -> bytes:
         """Take the server's `[id]` marks out of a block (they are for us, not the user),
         note the lines shown since the last one, and leave out of a replay the lines
         already shown before the reconnect; what remains is shown."""
         shown: list[bytes] = []
-        for line in block[:-1].split(b"\n"):
+        lines = block[:-1].split(b"\n")
+        if cut and (
+            protocol.ID_PREFIX.startswith(lines[-1]) or lines[-1].startswith(protocol.ID_PREFIX)
+        ):
+            # A mark cut short by the break is no place: its ID may be cut too, and
+            # `a1b2.12` read as `a1b2.1` names an older place, whose replay would show
+            # eleven blocks again. Nor is it a line for the user.
+            lines.pop()
+        for line in lines:
             if line.startswith(protocol.ID_PREFIX):
                 self._place = line[len(protocol.ID_PREFIX) :]
                 self._unconfirmed.clear()
                 if self._reconnector is not None:
                     self._reconnector.settled()
                 continue
-            if line.startswith(protocol.HISTORY_PREFIX) and self._already_shown:
-                if line[len(protocol.HISTORY_PREFIX) :] == self._already_shown[0]:
+            if line.startswith(protocol.HISTORY_PREFIX) and self._held is not None:
+                # A line of the replay we wait for: shown now or before the break (then
+                # left out), it is shown since the place either way.
+                replayed = line[len(protocol.HISTORY_PREFIX) :]
+                self._note_shown(replayed)
+                if self._already_shown and replayed == self._already_shown[0]:
                     self._already_shown.popleft()
                     continue
-            elif self._held and line.startswith(b"* history: "):
-                # The node we came back to was behind: the first of the live lines it
-                # sent us meanwhile are ones we had shown before.
+            elif self._held is not None and line.startswith(b"* history: "):
                 head = protocol.RESUME_HEAD_LINE.match(line.decode("utf-8", "replace"))
                 if head is not None and head.group(1):
+                    # The node we came back to was behind: the first of the live lines
+                    # it sent us meanwhile are ones we had shown before.
                     del self._held[: int(head.group(1))]
+                # Nothing since our place, and nothing missing: on a single server the
+                # lines shown since it would be replayed, so only a node behind sends
+                # this while we have some (it has not yet delivered our place).
+                self._replay_lags = line.startswith(b"* history: 0 lines since ")
+                if head is not None and self._place is not None and " (" in head.group(0):
+                    # `(older ones are no longer kept)`: the replay does not reach back
+                    # to our place, and what is missing is the oldest, the lines right
+                    # after it - those we have shown. Left out by their text, equal
+                    # lines said later, which we never saw, would go instead.
+                    self._unconfirmed += self._already_shown
+                    self._already_shown.clear()
+                    self._replay_lags = False
             elif line == _END_OF_HISTORY or (
                 self._held is not None and line.startswith(_NO_REPLAY)
             ):
                 # The replay is over (or refused): then what arrived live meanwhile.
+                if self._replay_lags and line == _END_OF_HISTORY:
+                    self._coming_again = self._already_shown
+                    self._already_shown = collections.deque()
                 self._already_shown.clear()
+                self._replay_lags = False
                 shown.append(line)
-                shown += self._held or ()
+                for held in self._held or ():
+                    if not self._came_again(held):
+                        shown.append(held)
                 self._held = None
                 continue
             elif line.startswith(_PUBLIC):
-                self._unconfirmed.append(line)
-                if len(self._unconfirmed) > MAX_UNCONFIRMED:
-                    del self._unconfirmed[: MAX_UNCONFIRMED // 2]
                 if self._held is not None and len(self._held) < MAX_UNCONFIRMED:
-                    self._held.append(line)
+                    self._held.append(line)  # noted as shown once it is
+                    continue
+                if self._came_again(line):
                     continue
             elif self._reclaiming is not None and line[2:].decode(
                 "utf-8", "replace"
@@ -465,6 +511,22 @@ class Session:
                     self._reclaiming = None
             shown.append(line)
         return b"".join(line + b"\n" for line in shown)
+
+    def _came_again(self, line: bytes) -> bool:
+        """Note a live public line as shown since our place; True if it had been shown
+        before the break (it comes again from a node that was behind: leave it out).
+        They come first and in order, so the first other line ends the wait for them."""
+        self._note_shown(line)
+        if self._coming_again and line == self._coming_again[0]:
+            self._coming_again.popleft()
+            return True
+        self._coming_again.clear()
+        return False
+
+    def _note_shown(self, line: bytes) -> None:
+        self._unconfirmed.append(line)
+        if len(self._unconfirmed) > MAX_UNCONFIRMED:
+            del self._unconfirmed[: MAX_UNCONFIRMED // 2]
 
     def _watch_nick(self, block: bytes) -> None:
         assert self.name is not None

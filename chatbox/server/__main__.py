@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from chatbox import protocol
 from chatbox.argtypes import listening_port, non_negative_int, positive_float, positive_int
 from chatbox.server import admission, flood
-from chatbox.server.cluster import DEFAULT_LEASE
+from chatbox.server.cluster import DEFAULT_LEASE, DEFAULT_TIMEOUT
 from chatbox.server.farewell import MAX_FAREWELLS
 from chatbox.server.gate import PASSWORD_ENV, PasswordError, read_secret
 from chatbox.server.history import HISTORY_BYTES, History, HistoryFileError, SqliteStore
@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a node's names outlive it if it dies without a word "
         f"(default {DEFAULT_LEASE})",
+    )
+    parser.add_argument(
+        "--cluster-timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a node waits for Redis before it tells the client "
+        f"'! cluster unavailable' (default {DEFAULT_TIMEOUT}; raise it for a distant Redis)",
     )
     parser.add_argument(
         "--history-file",
@@ -444,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cluster = None
     if args.cluster:
-        cluster = connect_cluster(args.cluster, args.cluster_lease)
+        cluster = connect_cluster(args.cluster, args.cluster_lease, args.cluster_timeout)
         if cluster is None:
             return 1
     per_client = FDS_PER_CLIENT[args.mode]
@@ -529,12 +537,12 @@ def open_history(path: str | None, lines: int | None) -> tuple[History, SqliteSt
         raise
 
 
-def connect_cluster(url: str, lease: float) -> Cluster | None:
+def connect_cluster(url: str, lease: float, timeout: float) -> Cluster | None:
     """The node's link to Redis, checked; None (having said why in one line) if unusable."""
     from chatbox.server.cluster import Cluster, Unavailable
 
     try:
-        cluster = Cluster(url, lease)
+        cluster = Cluster(url, lease, timeout)
     except ValueError as exc:  # redis-py's word for a URL it cannot read
         print(f"chatbox-server: bad --cluster URL {url!r}: {exc}", file=sys.stderr)
         return None

@@ -792,7 +792,9 @@ class Hub:
 
     def _releasable(self, link: Link) -> bool:
         return link.state is not State.OPEN or (
-            link.id not in self._throttled and self.has_room(link.id)
+            link.id not in self._throttled
+            and self.has_room(link.id)
+            and self._room.accepts(link.id)
         )
 
     def _release_held(self) -> None:

@@ -204,6 +204,11 @@ class Room:
 
     # --- what members say -------------------------------------------------------------
 
+    def accepts(self, member_id: int) -> bool:
+        """Whether the member's lines can be handled now: always here (nothing is ever
+        out; in a cluster, see `ClusterRoom.accepts`)."""
+        return True
+
     def receive(self, member_id: int, block: bytes) -> bytes:
         """Handle complete lines from a member's worker (each ends in LF); return the
         lines not handled yet (empty when all were), to be handed back later.

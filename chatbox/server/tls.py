@@ -32,6 +32,7 @@ from chatbox import protocol
 from chatbox.server.channel import encode_event, end_note, heard_note, ready_note, refused_note
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
 from chatbox.server.timeouts import InputClock
+from chatbox.server.worker import release_client
 from chatbox.tls_stream import RECV_SIZE, TlsStream, wait
 
 if TYPE_CHECKING:
@@ -132,12 +133,7 @@ def serve_tls(
         # The channel or the relay failed: the hub went away (server ending abruptly).
         log.debug("TLS worker failed: %s", exc)
     finally:
-        try:
-            client.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        relay.close()
-        channel.close()
+        release_client(client, relay, channel)
 
 
 def _handshake(stream: TlsStream, channel: socket.socket, timeout: float) -> bool:

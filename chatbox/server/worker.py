@@ -226,11 +226,20 @@ def serve_connection(
         # Only the channel can get here: the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)
     finally:
-        try:
-            client.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        channel.close()
+        release_client(client, channel)
+
+
+def release_client(client: socket.socket, *ends: socket.socket) -> None:
+    """A worker (plain or TLS) is done with its client: shut the connection down, so
+    the client sees the end while the hub still holds the socket (the hub, its single
+    owner, closes it once the channel's end tells it this worker is done), then close
+    the worker's own ``ends`` (its channel, a TLS worker's relay too)."""
+    try:
+        client.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    for end in ends:
+        end.close()
 
 
 def _login(

@@ -12,12 +12,15 @@ clients, plus the addresses they use to reach each other.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-from harness.daemon import free_port
+from harness.daemon import Daemon, free_port
 
 # Run on client host 0 by `Network.accepts`: exit 0 when the port takes a connection.
 _PROBE = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
@@ -53,6 +56,13 @@ class Host(abc.ABC):
         ``tty`` says the process will be given a pseudo-terminal locally and needs one
         on the far side too (ssh's ``-tt``); local kinds ignore it.
         """
+
+    def kill(self, daemon: Daemon) -> None:
+        """End the process ``daemon`` runs here, and all its process group, with SIGKILL:
+        a power loss (the failover scenario's). Here: the local process group."""
+        if daemon.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)
 
     def describe(self) -> dict[str, str]:
         """Where processes on this host run, for the report."""

@@ -17,7 +17,10 @@ reliably notice the latter (a quiet server writes nothing and so gets no SIGPIPE
 every remote command runs under a tiny Python *lifeline* that waits for exactly that event
 (``poll`` on its stdout reports HUP/ERR) or for the command's own exit, and on hangup
 sends SIGTERM, then SIGKILL after a grace period, to the command's whole process group (a
-forking server's workers too). The lifeline also switches the remote pty's echo off,
+forking server's workers too). Without a pty it first says its process group on stderr
+(``lifeline: process group N``), so that the harness can kill the whole of it with
+SIGKILL through a second session (`SshHost.kill`: a power loss, which ending the session
+cannot be). The lifeline also switches the remote pty's echo off,
 like a local pty opened with ``echo=False``, and sets ``PYTHONUNBUFFERED=1``. So the far
 hosts need ``python3`` (the chat programs under test need it anyway); opening the network
 checks that, and the login, on every host before anything starts.
@@ -31,6 +34,7 @@ import subprocess
 import zlib
 from collections.abc import Sequence
 
+from harness.daemon import Daemon
 from harness.hosts.base import Host, HostError, Network
 from harness.hosts.roundtrip import measure_round_trip_ms
 
@@ -67,6 +71,9 @@ try:
 except OSError as e:
     sys.stderr.write(f"cannot run {sys.argv[1]}: {e.strerror}\n")
     sys.exit(127)
+if not os.isatty(2):
+    sys.stderr.write(f"lifeline: process group {os.getpgid(0)}\n")
+    sys.stderr.flush()
 p = select.poll()
 p.register(1, 0)
 try:
@@ -95,6 +102,9 @@ if child.poll() is None:
 code = child.wait()
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+# The line a lifeline without a pty says first on stderr, before its process group.
+GROUP_LINE = "lifeline: process group "
 
 # Sent packed: one short line in reports and in `ps` on the far host instead of forty.
 _LIFELINE_PACKED = (
@@ -161,6 +171,22 @@ class SshHost(Host):
     def command(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
         remote = shlex.join([self.python, "-c", _LIFELINE_PACKED, *argv])
         return [*self.ssh_base, "-tt" if tty else "-T", self.destination, remote]
+
+    def kill(self, daemon: Daemon) -> None:
+        """SIGKILL the far process group the lifeline of ``daemon`` said it is in (a
+        power loss of that process, workers and all), through a second session; the
+        local ssh then ends by itself."""
+        said = [line for line in daemon.stderr_lines() if line.startswith(GROUP_LINE)]
+        if not said:
+            raise HostError(f"{self.label}: {daemon.label} never said its process group")
+        group = int(said[0][len(GROUP_LINE) :])
+        subprocess.run(
+            self.shell(f"kill -KILL -- -{group}"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
 
     def shell(self, script: str) -> list[str]:
         """The local argv that runs a plain shell ``script`` there (no lifeline)."""
