@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from chatbox.server.admission import (
+    BLOCK_AFTER,
+    BLOCK_FIRST,
+    BLOCK_MAX,
     DENIED,
     TOO_FAST,
     Admission,
@@ -110,3 +113,53 @@ def test_a_denied_address_is_logged_once_a_second() -> None:
     assert isinstance(again, Refusal) and again.repeat and again.reason == DENIED.reason
     assert gate.check("192.0.2.2", 0.5) is DENIED
     assert gate.check("192.0.2.1", 1.0) is DENIED
+
+
+def _churn(gate: Admission, host: str, count: int, start: float, step: float) -> float:
+    """``count`` connections from ``host``, one every ``step`` seconds; the time after."""
+    now = start
+    for _ in range(count):
+        gate.check(host, now)
+        now += step
+    return now
+
+
+def test_an_address_that_keeps_connecting_after_being_told_is_blocked() -> None:
+    gate = Admission(_rules(connect_rate=0.5, connect_burst=2))
+    assert gate.blocked(0.0) == []
+    # The burst, the told refusal, then BLOCK_AFTER silent ones within the second.
+    now = _churn(gate, "192.0.2.1", 3 + BLOCK_AFTER, 0.0, 0.001)
+    assert gate.blocks_due(now)
+    assert gate.blocked(now) == [(4, int.from_bytes(bytes([192, 0, 2, 1]), "big"))]
+    assert not gate.blocks_due(now)  # taken
+    assert gate.take_new_blocks() == [("192.0.2.1", BLOCK_FIRST)]
+    assert gate.take_new_blocks() == []
+    assert gate.next_unblock() == pytest.approx(now - 0.001 + BLOCK_FIRST)
+    assert isinstance(gate.check("192.0.2.9", now), Ticket)  # others get in
+    later = now + BLOCK_FIRST
+    assert gate.blocks_due(later)
+    assert gate.blocked(later) == []
+    assert gate.next_unblock() is None
+
+
+def test_a_block_is_twice_as_long_each_time_it_comes_back_up_to_the_cap() -> None:
+    gate = Admission(_rules(connect_rate=0.5, connect_burst=1))
+    now, lengths = 0.0, []
+    for _ in range(12):
+        now = _churn(gate, "2001:db8::1", 2 + BLOCK_AFTER, now, 0.001)
+        ((_, seconds),) = gate.take_new_blocks()
+        lengths.append(seconds)
+        now += seconds
+        gate.blocked(now)
+    assert lengths[:3] == [BLOCK_FIRST, 2 * BLOCK_FIRST, 4 * BLOCK_FIRST]
+    assert lengths[-1] == BLOCK_MAX
+    assert gate.blocked(now) == []
+
+
+def test_an_address_below_the_blocking_rate_and_exempt_ones_are_never_blocked() -> None:
+    gate = Admission(_rules(connect_rate=0.5, connect_burst=1))
+    # About BLOCK_AFTER / 2 a second for a minute: refused, never blocked.
+    _churn(gate, "192.0.2.1", 30 * BLOCK_AFTER, 0.0, 2.0 / BLOCK_AFTER)
+    _churn(gate, "127.0.0.1", 10 * BLOCK_AFTER, 0.0, 0.0001)
+    assert gate.take_new_blocks() == []
+    assert gate.next_unblock() is None

@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,46 @@ def test_a_churner_gets_few_workers_and_cannot_keep_anyone_else_out() -> None:
         joins = [line for line in srv.stderr().splitlines() if " joined (" in line]
         # The burst from the churner, and the other one.
         assert 1 <= len(joins) <= 21, len(joins)
+
+
+def _handshake(srv: ServerProcess, source: str, timeout: float) -> bool:
+    """Whether a connection from ``source`` completes its TCP handshake within
+    ``timeout`` (then reset, as a churner does)."""
+    sock = socket.socket()
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", srv.port))
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_address_that_keeps_churning_gets_no_handshake_for_a_while(mode: str) -> None:
+    """Told it connects too fast, an address that goes on connecting and resetting is
+    blocked: its connection attempts are dropped before they are connections (no
+    handshake, nothing for the server to accept), while other addresses get in; once
+    the block is over, it can connect again."""
+    args = ("--connect-rate", "0.016", "--connect-burst", "3", "--log-level", "info")
+    with running_server(*SERVER, "--mode", mode, *args) as srv:
+        # A handshake on loopback takes microseconds; one the server drops gets its
+        # first retransmission only after a second. (The block starts once the server
+        # has accepted enough of them, which on a loaded machine may be well after they
+        # were made: so the churn goes on until it takes, bounded in count and time.)
+        attempts, deadline = 0, time.monotonic() + WAIT
+        while attempts < 20_000 and time.monotonic() < deadline:
+            if not _handshake(srv, "127.0.0.2", 0.5):
+                break
+            attempts += 1
+        else:
+            raise AssertionError(f"all {attempts} connections from the churner got a handshake")
+        _from(srv, "127.0.0.3").expect("* welcome")
+        assert _handshake(srv, "127.0.0.2", WAIT)  # the block ends (retried by the kernel)
+        assert srv.terminate() == 0
+        log = srv.stderr()
+        assert "dropping connection attempts from 127.0.0.2 for 2 s" in log, log[-500:]
+        assert "Traceback" not in log

@@ -59,6 +59,16 @@ DEFAULT_EXEMPT: tuple[Network, ...] = (
 # rest are closed at once, without a word: a churner costs the hub an accept and a close.
 TELL_INTERVAL = 1.0
 
+# An address refused by rule 2 or 3 this many times more within TELL_INTERVAL of being
+# told (some 30 connections a second: no person's client, a churner in its first
+# milliseconds) is blocked: its connection attempts are dropped by the kernel
+# (`chatbox.server.synfilter`) for BLOCK_FIRST seconds, twice as long each time it comes
+# back to it, up to BLOCK_MAX; an address not blocked for BLOCK_FORGET starts afresh.
+BLOCK_AFTER = 32
+BLOCK_FIRST = 2.0
+BLOCK_MAX = 64.0
+BLOCK_FORGET = 600.0
+
 # Rate buckets of addresses that have come back to full (nothing to remember) are
 # dropped once this many are kept, so a sweep of many addresses cannot grow the table.
 PRUNE_AT = 4096
@@ -181,6 +191,14 @@ class Admission:
         )
         self._too_many_again = Refusal(self.too_many.reason, repeat=True)
         self._told: dict[tuple[int, int], float] = {}  # when an address was last told
+        self._silent: dict[tuple[int, int], int] = {}  # refused since it was last told
+        # Blocked addresses: until when, and the address as given (for the log).
+        self._blocks: dict[tuple[int, int], tuple[float, str]] = {}
+        # Per address: blocks in a row, and when the last one ends.
+        self._block_history: dict[tuple[int, int], tuple[int, float]] = {}
+        self._new_blocks: list[tuple[str, float]] = []
+        self._blocks_changed = False
+        self._next_unblock: float | None = None  # the earliest end of a block, if any
 
     def check(self, host: str, now: float) -> Ticket | Refusal:
         """Admit a connection from ``host`` (the accepted peer's address) or say why not.
@@ -196,9 +214,15 @@ class Admission:
         key = _key(address)
         count = self._counts.get(key, 0)
         if rules.max_per_ip and count >= rules.max_per_ip:
-            return self.too_many if self._tell(key, now) else self._too_many_again
+            if self._tell(key, now):
+                return self.too_many
+            self._refused_again(key, host, now)
+            return self._too_many_again
         if rules.connect_rate and not self._take_token(key, now):
-            return TOO_FAST if self._tell(key, now) else TOO_FAST_AGAIN
+            if self._tell(key, now):
+                return TOO_FAST
+            self._refused_again(key, host, now)
+            return TOO_FAST_AGAIN
         if not rules.max_per_ip:
             return Ticket(None)
         self._counts[key] = count + 1
@@ -222,8 +246,58 @@ class Admission:
             return False
         if len(self._told) >= PRUNE_AT:
             self._told = {k: t for k, t in self._told.items() if now - t < TELL_INTERVAL}
+            self._silent = {k: n for k, n in self._silent.items() if k in self._told}
         self._told[key] = now
+        self._silent.pop(key, None)
         return True
+
+    def _refused_again(self, key: tuple[int, int], host: str, now: float) -> None:
+        """Count a silent refusal; BLOCK_AFTER of them since it was told block it."""
+        count = self._silent.get(key, 0) + 1
+        if count < BLOCK_AFTER or key in self._blocks:
+            self._silent[key] = count
+            return
+        del self._silent[key]
+        blocks, ended = self._block_history.get(key, (0, now))
+        if now - ended > BLOCK_FORGET:
+            blocks = 0
+        seconds = min(BLOCK_MAX, BLOCK_FIRST * 2.0**blocks)
+        if len(self._block_history) >= PRUNE_AT:
+            self._block_history = {
+                k: v for k, v in self._block_history.items() if now - v[1] <= BLOCK_FORGET
+            }
+        self._block_history[key] = (blocks + 1, now + seconds)
+        self._blocks[key] = (now + seconds, host)
+        self._new_blocks.append((host, seconds))
+        self._blocks_changed = True
+        if self._next_unblock is None or now + seconds < self._next_unblock:
+            self._next_unblock = now + seconds
+
+    # --- blocks: what the kernel is to drop (`chatbox.server.synfilter`) -----------------
+
+    def blocks_due(self, now: float) -> bool:
+        """Whether the blocked addresses changed since `blocked` was last asked: one was
+        added, or one's time is up."""
+        if self._blocks_changed:
+            return True
+        return self._next_unblock is not None and self._next_unblock <= now
+
+    def blocked(self, now: float) -> list[tuple[int, int]]:
+        """The addresses blocked at ``now``, oldest block first (expired ones dropped)."""
+        self._blocks = {k: v for k, v in self._blocks.items() if v[0] > now}
+        self._blocks_changed = False
+        self._next_unblock = min((v[0] for v in self._blocks.values()), default=None)
+        return list(self._blocks)
+
+    def next_unblock(self) -> float | None:
+        """When the first block ends (the caller's clock), if any address is blocked.
+        (Asked once a loop turn: kept, not computed.)"""
+        return self._next_unblock
+
+    def take_new_blocks(self) -> list[tuple[str, float]]:
+        """The blocks begun since the last call (address, seconds), to be logged."""
+        new, self._new_blocks = self._new_blocks, []
+        return new
 
     def connections_from(self, host: str) -> int:
         address = _address(host)

@@ -46,6 +46,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -76,6 +77,7 @@ from chatbox.server.history import History
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
 from chatbox.server.room import Room
+from chatbox.server.synfilter import SynFilter
 
 if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
@@ -203,6 +205,8 @@ class Hub:
             self._tick = self._room.tick
         self._links: dict[int, Link] = {}
         self._admission = Admission(config.admission)
+        # Addresses admission blocks are dropped by the kernel, before they are connections.
+        self._syn_filter = SynFilter(listener)
         self._ids = itertools.count(1)
         self._selector = selectors.DefaultSelector()
         self._dirty: dict[int, Link] = {}  # queued to this turn, flushed at its end
@@ -291,6 +295,8 @@ class Hub:
             else:
                 self._read(link)
         now = time.monotonic()
+        if self._admission.blocks_due(now):
+            self._update_blocks(now)
         if now >= self._reap_at or self._stopping:
             self._reap_at = now + REAP_INTERVAL
             self._launcher.reap()
@@ -331,6 +337,9 @@ class Hub:
             deadlines.append(moved + self._config.stall_timeout)
         if self._verdicts:
             deadlines.append(min(at for at, _ in self._verdicts.values()))
+        unblock = self._admission.next_unblock()
+        if unblock is not None:
+            deadlines.append(unblock)
         if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -422,9 +431,12 @@ class Hub:
     def _accept(self) -> None:
         self._storm = True  # unless the backlog runs dry below
         fresh: list[tuple[socket.socket, object, Ticket]] = []
+        listener = self._listener
+        # The bare accept: a descriptor and an address, no socket object yet.
+        accept_fd: Callable[[], tuple[int, tuple[str, int]]] = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPTS_PER_TURN):
             try:
-                client, address = self._listener.accept()
+                fd, address = accept_fd()
             except (BlockingIOError, InterruptedError):
                 self._storm = False
                 break
@@ -434,9 +446,17 @@ class Hub:
                 log.error("cannot accept: %s", exc)
                 self._storm = False
                 break
+            ticket = self._admission.check(address[0], time.monotonic())
+            if isinstance(ticket, Refusal) and not ticket.last_words:
+                # Most of a churner's refusals: the descriptor is closed as it came, with
+                # no socket object made for it (nor the system calls that takes).
+                if not ticket.repeat:
+                    log.warning("refused %s: " + ticket.reason, address)
+                os.close(fd)
+                continue
+            client = socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
             # Never blocks the hub, and a worker only reads after poll says so.
             client.setblocking(False)
-            ticket = self._admission.check(address[0], time.monotonic())
             if isinstance(ticket, Refusal):
                 self._refuse(client, address, ticket)
                 continue
@@ -455,14 +475,24 @@ class Hub:
             self._admit(fresh)
 
     def _refuse(self, client: socket.socket, address: object, refusal: Refusal) -> None:
-        """Turned away by admission, at the cost of a close: no worker, no notice."""
+        """Turned away by admission and told why: no worker, no notice. (Those closed
+        without a word never get this far, `_accept`.)"""
         if not refusal.repeat:
             # One template per reason, so each is rate-limited on its own (logs.RateLimit).
             log.warning("refused %s: " + refusal.reason, address)
-        if refusal.last_words:
-            self._farewells.add(client, refusal.last_words)
-        else:
-            client.close()
+        self._farewells.add(client, refusal.last_words)
+
+    def _update_blocks(self, now: float) -> None:
+        """Have the kernel drop the connection attempts of the addresses admission
+        blocks now, and of no other."""
+        for host, seconds in self._admission.take_new_blocks():
+            log.warning(
+                "dropping connection attempts from %s for %.0f s: it keeps connecting "
+                "after being refused",
+                host,
+                seconds,
+            )
+        self._syn_filter.drop(self._admission.blocked(now))
 
     def _admit(self, clients: list[tuple[socket.socket, object, Ticket]]) -> None:
         """Start a worker for each new client - all at once, which the fork server does
