@@ -468,3 +468,27 @@ def test_a_node_behind_the_one_a_client_came_from_sends_nothing_twice(
     assert until(on_b, "<") == f"<{name}> three"
     for peer in (talker, on_a, on_b):
         peer.close()
+
+
+def test_lines_held_behind_commands_are_charged_to_the_flood_allowance_once(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    # Flood control on, at its default rates (500 lines a second, a 2 s burst): 900
+    # lines, every other one a /who, are within the burst, so never held back. Each
+    # /who waits for Redis, and the lines after it wait with it; charged again each time
+    # they wait, the paste would be charged about 100,000 lines, its sender throttled for
+    # longer than --flood-timeout and cut off as a flooder.
+    args = ["--host", "127.0.0.1", "--cluster", redis_server.url, "--flood-timeout", "3"]
+    node = ServerProcess(*args, "0")
+    try:
+        (paster, name), (reader, _) = join(node), join(node)
+        pairs = 450
+        paster.send(b"".join(b"/who\nline %d\n" % i for i in range(pairs)))
+        assert chat_lines(reader, pairs) == [f"<{name}> line {i}" for i in range(pairs)]
+        whos = 0
+        while whos < pairs:
+            answer = paster.line()
+            assert not answer.startswith("! "), answer
+            whos += answer.startswith("* here (")
+    finally:
+        node.stop()

@@ -30,6 +30,19 @@ def test_past_the_allowance_only_whole_lines_go_and_the_rest_waits() -> None:
     )
 
 
+def test_what_is_given_back_is_charged_once_when_it_goes_again() -> None:
+    # Lines the room could not take yet (they wait behind a command) come back to the
+    # allowance: handed over again and again, they cost what they are, once.
+    bucket = FloodBucket(FloodLimits(lines=10, bytes=1000, burst=2, timeout=5), now=0.0)
+    block = _block(20)  # the whole allowance: 10 lines a second, a 2 s burst
+    while block:
+        assert bucket.take(block, 0.0) == len(block)
+        rest = block[block.index(b"\n") + 1 :]  # the room took one line
+        bucket.give_back(rest)
+        block = rest
+    assert bucket.throttled_since is None
+
+
 def test_a_long_line_goes_while_any_byte_allowance_is_left() -> None:
     bucket = FloodBucket(FloodLimits(lines=0, bytes=10, burst=1, timeout=5), now=0.0)
     line = b"x" * 50 + b"\n"

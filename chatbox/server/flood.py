@@ -98,6 +98,13 @@ class FloodBucket:
             self.throttled_since = now
         return cut
 
+    def give_back(self, rest: bytes) -> None:
+        """``rest`` was charged but not taken (it waits, and will be charged when it is
+        handed over again): its lines and bytes are back in the allowance."""
+        limits = self._limits
+        self._lines = min(limits.lines * limits.burst, self._lines + rest.count(b"\n"))
+        self._bytes = min(limits.bytes * limits.burst, self._bytes + len(rest))
+
     def wait(self) -> float:
         """Seconds until a useful part of the allowance is back (a twentieth of a
         second's worth, at least one line), after a `take` that was cut short."""

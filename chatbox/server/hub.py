@@ -621,13 +621,19 @@ class Hub:
                             self._flooded(link)
                             return
                         rest = self._room.receive(link.id, block[:cut]) if cut else b""
+                        if rest:
+                            bucket.give_back(rest)
                         link.held = [protocol.Lines(rest + block[cut:]), *events[index + 1 :]]
                         self._held[link.id] = link
                         self._throttle(link, now + bucket.wait())
                         return
                 rest = self._room.receive(link.id, block)
                 if rest:
-                    # Its replies would not fit: the rest waits, and so does its channel.
+                    # Its replies would not fit, or it waits for its own command's
+                    # answer: the rest waits, and so does its channel. It is charged to
+                    # its flood allowance when it is handed over, not twice.
+                    if bucket is not None:
+                        bucket.give_back(rest)
                     link.held = [protocol.Lines(rest), *events[index + 1 :]]
                     self._held[link.id] = link
                     self._stop_reading(link)
