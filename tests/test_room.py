@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from chatbox.server.room import Room
+from chatbox import protocol
+from chatbox.server.room import STORM_HOLD, Room
 
 
 class Recorder:
@@ -262,3 +263,109 @@ def test_history_replays_the_last_lines_marked_and_to_the_asker_alone(
     assert len(box.take(3)) == 2 + 6  # fewer lines than the default 20: all of them
     r.receive(3, b"/history lots\n")
     assert box.take(3) == ["! usage: /history [N], N from 1 to 500"]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def joiners_heard(lines: list[str]) -> tuple[int, int]:
+    """(join notices, joiners they account for: named or counted) in ``lines``."""
+    notices = accounted = 0
+    for line in lines:
+        match = protocol.JOINED_LINE.match(line)
+        if match:
+            listed, others = protocol.notice_names(match)
+            notices += 1
+            accounted += len(listed) + others
+    return notices, accounted
+
+
+@pytest.fixture
+def storm_room() -> tuple[Room, Recorder, Clock]:
+    box, clock = Recorder(), Clock()
+    box.room = Room(box, max_line=50, hold=STORM_HOLD, clock=clock)
+    return box.room, box, clock
+
+
+def test_Room_a_storm_over_many_turns_costs_each_member_a_few_notices_and_loses_none(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    """1,000 joins, 64 a hub turn (what the hub accepts per turn), 1 ms apart: a run per
+    turn would send the first member 16 lines, and the room O(N²/64) in all. The runs
+    double instead: a handful of lines each, and every joiner accounted for exactly once."""
+    r, box, clock = storm_room
+    joined(r, box, 2)
+    storm = 1000
+    for first in range(3, 3 + storm, 64):
+        clock.now += 0.001
+        for member_id in range(first, min(first + 64, 3 + storm)):
+            r.join(member_id)
+        due = r.end_turn()
+        assert due is None or clock.now < due
+    clock.now += STORM_HOLD
+    assert r.end_turn() is None  # the last run went out when it was due
+    for member_id in (1, 2):
+        notices, accounted = joiners_heard(box.take(member_id))
+        assert accounted == storm
+        assert notices <= 10, f"{notices} notices for {storm} joiners"
+    total_lines = 0
+    for member_id in range(3, 3 + storm):
+        lines = box.take(member_id)
+        assert lines[0].startswith("* welcome")
+        notices, accounted = joiners_heard(lines[1:])
+        assert accounted == 2 + storm - member_id, member_id  # everyone after it, once
+        total_lines += len(lines)
+    assert total_lines <= 4 * storm  # O(N): a welcome and a few notices each
+
+
+def test_Room_a_lone_join_after_a_quiet_spell_goes_out_with_its_turn(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 1.0
+    r.join(6)
+    assert r.end_turn() is None
+    assert box.take(1) == ["* guest6 joined"]
+
+
+def test_Room_a_held_run_goes_out_when_due_or_before_anything_else(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    """A join soon after the last run waits (a storm may be on), at most the hold;
+    a chat line in the meantime sends the run first, keeping the order."""
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 0.01
+    r.join(6)
+    due = r.end_turn()
+    assert due == pytest.approx(clock.now + STORM_HOLD)
+    assert box.sent.get(1, b"") == b""
+    clock.now = due
+    assert r.end_turn() is None
+    assert box.take(1) == ["* guest6 joined"]
+    clock.now += 0.01
+    r.join(7)
+    assert r.end_turn() is not None
+    r.receive(2, b"hello\n")
+    assert box.take(1) == ["* guest7 joined", "<guest2> hello"]
+    assert box.take(7)[1:] == ["<guest2> hello"]
+
+
+def test_Room_a_held_leave_run_is_told_before_the_server_shuts_down(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 0.01
+    r.leave(5, "connection lost")
+    assert r.end_turn() is not None
+    r.close()
+    assert box.take(1) == ["* guest5 left (connection lost)", "* server shutting down"]
