@@ -75,7 +75,7 @@ from chatbox.server.handover import Handover
 from chatbox.server.history import History
 from chatbox.server.launcher import Launcher
 from chatbox.server.link import Link, State
-from chatbox.server.room import Room
+from chatbox.server.room import STORM_HOLD, Room
 
 if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
@@ -195,7 +195,7 @@ class Hub:
         # once per turn (docs/cluster.md); alone it posts straight away.
         self._tick: Callable[[], None] | None = None
         if cluster is None:
-            self._room = Room(self, config.max_line, config.history)
+            self._room = Room(self, config.max_line, config.history, hold=STORM_HOLD)
         else:
             from chatbox.server.cluster_room import ClusterRoom
 
@@ -225,6 +225,8 @@ class Hub:
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
+        # When the room's run of notices, held during a storm, is due (monotonic).
+        self._run_due: float | None = None
         self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
         # Held by whoever runs the hub's code: the loop, except while it waits in its
         # selector - and then maybe a worker thread handing over a line (`_take`).
@@ -331,6 +333,8 @@ class Hub:
             deadlines.append(moved + self._config.stall_timeout)
         if self._verdicts:
             deadlines.append(min(at for at, _ in self._verdicts.values()))
+        if self._run_due is not None:
+            deadlines.append(self._run_due)
         if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -866,7 +870,7 @@ class Hub:
         goes out first - unless more connections wait in the backlog: then the run
         goes on, and the next turn (at once: the listener is readable) adds to it."""
         if not self._storm:
-            self._room.end_turn()
+            self._end_turn()
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
@@ -888,7 +892,10 @@ class Hub:
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
                 self._room.leave(self._broken.pop().id, "connection reset")
-            self._room.end_turn()
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        self._run_due = self._room.end_turn()
 
     def _send(self, link: Link) -> None:
         try:
