@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from chatbox.server.room import Room
+from chatbox import protocol
+from chatbox.server.room import STORM_HOLD, STORM_HOLD_MAX, Room
 
 
 class Recorder:
@@ -262,3 +263,147 @@ def test_history_replays_the_last_lines_marked_and_to_the_asker_alone(
     assert len(box.take(3)) == 2 + 6  # fewer lines than the default 20: all of them
     r.receive(3, b"/history lots\n")
     assert box.take(3) == ["! usage: /history [N], N from 1 to 500"]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def joiners_heard(lines: list[str]) -> tuple[int, int]:
+    """(join notices, joiners they account for: named or counted) in ``lines``."""
+    notices = accounted = 0
+    for line in lines:
+        match = protocol.JOINED_LINE.match(line)
+        if match:
+            listed, others = protocol.notice_names(match)
+            notices += 1
+            accounted += len(listed) + others
+    return notices, accounted
+
+
+@pytest.fixture
+def storm_room() -> tuple[Room, Recorder, Clock]:
+    box, clock = Recorder(), Clock()
+    box.room = Room(box, max_line=50, hold=STORM_HOLD, clock=clock)
+    return box.room, box, clock
+
+
+def test_Room_a_storm_over_many_turns_costs_each_member_a_few_notices_and_loses_none(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    """1,000 joins, 64 a hub turn (what the hub accepts per turn), 1 ms apart: a run per
+    turn would send the first member 16 lines, and the room O(N²/64) in all. The runs
+    double instead: a handful of lines each, and every joiner accounted for exactly once."""
+    r, box, clock = storm_room
+    joined(r, box, 2)
+    storm = 1000
+    for first in range(3, 3 + storm, 64):
+        clock.now += 0.001
+        for member_id in range(first, min(first + 64, 3 + storm)):
+            r.join(member_id)
+        due = r.end_turn()
+        assert due is None or clock.now < due
+    clock.now += STORM_HOLD_MAX
+    assert r.end_turn() is None  # the last run went out when it was due
+    for member_id in (1, 2):
+        notices, accounted = joiners_heard(box.take(member_id))
+        assert accounted == storm
+        assert notices <= 10, f"{notices} notices for {storm} joiners"
+    total_lines = 0
+    for member_id in range(3, 3 + storm):
+        lines = box.take(member_id)
+        assert lines[0].startswith("* welcome")
+        notices, accounted = joiners_heard(lines[1:])
+        assert accounted == 2 + storm - member_id, member_id  # everyone after it, once
+        total_lines += len(lines)
+    assert total_lines <= 4 * storm  # O(N): a welcome and a few notices each
+
+
+def test_Room_a_lone_join_after_a_quiet_spell_goes_out_with_its_turn(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 1.0
+    r.join(6)
+    assert r.end_turn() is None
+    assert box.take(1) == ["* guest6 joined"]
+
+
+def test_Room_a_held_run_goes_out_when_due(storm_room: tuple[Room, Recorder, Clock]) -> None:
+    """A join soon after a run of several (a storm may be on) waits, at most the hold."""
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 0.01
+    r.join(6)
+    due = r.end_turn()
+    assert due == pytest.approx(clock.now + STORM_HOLD)
+    assert box.sent.get(1, b"") == b""
+    clock.now = due
+    assert r.end_turn() is None
+    assert box.take(1) == ["* guest6 joined"]
+
+
+def test_Room_a_held_run_goes_out_before_anything_else(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 0.01
+    r.join(6)
+    assert r.end_turn() is not None
+    r.receive(2, b"hello\n")
+    assert box.take(1) == ["* guest6 joined", "<guest2> hello"]
+    assert box.take(6)[1:] == ["<guest2> hello"]
+
+
+def test_Room_people_arriving_one_by_one_are_each_announced_at_once(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    """Each joins once the last was announced (a few ms later): no storm, no waiting."""
+    r, box, clock = storm_room
+    r.join(1)
+    r.end_turn()
+    for member_id in range(2, 12):
+        clock.now += 0.002
+        r.join(member_id)
+        assert r.end_turn() is None
+        assert box.take(1)[-1:] == [f"* guest{member_id} joined"]
+
+
+def test_Room_a_held_leave_run_is_told_before_the_server_shuts_down(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    r, box, clock = storm_room
+    joined(r, box, 5)
+    clock.now += 0.01
+    r.leave(5, "connection lost")
+    assert r.end_turn() is not None
+    r.close()
+    assert box.take(1) == ["* guest5 left (connection lost)", "* server shutting down"]
+
+
+def test_Room_a_storm_trickling_in_one_join_a_turn_still_costs_few_notices(
+    storm_room: tuple[Room, Recorder, Clock],
+) -> None:
+    """300 joins 20 ms apart, each in a turn of its own (a loaded machine forking
+    workers one by one): a run per turn would send the first member 300 lines."""
+    r, box, clock = storm_room
+    joined(r, box, 2)
+    for member_id in range(3, 303):
+        clock.now += 0.02
+        r.join(member_id)
+        r.end_turn()
+    clock.now += STORM_HOLD_MAX
+    r.end_turn()
+    notices, accounted = joiners_heard(box.take(1))
+    assert accounted == 300
+    assert notices <= 25, f"{notices} notices for 300 joiners"
+    for member_id in range(3, 303):
+        assert joiners_heard(box.take(member_id))[1] == 302 - member_id

@@ -217,11 +217,13 @@ class ClusterRoom:
 
         cluster.appends.submit(work, done, failed)
 
-    def end_turn(self) -> None:
+    def end_turn(self) -> float | None:
         """After the hub handed over input outside a tick (lines it had held back):
-        what they queued goes off now, not at some later turn. (Each join and leave is
-        its own entry in the stream; `tick` coalesces the runs of them it reads back.)"""
+        what they queued goes off now, not at some later turn. Nothing is ever held for
+        a later turn here (None): each join and leave is its own entry in the stream,
+        and `tick` coalesces the runs of them it reads back."""
         self._send_off()
+        return None
 
     def _send_off(self) -> None:
         """Ask for the arrivals' names and append what is queued, unless the last such

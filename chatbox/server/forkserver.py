@@ -16,6 +16,12 @@ the errno of a failed fork). It reaps its workers and tells the hub each one's e
 the hub knows which pids still live. The hub learns that a worker's *client* is done
 the way it always did: the worker's channel end closes.
 
+The hub never waits for an answer: it sends the requests (`ForkServer.submit`), goes
+on relaying, and lets a client into the room when its answer comes (`answers`; the
+control socket is in the hub's selector). So in a connection storm the fork server
+forks while the hub accepts and welcomes, on the other core - when the hub waited for
+each batch of 64, it spent 60% of a 1,000-client storm blocked on those answers.
+
 Signals: the fork server and its workers ignore SIGINT, SIGTERM and SIGHUP. A signal
 to the whole process group (Ctrl-C, systemd, ``kill -TERM -PGID``) thus reaches the
 hub alone in effect, and the hub ends everyone in order: each client is told
@@ -28,8 +34,8 @@ If the fork server dies, the hub sees its socket close: it logs it, refuses new 
 with `! server busy`, keeps serving everyone connected, and - a child subreaper where
 Linux allows - reaps and, at shutdown, kills the orphaned workers itself.
 
-Wire format (both directions): one `struct` ``=cIq`` message per packet - a kind, a
-request number and a value:
+Wire format: `struct` ``=cIq`` messages - a kind, a request number and a value - one
+per packet from the hub, up to `REPORTS_PER_PACKET` per packet from the fork server:
 
 - hub -> fork server: ``S`` (start; the value is unused, two or three descriptors ride
   along: client, channel, relay),
@@ -41,9 +47,11 @@ request number and a value:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import gc
+import itertools
 import logging
 import os
 import select
@@ -74,6 +82,15 @@ ORPHAN_GRACE = 2.0
 _CLEAN_EXIT = "it exited"
 
 _MESSAGE = struct.Struct("=cIq")
+# Request numbers, shared by every fork server of the process, so that the answers of
+# one that was replaced never pass for another's (they wrap at 2**32, the wire's size).
+_request_numbers = (n & 0xFFFFFFFF for n in itertools.count(1))
+# The fork server's reports go several to a packet: up to this many, sent once it has
+# taken every request waiting or forked REPORT_EVERY workers since it last sent. The hub
+# then wakes once per few workers, not once per worker, and lets them in together.
+REPORTS_PER_PACKET = 64
+REPORT_EVERY = 16
+_PACKET_SIZE = _MESSAGE.size * REPORTS_PER_PACKET
 _START, _QUIT = b"S", b"Q"
 _READY, _STARTED, _FAILED, _ENDED = b"R", b"P", b"E", b"X"
 
@@ -134,7 +151,13 @@ class ForkServer:
         hub_end.setblocking(False)
         self.pid = pid
         self._ctl = hub_end
-        self._requests = 0
+        # Requests not answered yet, the answers not taken yet, and when the fork server
+        # last answered (or was first asked, since it last had nothing to do).
+        self._pending: set[int] = set()
+        self._unsent: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self._answers: list[tuple[int, OSError | None]] = []
+        self._progress_at = 0.0
+        self._received: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._gone = ""  # why the fork server is gone, once it is
         self._reaped = False
         self._stopping = False
@@ -151,62 +174,88 @@ class ForkServer:
         """It has died or was given up on: it starts no more workers."""
         return bool(self._gone)
 
-    def start(self, pairs: Sequence[Sockets]) -> list[OSError | None]:
-        """Fork a worker for each (client, channel, relay); for each, None if it
-        started, or why not.
+    @property
+    def control(self) -> socket.socket | None:
+        """The socket its answers come on, for the hub's selector (None once gone)."""
+        return None if self._gone else self._ctl
 
-        All requests go out first, then the answers are collected: the fork server
-        forks one worker after the other while the hub waits once for the lot - in a
-        connection storm, once per accept batch instead of once per client.
-        """
-        sent: list[int] = []
+    def submit(self, pairs: Sequence[Sockets]) -> list[int | OSError]:
+        """Ask for a worker for each (client, channel, relay), without waiting: for
+        each, the request's number (its answer comes from `answers`), or why it could
+        not be asked for (the fork server is gone). The caller keeps the sockets open
+        until the answer: a request the socket has no room for yet goes later."""
+        numbers: list[int | OSError] = []
         for sockets in pairs:
             if self._gone:
-                break
-            self._requests = (self._requests + 1) & 0xFFFFFFFF
-            message = _MESSAGE.pack(_START, self._requests, 0)
-            if self._send(message, [s.fileno() for s in sockets if s is not None]):
-                sent.append(self._requests)
-        answers: dict[int, OSError | None] = {}
-        deadline = time.monotonic() + ANSWER_TIMEOUT
-        while len(answers) < len(sent):
-            answer = self._next(deadline)
-            if answer is None:
-                self._lost(f"it did not answer for {ANSWER_TIMEOUT:g} s")
-                break
-            kind, number, value = answer
-            if number not in sent or number in answers:
-                continue  # the late answer to a request given up on
-            deadline = time.monotonic() + ANSWER_TIMEOUT
-            if kind == _STARTED:
-                self.workers.add(value)
-                answers[number] = None
-            else:
-                answers[number] = OSError(value, f"cannot fork a worker: {os.strerror(value)}")
-        gone = ForkServerGone(self._gone)
-        results = [answers.get(number, gone) for number in sent]
-        return results + [gone] * (len(pairs) - len(sent))
+                numbers.append(ForkServerGone(self._gone))
+                continue
+            number = next(_request_numbers)
+            if not self._pending:
+                self._progress_at = time.monotonic()
+            self._pending.add(number)
+            fds = [s.fileno() for s in sockets if s is not None]
+            self._unsent.append((_MESSAGE.pack(_START, number, 0), fds))
+            numbers.append(number)
+        self._send_unsent()
+        return numbers
 
-    def _send(self, message: bytes, fds: list[int]) -> bool:
-        deadline = time.monotonic() + ANSWER_TIMEOUT
-        while True:
+    def answers(self) -> list[tuple[int, OSError | None]]:
+        """The answers that came since the last call, without waiting: (request
+        number, None if its worker started or why not). A fork server that has
+        answered nothing for `ANSWER_TIMEOUT` while requests wait is given up on:
+        every request still waiting is answered with `ForkServerGone`."""
+        self.poll()
+        self._send_unsent()
+        due = self.answer_deadline()
+        if due is not None and time.monotonic() >= due:
+            self._lost(f"it did not answer for {ANSWER_TIMEOUT:g} s")
+        answers, self._answers = self._answers, []
+        return answers
+
+    def answer_deadline(self) -> float | None:
+        """When the fork server is given up on if it answers nothing more (monotonic),
+        or None when no request waits."""
+        return self._progress_at + ANSWER_TIMEOUT if self._pending else None
+
+    def start(self, pairs: Sequence[Sockets]) -> list[OSError | None]:
+        """Fork a worker for each (client, channel, relay) and wait for the answers;
+        for each, None if it started, or why not."""
+        numbers = self.submit(pairs)
+        wanted = {number for number in numbers if isinstance(number, int)}
+        answers: dict[int, OSError | None] = {}
+        others: list[tuple[int, OSError | None]] = []  # for requests submitted before
+        while wanted - answers.keys():
+            self._collect(self.answer_deadline())
+            for number, error in self.answers():
+                if number in wanted:
+                    answers[number] = error
+                else:
+                    others.append((number, error))
+        self._answers = others + self._answers
+        return [
+            number if isinstance(number, OSError) else answers.get(number) for number in numbers
+        ]
+
+    def _send_unsent(self) -> None:
+        """Send the requests waiting for room in the socket, as many as it takes now.
+        Never waits: the rest go once answers show the fork server took some (a
+        storm's 1,000 requests do not fit; waiting for room blocked the hub)."""
+        while self._unsent and not self._gone:
+            message, fds = self._unsent[0]
             try:
                 socket.send_fds(self._ctl, [message], fds)
-                return True
             except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not _ready(self._ctl, select.POLLOUT, remaining):
-                    self._lost(f"it took no request for {ANSWER_TIMEOUT:g} s")
-                    return False
+                return
             except OSError as exc:
                 self._lost(f"its socket failed ({exc})")
-                return False
+                return
+            self._unsent.popleft()
 
     def poll(self) -> None:
         """Take what the fork server said (ended workers; its own end) without blocking,
         and reap orphaned workers once it is gone."""
         if not self._gone:
-            while self._next(None) is not None:
+            while self._collect(None):
                 pass
         if not self._gone:
             # Its death wakes the hub by SIGCHLD (it is the hub's child), and the close
@@ -221,11 +270,13 @@ class ForkServer:
         """End the fork server and every worker by ``deadline`` (monotonic): workers
         still running then are killed."""
         self._stopping = True
+        self._unsent.clear()  # never sent: answered as not started once it is gone
         if not self._gone:
             wait_ms = max(0, int((deadline - time.monotonic()) * 1000) - 50)
             with contextlib.suppress(OSError):
                 self._ctl.send(_MESSAGE.pack(_QUIT, 0, wait_ms))
-            while not self._gone and self._next(deadline) is not None:
+            # Answers still on the way count too: their workers are to be ended.
+            while not self._gone and self._collect(deadline):
                 pass
             if not self._gone:
                 self._lost("it did not end in time")
@@ -248,12 +299,36 @@ class ForkServer:
 
     # --- internals ----------------------------------------------------------------------
 
+    def _collect(self, deadline: float | None) -> bool:
+        """Take the next message (waiting until ``deadline``; None: not at all); a
+        start answer goes to the answers. False when none came, or it is gone."""
+        message = self._next(deadline)
+        if message is None:
+            return False
+        kind, number, value = message
+        if number in self._pending and kind in (_STARTED, _FAILED):
+            self._pending.discard(number)
+            self._progress_at = time.monotonic()
+            if kind == _STARTED:
+                self.workers.add(value)
+                self._answers.append((number, None))
+            else:
+                error = OSError(value, f"cannot fork a worker: {os.strerror(value)}")
+                self._answers.append((number, error))
+        return True
+
     def _next(self, deadline: float | None) -> tuple[bytes, int, int] | None:
         """The next start answer, after taking every end report before it; None when
         nothing came by ``deadline`` (None: do not wait) or the fork server is gone."""
         while not self._gone:
+            while self._received:
+                kind, number, value = self._received.popleft()
+                if kind == _ENDED:
+                    self.workers.discard(value)
+                    continue
+                return kind, number, value
             try:
-                data = self._ctl.recv(_MESSAGE.size)
+                data = self._ctl.recv(_PACKET_SIZE)
             except BlockingIOError:
                 if deadline is None:
                     return None
@@ -265,15 +340,11 @@ class ForkServer:
                 data, why = b"", f"its socket failed ({exc})"
             else:
                 why = ""
-            if len(data) != _MESSAGE.size:
+            if not data or len(data) % _MESSAGE.size:
                 why = why or self._exit_status()
                 self._lost(why, expected=self._stopping and why == _CLEAN_EXIT)
                 return None
-            kind, number, value = _MESSAGE.unpack(data)
-            if kind == _ENDED:
-                self.workers.discard(value)
-                continue
-            return kind, number, value
+            self._received.extend(_MESSAGE.iter_unpack(data))
         return None
 
     def _lost(self, why: str, expected: bool = False) -> None:
@@ -282,6 +353,10 @@ class ForkServer:
         if self._gone:
             return
         self._gone = why
+        # Whatever it was still asked for will never start.
+        self._answers += [(number, ForkServerGone(why)) for number in sorted(self._pending)]
+        self._pending.clear()
+        self._unsent.clear()
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
         self._reap_fork_server(block=True)
@@ -408,7 +483,8 @@ class _Loop:
         self._serve = serve
         self._wake_r = wake_r
         self._live: set[int] = set()
-        self._outbox: list[bytes] = []  # reports for the hub while its socket is full
+        self._reports: list[bytes] = []  # for the next packet to the hub
+        self._outbox: list[bytes] = []  # packets for the hub while its socket is full
         self._quit_at: float | None = None
         self._poller = select.poll()
         self._poller.register(wake_r, select.POLLIN)
@@ -448,6 +524,7 @@ class _Loop:
                 os.waitpid(pid, 0)
             self._report(_ENDED, 0, pid)
         self._live.clear()
+        self._send_reports()
         # The hub counts on the end reports to know which pids still live.
         self._ctl.setblocking(True)
         self._ctl.settimeout(0.5)
@@ -457,13 +534,18 @@ class _Loop:
 
     def report_ready(self) -> None:
         self._report(_READY, 0, os.getpid())
+        self._send_reports()
 
     def _take_requests(self) -> None:
+        forked = 0
         while self._quit_at is None:
+            if forked >= REPORT_EVERY:
+                self._send_reports()
+                forked = 0
             try:
                 data, fds, _, _ = socket.recv_fds(self._ctl, _MESSAGE.size, 3)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 data, fds = b"", []
             if len(data) != _MESSAGE.size:
@@ -471,18 +553,20 @@ class _Loop:
                     os.close(fd)
                 # The hub is gone: its end closed. Workers see their channels close too.
                 self._quit_at = time.monotonic() + ORPHAN_GRACE
-                return
+                break
             kind, number, value = _MESSAGE.unpack(data)
             if kind == _QUIT:
                 for fd in fds:
                     os.close(fd)
                 self._quit_at = time.monotonic() + value / 1000
-                return
+                break
             if kind == _START and len(fds) in (2, 3):
                 self._fork(number, fds)
+                forked += 1
             else:
                 for fd in fds:
                     os.close(fd)
+        self._send_reports()
 
     def _fork(self, request: int, fds: list[int]) -> None:
         try:
@@ -514,23 +598,23 @@ class _Loop:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self._live.clear()
-                return
+                break
             if pid == 0:
-                return
+                break
             self._live.discard(pid)
             self._report(_ENDED, 0, pid)
+        if self._reports:
+            self._send_reports()
 
     def _report(self, kind: bytes, request: int, value: int) -> None:
-        message = _MESSAGE.pack(kind, request, value)
-        if not self._outbox:
-            try:
-                self._ctl.send(message)
-                return
-            except BlockingIOError:
-                pass
-            except OSError:
-                return  # the hub is gone; the request loop will see it
-        self._outbox.append(message)
+        """Tell the hub, with the next packet of reports (`_send_reports`)."""
+        self._reports.append(_MESSAGE.pack(kind, request, value))
+
+    def _send_reports(self) -> None:
+        for start in range(0, len(self._reports), REPORTS_PER_PACKET):
+            self._outbox.append(b"".join(self._reports[start : start + REPORTS_PER_PACKET]))
+        self._reports.clear()
+        self._flush()
 
     def _flush(self) -> None:
         while self._outbox:

@@ -74,9 +74,9 @@ from chatbox.server.forkserver import STOP_SIGNALS, Sockets
 from chatbox.server.gate import Penalties
 from chatbox.server.handover import Handover
 from chatbox.server.history import History
-from chatbox.server.launcher import Launcher
+from chatbox.server.launcher import Launcher, Pending
 from chatbox.server.link import Link, State
-from chatbox.server.room import Room
+from chatbox.server.room import STORM_HOLD, Room
 from chatbox.server.synfilter import SynFilter
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ KEEPCNT = 6
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+# What the selector holds for the socket the launcher's answers come on (`_take_started`).
+_ANSWERS = object()
 
 
 @dataclass
@@ -193,17 +195,23 @@ class Hub:
         self._launcher = launcher
         self._config = config
         self._room: Room | ClusterRoom
+        # Clients whose worker was asked for and not started yet (fork mode: the fork
+        # server answers later), by the launcher's ticket.
+        self._starting: dict[int, tuple[Link, Sockets]] = {}
         # In a cluster the room appends to the shared log and delivers what comes back,
         # once per turn (docs/cluster.md); alone it posts straight away.
         self._tick: Callable[[], None] | None = None
         if cluster is None:
-            self._room = Room(self, config.max_line, config.history)
+            # Clients whose workers are starting will join: its run of notices may wait.
+            coming = self._starting.__len__
+            self._room = Room(self, config.max_line, config.history, hold=STORM_HOLD, coming=coming)
         else:
             from chatbox.server.cluster_room import ClusterRoom
 
             self._room = ClusterRoom(self, cluster, config.max_line)
             self._tick = self._room.tick
         self._links: dict[int, Link] = {}
+        self._answers_on: socket.socket | None = None  # where the launcher's answers come
         self._admission = Admission(config.admission)
         # Addresses admission blocks are dropped by the kernel, before they are connections.
         self._syn_filter = SynFilter(listener)
@@ -229,6 +237,8 @@ class Hub:
         # More connections wait than one turn takes (a storm): the room's run of join
         # notices goes on into the next turn instead of going out with this one.
         self._storm = False
+        # When the room's run of notices, held during a storm, is due (monotonic).
+        self._run_due: float | None = None
         self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
         # Held by whoever runs the hub's code: the loop, except while it waits in its
         # selector - and then maybe a worker thread handing over a line (`_take`).
@@ -280,7 +290,10 @@ class Hub:
             self._lock.acquire()
         for key, _ in ready:
             link = key.data
-            if link is None:
+            if link is _ANSWERS:
+                # (Maybe of a socket unregistered earlier in this batch: harmless.)
+                self._take_started()
+            elif link is None:
                 if key.fileobj is self._listener:
                     self._accept()
                 elif key.fileobj is self._wakeup_r:
@@ -300,6 +313,8 @@ class Hub:
         if now >= self._reap_at or self._stopping:
             self._reap_at = now + REAP_INTERVAL
             self._launcher.reap()
+            if self._starting:
+                self._take_started()  # also those given up on (no answer in time)
         if self._tick is not None:
             self._tick()
         self._after_input()
@@ -340,6 +355,13 @@ class Hub:
         unblock = self._admission.next_unblock()
         if unblock is not None:
             deadlines.append(unblock)
+        if self._run_due is not None:
+            deadlines.append(self._run_due)
+        if self._starting:
+            answers_due = self._launcher.answer_deadline()
+            if answers_due is not None:
+                # Looked at with the launcher's reports (above), not sooner.
+                deadlines.append(max(answers_due, self._reap_at))
         if self._held and any(self._releasable(link) for link in self._held.values()):
             # Its replies went out in full (no writable event will come): go on at once.
             deadlines.append(0.0)
@@ -392,6 +414,13 @@ class Hub:
             self._close_link(link)
             self._forget(link)
         self._launcher.finish(time.monotonic() + 0.3)
+        # Workers asked for as the server ended and never let in: only sockets are left.
+        self._launcher.started()
+        for link, sockets in self._starting.values():
+            for sock in (*sockets, link.channel, link.client):
+                if sock is not None:
+                    sock.close()
+        self._starting.clear()
 
     # --- signals ------------------------------------------------------------------------
 
@@ -460,7 +489,7 @@ class Hub:
             if isinstance(ticket, Refusal):
                 self._refuse(client, address, ticket)
                 continue
-            if len(self._links) + len(fresh) >= self._config.max_clients:
+            if len(self._links) + len(self._starting) + len(fresh) >= self._config.max_clients:
                 self._admission.release(ticket)
                 log.warning("refused %s: server full", address)
                 self._farewells.add(client, protocol.server_full(self._config.max_clients))
@@ -530,30 +559,61 @@ class Hub:
         results = self._launcher.start_all(
             [sockets for _, sockets in starting], [link.handover for link, _ in starting]
         )
-        for (link, (client, worker_end, worker_relay)), error in zip(
-            starting, results, strict=True
-        ):
-            if error is not None:
-                # Out of processes or threads: this one client is refused, everyone else
-                # goes on. It is told (best effort: its socket is fresh and empty; on a
-                # TLS port inside TLS, the farewell's own handshake).
-                log.error("cannot start a worker: %s", error)
-                worker_end.close()
-                link.channel.close()
-                if worker_relay is not None:
-                    worker_relay.close()
-                    link.client.close()
-                self._admission.release(link.ticket)
-                self._farewells.add(client, protocol.SERVER_BUSY)
-                continue
-            if self._config.gated:
-                link.state = State.WAITING
-            if self._config.flood.enabled:
-                link.bucket = FloodBucket(self._config.flood, time.monotonic())
-            self._links[link.id] = link
-            self._selector.register(link.channel, _READ, link)
-            if link.state is State.OPEN:
-                self._joined(link)
+        for (link, sockets), result in zip(starting, results, strict=True):
+            if isinstance(result, Pending):
+                self._starting[result.ticket] = (link, sockets)
+            else:
+                self._started(link, sockets, result)
+        self._watch_launcher()
+
+    def _take_started(self) -> None:
+        """Workers the launcher answered for since we last looked (fork mode)."""
+        for ticket, error in self._launcher.started():
+            link, sockets = self._starting.pop(ticket)
+            self._started(link, sockets, error)
+        self._watch_launcher()
+
+    def _watch_launcher(self) -> None:
+        """Watch the socket the launcher's answers come on while some are awaited (it
+        changes when a fork server is replaced)."""
+        sock = self._launcher.answers_on
+        if sock is self._answers_on:
+            return
+        if self._answers_on is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._answers_on)
+        if sock is not None:
+            self._selector.register(sock, _READ, _ANSWERS)
+        self._answers_on = sock
+
+    def _started(self, link: Link, sockets: Sockets, error: OSError | None) -> None:
+        """Its worker started (``error`` None), or could not: let it in or refuse it."""
+        client, worker_end, worker_relay = sockets
+        if error is not None:
+            # Out of processes or threads: this one client is refused, everyone else
+            # goes on. It is told (best effort: its socket is fresh and empty; on a
+            # TLS port inside TLS, the farewell's own handshake).
+            log.error("cannot start a worker: %s", error)
+            worker_end.close()
+            link.channel.close()
+            if worker_relay is not None:
+                worker_relay.close()
+                link.client.close()
+            self._admission.release(link.ticket)
+            self._farewells.add(client, protocol.SERVER_BUSY)
+            return
+        if self._config.gated:
+            link.state = State.WAITING
+        if self._config.flood.enabled:
+            link.bucket = FloodBucket(self._config.flood, time.monotonic())
+        self._links[link.id] = link
+        self._selector.register(link.channel, _READ, link)
+        if self._stopping:
+            # Its worker started as the server was ending: it is told, and ended.
+            self.post((link.id,), protocol.SERVER_SHUTTING_DOWN)
+            self.dismiss(link.id)
+        elif link.state is State.OPEN:
+            self._joined(link)
 
     def _joined(self, link: Link) -> None:
         """It enters the room; it is silent until its worker hears from it."""
@@ -904,7 +964,7 @@ class Hub:
         goes out first - unless more connections wait in the backlog: then the run
         goes on, and the next turn (at once: the listener is readable) adds to it."""
         if not self._storm:
-            self._room.end_turn()
+            self._end_turn()
         while self._dirty:
             dirty, self._dirty = self._dirty, {}
             for link in dirty.values():
@@ -926,7 +986,10 @@ class Hub:
             # A client whose socket failed is gone; telling the room queues more.
             while self._broken:
                 self._room.leave(self._broken.pop().id, "connection reset")
-            self._room.end_turn()
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        self._run_due = self._room.end_turn()
 
     def _send(self, link: Link) -> None:
         try:

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from chatbox.server.forkserver import ForkServer, Sockets
 from chatbox.server.handover import Handover
@@ -31,6 +32,14 @@ FORK_SERVER_RESTART_INTERVAL = 10.0
 # Worker threads need little stack (a loop, a decoder, a few frames); the default 8 MiB
 # of address space each would make thousands of threads look huge.
 THREAD_STACK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A worker asked for and not started yet: its answer comes from `Launcher.started`
+    under this ticket."""
+
+    ticket: int
 
 
 def default_mode() -> str:
@@ -73,12 +82,14 @@ class Launcher(abc.ABC):
 
     def start_all(
         self, workers: Sequence[Sockets], handovers: Sequence[Handover | None] = ()
-    ) -> list[OSError | None]:
+    ) -> list[OSError | Pending | None]:
         """`start` for each (client, channel, relay), in order: for each, None if its
-        worker started, or the `OSError` `start` would have raised. ``handovers``, if
-        given, has one for each worker (only where `shares_hub`). A mode that starts
-        many workers at once more cheaply than one by one overrides this."""
-        results: list[OSError | None] = []
+        worker started, the `OSError` `start` would have raised, or - in a mode whose
+        workers are started by another process - `Pending`: the answer comes later,
+        from `started`. ``handovers``, if given, has one for each worker (only where
+        `shares_hub`). A mode that starts many workers at once more cheaply than one
+        by one overrides this."""
+        results: list[OSError | Pending | None] = []
         for index, (client, channel, relay) in enumerate(workers):
             try:
                 self.start(client, channel, relay, handovers[index] if handovers else None)
@@ -90,6 +101,22 @@ class Launcher(abc.ABC):
 
     def reap(self) -> None:  # noqa: B027 - threads need no reaping
         """Collect workers that have ended. Never blocks."""
+
+    def started(self) -> list[tuple[int, OSError | None]]:
+        """The answers for `Pending` workers that came since the last call, without
+        waiting: (ticket, None if it started or why not)."""
+        return []
+
+    @property
+    def answers_on(self) -> socket.socket | None:
+        """The socket whose input means `started` has answers (it changes when a fork
+        server is replaced), or None."""
+        return None
+
+    def answer_deadline(self) -> float | None:
+        """When `started` must be asked again even if nothing came (monotonic): it
+        gives up on answers that take too long. None: no answer is awaited."""
+        return None
 
     def pending(self) -> int:
         """Workers that ended or are ending but whose end the hub must still wait for."""
@@ -114,6 +141,9 @@ class ForkLauncher(Launcher):
         self._server = ForkServer(self._serve)
         self._replaced_at: float | None = None
         self._lost: list[ForkServer] = []  # dead fork servers whose orphans may live on
+        # The sockets of each worker asked for, by ticket, until its answer: the
+        # worker's ends are closed here once it has them.
+        self._pending: dict[int, Sockets] = {}
 
     def _fork_server(self) -> ForkServer:
         """The fork server, replaced if it is gone - at most once per
@@ -145,21 +175,59 @@ class ForkLauncher(Launcher):
         relay: socket.socket | None = None,
         handover: Handover | None = None,
     ) -> None:
-        (error,) = self.start_all([(client, channel, relay)])
+        # One worker, waiting for it (the hub uses `start_all`, which does not wait).
+        (error,) = self._fork_server().start([(client, channel, relay)])
         if error is not None:
             raise error
+        self._close_worker_ends((client, channel, relay))
 
     def start_all(
         self, workers: Sequence[Sockets], handovers: Sequence[Handover | None] = ()
-    ) -> list[OSError | None]:
+    ) -> list[OSError | Pending | None]:
         # A worker process cannot run the hub's code: ``handovers`` is not used.
-        results = self._fork_server().start(workers)
-        for (_, channel, relay), error in zip(workers, results, strict=True):
-            if error is None:
-                channel.close()
-                if relay is not None:
-                    relay.close()
+        results: list[OSError | Pending | None] = []
+        for sockets, number in zip(workers, self._fork_server().submit(workers), strict=True):
+            if isinstance(number, OSError):
+                results.append(number)
+            else:
+                self._pending[number] = sockets
+                results.append(Pending(number))
         return results
+
+    def started(self) -> list[tuple[int, OSError | None]]:
+        answers: list[tuple[int, OSError | None]] = []
+        for server in (self._server, *self._lost):
+            for ticket, error in server.answers():
+                sockets = self._pending.pop(ticket, None)
+                if sockets is None:
+                    continue
+                if error is None:
+                    self._close_worker_ends(sockets)
+                answers.append((ticket, error))
+        return answers
+
+    @property
+    def answers_on(self) -> socket.socket | None:
+        return self._server.control if self._pending else None
+
+    def answer_deadline(self) -> float | None:
+        if not self._pending:
+            return None
+        due = [
+            d for d in (s.answer_deadline() for s in (self._server, *self._lost)) if d is not None
+        ]
+        # A server given up on has answered for everything: look again at once.
+        return min(due) if due else 0.0
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @staticmethod
+    def _close_worker_ends(sockets: Sockets) -> None:
+        _, channel, relay = sockets
+        channel.close()
+        if relay is not None:
+            relay.close()
 
     def reap(self) -> None:
         self._server.poll()

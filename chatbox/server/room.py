@@ -14,15 +14,32 @@ here is testable with a list standing in for the sockets. A departure the hub re
 Join and leave notices are coalesced: consecutive joins (or consecutive leaves for the
 same reason) with nothing else posted in between wait in a run, and the run goes out as
 one notice per recipient when anything else is posted or when the hub ends its turn
-(`end_turn`). A connection storm of N clients thus costs O(N) notice lines, not O(N²),
-and every recipient still learns of every joiner (named, or counted in "and N others").
+(`end_turn`). Every recipient learns of every joiner (named, or counted in "and N
+others"), exactly once.
+
+A storm spans many hub turns (the hub takes 64 connections a turn, and in fork mode a
+client enters when its worker has started), so a run per turn would still cost O(N²/64)
+lines or worse - 35 reads per client in a 5,000-client storm. So, given a ``hold`` (the
+hub gives `STORM_HOLD`), a run is part of a storm when it begins less than a hold after
+a previous run of several went out, or while more members are on their way (``coming``: the hub
+counts the clients whose workers are starting). Such a run waits at the end of its
+turns until it is as long as the room was when it began, and at least `STORM_RUN` long
+(so runs double: a storm of N costs about 2N notice lines in O(log N) runs), or until
+it has waited its hold (`end_turn` says when; the hub wakes for it). Each held run of a
+storm may wait twice as long as the one before, up to `STORM_HOLD_MAX` (that bound
+alone while members are on their way), so a storm that trickles in slowly (a loaded
+machine forking workers one by one) costs O(log T) runs and then one per
+`STORM_HOLD_MAX`, not one per turn. A join after a quiet spell still goes out at the
+end of its turn, and anything else posted sends the run first, as always.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +47,15 @@ from chatbox import protocol
 from chatbox.server.history import History
 
 log = logging.getLogger("chatbox.room")
+
+# The longest the first held run of a storm waits (seconds); each next one may wait
+# twice as long as the one before, up to STORM_HOLD_MAX. A notice is late by that much
+# at most, and only while joins (or leaves) keep coming.
+STORM_HOLD = 0.05
+STORM_HOLD_MAX = 2.0
+# A held run that has this many joins (or leaves) goes out even into a room smaller
+# than that: a storm into a small room does not double its way up from one.
+STORM_RUN = 64
 
 
 class Postbox(Protocol):
@@ -66,6 +92,9 @@ class Room:
         postbox: Postbox,
         max_line: int = protocol.DEFAULT_MAX_LINE,
         history: History | None = None,
+        hold: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        coming: Callable[[], int] = lambda: 0,
     ) -> None:
         self._postbox = postbox
         self._max_line = max_line
@@ -80,6 +109,18 @@ class Room:
         self._joins: list[tuple[int, str]] = []
         self._leaves: list[str] = []
         self._leave_reason = ""
+        # Storms (``hold`` 0: every run goes out at the end of its turn): when the last
+        # run went out, when the pending one began, the room's size then, its hold (0:
+        # none), and whether it began soon enough after the last to be held.
+        self._hold = hold
+        self._clock = clock
+        self._coming = coming
+        self._posted_at = -math.inf
+        self._run_began = 0.0
+        self._run_base = 0
+        self._run_hold = 0.0
+        self._storming = False
+        self._last_length = 0  # joins or leaves in the last run that went out
         # What /history and /resume replay: the latest relayed blocks (chat, actions).
         self._history = history if history is not None else History()
         # Members that asked for their place (/resume) and the place they were last told.
@@ -108,6 +149,8 @@ class Room:
         ]
         if self._leaves:
             self._end_run()
+        if not self._joins:
+            self._run_begins()
         member = Member(member_id, name, self._history.last_seq)
         self._members[member_id] = member
         self._by_key[protocol.name_key(name)] = member
@@ -133,23 +176,61 @@ class Room:
             self._resumers.remove(member_id)
         if self._joins or (self._leaves and reason != self._leave_reason):
             self._end_run()
+        if not self._leaves:
+            self._run_begins()
         self._leaves.append(member.name)
         self._leave_reason = reason
         self._everyone_stale = True
         log.info("%s left (%s)", member.name, reason)
 
-    def end_turn(self) -> None:
-        """The hub ends its loop turn: post the run of join or leave notices, tell the
-        members that asked where they are now, and let the history write its turn."""
+    def end_turn(self) -> float | None:
+        """The hub ends its loop turn: post the run of join or leave notices (unless a
+        storm holds it), tell the members that asked where they are now, and let the
+        history write its turn. Returns when a held run is due (monotonic; the hub must
+        end a turn then), or None when none waits."""
+        due = None
         if self._joins or self._leaves:
-            self._end_run()
+            due = self._run_due()
+            if due is None:
+                self._end_run()
         if self._announced != self._history.last_seq:
             self._announced = self._history.last_seq
             if self._resumers:
                 self._postbox.post(self._resumers, protocol.id_line(self._history.position()))
         self._history.end_turn()
+        return due
+
+    def _run_begins(self) -> None:
+        if self._hold:
+            now = self._clock()
+            self._run_began = now
+            self._run_base = len(self._members)
+            # One join after another, each once the last was announced (people
+            # arriving one by one) is no storm: only a run after a run of several is.
+            soon = now - self._posted_at < max(self._hold, self._run_hold)
+            self._storming = soon and self._last_length > 1
+            if not self._storming:
+                self._run_hold = 0.0
+            elif self._run_hold:
+                self._run_hold = min(STORM_HOLD_MAX, 2 * self._run_hold)
+            else:
+                self._run_hold = self._hold
+
+    def _run_due(self) -> float | None:
+        """When the pending run must go out, if a storm holds it past this turn."""
+        if not self._hold:
+            return None
+        coming = self._coming() > 0
+        length = len(self._joins) + len(self._leaves)
+        if not (self._storming or coming) or length >= max(self._run_base, STORM_RUN):
+            return None
+        due = self._run_began + (STORM_HOLD_MAX if coming else self._run_hold)
+        return due if self._clock() < due else None
 
     def _end_run(self) -> None:
+        if self._hold:
+            self._posted_at = self._clock()
+            self._last_length = len(self._joins) + len(self._leaves)
         joins, self._joins = self._joins, []
         leaves, self._leaves = self._leaves, []
         everyone = self._recipients()
@@ -186,6 +267,8 @@ class Room:
 
     def close(self) -> None:
         """The server is shutting down: tell everyone, and dismiss them all."""
+        if self._joins or self._leaves:
+            self._end_run()
         self.end_turn()
         everyone = self._recipients()
         self._postbox.post(everyone, protocol.SERVER_SHUTTING_DOWN)
