@@ -15,6 +15,7 @@ to go wrong on purpose (a line cut by a kill) is an expectation in it (`may_be_c
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections import Counter
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from harness.tokens import Token
-from harness.transcript import COUNTED, RECEIVED, Line, QuietPhase, Receipt, RunRecord
+from harness.transcript import COUNTED, RECEIVED, Line, QuietPhase, Receipt, RunRecord, Sent
 
 PASS = "pass"
 FAIL = "fail"
@@ -567,43 +568,123 @@ def _first_clash(
 SIMPLEX = "simplex"
 HALF_DUPLEX = "half duplex"
 FULL_DUPLEX = "full duplex"
+# The most time, from a peer line's typing to the display of the peer line that answers
+# the party's reply to it, that proves the server carried both directions at once. A
+# server taking turns must stop reading one talker before it reads the other: one that
+# waits for its talker to pause DUPLEX_SPAN seconds or longer cannot produce the proof.
+DUPLEX_SPAN = 1.0
+
+
+@dataclass(frozen=True)
+class Interleaving:
+    """The server read ``own`` (a line of the party) between two lines of its peer.
+
+    ``first`` was displayed to the party before the party began typing ``own``; ``own``
+    was displayed to the peer before the peer began typing ``second``. So, wherever lines
+    waited in buffers on the way, the server read first, then own, then second; and it
+    read first no earlier than ``start`` (when the peer began typing it) and second no
+    later than ``second.t``: within ``span`` seconds."""
+
+    first: Receipt
+    own: Token
+    second: Receipt
+    start: float
+
+    @property
+    def span(self) -> float:
+        return self.second.t - self.start
+
+
+def _typing_starts(sent: list[Sent]) -> list[tuple[float, Sent]]:
+    """(the latest time its typing can have begun, line) for each line but the first.
+
+    ``Sent.t`` is taken when the write is done, so it is no lower bound of when the
+    server could read the line; the previous line's ``t`` is: one stream thread types a
+    party's lines one after the other."""
+    return [(before.t, line) for before, line in itertools.pairwise(sent)]
+
+
+def interleaving(record: RunRecord, party: str, peer: str) -> Interleaving | None:
+    """The quickest proof that the server carried a line of ``party`` between two lines
+    of ``peer`` (see Interleaving), among the concurrent phase's lines; None if none.
+
+    Safe to call while the run is still writing the record (it copies what it reads)."""
+    until = record.concurrent_until
+
+    def lines(name: str) -> list[Sent]:
+        sent = [s for s in list(record.party(name).sent) if s.token.kind in COUNTED]
+        return sorted((s for s in sent if until is None or s.t <= until), key=lambda s: s.t)
+
+    def shown(name: str, sender: str) -> dict[tuple[str, int], Receipt]:
+        first: dict[tuple[str, int], Receipt] = {}
+        for r in list(record.party(name).received):
+            if r.token.sender == sender:
+                first.setdefault(r.token.key, r)
+        return first
+
+    own_starts = _typing_starts(lines(party))
+    peer_starts = _typing_starts(lines(peer))
+    own_times = [t for t, _ in own_starts]
+    peer_times = [t for t, _ in peer_starts]
+    at_party = shown(party, peer)
+    at_peer = shown(peer, party)
+    best: Interleaving | None = None
+    for start, line in peer_starts:
+        first = at_party.get(line.token.key)
+        if first is None:
+            continue
+        i = bisect.bisect_right(own_times, first.t)  # party's first line begun after it
+        if i == len(own_starts):
+            continue
+        own = own_starts[i][1].token
+        reply = at_peer.get(own.key)
+        if reply is None:
+            continue
+        j = bisect.bisect_right(peer_times, reply.t)  # peer's first line begun after that
+        if j == len(peer_starts):
+            continue
+        second = at_party.get(peer_starts[j][1].token.key)
+        if second is None:
+            continue
+        found = Interleaving(first, own, second, start)
+        if best is None or found.span < best.span:
+            best = found
+    return best
 
 
 def _concurrent_proof(record: RunRecord, party: str, peer: str) -> tuple[bool, str, int]:
-    """(a) ``party`` displayed a line of ``peer`` while its own lines kept arriving at
-    ``peer`` afterwards: it read while it was still sending (lines it had written to the
-    socket, not lines merely typed into its terminal)."""
+    """(a) the server read a line of ``party`` between two lines of ``peer``, within
+    DUPLEX_SPAN seconds: it carried both directions at once, not in turns.
+
+    Lines merely arriving after a display prove nothing: they may have waited in a
+    socket buffer while the server read only the peer, then have been read in its turn.
+    So each step of the proof is a line begun only after the one before it was shown."""
     log = record.party(party)
-    until = record.concurrent_until
-    concurrent = {
-        s.token.key
-        for name in (party, peer)
-        for s in record.sent_by(name)
-        if until is None or s.t <= until
-    }
-    heard = [r for r in log.received if r.token.sender == peer and r.token.key in concurrent]
-    arrived = [
-        r.t
-        for r in record.party(peer).received
-        if r.token.sender == party and r.token.key in concurrent
-    ]
-    last = max(arrived, default=-1.0)
-    proof = next((r for r in heard if r.t < last), None)
-    if proof is not None:
-        later = sum(1 for t in arrived if t > proof.t)
-        return (
-            True,
-            f"{party} displayed {proof.token}, and {later} of its own lines reached {peer} "
-            "after that",
-            proof.index,
+    found = interleaving(record, party, peer)
+    if found is not None:
+        chain = (
+            f"{party} displayed {found.first.token}, then typed {found.own}, which {peer} "
+            f"displayed before typing {found.second.token}"
         )
-    last_text = f"{last:.4f}s" if arrived else "never"
-    first = f"{heard[0].t:.4f}s" if heard else "never"
+        if found.span < DUPLEX_SPAN:
+            return (
+                True,
+                f"{chain}: {party}'s line carried between two of {peer}'s within {found.span:.3f}s",
+                found.second.index,
+            )
+        return (
+            False,
+            f"{party}'s lines were carried between {peer}'s only in turns: at best {chain}, "
+            f"{found.span:.2f}s from the first typed to the last displayed (full duplex "
+            f"needs under {DUPLEX_SPAN:g}s; a server taking turns at pauses does this)",
+            found.first.index,
+        )
+    heard = [r for r in log.received if r.token.sender == peer]
     index = heard[0].index if heard else len(log.lines) - 1
     return (
         False,
-        f"{party} displayed nothing from {peer} while sending: its last line reached {peer} "
-        f"at {last_text}, the first of {peer}'s was displayed at {first}",
+        f"{party}'s lines were never carried between two of {peer}'s: no line it typed "
+        f"after displaying one of {peer}'s reached {peer} while {peer} was still typing",
         max(0, index),
     )
 
