@@ -684,7 +684,7 @@ def _concurrent_proof(record: RunRecord, party: str, peer: str) -> tuple[bool, s
     return (
         False,
         f"{party}'s lines were never carried between two of {peer}'s: no line it typed "
-        f"after displaying one of {peer}'s reached {peer} while {peer} was still typing",
+        f"after displaying one of {peer}'s was displayed by {peer} before {peer} typed another",
         max(0, index),
     )
 
