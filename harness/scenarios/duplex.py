@@ -34,7 +34,8 @@ PROOF_EVERY = 16  # a talker past M looks for the full-duplex proof once in this
 
 class _Proof:
     """Whether a talker past M lines should go on: until the record holds the check's
-    proof for both parties (a line of each carried between two of the other's, quickly),
+    proof for both parties (a line of each carried between two of the other's, with no
+    pause in reading the other),
     and only while the other talker still talks (no proof can come without it).
 
     Looking costs a pass over the record, so it is done once in PROOF_EVERY lines."""
@@ -53,7 +54,7 @@ class _Proof:
             return True  # within M lines each, or not the time to look: talk on
         record = self.ctx.record
         self.proven = all(
-            (found := interleaving(record, party, other)) is not None and found.span < DUPLEX_SPAN
+            (found := interleaving(record, party, other)) is not None and found.pause < DUPLEX_SPAN
             for party, other in record.duplex_pairs
         )
         return not self.proven

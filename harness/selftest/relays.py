@@ -46,7 +46,8 @@ MODES: dict[str, str] = {
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 SPLIT_READ = 4096  # split: one read() of this many bytes, each piece sent as a line
 TRUNCATE = 1024  # truncate: the fixed line buffer
-TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk
+TALKER_QUIET = 3.0  # halfduplex: seconds of silence before another client may talk (more
+# than the full-duplex check's DUPLEX_SPAN, so this relay can never pass it)
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder/merge: a held line goes out after this long without a partner
 CROSS_DELAY = 0.05  # crossorder: the delay for every other sender/receiver pair
