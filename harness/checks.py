@@ -571,7 +571,7 @@ FULL_DUPLEX = "full duplex"
 # The longest pause in reading the peer that still proves full duplex. A server taking
 # turns must stop reading one talker before it reads the other; one that waits for its
 # talker to pause DUPLEX_SPAN seconds or longer cannot produce the proof.
-DUPLEX_SPAN = 2.5  # above what queueing adds under impairments and load (1 s seen)
+DUPLEX_SPAN = 1.4  # above what queueing adds under impairments (1 s seen through slice=1)
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def test_full_duplex_is_not_proven_by_lines_that_waited_in_a_buffer() -> None:
 
 
 def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
-    """The same server, switching at each 3 s pause of its talker: b talks, pauses
+    """The same server, switching at each 1.5 s pause of its talker: b talks, pauses
     (starved); a's lines go through; b talks again. The lines do interleave (a#4 begun
     after a showed b#2, shown to b before b began b#4), but slower than a server taking
     turns at pauses can also do it."""
@@ -251,7 +251,7 @@ def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
     assert "a's lines were carried between b's only in turns" in result.detail
     assert "b#2, then typed a#4, which b displayed before typing b#4" in result.detail
     assert "b's lines may have paused 3.30s after b#2" in result.detail
-    assert "full duplex needs under 2.5s" in result.detail
+    assert "full duplex needs under 1.4s" in result.detail
 
 
 def test_a_line_whose_typing_may_have_begun_before_the_display_proves_nothing() -> None:
