@@ -242,16 +242,29 @@ def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
     after a showed b#2, shown to b before b began b#4), but slower than a server taking
     turns at pauses can also do it."""
     rec, _, _ = duplex_record()
-    typed = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.1, 0.2, 3.0, 3.1]}
-    shown = {"a": [(0.15, 1), (0.25, 2), (3.4, 3), (3.4, 4)]}
+    typed = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.1, 0.2, 0.3, 0.4, 0.5, 3.0, 3.1]}
+    shown = {"a": [(0.1 * seq + 0.05, seq) for seq in range(1, 6)] + [(3.4, 6), (3.4, 7)]}
     shown["b"] = [(1.8, seq) for seq in (1, 2, 3, 4)]
     talk(rec, typed, shown)
     result = checks.check_duplex(rec)
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "a's lines were carried between b's only in turns" in result.detail
-    assert "b#2, then typed a#4, which b displayed before typing b#4" in result.detail
-    assert "b's lines may have paused 3.30s after b#2" in result.detail
+    assert "b#2, then typed a#4, which b displayed before typing b#7" in result.detail
+    assert "b's lines may have paused 3.00s after b#5" in result.detail
     assert "full duplex needs under 1.4s" in result.detail
+
+
+def test_full_duplex_is_unknown_where_every_line_is_slow_on_the_way() -> None:
+    """Each line takes 1.5 s to be shown (a slow link, a loaded machine): the lines do
+    interleave, but a pause that long is what any line's trip may hide here."""
+    rec, _, _ = duplex_record()
+    times = [0.1 * k for k in range(1, 61)]
+    typed = {"a": times, "b": times}
+    shown = {p: [(t + 1.5, seq) for seq, t in enumerate(times, 1)] for p in typed}
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.NOT_APPLICABLE, "unknown")
+    assert "a's lines took too long on the way to tell" in result.detail
 
 
 def test_a_line_whose_typing_may_have_begun_before_the_display_proves_nothing() -> None:
