@@ -5,7 +5,7 @@ other side", and the verdict says which of simplex, half duplex and full duplex 
 observed, with the evidence:
 
 - a *concurrent* phase: both stream at once; for each party the server must be shown to
-  have read one of its lines between two of its peer's, quickly (see
+  have read one of its lines between two of its peer's, with no long pause (see
   ``harness.checks.interleaving``): the party typed it after it displayed the first,
   the peer displayed it before it typed the second. Lines that merely arrive later
   prove nothing (they may have waited in a buffer for their turn). The parties keep
@@ -35,8 +35,8 @@ PROOF_EVERY = 16  # a talker past M looks for the full-duplex proof once in this
 class _Proof:
     """Whether a talker past M lines should go on: until the record holds the check's
     proof for both parties (a line of each carried between two of the other's, with no
-    pause in reading the other),
-    and only while the other talker still talks (no proof can come without it).
+    long pause in reading the other), and only while the other talker still talks (no
+    proof can come without it).
 
     Looking costs a pass over the record, so it is done once in PROOF_EVERY lines."""
 
