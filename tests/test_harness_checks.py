@@ -192,20 +192,93 @@ def duplex_record() -> tuple[RunRecord, PartyLog, PartyLog]:
     return rec, a, b
 
 
-def test_full_duplex_needs_own_lines_arriving_after_a_display() -> None:
-    rec, a, b = duplex_record()
-    for seq in (1, 2, 3):
-        a.add_sent(0.1 * seq, make("a", seq, "x"))
-        b.add_sent(0.1 * seq, make("b", seq, "y"))
-        b.add_received(0.2 + 0.1 * seq, make("a", seq, "x").encode())
-    a.add_received(0.9, make("b", 1, "y").encode())  # after all of a's arrived: serialised
-    result = checks.check_duplex(rec)
-    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
-    assert "a displayed nothing from b while sending" in result.detail
-    a.add_received(0.35, make("b", 2, "y").encode())  # before a#2 and a#3 reached b
+def talk(
+    rec: RunRecord, typed: dict[str, list[float]], shown: dict[str, list[tuple[float, int]]]
+) -> None:
+    """``typed[p]``: when each of p's lines (#1, #2, ...) was typed; ``shown[p]``: (when,
+    seq) of the peer's lines p displayed (the two parties are each other's peer)."""
+    names = list(typed)
+    for name in names:
+        for seq, t in enumerate(typed[name], 1):
+            rec.party(name).add_sent(t, make(name, seq, "x"))
+    for name in names:
+        peer = next(n for n in names if n != name)
+        for t, seq in shown[name]:
+            rec.party(name).add_received(t, make(peer, seq, "x").encode())
+
+
+def test_full_duplex_is_a_line_carried_between_two_of_the_peers_quickly() -> None:
+    """a shows b#2, then begins a#4 (after a#3 was typed), which b shows before it begins
+    b#6, which a shows: the server read a#4 between b#2 and b#6. And the other way."""
+    rec, _, _ = duplex_record()
+    times = [0.1 * k for k in range(1, 7)]
+    typed = {"a": times, "b": times}
+    shown = {p: [(t + 0.05, seq) for seq, t in enumerate(times, 1)] for p in typed}
+    talk(rec, typed, shown)
     result = checks.check_duplex(rec)
     assert (result.status, result.observed) == (checks.PASS, checks.FULL_DUPLEX)
-    assert "2 of its own lines reached b after that" in result.detail
+    assert "a displayed b#2, then typed a#4, which b displayed before typing b#6" in (result.detail)
+    assert "b's lines in between were read at most 0.250s apart" in result.detail
+
+
+def test_full_duplex_is_not_proven_by_lines_that_waited_in_a_buffer() -> None:
+    """A server serving one talker at a time, under load: b talks first, a's lines wait
+    in a socket buffer; a starved b falls quiet, a's lines go through, then b's. Each
+    party displayed a peer line before some of its own reached the peer - but all its
+    lines had been typed before that display: nothing shows both directions at once."""
+    rec, _, _ = duplex_record()
+    typed = {"a": [0.10, 0.11, 0.12, 0.13], "b": [0.10, 0.11, 2.60, 2.61]}
+    shown = {"a": [(0.20, 1), (0.21, 2), (4.2, 3), (4.3, 4)]}
+    shown["b"] = [(2.0, 1), (2.1, 2), (2.2, 3), (2.3, 4)]
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "a's lines were never carried between two of b's" in result.detail
+
+
+def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
+    """The same server, switching at each 1.5 s pause of its talker: b talks, pauses
+    (starved); a's lines go through; b talks again. The lines do interleave (a#4 begun
+    after a showed b#2, shown to b before b began b#4), but slower than a server taking
+    turns at pauses can also do it."""
+    rec, _, _ = duplex_record()
+    typed = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.1, 0.2, 0.3, 0.4, 0.5, 3.0, 3.1]}
+    shown = {"a": [(0.1 * seq + 0.05, seq) for seq in range(1, 6)] + [(3.4, 6), (3.4, 7)]}
+    shown["b"] = [(1.8, seq) for seq in (1, 2, 3, 4)]
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "a's lines were carried between b's only in turns" in result.detail
+    assert "b#2, then typed a#4, which b displayed before typing b#7" in result.detail
+    assert "b's lines may have paused 3.00s after b#5" in result.detail
+    assert "full duplex needs under 1.4s" in result.detail
+
+
+def test_full_duplex_is_unknown_where_every_line_is_slow_on_the_way() -> None:
+    """Each line takes 1.5 s to be shown (a slow link, a loaded machine): the lines do
+    interleave, but a pause that long is what any line's trip may hide here."""
+    rec, _, _ = duplex_record()
+    times = [0.1 * k for k in range(1, 61)]
+    typed = {"a": times, "b": times}
+    shown = {p: [(t + 1.5, seq) for seq, t in enumerate(times, 1)] for p in typed}
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.NOT_APPLICABLE, "unknown")
+    assert "a's lines took too long on the way to tell" in result.detail
+
+
+def test_a_line_whose_typing_may_have_begun_before_the_display_proves_nothing() -> None:
+    """Sent.t is taken when the write is done: a#2 written by 0.3 may have been read by
+    the server before b#1 (shown at 0.25) was; only a#3, begun after a#2 was done, counts."""
+    rec, _, _ = duplex_record()
+    typed = {"a": [0.10, 0.30], "b": [0.10, 0.20, 0.50, 0.60]}
+    shown = {"a": [(0.25, 2), (0.55, 3), (0.65, 4)], "b": [(0.40, 2)]}
+    talk(rec, typed, shown)
+    assert checks.interleaving(rec, "a", "b") is None
+    rec.party("a").add_sent(0.35, make("a", 3, "x"))
+    rec.party("b").add_received(0.45, make("a", 3, "x").encode())
+    found = checks.interleaving(rec, "a", "b")
+    assert found is not None and (str(found.own), str(found.second.token)) == ("a#3", "b#4")
 
 
 def test_one_direction_never_delivered_is_simplex() -> None:

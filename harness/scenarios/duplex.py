@@ -4,10 +4,13 @@ Requirement: "two parties send M lines each at the same time; every line must re
 other side", and the verdict says which of simplex, half duplex and full duplex was
 observed, with the evidence:
 
-- a *concurrent* phase: both stream at once; a party must display a peer line while
-  its own lines keep arriving at the peer afterwards (it reads while it is sending). A
-  party keeps talking past M (bounded) until that is shown, so a server that serialises
-  the two directions fails instead of passing by luck;
+- a *concurrent* phase: both stream at once; for each party the server must be shown to
+  have read one of its lines between two of its peer's, with no long pause (see
+  ``harness.checks.interleaving``): the party typed it after it displayed the first,
+  the peer displayed it before it typed the second. Lines that merely arrive later
+  prove nothing (they may have waited in a buffer for their turn). The parties keep
+  talking past M (bounded) until the proof is there or one of them stops, so a server
+  that serialises the two directions fails instead of passing by luck;
 - two *quiet* phases: one party types nothing while the other sends QUIET_LINES lines. A
   full-duplex client displays them at once; a client that reads only after it sent
   shows at most one read's worth, the rest once it types again (late, not lost: the
@@ -17,13 +20,44 @@ observed, with the evidence:
 
 from __future__ import annotations
 
+import threading
 import time
 
+from harness.checks import DUPLEX_SPAN, interleaving
 from harness.party import Party
 from harness.scenarios.base import Context, Scenario
 from harness.transcript import QuietPhase
 
 QUIET_LINES = 20  # lines of a quiet phase: fewer than the window, so nothing paces them
+PROOF_EVERY = 16  # a talker past M looks for the full-duplex proof once in this many lines
+
+
+class _Proof:
+    """Whether a talker past M lines should go on: until the record holds the check's
+    proof for both parties (a line of each carried between two of the other's, with no
+    long pause in reading the other), and only while the other talker still talks (no
+    proof can come without it).
+
+    Looking costs a pass over the record, so it is done once in PROOF_EVERY lines."""
+
+    def __init__(self, ctx: Context, talking: list[threading.Thread]) -> None:
+        self.ctx, self.talking = ctx, talking
+        self.calls, self.proven = 0, False
+
+    def wanted(self, peer: int) -> bool:
+        if len(self.talking) <= peer:
+            return True  # the threads are still being started
+        if self.proven or not self.talking[peer].is_alive():
+            return False
+        self.calls += 1
+        if self.calls <= 2 * self.ctx.options.messages or self.calls % PROOF_EVERY:
+            return True  # within M lines each, or not the time to look: talk on
+        record = self.ctx.record
+        self.proven = all(
+            (found := interleaving(record, party, other)) is not None and found.pause < DUPLEX_SPAN
+            for party, other in record.duplex_pairs
+        )
+        return not self.proven
 
 
 class Duplex(Scenario):
@@ -38,13 +72,13 @@ class Duplex(Scenario):
         ctx.expect("p2", ["p1"])
         ctx.record.duplex_pairs = [("p1", "p2"), ("p2", "p1")]
         n = ctx.options.messages
-        ctx.finish_streams(
-            [
-                ctx.stream(a, n, window_to=[b], prove_with="p2"),
-                ctx.stream(b, n, window_to=[a], prove_with="p1"),
-            ],
-            nudge=True,
-        )
+        talking: list[threading.Thread] = []
+        proof = _Proof(ctx, talking)
+        talking += [
+            ctx.stream(a, n, window_to=[b], prove_with="p2", more=lambda: proof.wanted(1)),
+            ctx.stream(b, n, window_to=[a], prove_with="p1", more=lambda: proof.wanted(0)),
+        ]
+        ctx.finish_streams(list(talking), nudge=True)
         ctx.record.concurrent_until = ctx.clock()
         for listener, speaker in ((a, b), (b, a)):
             if ctx.expired:

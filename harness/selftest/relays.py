@@ -46,7 +46,9 @@ MODES: dict[str, str] = {
 CHUNK = 256  # chunkprefix's receive buffer: small, like a naive C relay's
 SPLIT_READ = 4096  # split: one read() of this many bytes, each piece sent as a line
 TRUNCATE = 1024  # truncate: the fixed line buffer
-TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk
+TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may talk (more
+# than the full-duplex check's DUPLEX_SPAN, so this relay can never pass it; less than the
+# default --settle, so its late lines are not judged lost)
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder/merge: a held line goes out after this long without a partner
 CROSS_DELAY = 0.05  # crossorder: the delay for every other sender/receiver pair
@@ -177,14 +179,16 @@ class Relay:
         return {"chunkprefix": CHUNK, "split": SPLIT_READ}.get(self.mode, 65536)
 
     def on_readable(self, client: Client) -> None:
-        if self.mode == "halfduplex":
-            if self.talker is None:
-                self.set_talker(client)
-            self.talker_last = time.monotonic()
+        if self.mode == "halfduplex" and self.talker is None:
+            self.set_talker(client)
         try:
             data = client.sock.recv(self.read_size())
         except OSError:
             data = b""
+        if self.mode == "halfduplex":
+            # After the read, not before: the talker's quiet is counted from the last
+            # bytes taken, however late a loaded machine ran this.
+            self.talker_last = time.monotonic()
         if not data:
             if self.mode == "probedie" and not client.spoke:
                 raise BrokenPipeError(f"{client.name} closed before it said anything")
