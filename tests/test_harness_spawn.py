@@ -37,9 +37,11 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
+    """What the terminal shows up to the end of the line that holds ``needle`` (a read
+    may stop in the middle of a line)."""
     out = b""
     deadline = time.monotonic() + timeout
-    while needle not in out and time.monotonic() < deadline:
+    while b"\n" not in out.partition(needle)[2] and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.5)[0]:
             out += os.read(fd, 4096)
     return out
