@@ -74,6 +74,12 @@ WORKER_COMM = "chatbox-worker"
 # fork server (stopped, swapped out) from hanging the hub. Past it the fork server is
 # taken for dead.
 ANSWER_TIMEOUT = 5.0
+# A fork server that is runnable (it has work and waits only for a CPU, as on a machine
+# crowded with processes starting at once) is given this long before it is given up on:
+# being starved is not being stuck.
+STARVED_TIMEOUT = 30.0
+# How often an overdue but runnable fork server is looked at again.
+OVERDUE_LOOK = 0.25
 
 # How long a fork server whose hub has vanished waits for the workers to see their
 # channels close before it kills them.
@@ -206,16 +212,34 @@ class ForkServer:
         every request still waiting is answered with `ForkServerGone`."""
         self.poll()
         self._send_unsent()
-        due = self.answer_deadline()
-        if due is not None and time.monotonic() >= due:
-            self._lost(f"it did not answer for {ANSWER_TIMEOUT:g} s")
+        if self._pending:
+            silent = time.monotonic() - self._progress_at
+            if silent >= STARVED_TIMEOUT or (silent >= ANSWER_TIMEOUT and not self._runnable()):
+                self._lost(f"it did not answer for {silent:.0f} s")
         answers, self._answers = self._answers, []
         return answers
 
     def answer_deadline(self) -> float | None:
-        """When the fork server is given up on if it answers nothing more (monotonic),
-        or None when no request waits."""
-        return self._progress_at + ANSWER_TIMEOUT if self._pending else None
+        """When to look at the fork server again if it answers nothing more (monotonic;
+        `answers` gives it up on then, unless it is runnable, only starved), or None
+        when no request waits."""
+        if not self._pending:
+            return None
+        due = self._progress_at + ANSWER_TIMEOUT
+        now = time.monotonic()
+        if now < due:
+            return due
+        return min(now + OVERDUE_LOOK, self._progress_at + STARVED_TIMEOUT)
+
+    def _runnable(self) -> bool:
+        """Whether the fork server is running or waits only for a CPU (Linux: its state
+        in /proc); not when it is stopped, or asleep with requests unanswered."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as stat:
+                state = stat.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state == b"R"
 
     def start(self, pairs: Sequence[Sockets]) -> list[OSError | None]:
         """Fork a worker for each (client, channel, relay) and wait for the answers;
