@@ -8,10 +8,13 @@ that checks what a test `needs` (tests/needs.py) before it runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from client_parties import Party, Server, client_argv
+from live_server import MODES
 from needs import missing
+from tls_certs import make_certificate
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -65,3 +68,15 @@ def listener(server: Server, spawn: Callable[..., Party]) -> Party:
     party = spawn(client_argv(str(server.port)))
     party.join()
     return party
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each concurrency mode of the server this machine has (fork, thread)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 and localhost, made for this test."""
+    return make_certificate(tmp_path)

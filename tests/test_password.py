@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from client_parties import child_env, client_argv
-from live_server import MODES, WAIT, Peer, ServerProcess, running_server
+from live_server import WAIT, Peer, ServerProcess, running_server
 from tls_certs import make_certificate
 
 from chatbox import protocol
@@ -21,11 +21,6 @@ from chatbox.server.channel import ChannelReader, Ready, Refused, ready_note, re
 SECRET = "open sesame"  # a space in it: everything after "/pass " is the password
 REQUIRED = protocol.PASSWORD_REQUIRED.decode().rstrip("\n")
 WRONG = protocol.WRONG_PASSWORD.decode().rstrip("\n")
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

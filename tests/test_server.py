@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from live_server import (
-    MODES,
     WAIT,
     Peer,
     ServerProcess,
@@ -28,11 +27,6 @@ from live_server import (
 )
 
 from chatbox import protocol
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

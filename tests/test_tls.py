@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from client_parties import Party, child_env, client_argv
 from live_server import (
-    MODES,
     WAIT,
     Peer,
     ServerProcess,
@@ -34,16 +33,6 @@ from needs import missing
 from tls_certs import make_certificate, tls_peer
 
 from chatbox import protocol
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    return make_certificate(tmp_path)
 
 
 @pytest.fixture

@@ -11,26 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from live_server import (
-    MODES,
     Peer,
     ServerProcess,
     check_slowloris_cut,
     running_server,
     silence_until_closed,
 )
-from tls_certs import make_certificate, tls_peer
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    return make_certificate(tmp_path)
+from tls_certs import tls_peer
 
 
 @contextmanager
