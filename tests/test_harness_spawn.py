@@ -43,7 +43,12 @@ def read_until(fd: int, needle: bytes, timeout: float = 30.0) -> bytes:
     deadline = time.monotonic() + timeout
     while b"\n" not in out.partition(needle)[2] and time.monotonic() < deadline:
         if select.select([fd], [], [], 0.5)[0]:
-            out += os.read(fd, 4096)
+            try:
+                out += os.read(fd, 4096)
+            except OSError as exc:  # EIO: the child closed the terminal (it ended)
+                if exc.errno != errno.EIO:
+                    raise
+                return out
     return out
 
 

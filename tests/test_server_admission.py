@@ -200,6 +200,7 @@ def test_a_churner_gets_few_workers_and_cannot_keep_anyone_else_out() -> None:
     are refused without a worker, and a connection from elsewhere is admitted."""
     args = ("--connect-rate", "0.016", "--connect-burst", "20")
     with running_server(*SERVER, "--mode", "fork", "--log-level", "info", *args) as srv:
+        began = time.monotonic()
         for _ in range(300):
             sock = socket.socket()
             sock.bind(("127.0.0.2", 0))
@@ -210,8 +211,11 @@ def test_a_churner_gets_few_workers_and_cannot_keep_anyone_else_out() -> None:
         assert other.line().startswith("* welcome")
         assert srv.terminate() == 0
         joins = [line for line in srv.stderr().splitlines() if " joined (" in line]
-        # The burst from the churner, and the other one.
-        assert 1 <= len(joins) <= 21, len(joins)
+        # The burst from the churner, what its rate gave back meanwhile (once blocked,
+        # its connects wait out the block in SYN retries, so a loaded run is long), and
+        # the other one.
+        refilled = int(0.016 * (time.monotonic() - began)) + 1
+        assert 1 <= len(joins) <= 21 + refilled, (len(joins), refilled)
 
 
 def _handshake(srv: ServerProcess, source: str, timeout: float) -> bool:
