@@ -16,6 +16,7 @@ to go wrong on purpose (a line cut by a kill) is an expectation in it (`may_be_c
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import re
 from collections import Counter
@@ -629,25 +630,30 @@ def _typing_starts(sent: list[Sent]) -> list[tuple[float, Sent]]:
     return [(before.t, line) for before, line in itertools.pairwise(sent)]
 
 
+def _concurrent_lines(record: RunRecord, name: str) -> list[Sent]:
+    """``name``'s counted lines of the concurrent phase, in the order typed."""
+    until = record.concurrent_until
+    sent = [s for s in list(record.party(name).sent) if s.token.kind in COUNTED]
+    return sorted((s for s in sent if until is None or s.t <= until), key=lambda s: s.t)
+
+
+def _first_shown(record: RunRecord, name: str, sender: str) -> dict[tuple[str, int], Receipt]:
+    """When ``name`` first displayed each of ``sender``'s lines."""
+    first: dict[tuple[str, int], Receipt] = {}
+    for r in list(record.party(name).received):
+        if r.token.sender == sender:
+            first.setdefault(r.token.key, r)
+    return first
+
+
 def interleaving(record: RunRecord, party: str, peer: str) -> Interleaving | None:
     """The best proof that the server carried a line of ``party`` between two lines of
     ``peer`` while reading the peer without a pause (see Interleaving), among the
     concurrent phase's lines: the one with the shortest possible pause; None if none.
 
     Safe to call while the run is still writing the record (it copies what it reads)."""
-    until = record.concurrent_until
-
-    def lines(name: str) -> list[Sent]:
-        sent = [s for s in list(record.party(name).sent) if s.token.kind in COUNTED]
-        return sorted((s for s in sent if until is None or s.t <= until), key=lambda s: s.t)
-
-    def shown(name: str, sender: str) -> dict[tuple[str, int], Receipt]:
-        first: dict[tuple[str, int], Receipt] = {}
-        for r in list(record.party(name).received):
-            if r.token.sender == sender:
-                first.setdefault(r.token.key, r)
-        return first
-
+    lines = functools.partial(_concurrent_lines, record)
+    shown = functools.partial(_first_shown, record)
     own_starts = _typing_starts(lines(party))
     peer_starts = _typing_starts(lines(peer))
     own_times = [t for t, _ in own_starts]
@@ -686,6 +692,51 @@ def interleaving(record: RunRecord, party: str, peer: str) -> Interleaving | Non
         gap_after = peer_starts[i + between.index(pause)][1].token
         if best is None or pause < best.pause:
             best = Interleaving(first, own, second, pause, gap_after, usual)
+    return best
+
+
+@dataclass(frozen=True)
+class Held:
+    """A line of the party (``own``, typed by ``typed``) that the peer displayed only at
+    ``shown``, ``held`` seconds after the party had displayed ``overtaken``: a line of
+    the peer begun only after ``own`` was typed. The server heard the peer's later
+    line and passed it on while it left the party's earlier one unread."""
+
+    own: Token
+    typed: float
+    shown: float
+    overtaken: Receipt
+    held: float
+
+
+def held_line(record: RunRecord, party: str, peer: str) -> Held | None:
+    """The party's concurrent line held longest behind a later line of the peer (see
+    Held), or None if no line of the peer begun after one of the party's was shown.
+
+    Why this is the server's doing: by ``overtaken``'s display the party's client was
+    running and had its own line (typed before) to send, and the peer's client was
+    running, having typed the later line; a full-duplex server reads the party's line
+    as it reads the peer's. A server serving one talker at a time leaves it unread for
+    as long as the other talks."""
+    own_lines = _concurrent_lines(record, party)
+    peer_starts = _typing_starts(_concurrent_lines(record, peer))
+    starts = [t for t, _ in peer_starts]
+    at_party = _first_shown(record, party, peer)
+    at_peer = _first_shown(record, peer, party)
+    # earliest[m]: the earliest display, at the party, of peer lines m and later.
+    earliest: list[Receipt | None] = [None] * (len(peer_starts) + 1)
+    for m in range(len(peer_starts) - 1, -1, -1):
+        here, later = at_party.get(peer_starts[m][1].token.key), earliest[m + 1]
+        earliest[m] = here if later is None or (here is not None and here.t <= later.t) else later
+    best: Held | None = None
+    for line in own_lines:
+        shown_at = at_peer.get(line.token.key)
+        overtaken = earliest[bisect.bisect_left(starts, line.t)]
+        if shown_at is None or overtaken is None:
+            continue
+        held = shown_at.t - overtaken.t
+        if best is None or held > best.held:
+            best = Held(line.token, line.t, shown_at.t, overtaken, held)
     return best
 
 
@@ -730,13 +781,26 @@ def _concurrent_proof(record: RunRecord, party: str, peer: str) -> tuple[bool | 
             "turns at pauses does this)",
             found.first.index,
         )
+    held = held_line(record, party, peer)
+    if held is not None and held.held >= DUPLEX_SPAN:
+        return (
+            False,
+            f"{party}'s lines were never carried between two of {peer}'s, and one was "
+            f"left unread while {peer} was heard: {peer} displayed {held.own} "
+            f"{held.shown - held.typed:.2f}s after it was typed, {held.held:.2f}s after "
+            f"{party} displayed {held.overtaken.token}, which {peer} began typing only "
+            f"after it (full duplex needs under {DUPLEX_SPAN:g}s; a server serving one "
+            "talker at a time does this)",
+            held.overtaken.index,
+        )
     heard = [r for r in log.received if r.token.sender == peer]
     index = heard[0].index if heard else len(log.lines) - 1
+    longest = f" (at most {held.held:.2f}s)" if held is not None and held.held > 0 else ""
     return (
-        False,
-        f"{party}'s lines were never carried between two of {peer}'s: no line it typed "
-        f"after displaying one of {peer}'s was displayed by {peer} before {peer} typed "
-        "another",
+        None,
+        f"{party}'s lines were never seen carried between two of {peer}'s, nor held "
+        f"behind {peer}'s later lines for {DUPLEX_SPAN:g}s or more{longest}: the talk "
+        "ended before either proof (a slow or starved party)",
         max(0, index),
     )
 

@@ -225,7 +225,8 @@ def test_full_duplex_is_not_proven_by_lines_that_waited_in_a_buffer() -> None:
     """A server serving one talker at a time, under load: b talks first, a's lines wait
     in a socket buffer; a starved b falls quiet, a's lines go through, then b's. Each
     party displayed a peer line before some of its own reached the peer - but all its
-    lines had been typed before that display: nothing shows both directions at once."""
+    lines had been typed before that display: nothing shows both directions at once.
+    And a#1 was left unread for 1.8 s while b#2, begun after it, went through."""
     rec, _, _ = duplex_record()
     typed = {"a": [0.10, 0.11, 0.12, 0.13], "b": [0.10, 0.11, 2.60, 2.61]}
     shown = {"a": [(0.20, 1), (0.21, 2), (4.2, 3), (4.3, 4)]}
@@ -234,6 +235,42 @@ def test_full_duplex_is_not_proven_by_lines_that_waited_in_a_buffer() -> None:
     result = checks.check_duplex(rec)
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "a's lines were never carried between two of b's" in result.detail
+
+
+def test_a_talk_too_short_for_either_proof_is_unknown_not_half_duplex() -> None:
+    """Both parties type all their lines within a few milliseconds, before either has
+    displayed a line of the other (a fast loopback: a window of lines goes into a pty
+    at once). Nothing was carried between two of the other's lines, but nothing was held
+    either: no evidence either way, so the verdict is unknown, never FAIL."""
+    rec, _, _ = duplex_record()
+    typed = {p: [0.100 + 0.001 * k for k in range(5)] for p in ("a", "b")}
+    shown = {p: [(0.106 + 0.001 * k, k + 1) for k in range(5)] for p in typed}
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.NOT_APPLICABLE, "unknown")
+    assert "a's lines were never seen carried between two of b's" in result.detail
+    assert "the talk ended before either proof" in result.detail
+
+
+def test_a_line_left_unread_while_the_peer_is_heard_is_half_duplex() -> None:
+    """A server serving b alone while b talks: a's first line, typed at 0.1, is shown
+    to b only at 3.5, after b stopped; meanwhile a displayed b's lines, begun after it,
+    within 0.05 s. The talk never gave a chain, but a's line was left unread while b
+    was heard: half duplex, with the evidence."""
+    rec, _, _ = duplex_record()
+    times = [0.1 * k for k in range(1, 31)]
+    typed = {"a": [0.1, 0.2, 0.3], "b": times}
+    shown = {"a": [(t + 0.05, seq) for seq, t in enumerate(times, 1)]}
+    shown["b"] = [(3.5, 1), (3.5, 2), (3.5, 3)]
+    talk(rec, typed, shown)
+    result = checks.check_duplex(rec)
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "a's lines were never carried between two of b's, and one was left unread" in (
+        result.detail
+    )
+    assert "b displayed a#1 3.40s after it was typed, 3.25s after a displayed b#2" in (
+        result.detail
+    )
 
 
 def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:

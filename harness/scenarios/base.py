@@ -419,6 +419,7 @@ class Context:
         size: int = 0,
         cap: int | None = None,
         leave: bool = False,
+        lockstep: float | None = None,
     ) -> threading.Thread:
         """Start a thread that makes ``party`` send ``count`` lines.
 
@@ -436,6 +437,10 @@ class Context:
         ``cap``: the most lines ``prove_with``/``more`` may add up to (default CAP_FACTOR x).
         ``leave``: the party leaves (quit line, EOF) right after its last line, which must
         still reach everyone.
+        ``lockstep``: past ``count`` lines, one line in flight: the next is typed once the
+        last arrived at every ``window_to`` peer, or after this many seconds without it.
+        Lines then go one round trip apart, so talk past ``count`` spreads over time
+        instead of filling the window in a few milliseconds.
         """
         if cap is None:
             cap = max(count * CAP_FACTOR, count + 100)
@@ -452,6 +457,10 @@ class Context:
                 if not wanted:
                     break
                 for peer in list(peers):
+                    if lockstep is not None and sent >= count:
+                        until = min(self.deadline, time.monotonic() + lockstep)
+                        peer.wait_messages(party.name, sent, until)
+                        continue
                     need = sent - WINDOW
                     until = min(self.deadline, time.monotonic() + self.options.settle)
                     if need > 0 and not peer.wait_messages(party.name, need, until):

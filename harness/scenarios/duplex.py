@@ -9,8 +9,10 @@ observed, with the evidence:
   ``harness.checks.interleaving``): the party typed it after it displayed the first,
   the peer displayed it before it typed the second. Lines that merely arrive later
   prove nothing (they may have waited in a buffer for their turn). The parties keep
-  talking past M (bounded) until the proof is there or one of them stops, so a server
-  that serialises the two directions fails instead of passing by luck;
+  talking past M, one line in flight each, until the proof is there, PROOF_SECONDS
+  pass or one of them stops. A server that serialises the two directions then keeps
+  one party's line waiting while the other's later lines are heard, which the check
+  takes as proof of half duplex; a run with neither proof is "unknown", never PASS;
 - two *quiet* phases: one party types nothing while the other sends QUIET_LINES lines. A
   full-duplex client displays them at once; a client that reads only after it sent
   shows at most one read's worth, the rest once it types again (late, not lost: the
@@ -30,19 +32,29 @@ from harness.transcript import QuietPhase
 
 QUIET_LINES = 20  # lines of a quiet phase: fewer than the window, so nothing paces them
 PROOF_EVERY = 16  # a talker past M looks for the full-duplex proof once in this many lines
+# How long the talkers go on past M lines for the proof. Past M each talker has one line
+# in flight (lockstep), so this is round trips, not a line count: 105 lines fill a
+# window in a few milliseconds on an idle loopback, before a single round trip of
+# display-then-type has happened, and a fast full-duplex server went unproven. It is
+# more than DUPLEX_SPAN, so a server taking turns keeps one talker waiting longer than
+# the check allows while the other is heard.
+PROOF_SECONDS = 2 * DUPLEX_SPAN
+PROOF_LINES = 5000  # and at most this many lines each (bounded whatever the pace)
+LOCKSTEP = 0.2  # past M, a line not shown to the peer in this long does not hold the next
 
 
 class _Proof:
     """Whether a talker past M lines should go on: until the record holds the check's
     proof for both parties (a line of each carried between two of the other's, with no
-    long pause in reading the other), and only while the other talker still talks (no
-    proof can come without it).
+    long pause in reading the other), for at most PROOF_SECONDS, and only while the
+    other talker still talks (no proof can come without it).
 
     Looking costs a pass over the record, so it is done once in PROOF_EVERY lines."""
 
     def __init__(self, ctx: Context, talking: list[threading.Thread]) -> None:
         self.ctx, self.talking = ctx, talking
         self.calls, self.proven = 0, False
+        self.until: float | None = None  # when proving past M lines ends
 
     def wanted(self, peer: int) -> bool:
         if len(self.talking) <= peer:
@@ -50,8 +62,15 @@ class _Proof:
         if self.proven or not self.talking[peer].is_alive():
             return False
         self.calls += 1
-        if self.calls <= 2 * self.ctx.options.messages or self.calls % PROOF_EVERY:
-            return True  # within M lines each, or not the time to look: talk on
+        if self.calls <= 2 * self.ctx.options.messages:
+            return True  # within M lines each: talk on
+        now = time.monotonic()
+        if self.until is None:
+            self.until = now + PROOF_SECONDS
+        elif now >= self.until:
+            return False  # no proof in time: the check says what the record shows
+        if self.calls % PROOF_EVERY:
+            return True  # not the time to look
         record = self.ctx.record
         self.proven = all(
             (found := interleaving(record, party, other)) is not None and found.pause < DUPLEX_SPAN
@@ -74,10 +93,20 @@ class Duplex(Scenario):
         n = ctx.options.messages
         talking: list[threading.Thread] = []
         proof = _Proof(ctx, talking)
-        talking += [
-            ctx.stream(a, n, window_to=[b], prove_with="p2", more=lambda: proof.wanted(1)),
-            ctx.stream(b, n, window_to=[a], prove_with="p1", more=lambda: proof.wanted(0)),
-        ]
+        cap = max(n, PROOF_LINES)
+
+        def talker(party: Party, peer: Party, peer_index: int) -> threading.Thread:
+            return ctx.stream(
+                party,
+                n,
+                window_to=[peer],
+                prove_with=peer.name,
+                more=lambda: proof.wanted(peer_index),
+                cap=cap,
+                lockstep=LOCKSTEP,
+            )
+
+        talking += [talker(a, b, 1), talker(b, a, 0)]
         ctx.finish_streams(list(talking), nudge=True)
         ctx.record.concurrent_until = ctx.clock()
         for listener, speaker in ((a, b), (b, a)):
