@@ -414,7 +414,6 @@ class Context:
         count: int,
         *,
         window_to: list[Party] | None = None,
-        prove_with: str | None = None,
         more: Callable[[], bool] | None = None,
         size: int = 0,
         cap: int | None = None,
@@ -430,15 +429,15 @@ class Context:
         arriving at a peer for ``settle`` seconds the sender stops pacing on it (the loss
         check reports what is missing), so a lossy server cannot stall the stream.
 
-        ``prove_with``: keep talking past ``count`` (up to CAP_FACTOR x) until a line from
-        that peer has arrived while this party still had lines to send - full duplex
-        proven, not assumed. ``more``: keep talking while it returns True (churn, crash).
+        ``more``: keep talking past ``count`` while it returns True (duplex's proof,
+        churn, crash).
         ``size``: the payload length of each line (default: chat-like, 8-48 characters).
-        ``cap``: the most lines ``prove_with``/``more`` may add up to (default CAP_FACTOR x).
+        ``cap``: the most lines ``more`` may add up to (default CAP_FACTOR x).
         ``leave``: the party leaves (quit line, EOF) right after its last line, which must
         still reach everyone.
         ``lockstep``: past ``count`` lines, one line in flight: the next is typed once the
-        last arrived at every ``window_to`` peer, or after this many seconds without it.
+        last arrived at every ``window_to`` peer, or after this many seconds without it
+        (so at least this long apart where lines are lost).
         Lines then go one round trip apart, so talk past ``count`` spreads over time
         instead of filling the window in a few milliseconds.
         """
@@ -447,27 +446,23 @@ class Context:
         peers = list(window_to or [])
 
         def run() -> None:
-            sent, proven = 0, False
+            sent = 0
             while sent < cap and not self.expired:
-                wanted = sent < count
-                if prove_with is not None and not proven:
-                    wanted = True
-                if more is not None and more():
-                    wanted = True
-                if not wanted:
+                if sent >= count and (more is None or not more()):
                     break
-                for peer in list(peers):
-                    if lockstep is not None and sent >= count:
+                if lockstep is not None and sent >= count:
+                    # Every receiver, even one the window gave up on: lines lost on
+                    # the way must not let the talker type thousands at once.
+                    for peer in window_to or []:
                         until = min(self.deadline, time.monotonic() + lockstep)
                         peer.wait_messages(party.name, sent, until)
-                        continue
+                for peer in [] if lockstep is not None and sent >= count else list(peers):
                     need = sent - WINDOW
                     until = min(self.deadline, time.monotonic() + self.options.settle)
                     if need > 0 and not peer.wait_messages(party.name, need, until):
                         # Lines are not arriving: stop pacing on this peer (the loss
                         # check will say what went missing) rather than crawl.
                         peers.remove(peer)
-                heard = prove_with is not None and party.heard_messages(prove_with) > 0
                 if not party.send(self.token(party.name, size=size), self.deadline):
                     if not self.expired:
                         self.record.notes.append(
@@ -476,7 +471,6 @@ class Context:
                         )
                     return
                 sent += 1
-                proven = proven or heard
             if leave:
                 party.close(busy_until=self.deadline)
 

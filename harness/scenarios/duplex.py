@@ -39,7 +39,7 @@ PROOF_EVERY = 16  # a talker past M looks for the full-duplex proof once in this
 # more than DUPLEX_SPAN, so a server taking turns keeps one talker waiting longer than
 # the check allows while the other is heard.
 PROOF_SECONDS = 2 * DUPLEX_SPAN
-PROOF_LINES = 5000  # and at most this many lines each (bounded whatever the pace)
+PROOF_LINES = 2000  # and at most this many lines each (bounded whatever the pace)
 LOCKSTEP = 0.2  # past M, a line not shown to the peer in this long does not hold the next
 
 
@@ -57,13 +57,12 @@ class _Proof:
         self.until: float | None = None  # when proving past M lines ends
 
     def wanted(self, peer: int) -> bool:
+        """Asked by a talker past M lines before each further line."""
         if len(self.talking) <= peer:
             return True  # the threads are still being started
         if self.proven or not self.talking[peer].is_alive():
             return False
         self.calls += 1
-        if self.calls <= 2 * self.ctx.options.messages:
-            return True  # within M lines each: talk on
         now = time.monotonic()
         if self.until is None:
             self.until = now + PROOF_SECONDS
@@ -100,7 +99,6 @@ class Duplex(Scenario):
                 party,
                 n,
                 window_to=[peer],
-                prove_with=peer.name,
                 more=lambda: proof.wanted(peer_index),
                 cap=cap,
                 lockstep=LOCKSTEP,
