@@ -147,7 +147,7 @@ def welcomed_as(output: str) -> str:
 
 
 def run_client(
-    *args: str, stdin: bytes = b"", wrapper: Sequence[str] = ()
+    *args: str, stdin: bytes = b"", wrapper: Sequence[str] = (), timeout: float = TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """Run a client to its end (WRAPPER is a command to run it under); it never tracebacks."""
     proc = subprocess.run(
@@ -156,7 +156,7 @@ def run_client(
         capture_output=True,
         text=True,
         env=child_env(),
-        timeout=TIMEOUT,
+        timeout=timeout,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc

@@ -208,7 +208,8 @@ def test_client_seq_10000_all_delivered_in_order(
     listener = spawn(client_argv(str(srv.port)))
     listener.join()
     seq = b"".join(b"%d\n" % i for i in range(1, 10001))
-    proc = run_client(str(srv.port), "127.0.0.1", stdin=seq)
+    # 10,000 lines through a pty listener: beside CPU hogs on two cores this took over 20 s.
+    proc = run_client(str(srv.port), "127.0.0.1", stdin=seq, timeout=6 * TIMEOUT)
     assert (proc.returncode, proc.stderr) == (0, "")
     name = welcomed_as(proc.stdout)
     # The server closed the sender only after taking /quit, so "left" follows every line.

@@ -147,10 +147,12 @@ def test_impair_slice_hands_the_receiver_pieces() -> None:
     payload = b"y" * 2000
     # A receiver the machine's load keeps waiting finds all the pieces at once in its
     # buffer: a few messages in turn, and more reads than messages in all.
+    # (Each message on a connection of its own: an exchange half-closes its socket.)
     rounds = 5
-    with echo_server() as echo, proxy(echo.port, "slice=1") as (_, port), connect(port) as s:
+    with echo_server() as echo, proxy(echo.port, "slice=1") as (_, port):
         for _ in range(rounds):
-            assert exchange(s, payload) == payload
+            with connect(port) as s:
+                assert exchange(s, payload) == payload
             if len(echo.recv_sizes) > rounds:
                 break
     assert len(echo.recv_sizes) > rounds
