@@ -54,10 +54,12 @@ import gc
 import itertools
 import logging
 import os
+import pickle
 import select
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -109,6 +111,22 @@ STOP_SIGNALS = tuple(
 # A worker's sockets: the client, its channel to the hub and, with TLS, its relay.
 Sockets = tuple[socket.socket, socket.socket, socket.socket | None]
 Serve = Callable[[socket.socket, socket.socket, socket.socket | None], None]
+# What the fork server runs once, before its first fork, to get its `Serve`: it imports
+# what the workers need (so no worker imports anything) and builds their configuration
+# (a TLS context). Picklable - a module-level function, or a `functools.partial` of one
+# with picklable arguments - so that a fresh interpreter can be given it.
+Setup = Callable[[], Serve]
+
+# How long a fresh fork server may take to say it is ready: an interpreter's start and
+# the workers' imports take ~50 ms, but far longer on a machine crowded with starts.
+READY_TIMEOUT = 30.0
+
+# What the fresh interpreter runs: the hub's import path first (so it finds the same
+# chatbox), then the fork server. argv: the descriptor of its socket, the path.
+_BOOT = (
+    "import sys; sys.path[:] = sys.argv[2:]; "
+    "from chatbox.server.forkserver import _boot; _boot(int(sys.argv[1]))"
+)
 
 
 class ForkServerGone(OSError):
@@ -121,10 +139,12 @@ class ForkServerGone(OSError):
 class ForkServer:
     """The hub's handle on its fork server: start workers, learn of their end, stop.
 
-    ``serve(client, channel)`` is what each worker runs. The fork server is forked in
-    the constructor, so it - and every worker - inherits the calling process as it is
-    at that moment: whatever configuration ``serve`` reaches (a launcher's attributes)
-    is there; whatever the hub allocates later is not.
+    ``setup()`` is run once in the fork server; the ``serve(client, channel, relay)``
+    it returns is what each worker runs. The fork server is a fresh interpreter
+    (`_start`) that has imported only what ``setup`` imports: none of the hub's modules
+    or memory, at any time - the first fork server and any replacement alike. Where no
+    interpreter can be started (no ``sys.executable``; ``setup`` does not pickle), it is
+    forked from the caller and inherits it as it is at that moment.
 
     Resource handling: the fork server is the caller's child; `stop` ends it and
     every worker and reaps what is the caller's to reap. The caller keeps its own
@@ -134,25 +154,15 @@ class ForkServer:
     start fails at once).
     """
 
-    def __init__(self, serve: Serve) -> None:
+    def __init__(self, setup: Setup) -> None:
         hub_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         level = logging.getLogger().level
         try:
-            pid = os.fork()
+            self.fresh, pid = _start(hub_end, server_end, setup, level)
         except BaseException:
             hub_end.close()
             server_end.close()
             raise
-        if pid == 0:  # the fork server
-            status = 1
-            try:
-                hub_end.close()
-                _run(server_end, serve, level)
-                status = 0
-            except BaseException:  # the child must reach os._exit, whatever happened
-                log.exception("fork server failed")
-            finally:
-                os._exit(status)
         server_end.close()
         hub_end.setblocking(False)
         self.pid = pid
@@ -172,8 +182,8 @@ class ForkServer:
         # kill at the end), not init's.
         self._subreaper = _become_subreaper()
         # Ready before the server says it listens: set up, named, taking requests.
-        if self._next(time.monotonic() + ANSWER_TIMEOUT) is None and not self._gone:
-            self._lost(f"it did not start in {ANSWER_TIMEOUT:g} s")
+        if self._next(time.monotonic() + READY_TIMEOUT) is None and not self._gone:
+            self._lost(f"it did not start in {READY_TIMEOUT:g} s")
 
     @property
     def gone(self) -> bool:
@@ -480,18 +490,81 @@ def _max_fd() -> int:
 # --- the fork server process --------------------------------------------------------------
 
 
-def _run(ctl: socket.socket, serve: Serve, level: int) -> None:
+def _start(
+    hub_end: socket.socket, server_end: socket.socket, setup: Setup, level: int
+) -> tuple[bool, int]:
+    """Start the fork server on ``server_end``: (whether it is a fresh interpreter, its
+    pid). The caller's ``server_end`` is closed by the caller."""
+    try:
+        payload = pickle.dumps((setup, level))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        payload = b""
+    if payload and sys.executable:
+        return True, _spawn(hub_end, server_end, payload)
+    pid = os.fork()
+    if pid == 0:  # the fork server
+        status = 1
+        try:
+            hub_end.close()
+            signal.set_wakeup_fd(-1)
+            _run(server_end, setup, level)
+            status = 0
+        except BaseException:  # the child must reach os._exit, whatever happened
+            log.exception("fork server failed")
+        finally:
+            os._exit(status)
+    return False, pid
+
+
+def _spawn(hub_end: socket.socket, server_end: socket.socket, payload: bytes) -> int:
+    """A fresh interpreter running the fork server on ``server_end``, given ``payload``
+    (the pickled setup and log level) as its first message."""
+    argv = [sys.executable, "-c", _BOOT, str(server_end.fileno()), *sys.path]
+    # Ignored from its first instruction on (an ignored signal stays ignored across
+    # exec): a Ctrl-C to the group while it starts must not end it.
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    os.set_inheritable(server_end.fileno(), True)
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        pid = os.posix_spawn(sys.executable, argv, os.environ)
+    finally:
+        os.set_inheritable(server_end.fileno(), False)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    try:
+        hub_end.send(payload)
+    except OSError:
+        pass  # it is gone already: the wait for its ready report says so
+    return pid
+
+
+def _boot(fd: int) -> None:
+    """The fresh fork server's start (`_BOOT`): take the setup, then serve."""
+    status = 1
+    try:
+        ctl = socket.socket(fileno=fd)
+        setup, level = pickle.loads(ctl.recv(1 << 20))
+        _run(ctl, setup, level)
+        status = 0
+    except Exception as exc:  # said in one line: the hub reports the end, with the status
+        log.error("fork server failed: %s", exc)
+    finally:
+        os._exit(status)
+
+
+def _run(ctl: socket.socket, setup: Setup, level: int) -> None:
     """The fork server's loop: fork a worker per request, reap them, end when told to
     (or when the hub is gone)."""
-    signal.set_wakeup_fd(-1)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     wake_r, wake_w = socket.socketpair()
     _keep_only([ctl.fileno(), wake_r.fileno(), wake_w.fileno()])
-    # Frozen: the collector never walks (and so never copies) what the workers share.
-    gc.freeze()
     _set_comm(FORK_SERVER_COMM)
     logs.for_worker(level)
+    serve = setup()
+    # Frozen: the collector never walks (and so never copies) what the workers share.
+    gc.freeze()
     for sock in (wake_r, wake_w, ctl):
         sock.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
