@@ -274,3 +274,21 @@ def test_a_stuck_fork_server_does_not_hang_the_hub() -> None:
         if forker and not _gone(forker):
             os.kill(forker, signal.SIGCONT)
         srv.stop()
+
+
+@needs_fork
+def test_the_fork_server_forks_plainly_only_with_one_thread() -> None:
+    """libc's fork skips Python's after-fork repairs, which only locks held by another
+    thread need: with a second thread running it must be `os.fork`."""
+    import threading
+
+    from chatbox.server.forkserver import _fast_fork
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert _fast_fork() is os.fork
+    finally:
+        release.set()
+        other.join()
