@@ -122,8 +122,10 @@ Setup = Callable[[], Serve]
 # the workers' imports take ~50 ms, but far longer on a machine crowded with starts.
 READY_TIMEOUT = 30.0
 
-# What the fresh interpreter runs: the hub's import path first (so it finds the same
-# chatbox), then the fork server. argv: the descriptor of its socket, the path.
+# What the fresh interpreter runs: the hub's import path (the folder this chatbox is in
+# first, so that it finds the same chatbox), then the fork server. argv: the descriptor
+# of its socket, the path.
+_CHATBOX_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
     "import sys; sys.path[:] = sys.argv[2:]; "
     "from chatbox.server.forkserver import _boot; _boot(int(sys.argv[1]))"
@@ -560,7 +562,8 @@ def _start(
 def _spawn(hub_end: socket.socket, server_end: socket.socket, payload: bytes) -> int:
     """A fresh interpreter running the fork server on ``server_end``, given ``payload``
     (the pickled setup and log level) as its first message."""
-    argv = [sys.executable, "-c", _BOOT, str(server_end.fileno()), *sys.path]
+    path = [_CHATBOX_ROOT, *(entry for entry in sys.path if entry != _CHATBOX_ROOT)]
+    argv = [sys.executable, "-c", _BOOT, str(server_end.fileno()), *path]
     # Ignored from its first instruction on (an ignored signal stays ignored across
     # exec): a Ctrl-C to the group while it starts must not end it.
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
