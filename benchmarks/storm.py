@@ -91,6 +91,10 @@ class Watcher:
 @dataclass
 class Result:
     seconds: float
+    # When the last client had heard anything from the server (its welcome): the
+    # server had it in the room by then. ``seconds`` is later by the wait for the next
+    # sync broadcast (up to the load generator's SYNC_WAIT_MAX) and that broadcast.
+    welcomed: float
     hub: float  # CPU of the server process alone
     tree: float  # CPU of all its processes (workers live or reaped, fork server)
     forker: float  # CPU of its fork server alone (0 where it has none)
@@ -138,7 +142,8 @@ def storm(spec_name: str, count: int, pythonpath: str | None, spy_out: Path | No
         finally:
             if watcher:
                 watcher.close()
-        return Result(done - start, hub, tree, forker_cpu, loadgen, notices, verdict)
+        welcomed = max(c.first_at or done for c in swarm.clients) - start
+        return Result(done - start, welcomed, hub, tree, forker_cpu, loadgen, notices, verdict)
 
 
 def _fork_server(hub: int) -> int:
@@ -176,7 +181,8 @@ def main() -> int:
                 )
             print(
                 f"{run:28} clients at once: {result.seconds:.2f} s "
-                f"(CPU: server process {result.hub:.2f} s, all its processes "
+                f"(the last welcomed at {result.welcomed:.2f} s; CPU: server process "
+                f"{result.hub:.2f} s, all its processes "
                 f"{result.tree:.2f} s{forking}, load generator {result.loadgen:.2f} s; "
                 f"{result.notices} join notices to a member; {result.verdict}; "
                 f"load average {os.getloadavg()[0]:.1f})",
