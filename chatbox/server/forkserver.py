@@ -564,18 +564,13 @@ def _spawn(hub_end: socket.socket, server_end: socket.socket, payload: bytes) ->
     (the pickled setup and log level) as its first message."""
     path = [_CHATBOX_ROOT, *(entry for entry in sys.path if entry != _CHATBOX_ROOT)]
     argv = [sys.executable, "-c", _BOOT, str(server_end.fileno()), *path]
-    # Ignored from its first instruction on (an ignored signal stays ignored across
-    # exec): a Ctrl-C to the group while it starts must not end it.
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    # Blocked from its first instruction on (the mask survives exec) until it ignores
+    # them (`_run`): a Ctrl-C to the group while it starts must not end it.
     os.set_inheritable(server_end.fileno(), True)
     try:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        pid = os.posix_spawn(sys.executable, argv, os.environ)
+        pid = os.posix_spawn(sys.executable, argv, os.environ, setsigmask=STOP_SIGNALS)
     finally:
         os.set_inheritable(server_end.fileno(), False)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     try:
         hub_end.send(payload)
     except OSError:
@@ -602,6 +597,8 @@ def _run(ctl: socket.socket, setup: Setup, level: int) -> None:
     (or when the hub is gone)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    # A fresh fork server starts with them blocked (`_spawn`); ignored now, they may come.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     wake_r, wake_w = socket.socketpair()
     _keep_only([ctl.fileno(), wake_r.fileno(), wake_w.fileno()])
     _set_comm(FORK_SERVER_COMM)
