@@ -3,9 +3,10 @@
 Why: a worker forked from the hub shares the hub's whole heap copy-on-write, and keeps
 every page of it alive for as long as it runs - the queues the hub held at that moment
 included. Fifteen idle clients connecting during a flood pinned 500 MB that way. The
-fork server is forked from the hub before the hub has allocated anything big, does
-nothing but fork, and so every worker starts as a copy of a small, clean process:
-cheap to fork (a small address space) and owning nothing of the hub's.
+fork server is a fresh interpreter the hub starts at start-up (`_spawn`), with only
+the workers' modules imported (`Setup`), does nothing but fork, and so every worker
+starts as a copy of a small, clean process: cheap to fork (a small address space; a
+plain libc fork, `_fast_fork`) and owning nothing of the hub's.
 
 How: the hub and the fork server share one Unix ``SOCK_SEQPACKET`` socketpair (each
 message arrives whole). For each new client the hub sends the client socket and the
