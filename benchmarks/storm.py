@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from profile_server import summarise  # the same directory
 
 from chatbox import protocol
+from chatbox.server.forkserver import FORK_SERVER_COMM
 from harness.bench.cli import raise_fd_limit
+from harness.bench.cpu import descendants, process_cpu_seconds
 from harness.bench.loadgen import Swarm
 from harness.bench.servers import RunningServer, builtin_specs, cpu_seconds
 
@@ -89,8 +91,13 @@ class Watcher:
 @dataclass
 class Result:
     seconds: float
+    # When the last client had heard anything from the server (its welcome): the
+    # server had it in the room by then. ``seconds`` is later by the wait for the next
+    # sync broadcast (up to the load generator's SYNC_WAIT_MAX) and that broadcast.
+    welcomed: float
     hub: float  # CPU of the server process alone
     tree: float  # CPU of all its processes (workers live or reaped, fork server)
+    forker: float  # CPU of its fork server alone (0 where it has none)
     loadgen: float  # CPU of this process, the load generator
     notices: int  # join notices the watcher heard
     verdict: str
@@ -116,11 +123,14 @@ def storm(spec_name: str, count: int, pythonpath: str | None, spy_out: Path | No
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 time.sleep(1.0)  # py-spy says nothing when it has attached: give it a moment
+            forker = _fork_server(server.pid)
             hub0, tree0 = cpu_seconds(server.pid)[0], server.cpu_seconds()
+            forker0 = (process_cpu_seconds(forker) or 0.0) if forker else 0.0
             own0 = _own_cpu()
             start = time.perf_counter()
             done = swarm.grow(count, time.monotonic() + DEADLINE_S, spec.backlog)
             hub, tree = cpu_seconds(server.pid)[0] - hub0, server.cpu_seconds() - tree0
+            forker_cpu = (process_cpu_seconds(forker) or 0.0) - forker0 if forker else 0.0
             loadgen = _own_cpu() - own0
             swarm.send_now(swarm.clients[0], END + b"\n")
             swarm.pump(lambda: not swarm.sending, time.monotonic() + DEADLINE_S)
@@ -132,7 +142,17 @@ def storm(spec_name: str, count: int, pythonpath: str | None, spy_out: Path | No
         finally:
             if watcher:
                 watcher.close()
-        return Result(done - start, hub, tree, loadgen, notices, verdict)
+        welcomed = max(c.first_at or done for c in swarm.clients) - start
+        return Result(done - start, welcomed, hub, tree, forker_cpu, loadgen, notices, verdict)
+
+
+def _fork_server(hub: int) -> int:
+    """The hub's fork server (fork mode), or 0."""
+    for pid in descendants([hub])[1:]:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == FORK_SERVER_COMM:
+                return pid
+    return 0
 
 
 def _own_cpu() -> float:
@@ -152,10 +172,18 @@ def main() -> int:
             pythonpath, _, rest = run.rpartition("@")
             name, count = rest.rsplit(":", 1)
             result = storm(name, int(count), pythonpath or None, args.py_spy)
+            forking = ""
+            if result.forker:
+                workers = result.tree - result.hub - result.forker
+                forking = (
+                    f" - per worker: {1e3 * result.forker / int(count):.2f} ms in the fork "
+                    f"server, {1e3 * workers / int(count):.2f} ms in the worker"
+                )
             print(
                 f"{run:28} clients at once: {result.seconds:.2f} s "
-                f"(CPU: server process {result.hub:.2f} s, all its processes "
-                f"{result.tree:.2f} s, load generator {result.loadgen:.2f} s; "
+                f"(the last welcomed at {result.welcomed:.2f} s; CPU: server process "
+                f"{result.hub:.2f} s, all its processes "
+                f"{result.tree:.2f} s{forking}, load generator {result.loadgen:.2f} s; "
                 f"{result.notices} join notices to a member; {result.verdict}; "
                 f"load average {os.getloadavg()[0]:.1f})",
                 flush=True,

@@ -163,6 +163,37 @@ def test_the_fork_server_holds_no_socket_of_the_hub_or_of_a_client() -> None:
             assert not _sockets(forker) & _sockets(worker)
 
 
+def _libraries(pid: int) -> set[str]:
+    """The shared objects mapped into process ``pid``, by file name."""
+    found = set()
+    for row in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = row.split(maxsplit=5)[5:]
+        if path and ".so" in path[0]:
+            found.add(Path(path[0]).name)
+    return found
+
+
+@pytest.mark.fork
+@needs_fork
+def test_workers_come_from_a_fork_server_without_the_hubs_modules(tmp_path: Path) -> None:
+    """The hub has loaded the history's sqlite3 (and its own modules) by the time it
+    starts workers; the fork server - and so each worker - has only what a worker
+    needs, so every fork copies a smaller process: sqlite3 is not in it, and the
+    workers still serve (a line goes round)."""
+    history = str(tmp_path / "history.db")
+    with running_server(
+        "0", "--host", "127.0.0.1", "--mode", "fork", "--history-file", history
+    ) as srv:
+        assert any("sqlite3" in name for name in _libraries(srv.pid)), "the hub has sqlite3"
+        forker = _fork_server(srv)
+        alice, bob = joined_peers(srv, 2)
+        alice.send(b"hello from a small worker\n")
+        while not bob.line().endswith("> hello from a small worker"):
+            pass
+        for pid in (forker, *srv.workers()):
+            assert not [name for name in _libraries(pid) if "sqlite3" in name], pid
+
+
 @pytest.mark.fork
 @needs_fork
 def test_a_dead_fork_server_is_replaced_once_and_shutdown_still_ends_all() -> None:
@@ -243,3 +274,21 @@ def test_a_stuck_fork_server_does_not_hang_the_hub() -> None:
         if forker and not _gone(forker):
             os.kill(forker, signal.SIGCONT)
         srv.stop()
+
+
+@needs_fork
+def test_the_fork_server_forks_plainly_only_with_one_thread() -> None:
+    """libc's fork skips Python's after-fork repairs, which only locks held by another
+    thread need: with a second thread running it must be `os.fork`."""
+    import threading
+
+    from chatbox.server.forkserver import _fast_fork
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert _fast_fork() is os.fork
+    finally:
+        release.set()
+        other.join()

@@ -483,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     # server's workers log at the level set at that moment.
     logging.getLogger().setLevel(args.log_level.upper())
     # Before the announcement: a server that says it listens can start workers.
-    launcher = make_launcher(args.mode, workers)
+    tls_files = (args.tls_cert, args.tls_key) if workers.tls is not None else None
+    launcher = make_launcher(args.mode, workers, tls_files)
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", flush=True)
     config = HubConfig(

@@ -3,9 +3,10 @@
 Why: a worker forked from the hub shares the hub's whole heap copy-on-write, and keeps
 every page of it alive for as long as it runs - the queues the hub held at that moment
 included. Fifteen idle clients connecting during a flood pinned 500 MB that way. The
-fork server is forked from the hub before the hub has allocated anything big, does
-nothing but fork, and so every worker starts as a copy of a small, clean process:
-cheap to fork (a small address space) and owning nothing of the hub's.
+fork server is a fresh interpreter the hub starts at start-up (`_spawn`), with only
+the workers' modules imported (`Setup`), does nothing but fork, and so every worker
+starts as a copy of a small, clean process: cheap to fork (a small address space; a
+plain libc fork, `_fast_fork`) and owning nothing of the hub's.
 
 How: the hub and the fork server share one Unix ``SOCK_SEQPACKET`` socketpair (each
 message arrives whole). For each new client the hub sends the client socket and the
@@ -47,6 +48,7 @@ per packet from the hub, up to `REPORTS_PER_PACKET` per packet from the fork ser
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub: the C half of signal
 import collections
 import contextlib
 import errno
@@ -54,10 +56,12 @@ import gc
 import itertools
 import logging
 import os
+import pickle
 import select
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -109,6 +113,24 @@ STOP_SIGNALS = tuple(
 # A worker's sockets: the client, its channel to the hub and, with TLS, its relay.
 Sockets = tuple[socket.socket, socket.socket, socket.socket | None]
 Serve = Callable[[socket.socket, socket.socket, socket.socket | None], None]
+# What the fork server runs once, before its first fork, to get its `Serve`: it imports
+# what the workers need (so no worker imports anything) and builds their configuration
+# (a TLS context). Picklable - a module-level function, or a `functools.partial` of one
+# with picklable arguments - so that a fresh interpreter can be given it.
+Setup = Callable[[], Serve]
+
+# How long a fresh fork server may take to say it is ready: an interpreter's start and
+# the workers' imports take ~50 ms, but far longer on a machine crowded with starts.
+READY_TIMEOUT = 30.0
+
+# What the fresh interpreter runs: the hub's import path (the folder this chatbox is in
+# first, so that it finds the same chatbox), then the fork server. argv: the descriptor
+# of its socket, the path.
+_CHATBOX_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = (
+    "import sys; sys.path[:] = sys.argv[2:]; "
+    "from chatbox.server.forkserver import _boot; _boot(int(sys.argv[1]))"
+)
 
 
 class ForkServerGone(OSError):
@@ -121,10 +143,12 @@ class ForkServerGone(OSError):
 class ForkServer:
     """The hub's handle on its fork server: start workers, learn of their end, stop.
 
-    ``serve(client, channel)`` is what each worker runs. The fork server is forked in
-    the constructor, so it - and every worker - inherits the calling process as it is
-    at that moment: whatever configuration ``serve`` reaches (a launcher's attributes)
-    is there; whatever the hub allocates later is not.
+    ``setup()`` is run once in the fork server; the ``serve(client, channel, relay)``
+    it returns is what each worker runs. The fork server is a fresh interpreter
+    (`_start`) that has imported only what ``setup`` imports: none of the hub's modules
+    or memory, at any time - the first fork server and any replacement alike. Where no
+    interpreter can be started (no ``sys.executable``; ``setup`` does not pickle), it is
+    forked from the caller and inherits it as it is at that moment.
 
     Resource handling: the fork server is the caller's child; `stop` ends it and
     every worker and reaps what is the caller's to reap. The caller keeps its own
@@ -134,25 +158,15 @@ class ForkServer:
     start fails at once).
     """
 
-    def __init__(self, serve: Serve) -> None:
+    def __init__(self, setup: Setup) -> None:
         hub_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         level = logging.getLogger().level
         try:
-            pid = os.fork()
+            self.fresh, pid = _start(hub_end, server_end, setup, level)
         except BaseException:
             hub_end.close()
             server_end.close()
             raise
-        if pid == 0:  # the fork server
-            status = 1
-            try:
-                hub_end.close()
-                _run(server_end, serve, level)
-                status = 0
-            except BaseException:  # the child must reach os._exit, whatever happened
-                log.exception("fork server failed")
-            finally:
-                os._exit(status)
         server_end.close()
         hub_end.setblocking(False)
         self.pid = pid
@@ -172,8 +186,8 @@ class ForkServer:
         # kill at the end), not init's.
         self._subreaper = _become_subreaper()
         # Ready before the server says it listens: set up, named, taking requests.
-        if self._next(time.monotonic() + ANSWER_TIMEOUT) is None and not self._gone:
-            self._lost(f"it did not start in {ANSWER_TIMEOUT:g} s")
+        if self._next(time.monotonic() + READY_TIMEOUT) is None and not self._gone:
+            self._lost(f"it did not start in {READY_TIMEOUT:g} s")
 
     @property
     def gone(self) -> bool:
@@ -453,8 +467,48 @@ def _become_subreaper() -> bool:
 
 def _set_comm(name: str) -> None:
     """Name this process in /proc/PID/comm, so ps and top tell the roles apart."""
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
-        comm.write(name)
+    # Bytes straight to the descriptor: a text-mode open() costs a fresh worker ~45
+    # copy-on-write page faults (a quarter of a millisecond) in the codec machinery.
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
+        try:
+            os.write(fd, name.encode())
+        finally:
+            os.close(fd)
+
+
+def _fast_fork() -> Callable[[], int]:
+    """How the fork server forks: libc's fork(), where it can, rather than `os.fork`.
+
+    Why: after a fork, `os.fork` does Python's child-side work - re-making the GIL,
+    the import lock and every thread's state, running the at-fork hooks of threading
+    and logging - which writes to some 190 pages of the copied heap: 190 copy-on-write
+    faults, three quarters of a millisecond per worker, half of what a new worker cost.
+    All of it exists for locks another thread may have held at the fork. The fork
+    server has one thread and forks from its own loop, holding no lock, so a plain
+    fork leaves the child as consistent as the parent. With any other thread (or no
+    ctypes), it is `os.fork`.
+    """
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:
+            return os.fork
+        import ctypes  # here: only the fork server needs it
+
+        # PyDLL: the GIL stays held across the call, so the child starts holding it.
+        libc_fork = ctypes.PyDLL(None, use_errno=True).fork
+    except (OSError, AttributeError, ImportError):
+        return os.fork
+    libc_fork.restype = ctypes.c_int
+    libc_fork.argtypes = []
+
+    def fork() -> int:
+        pid = int(libc_fork())
+        if pid < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return pid
+
+    return fork
 
 
 def _keep_only(fds: list[int]) -> None:
@@ -480,31 +534,95 @@ def _max_fd() -> int:
 # --- the fork server process --------------------------------------------------------------
 
 
-def _run(ctl: socket.socket, serve: Serve, level: int) -> None:
+def _start(
+    hub_end: socket.socket, server_end: socket.socket, setup: Setup, level: int
+) -> tuple[bool, int]:
+    """Start the fork server on ``server_end``: (whether it is a fresh interpreter, its
+    pid). The caller's ``server_end`` is closed by the caller."""
+    try:
+        payload = pickle.dumps((setup, level))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        payload = b""
+    if payload and sys.executable:
+        return True, _spawn(hub_end, server_end, payload)
+    pid = os.fork()
+    if pid == 0:  # the fork server
+        status = 1
+        try:
+            hub_end.close()
+            signal.set_wakeup_fd(-1)
+            _run(server_end, setup, level)
+            status = 0
+        except BaseException:  # the child must reach os._exit, whatever happened
+            log.exception("fork server failed")
+        finally:
+            os._exit(status)
+    return False, pid
+
+
+def _spawn(hub_end: socket.socket, server_end: socket.socket, payload: bytes) -> int:
+    """A fresh interpreter running the fork server on ``server_end``, given ``payload``
+    (the pickled setup and log level) as its first message."""
+    path = [_CHATBOX_ROOT, *(entry for entry in sys.path if entry != _CHATBOX_ROOT)]
+    argv = [sys.executable, "-c", _BOOT, str(server_end.fileno()), *path]
+    # Blocked from its first instruction on (the mask survives exec) until it ignores
+    # them (`_run`): a Ctrl-C to the group while it starts must not end it.
+    os.set_inheritable(server_end.fileno(), True)
+    try:
+        pid = os.posix_spawn(sys.executable, argv, os.environ, setsigmask=STOP_SIGNALS)
+    finally:
+        os.set_inheritable(server_end.fileno(), False)
+    try:
+        hub_end.send(payload)
+    except OSError:
+        pass  # it is gone already: the wait for its ready report says so
+    return pid
+
+
+def _boot(fd: int) -> None:
+    """The fresh fork server's start (`_BOOT`): take the setup, then serve."""
+    status = 1
+    try:
+        ctl = socket.socket(fileno=fd)
+        setup, level = pickle.loads(ctl.recv(1 << 20))
+        _run(ctl, setup, level)
+        status = 0
+    except Exception as exc:  # said in one line: the hub reports the end, with the status
+        log.error("fork server failed: %s", exc)
+    finally:
+        os._exit(status)
+
+
+def _run(ctl: socket.socket, setup: Setup, level: int) -> None:
     """The fork server's loop: fork a worker per request, reap them, end when told to
     (or when the hub is gone)."""
-    signal.set_wakeup_fd(-1)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    # A fresh fork server starts with them blocked (`_spawn`); ignored now, they may come.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     wake_r, wake_w = socket.socketpair()
     _keep_only([ctl.fileno(), wake_r.fileno(), wake_w.fileno()])
-    # Frozen: the collector never walks (and so never copies) what the workers share.
-    gc.freeze()
     _set_comm(FORK_SERVER_COMM)
     logs.for_worker(level)
+    serve = setup()
+    # Frozen: the collector never walks (and so never copies) what the workers share.
+    gc.freeze()
     for sock in (wake_r, wake_w, ctl):
         sock.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the poll below
-    server = _Loop(ctl, serve, wake_r)
+    server = _Loop(ctl, serve, wake_r, _fast_fork())
     server.report_ready()
     server.run()
 
 
 class _Loop:
-    def __init__(self, ctl: socket.socket, serve: Serve, wake_r: socket.socket) -> None:
+    def __init__(
+        self, ctl: socket.socket, serve: Serve, wake_r: socket.socket, fork: Callable[[], int]
+    ) -> None:
         self._ctl = ctl
         self._serve = serve
+        self._fork_process = fork
         self._wake_r = wake_r
         self._live: set[int] = set()
         self._reports: list[bytes] = []  # for the next packet to the hub
@@ -594,7 +712,7 @@ class _Loop:
 
     def _fork(self, request: int, fds: list[int]) -> None:
         try:
-            pid = os.fork()
+            pid = self._fork_process()
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -655,7 +773,9 @@ class _Loop:
 def _become_worker(fds: list[int]) -> None:
     """Turn a fresh fork of the fork server into a worker owning only its sockets."""
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The C function, not `signal.signal`: its wrapper turns the old handler into an
+    # enum, which costs a fresh worker ~80 copy-on-write faults (0.3 ms).
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     # SIGINT, SIGTERM and SIGHUP stay ignored (inherited): the hub ends workers.
     _keep_only(fds)
     _set_comm(WORKER_COMM)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import _thread
 import abc
+import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
@@ -18,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatbox.server.forkserver import ForkServer, Sockets
+from chatbox.server.forkserver import ForkServer, Serve, Sockets
 from chatbox.server.handover import Handover
 from chatbox.server.worker import WorkerConfig, serve_connection
 
@@ -134,11 +136,20 @@ class ForkLauncher(Launcher):
 
     mode = "fork"
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, tls_files: tuple[str, str] | None = None) -> None:
         super().__init__(config)
-        # Last, so that the fork server - and through it every worker - inherits
-        # everything this launcher was configured with, and nothing the hub allocates.
-        self._server = ForkServer(self._serve)
+        # What the fork server - a fresh interpreter - is given to build the workers'
+        # configuration from: a TLS context does not pickle, so with TLS it loads the
+        # certificate and key itself (``tls_files``, as checked by the caller).
+        if config.tls is not None and tls_files is not None:
+            files = (os.path.abspath(tls_files[0]), os.path.abspath(tls_files[1]))
+            handshake = config.tls.handshake_timeout
+            self._setup = functools.partial(
+                worker_setup, dataclasses.replace(config, tls=None), (*files, handshake)
+            )
+        else:
+            self._setup = functools.partial(worker_setup, config, None)
+        self._server = ForkServer(self._setup)
         self._replaced_at: float | None = None
         self._lost: list[ForkServer] = []  # dead fork servers whose orphans may live on
         # The sockets of each worker asked for, by ticket, until its answer: the
@@ -148,25 +159,18 @@ class ForkLauncher(Launcher):
     def _fork_server(self) -> ForkServer:
         """The fork server, replaced if it is gone - at most once per
         `FORK_SERVER_RESTART_INTERVAL`, so one that keeps dying does not make the hub
-        fork again and again; meanwhile new clients are refused."""
+        start one again and again; meanwhile new clients are refused."""
         now = time.monotonic()
         if self._server.gone and (
             self._replaced_at is None or now - self._replaced_at >= FORK_SERVER_RESTART_INTERVAL
         ):
             self._lost.append(self._server)
             self._replaced_at = now
-            # Forked from the hub as it is now, so it (not each worker: they dirty
-            # little of it) keeps the hub's memory of this moment alive: the price of
-            # serving new clients at all.
-            self._server = ForkServer(self._serve)
+            # A fresh interpreter like the first one: it shares nothing of the hub as it
+            # is now (only where none can be started is it forked from the hub).
+            self._server = ForkServer(self._setup)
             log.warning("made a new fork server (pid %d)", self._server.pid)
         return self._server
-
-    def _serve(
-        self, client: socket.socket, channel: socket.socket, relay: socket.socket | None
-    ) -> None:
-        """What each worker process runs."""
-        serve_connection(client, channel, self.config, relay)
 
     def start(
         self,
@@ -296,11 +300,33 @@ class ThreadLauncher(Launcher):
                 log.warning("%d worker threads did not end in time", self._live)
 
 
-def make_launcher(mode: str, config: WorkerConfig) -> Launcher:
+def worker_setup(config: WorkerConfig, tls: tuple[str, str, float] | None) -> Serve:
+    """Run once in the fork server, before its first fork: what each worker runs, with
+    everything it imports imported here (a worker then imports nothing) and, with
+    ``tls`` (certificate, key, handshake timeout), the TLS context every worker uses."""
+    if tls is not None:
+        from chatbox.server.tls import TlsConfig, server_context
+
+        cert, key, handshake = tls
+        config = dataclasses.replace(config, tls=TlsConfig(server_context(cert, key), handshake))
+    if config.tls is not None:
+        import chatbox.server.tls  # noqa: F401 - the TLS worker's code, imported once here
+
+    def serve(client: socket.socket, channel: socket.socket, relay: socket.socket | None) -> None:
+        serve_connection(client, channel, config, relay)
+
+    return serve
+
+
+def make_launcher(
+    mode: str, config: WorkerConfig, tls_files: tuple[str, str] | None = None
+) -> Launcher:
+    """The launcher for ``mode``. ``tls_files`` (certificate, key) are where
+    ``config.tls``'s context was loaded from: a fork server loads them again."""
     if mode == "fork":
         if not hasattr(os, "fork"):
             raise ValueError("fork mode needs os.fork, which this platform lacks")
-        return ForkLauncher(config)
+        return ForkLauncher(config, tls_files)
     if mode == "thread":
         return ThreadLauncher(config)
     raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.bench import plot, report
+from harness.bench.cpu import TICK
 from harness.bench.servers import (
-    TICK,
     ServerError,
     ServerSpec,
     available,

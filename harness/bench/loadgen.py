@@ -71,6 +71,7 @@ class Client:
         "chunks",
         "closed",
         "done_at",
+        "first_at",
         "first_bytes",
         "index",
         "markers",
@@ -98,6 +99,7 @@ class Client:
         self.tail = b""  # the end of the last chunk, for a needle split across two
         self.closed = False
         self.first_bytes = b""  # what a server said first: "server full" and the like
+        self.first_at: float | None = None  # when it came (its welcome, in a chat server)
 
     @property
     def sending(self) -> bool:
@@ -327,6 +329,8 @@ class Swarm:
             self._lost(client)
             return
         if len(client.first_bytes) < 200:
+            if client.first_at is None:
+                client.first_at = stamp
             client.first_bytes += data[:200]
         if client.capture:
             client.chunks.append(data)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import re
 import shlex
 import shutil
@@ -24,6 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.bench.cpu import (
+    descendants,
+    process_cpu_seconds,
+    reaped_cpu_seconds,
+    tree_cpu_seconds,
+)
 from harness.daemon import Daemon, DaemonError, Readiness, free_port
 
 HOST = "127.0.0.1"  # loopback only: the benchmark never sends anything off this machine
@@ -274,18 +279,13 @@ class RunningServer:
 
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) used so far by the server, all its threads, its
-        live workers and the workers it has reaped. Read before and after a timed
-        window, the difference is what the window cost the server."""
-        total = 0.0
-        for pid in self.pids():
-            try:
-                own, reaped = cpu_seconds(pid)
-            except (OSError, ValueError, IndexError):
-                continue  # ended while we looked: its parent's reaped time has it
-            # Each ended process counts once: in its parent's reaped time (a forking
-            # server's fork server reaps the workers, the server reaps the fork server).
-            total += own + reaped
-        return total
+        live workers and the workers it has reaped, each once (`harness.bench.cpu`).
+        Read before and after a timed window, the difference is what the window cost
+        the server."""
+        return tree_cpu_seconds(self._roots())
+
+    def _roots(self) -> list[int]:
+        return [self.pid, *(d.pid for d in self._others if d.pid)]
 
     def store_cpu_seconds(self) -> float:
         """CPU seconds used so far by a cluster's redis-server (0 for one server): its
@@ -293,32 +293,13 @@ class RunningServer:
         store = self._others[-1] if self.spec.nodes and self._others else None
         if store is None or not store.pid:
             return 0.0
-        try:
-            return cpu_seconds(store.pid)[0]
-        except (OSError, ValueError, IndexError):
-            return 0.0
+        return process_cpu_seconds(store.pid) or 0.0
 
     # --- memory -------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
         """The server process and all its descendants (its workers, in fork mode)."""
-        children: dict[int, list[int]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-        tree, todo = [], [self.pid, *(d.pid for d in self._others if d.pid)]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(children.get(pid, ()))
-        return tree
+        return descendants(self._roots())
 
     def pss_bytes(self) -> tuple[int, int]:
         """(PSS of the server and all its workers in bytes, number of processes).
@@ -340,18 +321,13 @@ class RunningServer:
         return total, len(pids)
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the process itself - all its threads -, of its children that
-    ended and were reaped), user plus system, from /proc/PID/stat. The kernel counts
-    in clock ticks (1/TICK s), so a difference is exact to a tick per process."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICK
-    children = (int(fields[13]) + int(fields[14])) / TICK
-    return own, children
+    """(CPU seconds of the process itself - all its threads, to the ns -, of its children
+    that ended and were reaped - in clock ticks). OSError if it is gone."""
+    own, reaped = process_cpu_seconds(pid), reaped_cpu_seconds(pid)
+    if own is None or reaped is None:
+        raise ProcessLookupError(pid)
+    return own, reaped
 
 
 def _listening(port: int) -> bool:

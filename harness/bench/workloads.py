@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.bench import ledger
+from harness.bench.cpu import TICK
 from harness.bench.loadgen import Client, LoadError, Swarm
-from harness.bench.servers import TICK, RunningServer, ServerError, ServerSpec
+from harness.bench.servers import RunningServer, ServerError, ServerSpec
 
 Result = dict[str, Any]
 
