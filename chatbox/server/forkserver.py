@@ -177,6 +177,7 @@ class ForkServer:
         self._unsent: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self._answers: list[tuple[int, OSError | None]] = []
         self._progress_at = 0.0
+        self._cpu_seen = -1  # its CPU time (clock ticks) at the last look since it answered
         self._received: collections.deque[tuple[bytes, int, int]] = collections.deque()
         self._gone = ""  # why the fork server is gone, once it is
         self._reaped = False
@@ -211,7 +212,7 @@ class ForkServer:
                 continue
             number = next(_request_numbers)
             if not self._pending:
-                self._progress_at = time.monotonic()
+                self._progress_at, self._cpu_seen = time.monotonic(), -1
             self._pending.add(number)
             fds = [s.fileno() for s in sockets if s is not None]
             self._unsent.append((_MESSAGE.pack(_START, number, 0), fds))
@@ -246,14 +247,21 @@ class ForkServer:
         return min(now + OVERDUE_LOOK, self._progress_at + STARVED_TIMEOUT)
 
     def _runnable(self) -> bool:
-        """Whether the fork server is running or waits only for a CPU (Linux: its state
-        in /proc); not when it is stopped, or asleep with requests unanswered."""
+        """Whether the fork server is working, only slowly (Linux: its state and CPU
+        time in /proc): running or waiting for a CPU, in a system call that cannot be
+        interrupted (a fork on a machine short of memory), or it used CPU since the
+        last look (one look can catch a working process asleep for an instant). Not
+        when it is stopped, or asleep with requests unanswered and no CPU used."""
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as stat:
-                state = stat.read().rpartition(b")")[2].split()[0]
-        except (OSError, IndexError):
+                fields = stat.read().rpartition(b")")[2].split()
+            state, cpu = fields[0], int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
             return False
-        return state == b"R"
+        # The first look since the last answer only takes the measure (the next look
+        # is OVERDUE_LOOK later).
+        before, self._cpu_seen = self._cpu_seen, cpu
+        return state in (b"R", b"D") or cpu != before
 
     def start(self, pairs: Sequence[Sockets]) -> list[OSError | None]:
         """Fork a worker for each (client, channel, relay) and wait for the answers;
@@ -346,7 +354,7 @@ class ForkServer:
         kind, number, value = message
         if number in self._pending and kind in (_STARTED, _FAILED):
             self._pending.discard(number)
-            self._progress_at = time.monotonic()
+            self._progress_at, self._cpu_seen = time.monotonic(), -1
             if kind == _STARTED:
                 self.workers.add(value)
                 self._answers.append((number, None))
