@@ -7,15 +7,19 @@ newline, against the line timeout, while an honest pair plays ping-pong.
 For each server mode a fresh server is started with ``--line-timeout`` and no idle
 timeout. Two honest clients join and play ping-pong one message at a time (A says
 ``pN``; when B has it, B says ``qN``; the figure is A's round trip; one every 50 ms),
-in three phases:
+in four phases:
 
 - ``quiet``: alone, ``--pings`` round trips;
 - ``decoy``: while a side process makes the same attack, for the line timeout, against
   a sink (a process that only accepts, reads and drops, in one selector loop): what
   the attacker's own work and the least any server does for its bytes cost the pair on
   this machine, so that the server's share can be told from the machine's;
+- ``lurkers``: while the side process holds as many connections in the room, for the
+  line timeout, sending nothing (from 127.3.0.1, ...): what a room of that size costs
+  (each honest line goes to every one of them, each one's worker is started), which
+  any crowd of readers costs too; the attack's own share is what it costs beyond this;
 - ``attack``: while the side process opens ``--loris`` connections to the server,
-  ``--per-address`` from each of the addresses 127.0.2.1, 127.0.2.2, ... (at the
+  ``--per-address`` from each of the addresses 127.2.0.1, 127.2.0.2, ... (at the
   default 10, within the per-address limits: those do not stop this attack, the line
   timeout must; at 500, all from one address, they should) and trickles a byte into
   each every 100 ms, until every connection has ended.
@@ -58,16 +62,26 @@ PER_ADDRESS = 10  # connections from one address: the default burst of --connect
 PING_TIMEOUT = 10.0
 # The honest pair's pace: a round trip, then this long (a chat, not a flood of its own).
 PACE = 0.05
+PHASES = ("quiet", "decoy", "lurkers", "attack")
+# Where each phase's connections come from: the lurkers' addresses are not the
+# attack's, so that the attack starts with every address's connect rate unspent.
+ATTACK_NETWORK = "127.2.0.0"
+LURKER_NETWORK = "127.3.0.0"
 
 # argv: port, count, per address, line timeout, CA file or "", the checkout, seconds (0:
-# until every connection is cut). Connects without waiting on any one connection (an
-# address the server blocked has its SYNs dropped: such a connect never completes, and
-# is given up after CONNECT_WAIT). Prints "going" once every connection that got in has
-# its first byte, then one JSON line when all are closed (or at its deadline).
+# until every connection is cut), pace (a byte every this many seconds; 0: none at all,
+# lurkers), the network the addresses are taken from (a.b.0.0: a.b.0.1, a.b.0.2, ...).
+# Connects without waiting on any one connection (an address the server blocked has
+# its SYNs dropped: such a connect never completes, and is given up after CONNECT_WAIT).
+# Prints "going" once every connection that got in has its first byte, then one JSON
+# line when all are closed (or at its deadline).
 LORIS = r"""
 import json, selectors, signal, socket, sys, time
 port, count, per = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 line_timeout, ca, seconds = float(sys.argv[4]), sys.argv[5], float(sys.argv[7])
+pace = float(sys.argv[8])
+import ipaddress
+base = int(ipaddress.IPv4Address(sys.argv[9]))
 sys.path.insert(0, sys.argv[6])
 from harness.drain import read_ready
 CONNECT_WAIT = 5.0
@@ -80,7 +94,7 @@ if ca:
 pending = selectors.DefaultSelector()
 for i in range(count):
     s = socket.socket()
-    s.bind((f"127.0.2.{i // per + 1}", 0))
+    s.bind((str(ipaddress.IPv4Address(base + i // per + 1)), 0))
     s.setblocking(False)
     s.connect_ex(("127.0.0.1", port))
     pending.register(s, selectors.EVENT_WRITE)
@@ -113,7 +127,8 @@ first, heard = {}, {}
 for s in socks:
     s.setblocking(False)
     try:
-        s.send(b"x")
+        if pace:
+            s.send(b"x")
     except OSError:
         pass
     first[s] = time.monotonic()
@@ -121,14 +136,14 @@ for s in socks:
 print("going", flush=True)
 open_, closed_after = set(socks), {}
 deadline = time.monotonic() + (seconds or 3 * line_timeout + 30)
-next_byte = time.monotonic() + 0.1
+next_byte = time.monotonic() + (pace or 3600)
 while open_ and not stop and time.monotonic() < deadline:
     for s, data in read_ready(open_, max(0.0, next_byte - time.monotonic())).items():
         heard[s] += data
         if s not in open_:
             closed_after[s] = time.monotonic() - first[s]
     if time.monotonic() >= next_byte:
-        next_byte += 0.1
+        next_byte += pace
         for s in open_:
             try:
                 s.send(b"x")
@@ -262,10 +277,24 @@ def pings_while(pair: Pair, side: subprocess.Popen[str], peak: list[int]) -> lis
     return times
 
 
-def loris_args(port: int, args: argparse.Namespace, ca: str, seconds: float) -> list[str]:
+def wait_for_room(pair: Pair, size: int) -> None:
+    """Until the room is back to ``size`` (the lurkers' leaving taken in)."""
+    deadline = time.monotonic() + 60
+    while pair.here() > size and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling the room's count, bounded by the deadline
+
+
+def loris_args(
+    port: int,
+    args: argparse.Namespace,
+    ca: str,
+    seconds: float,
+    pace: float = 0.1,
+    network: str = ATTACK_NETWORK,
+) -> list[str]:
     return [
         *(str(port), str(args.loris), str(args.per_address), str(args.line_timeout), ca),
-        *(str(CHECKOUT), str(seconds)),
+        *(str(CHECKOUT), str(seconds), str(pace), network),
     ]
 
 
@@ -299,6 +328,16 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, object]:
                 end_side(loris)
         finally:
             end_side(sink)
+        # Lurkers: as many connections in the room, for as long, sending nothing: what
+        # the room's size costs (every honest line goes to each of them, each one's
+        # worker is started), which any crowd of readers costs too.
+        lurk_args = loris_args(port, args, ca, args.line_timeout, 0, LURKER_NETWORK)
+        lurkers = start_side(LORIS, lurk_args)
+        try:
+            crowd = pings_while(pair, lurkers, [])
+        finally:
+            end_side(lurkers)
+        wait_for_room(pair, 2)
         loris = start_side(LORIS, loris_args(port, args, ca, 0))
         peak: list[int] = []
         try:
@@ -312,7 +351,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, object]:
         result: dict[str, object] = {"mode": mode, "tls": context is not None, **report}
         result["loris"] = args.loris
         result |= {"peak_here": max(peak, default=0), "here_after": after}
-        for name, times in (("quiet", quiet), ("decoy", decoy), ("attack", attack)):
+        phases = (("quiet", quiet), ("decoy", decoy), ("lurkers", crowd), ("attack", attack))
+        for name, times in phases:
             result[f"{name}_p50_ms"] = 1000 * statistics.median(times) if times else math.nan
             result[f"{name}_p99_ms"] = 1000 * percentile(times, 0.99)
         return result
@@ -355,12 +395,14 @@ def run(args: argparse.Namespace) -> int:
             f"peak, {result['here_after']} after",
             flush=True,
         )
-        q99, d99, a99 = (float(result[f"{n}_p99_ms"]) for n in ("quiet", "decoy", "attack"))  # type: ignore[arg-type]
+        p50 = {n: float(str(result[f"{n}_p50_ms"])) for n in PHASES}
+        p99 = {n: float(str(result[f"{n}_p99_ms"])) for n in PHASES}
         print(
-            f"{mode}: honest round trip p50 quiet {result['quiet_p50_ms']:.2f}, decoy "
-            f"{result['decoy_p50_ms']:.2f}, attack {result['attack_p50_ms']:.2f} ms; p99 quiet "
-            f"{q99:.2f}, decoy {d99:.2f}, attack {a99:.2f} ms: attack/quiet {a99 / q99:.2f}x, "
-            f"attack/decoy {a99 / d99:.2f}x (load {os.getloadavg()[0]:.1f})",
+            f"{mode}: honest round trip p50 / p99 ms: "
+            + ", ".join(f"{n} {p50[n]:.2f} / {p99[n]:.2f}" for n in PHASES)
+            + f"; attack p99 against quiet {p99['attack'] / p99['quiet']:.2f}x, decoy "
+            f"{p99['attack'] / p99['decoy']:.2f}x, lurkers {p99['attack'] / p99['lurkers']:.2f}x"
+            f" (load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
     print(f"load average: {os.getloadavg()[0]:.1f}")
