@@ -453,6 +453,8 @@ def test_a_trickling_client_is_read_a_few_times_a_second_not_once_a_byte() -> No
     finished, still arrives whole."""
     with running_server("0", "--host", "127.0.0.1", "--mode", "fork") as srv:
         (bob,) = joined_peers(srv, 1)
+        # (A fresh worker bears the fork server's name until it has renamed itself.)
+        wait_until(lambda: len(srv.workers()) == 1, "bob's worker")
         before = set(srv.workers())
         trickler = srv.connect()
         # Each byte its own segment, as a slowloris sends them (its bytes are 100 ms
