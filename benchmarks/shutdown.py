@@ -2,15 +2,19 @@
 exited and how many clients were told `* server shutting down`.
 
     python benchmarks/shutdown.py [--mode fork] [--clients 1000] [--repeat 3]
-                                  [--group] [--source DIR ...]
+                                  [--group] [--hogs N] [--source DIR ...]
 
 Each ``--source DIR`` (default: this checkout) runs the server from DIR (on PYTHONPATH):
 before and after in one run, interleaved round by round. For each run a fresh server
 is started, ``--clients`` connections are opened from 127.0.0.1 (exempt from the
 per-address limits) until ``/who`` counts them all, then SIGTERM goes to the server
 (``--group``: to its whole process group, as systemd does). The figures: the wall time
-from the signal until the server process has exited (the promise is 2 s), and how many
+from the signal until every client has seen its stream end, until the server process
+has exited (the promise is 2 s), until no
+process of its group is left (the fork server and the workers too), and how many
 clients read `* server shutting down` as their last line before the end of the stream.
+``--hogs N``: N processes that only spin run from before the clients connect until the
+end of the shutdown (a machine busy with other work, where the promise was missed).
 
 Bounded: each step has a deadline; every server is ended by its process group id and
 reaped, every socket closed.
@@ -33,6 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.drain import read_ready
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from room_load import HOG, end_side, start_side
 
 HERE = Path(__file__).resolve().parents[1]
 STEP_DEADLINE = 120.0
@@ -76,7 +84,24 @@ def here(watcher: socket.socket, file: object) -> int:
             return int(line.split(b"(", 1)[1].split(b")", 1)[0])
 
 
-def one_run(source: Path, args: argparse.Namespace) -> tuple[float, int]:
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group is left that is not a zombie (reaped or not, a
+    zombie no longer runs)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def one_run(source: Path, args: argparse.Namespace) -> tuple[float, float, float, int]:
+    until = str(time.monotonic() + 3 * STEP_DEADLINE)
+    hogs = [start_side(HOG, [until]) for _ in range(args.hogs)]
     proc, port = start(source, args.mode, args.clients)
     socks: list[socket.socket] = []
     try:
@@ -97,21 +122,34 @@ def one_run(source: Path, args: argparse.Namespace) -> tuple[float, int]:
             os.killpg(proc.pid, signal.SIGTERM)
         else:
             proc.send_signal(signal.SIGTERM)
-        proc.wait(STEP_DEADLINE)
-        exit_s = time.perf_counter() - signalled
+        # The clients are read as the server ends, so that the time the last of them
+        # saw its stream end is known, and the server's exit is watched meanwhile.
+        exit_s = None
         tails = {sock: bytearray() for sock in socks[1:]}
         open_ = set(tails)
         deadline = time.monotonic() + STEP_DEADLINE
         while open_ and time.monotonic() < deadline:
-            for sock, data in read_ready(open_, 1.0, most=1000).items():
+            for sock, data in read_ready(open_, 0.05, most=1000).items():
                 tails[sock] = (tails[sock] + data)[-256:]
+            if exit_s is None and proc.poll() is not None:
+                exit_s = time.perf_counter() - signalled
+        ended_s = time.perf_counter() - signalled
+        proc.wait(STEP_DEADLINE)
+        if exit_s is None:
+            exit_s = time.perf_counter() - signalled
+        deadline = time.monotonic() + STEP_DEADLINE
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling /proc, bounded by the deadline
+        group_s = time.perf_counter() - signalled
         told = sum(bytes(t).rstrip(b"\n").endswith(NOTICE) for t in tails.values())
         with contextlib.suppress(OSError):
             rest = file.read()
             told += rest.rstrip(b"\n").endswith(NOTICE)
         file.close()
-        return exit_s, told
+        return ended_s, exit_s, group_s, told
     finally:
+        for hog in hogs:
+            end_side(hog)
         for sock in socks:
             sock.close()
         stop(proc)
@@ -123,26 +161,32 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--group", action="store_true")
+    parser.add_argument("--hogs", type=int, default=0, help="processes that only spin")
     parser.add_argument("--source", type=Path, action="append")
     args = parser.parse_args()
     sources = args.source or [HERE]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.clients + 256)), hard))
-    results: dict[Path, list[tuple[float, int]]] = {source: [] for source in sources}
+    results: dict[Path, list[tuple[float, float, float, int]]] = {s: [] for s in sources}
     for round_ in range(args.repeat):
         for source in sources:
-            exit_s, told = one_run(source, args)
-            results[source].append((exit_s, told))
+            ended_s, exit_s, group_s, told = one_run(source, args)
+            results[source].append((ended_s, exit_s, group_s, told))
             print(
-                f"round {round_ + 1} {source}: exit {exit_s:.2f} s after SIGTERM, "
+                f"round {round_ + 1} {source}: every client's stream ended {ended_s:.2f} s "
+                f"after SIGTERM, server exited {exit_s:.2f} s, group gone {group_s:.2f} s, "
                 f"{told}/{args.clients} told (load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     for source, runs in results.items():
-        exits = [e for e, _ in runs]
+        ends = [r[0] for r in runs]
+        exits = [r[1] for r in runs]
+        groups = [r[2] for r in runs]
+        told = [r[3] for r in runs]
         print(
-            f"{source}: exit median {statistics.median(exits):.2f} s, max {max(exits):.2f} s; "
-            f"told {min(t for _, t in runs)}-{max(t for _, t in runs)} of {args.clients}"
+            f"{source}: streams ended max {max(ends):.2f} s; exit median "
+            f"{statistics.median(exits):.2f} s, max {max(exits):.2f} s; group gone max "
+            f"{max(groups):.2f} s; told {min(told)}-{max(told)} of {args.clients}"
         )
     return 0
 

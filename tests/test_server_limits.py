@@ -7,12 +7,14 @@ a storm of commands cannot queue replies past the asker's --sendq.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from live_server import (
@@ -30,6 +32,10 @@ from live_server import (
 from needs import needs
 
 from harness.drain import read_ready
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+# Bytes the trickling client sends one at a time.
+TRICKLED = 100
 
 # 100 lines a second, 20 at once: small enough that a test's flood takes a second.
 SLOW_FLOOD = ["--flood-lines", "100", "--flood-burst", "0.2", "--flood-bytes", "0"]
@@ -428,3 +434,41 @@ def test_a_hundred_slowloris_connections_are_cut_while_an_honest_pair_chats(mode
         finally:
             for sock in loris:
                 sock.close()
+
+
+def _wakeups(pid: int) -> int:
+    """How often the process has gone to sleep and been woken since it started."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches:")]
+    return int(line.split()[1])
+
+
+@pytest.mark.fork
+@needs_fork
+def test_a_trickling_client_is_read_a_few_times_a_second_not_once_a_byte() -> None:
+    """Slowloris's cost to the room is the server's wake-ups for it: 500 connections at a
+    byte every 100 ms woke their workers 5,000 times a second (in thread mode each one a
+    turn of the one interpreter lock the room's relaying needs too). A client that
+    trickles a line a few bytes at a time is read a few times a second; its line, once
+    finished, still arrives whole."""
+    with running_server("0", "--host", "127.0.0.1", "--mode", "fork") as srv:
+        (bob,) = joined_peers(srv, 1)
+        # (A fresh worker bears the fork server's name until it has renamed itself.)
+        wait_until(lambda: len(srv.workers()) == 1, "bob's worker")
+        before = set(srv.workers())
+        trickler = srv.connect()
+        # Each byte its own segment, as a slowloris sends them (its bytes are 100 ms
+        # apart, past the peer's delayed ACK, so Nagle never joins them).
+        trickler.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        trickler.expect("* welcome")
+        bob.expect("* guest2 joined")
+        wait_until(lambda: len(set(srv.workers()) - before) == 1, "the trickler's worker")
+        (worker,) = set(srv.workers()) - before
+        woken = _wakeups(worker)
+        for _ in range(TRICKLED):
+            trickler.send(b"x")
+            time.sleep(0.02)  # the attacker's pace: a byte every 20 ms, for 2 s
+        trickler.send(b"\n")
+        assert bob.line() == "<guest2> " + "x" * TRICKLED
+        woken = _wakeups(worker) - woken
+        assert woken < TRICKLED // 4, f"woken {woken} times for {TRICKLED} bytes"

@@ -397,6 +397,17 @@ class Hub:
         for link in list(self._dirty.values()):
             if link.sending and link.sendq:
                 self._send(link)
+        # Then each client whose last words are out is given the end of its stream, in
+        # one pass that wakes no worker (our direction alone: a worker waits to read
+        # its client, and that does not change). Shutting the links, below, wakes each
+        # worker to exit, one after another: on a busy machine each woken worker took
+        # the hub's CPU, and the last of 1,000 clients saw its end 4-6 s after the
+        # signal beside four CPU hogs. (A TLS link's socket is the worker's relay: its
+        # worker says the end, inside TLS.)
+        for link in self._links.values():
+            if link.state is State.LEAVING and link.raw is None and not link.sendq.size:
+                with contextlib.suppress(OSError):
+                    link.client.shutdown(socket.SHUT_WR)
         self._flush()
         deadline = time.monotonic() + SHUTDOWN_GRACE
         while self._links or self._launcher.pending():

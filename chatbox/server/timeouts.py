@@ -10,6 +10,10 @@ client times out: the rule lives here once, for both.
 
 The clock does not run while the server holds the client back (its lines wait for room
 in the channel): that wait is the server's, not the client's.
+
+A client that trickles (reads that bring a few bytes of a line and no line's end) is
+read less often, `Trickle`: slowloris's cost to everyone else is the wake-ups it causes,
+not its bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 # A person's telnet sends each key as typed: a minute for one line is generous; one byte
 # every few seconds (slowloris) never finishes a line of any length in that time.
 DEFAULT_LINE_TIMEOUT = 60.0
+
+# A read that brings fewer bytes than this and no line's end is a trickle: a person's
+# client sends a line in one write, and a long line over a slow link comes in segments
+# of hundreds of bytes. After one, the client is not read again for TRICKLE_PAUSE (the
+# kernel keeps what it sends meanwhile): 500 connections at a byte every 100 ms woke
+# their workers 5,000 times a second (in thread mode, each a turn of the interpreter
+# lock the room's relaying needs too); now 1,000. A person typing into telnet in
+# character mode sees a line relayed up to this much later.
+TRICKLE_BYTES = 64
+TRICKLE_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,3 +96,23 @@ class InputClock:
         """Mark the client timed out; the note that tells the hub why."""
         self.expired = True
         return timeout_note(idle=self._line_since is None)
+
+
+class Trickle:
+    """When a client that trickles is next read: ``read`` is told of each read, and
+    ``pause`` says how long the worker leaves the client unread."""
+
+    __slots__ = ("_until",)
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def read(self, size: int, finished: bool, holding: bool, now: float) -> None:
+        """A read of ``size`` bytes at ``now``; ``finished``: it ended a line (or more);
+        ``holding``: a line is begun and waits for its end."""
+        trickling = holding and not finished and size < TRICKLE_BYTES
+        self._until = now + TRICKLE_PAUSE if trickling else 0.0
+
+    def pause(self, now: float) -> float:
+        """Seconds the client is still left unread (0.0: read it when it is readable)."""
+        return max(0.0, self._until - now) if self._until else 0.0

@@ -35,7 +35,7 @@ from chatbox.server.channel import (
     refused_note,
 )
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
-from chatbox.server.timeouts import InputClock, InputTimeouts
+from chatbox.server.timeouts import InputClock, InputTimeouts, Trickle
 
 if TYPE_CHECKING:
     from chatbox.server.handover import Handover
@@ -163,6 +163,7 @@ def serve_connection(
             reading = admitted
         # Once it timed out (reported to the hub), what the client sends is thrown away.
         clock = InputClock(config.timeouts, time.monotonic())
+        trickle = Trickle()  # a client that trickles a line is read a few times a second
         if config.password is not None and reading:
             # It sent its password: it is heard (and a line begun after has its clock).
             clock.heard(time.monotonic(), False, decoder.holding)
@@ -179,7 +180,10 @@ def serve_connection(
                         upward += clock.expire()
                         continue
                     timeout = remaining
-            client_wanted = reading and not upward
+            pause = trickle.pause(now) if reading and not upward else 0.0
+            if pause:
+                timeout = pause if timeout is None else min(timeout, pause)
+            client_wanted = reading and not upward and not pause
             channel_in, channel_out, client_in = waiter.wait(client_wanted, bool(upward), timeout)
             if channel_in:
                 try:
@@ -211,8 +215,10 @@ def serve_connection(
                     ):
                         for event in events:
                             upward += encode_event(event)
-                    if clock.heard(time.monotonic(), bool(events), decoder.holding):
+                    now = time.monotonic()
+                    if clock.heard(now, bool(events), decoder.holding):
                         upward += heard_note()
+                    trickle.read(len(data), bool(events), decoder.holding, now)
                 channel_out = True
             if upward and channel_out:
                 try:
