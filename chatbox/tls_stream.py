@@ -57,6 +57,7 @@ class TlsStream:
         self.reset = False  # ... and not by an orderly close
         self.eof = False  # the socket itself has reached its end
         self.head = b""  # the first bytes received (up to HEAD_SIZE), as they came
+        self.took = 0  # how many bytes the last pull took from the socket
 
     def handshake(self) -> bool:
         """Advance the handshake with what has arrived; True once it is complete."""
@@ -71,6 +72,7 @@ class TlsStream:
 
     def pull(self) -> None:
         """Feed what the socket has now (one recv) into TLS."""
+        self.took = 0
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -79,6 +81,7 @@ class TlsStream:
             self.eof = self.ended = self.reset = True
             self._incoming.write_eof()
             return
+        self.took = len(data)
         if data:
             if len(self.head) < HEAD_SIZE:
                 self.head += data[: HEAD_SIZE - len(self.head)]
@@ -110,6 +113,11 @@ class TlsStream:
             self.ended = True
         self._take_outgoing()
         return b"".join(chunks)
+
+    @property
+    def partial(self) -> bool:
+        """Whether part of a TLS record has come and waits for the rest."""
+        return self._incoming.pending > 0
 
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` into `outbox` (memory BIOs take it all at once)."""

@@ -186,6 +186,13 @@ class Peer:
         self.sock.close()
 
 
+def wakeups(pid: int) -> int:
+    """How often the process has gone to sleep and been woken since it started."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches:")]
+    return int(line.split()[1])
+
+
 def joined_peers(server: ServerProcess, count: int) -> list[Peer]:
     """``count`` peers, each having read its welcome and everyone's later joins."""
     peers: list[Peer] = []

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from live_server import (
@@ -28,6 +27,7 @@ from live_server import (
     send_in_background,
     silence_until_closed,
     wait_until,
+    wakeups,
 )
 from needs import needs
 
@@ -436,13 +436,6 @@ def test_a_hundred_slowloris_connections_are_cut_while_an_honest_pair_chats(mode
                 sock.close()
 
 
-def _wakeups(pid: int) -> int:
-    """How often the process has gone to sleep and been woken since it started."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    (line,) = [line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches:")]
-    return int(line.split()[1])
-
-
 @pytest.mark.fork
 @needs_fork
 def test_a_trickling_client_is_read_a_few_times_a_second_not_once_a_byte() -> None:
@@ -464,11 +457,11 @@ def test_a_trickling_client_is_read_a_few_times_a_second_not_once_a_byte() -> No
         bob.expect("* guest2 joined")
         wait_until(lambda: len(set(srv.workers()) - before) == 1, "the trickler's worker")
         (worker,) = set(srv.workers()) - before
-        woken = _wakeups(worker)
+        woken = wakeups(worker)
         for _ in range(TRICKLED):
             trickler.send(b"x")
             time.sleep(0.02)  # the attacker's pace: a byte every 20 ms, for 2 s
         trickler.send(b"\n")
         assert bob.line() == "<guest2> " + "x" * TRICKLED
-        woken = _wakeups(worker) - woken
+        woken = wakeups(worker) - woken
         assert woken < TRICKLED // 4, f"woken {woken} times for {TRICKLED} bytes"

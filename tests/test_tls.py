@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from live_server import (
     running_server,
     send_in_background,
     wait_until,
+    wakeups,
 )
 from needs import missing
 from tls_certs import make_certificate, tls_peer
@@ -596,3 +598,36 @@ def test_the_client_bridge_ends_the_session_cleanly_when_a_quit_crosses_the_clos
         raw.close()
         listener.close()
         server.join(WAIT)
+
+
+@pytest.mark.fork
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_client_trickling_tls_records_is_read_a_few_times_a_second(
+    certificate: tuple[Path, Path],
+) -> None:
+    """Slowloris over TLS: one byte of a line in each TLS record, each its own segment.
+    The TLS worker, like the plain one, reads such a client a few times a second, not
+    once a record (it was woken for every one), and the finished line arrives whole."""
+    trickled = 100
+    cert, key = certificate
+    args = ["0", "--host", "127.0.0.1", "--mode", "fork", "--tls-cert", str(cert)]
+    with running_server(*args, "--tls-key", str(key)) as srv:
+        bob = tls_peer(srv, cert)
+        joined(bob)
+        # (A fresh worker bears the fork server's name until it has renamed itself.)
+        wait_until(lambda: len(srv.workers()) == 1, "bob's worker")
+        before = set(srv.workers())
+        trickler = tls_peer(srv, cert)
+        trickler.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        name = joined(trickler)
+        assert bob.line() == f"* {name} joined"
+        wait_until(lambda: len(set(srv.workers()) - before) == 1, "the trickler's worker")
+        (worker,) = set(srv.workers()) - before
+        woken = wakeups(worker)
+        for _ in range(trickled):
+            trickler.send(b"x")
+            time.sleep(0.02)  # the attacker's pace: a record every 20 ms, for 2 s
+        trickler.send(b"\n")
+        assert bob.line() == f"<{name}> " + "x" * trickled
+        woken = wakeups(worker) - woken
+        assert woken < trickled // 4, f"woken {woken} times for {trickled} records"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from chatbox import protocol
 from chatbox.server.channel import encode_event, end_note, heard_note, ready_note, refused_note
 from chatbox.server.gate import LOGIN_TIMEOUT, Login
-from chatbox.server.timeouts import InputClock
+from chatbox.server.timeouts import InputClock, Trickle
 from chatbox.server.worker import release_client
 from chatbox.tls_stream import RECV_SIZE, TlsStream, wait
 
@@ -234,6 +234,7 @@ def _relay(
     # The input timeouts, restarted once the gate is passed. Once the client timed out
     # (reported to the hub), what it sends is thrown away until the hub ends it.
     clock = InputClock(config.timeouts, time.monotonic())
+    trickle = Trickle()  # a client that trickles is read a few times a second
     while True:
         if closing_by is not None and not relay_open and not stream.outbox:
             break
@@ -263,6 +264,10 @@ def _relay(
         # A channel at its end stays readable: polling it then would spin.
         readers = [channel] if channel_open else []
         client_wanted = reading and not upward and closing_by is None
+        pause = trickle.pause(now) if client_wanted and not buffered else 0.0
+        if pause:
+            client_wanted = False
+            timeout = pause if timeout is None else min(timeout, pause)
         if client_wanted:
             readers.append(client)
             if buffered:
@@ -298,6 +303,9 @@ def _relay(
             if clock.expired:
                 plain = b""  # thrown away
             events = decoder.feed(plain) if plain else []
+            # Part of a record or of a line, a few bytes at a time: a trickle.
+            begun = decoder.holding or stream.partial
+            trickle.read(stream.took, bool(events), begun, time.monotonic())
             if login is not None and events:
                 verdict, events = login.feed(events)
                 if verdict is not None:
