@@ -49,6 +49,9 @@ class InputTimeouts:
     line: float = DEFAULT_LINE_TIMEOUT
 
 
+_NO_LIMIT: tuple[float | None, bytes] = (None, b"")
+
+
 class InputClock:
     """One client's timeouts, from the moment it may talk (in the room) until it times
     out once; then ``expired`` and the worker throws away what it still sends."""
@@ -91,6 +94,21 @@ class InputClock:
         if self._timeouts.idle:
             return self._heard_at + self._timeouts.idle - now
         return None
+
+    def turn(self, now: float, held: bool) -> tuple[float | None, bytes]:
+        """A turn of a worker's loop while the client may still send: how long the
+        worker may wait for it (None: no limit), and the note telling the hub that it
+        timed out just now (else empty). ``held``: the server holds the client back
+        (its lines wait for room in the channel), so no clock runs."""
+        if held:
+            self.hold(now)
+            return _NO_LIMIT
+        remaining = self.remaining(now)
+        if remaining is None:
+            return _NO_LIMIT
+        if remaining > 0:
+            return remaining, b""
+        return None, self.expire()
 
     def expire(self) -> bytes:
         """Mark the client timed out; the note that tells the hub why."""

@@ -252,15 +252,9 @@ def _relay(
                 upward += end_note(False)
                 reading = False
                 timeout = None
-        elif reading and upward:
-            clock.hold(now)  # the hub holds this client back: no clock runs
         elif reading:
-            remaining = clock.remaining(now)
-            if remaining is not None:
-                if remaining <= 0:
-                    upward += clock.expire()
-                else:
-                    timeout = remaining
+            timeout, timed_out = clock.turn(now, held=bool(upward))
+            upward += timed_out
         # A channel at its end stays readable: polling it then would spin.
         readers = [channel] if channel_open else []
         client_wanted = reading and not upward and closing_by is None

@@ -171,15 +171,11 @@ def serve_connection(
         while True:
             now = time.monotonic()
             timeout = None
-            if upward:
-                clock.hold(now)  # the hub holds this client back: no clock runs
-            elif reading:
-                remaining = clock.remaining(now)
-                if remaining is not None:
-                    if remaining <= 0:
-                        upward += clock.expire()
-                        continue
-                    timeout = remaining
+            if upward or reading:
+                timeout, timed_out = clock.turn(now, held=bool(upward))
+                if timed_out:
+                    upward += timed_out
+                    continue
             pause = trickle.pause(now) if reading and not upward else 0.0
             if pause:
                 timeout = pause if timeout is None else min(timeout, pause)
