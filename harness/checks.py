@@ -16,7 +16,6 @@ to go wrong on purpose (a line cut by a kill) is an expectation in it (`may_be_c
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import re
 from collections import Counter
@@ -652,14 +651,12 @@ def interleaving(record: RunRecord, party: str, peer: str) -> Interleaving | Non
     concurrent phase's lines: the one with the shortest possible pause; None if none.
 
     Safe to call while the run is still writing the record (it copies what it reads)."""
-    lines = functools.partial(_concurrent_lines, record)
-    shown = functools.partial(_first_shown, record)
-    own_starts = _typing_starts(lines(party))
-    peer_starts = _typing_starts(lines(peer))
+    own_starts = _typing_starts(_concurrent_lines(record, party))
+    peer_starts = _typing_starts(_concurrent_lines(record, peer))
     own_times = [t for t, _ in own_starts]
     peer_times = [t for t, _ in peer_starts]
-    at_party = shown(party, peer)
-    at_peer = shown(peer, party)
+    at_party = _first_shown(record, party, peer)
+    at_peer = _first_shown(record, peer, party)
     # gaps[m]: the longest the server can have gone without reading the peer between
     # peer_starts[m] and peer_starts[m + 1] (the later one's display minus the earlier
     # one's typing start); None where the later one was never displayed.
