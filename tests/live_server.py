@@ -193,6 +193,26 @@ def wakeups(pid: int) -> int:
     return int(line.split()[1])
 
 
+TRICKLED = 100  # the bytes of a line a trickling client sends one at a time
+
+
+def trickle_wakeups(
+    server: ServerProcess, before: set[int], trickler: Peer, listener: Peer, name: str
+) -> int:
+    """How often the trickler's worker (fork mode: the one worker not in ``before``)
+    was woken while ``name`` sent a line of TRICKLED bytes one at a time, 20 ms apart,
+    as a slowloris does; ``listener`` must get that line whole."""
+    wait_until(lambda: len(set(server.workers()) - before) == 1, "the trickler's worker")
+    (worker,) = set(server.workers()) - before
+    woken = wakeups(worker)
+    for _ in range(TRICKLED):
+        trickler.send(b"x")
+        time.sleep(0.02)  # the attacker's pace, for 2 s
+    trickler.send(b"\n")
+    assert listener.line() == f"<{name}> " + "x" * TRICKLED
+    return wakeups(worker) - woken
+
+
 def joined_peers(server: ServerProcess, count: int) -> list[Peer]:
     """``count`` peers, each having read its welcome and everyone's later joins."""
     peers: list[Peer] = []

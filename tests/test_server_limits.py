@@ -18,6 +18,7 @@ import time
 import pytest
 from live_server import (
     MODES,
+    TRICKLED,
     WAIT,
     Peer,
     check_slowloris_cut,
@@ -26,8 +27,8 @@ from live_server import (
     running_server,
     send_in_background,
     silence_until_closed,
+    trickle_wakeups,
     wait_until,
-    wakeups,
 )
 from needs import needs
 
@@ -35,8 +36,6 @@ from harness.drain import read_ready
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 # Bytes the trickling client sends one at a time.
-TRICKLED = 100
-
 # 100 lines a second, 20 at once: small enough that a test's flood takes a second.
 SLOW_FLOOD = ["--flood-lines", "100", "--flood-burst", "0.2", "--flood-bytes", "0"]
 
@@ -455,13 +454,5 @@ def test_a_trickling_client_is_read_a_few_times_a_second_not_once_a_byte() -> No
         trickler.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         trickler.expect("* welcome")
         bob.expect("* guest2 joined")
-        wait_until(lambda: len(set(srv.workers()) - before) == 1, "the trickler's worker")
-        (worker,) = set(srv.workers()) - before
-        woken = wakeups(worker)
-        for _ in range(TRICKLED):
-            trickler.send(b"x")
-            time.sleep(0.02)  # the attacker's pace: a byte every 20 ms, for 2 s
-        trickler.send(b"\n")
-        assert bob.line() == "<guest2> " + "x" * TRICKLED
-        woken = wakeups(worker) - woken
+        woken = trickle_wakeups(srv, before, trickler, bob, "guest2")
         assert woken < TRICKLED // 4, f"woken {woken} times for {TRICKLED} bytes"

@@ -15,21 +15,21 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from client_parties import Party, child_env, client_argv
 from live_server import (
+    TRICKLED,
     WAIT,
     Peer,
     ServerProcess,
     kernel_send_buffer,
     running_server,
     send_in_background,
+    trickle_wakeups,
     wait_until,
-    wakeups,
 )
 from needs import missing
 from tls_certs import make_certificate, tls_peer
@@ -608,7 +608,6 @@ def test_a_client_trickling_tls_records_is_read_a_few_times_a_second(
     """Slowloris over TLS: one byte of a line in each TLS record, each its own segment.
     The TLS worker, like the plain one, reads such a client a few times a second, not
     once a record (it was woken for every one), and the finished line arrives whole."""
-    trickled = 100
     cert, key = certificate
     args = ["0", "--host", "127.0.0.1", "--mode", "fork", "--tls-cert", str(cert)]
     with running_server(*args, "--tls-key", str(key)) as srv:
@@ -621,13 +620,5 @@ def test_a_client_trickling_tls_records_is_read_a_few_times_a_second(
         trickler.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         name = joined(trickler)
         assert bob.line() == f"* {name} joined"
-        wait_until(lambda: len(set(srv.workers()) - before) == 1, "the trickler's worker")
-        (worker,) = set(srv.workers()) - before
-        woken = wakeups(worker)
-        for _ in range(trickled):
-            trickler.send(b"x")
-            time.sleep(0.02)  # the attacker's pace: a record every 20 ms, for 2 s
-        trickler.send(b"\n")
-        assert bob.line() == f"<{name}> " + "x" * trickled
-        woken = wakeups(worker) - woken
-        assert woken < trickled // 4, f"woken {woken} times for {trickled} records"
+        woken = trickle_wakeups(srv, before, trickler, bob, name)
+        assert woken < TRICKLED // 4, f"woken {woken} times for {TRICKLED} records"
