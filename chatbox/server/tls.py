@@ -258,7 +258,8 @@ def _relay(
         # A channel at its end stays readable: polling it then would spin.
         readers = [channel] if channel_open else []
         client_wanted = reading and not upward and closing_by is None
-        pause = trickle.pause(now) if client_wanted and not buffered else 0.0
+        # (Not once timed out: see the plain worker.)
+        pause = trickle.pause(now) if client_wanted and not buffered and not clock.expired else 0.0
         if pause:
             client_wanted = False
             timeout = pause if timeout is None else min(timeout, pause)

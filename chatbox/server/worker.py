@@ -19,6 +19,7 @@ client may enter the room (a ready note). Without both, nothing of it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -46,6 +47,9 @@ log = logging.getLogger("chatbox.worker")
 # One recv takes up to this much: large enough that a busy client's lines arrive in
 # batches (Python pays per call, not per byte), small enough to bound a worker's memory.
 RECV_SIZE = 65536
+# At the end, at most this many reads of what the client sent unread (a bound: a client
+# that keeps sending is not waited for).
+DISCARD_READS = 4
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,10 @@ def serve_connection(
                 if timed_out:
                     upward += timed_out
                     continue
-            pause = trickle.pause(now) if reading and not upward else 0.0
+            # (Once timed out, what the client sends is read and thrown away at once:
+            # the hub closes the socket, and unread input would reset the connection
+            # and lose the line that tells the client why.)
+            pause = trickle.pause(now) if reading and not upward and not clock.expired else 0.0
             if pause:
                 timeout = pause if timeout is None else min(timeout, pause)
             client_wanted = reading and not upward and not pause
@@ -235,7 +242,16 @@ def release_client(client: socket.socket, *ends: socket.socket) -> None:
     """A worker (plain or TLS) is done with its client: shut the connection down, so
     the client sees the end while the hub still holds the socket (the hub, its single
     owner, closes it once the channel's end tells it this worker is done), then close
-    the worker's own ``ends`` (its channel, a TLS worker's relay too)."""
+    the worker's own ``ends`` (its channel, a TLS worker's relay too).
+
+    What the client sent and nobody read yet is taken first: a socket closed with
+    unread input resets the connection, and the reset throws away, at the client, the
+    line the hub just sent to say why it ends (a client that trickles is read only a
+    few times a second, so a few of its bytes are often waiting)."""
+    with contextlib.suppress(OSError):
+        for _ in range(DISCARD_READS):
+            if not client.recv(RECV_SIZE, socket.MSG_DONTWAIT):
+                break
     try:
         client.shutdown(socket.SHUT_RDWR)
     except OSError:
