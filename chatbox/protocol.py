@@ -16,6 +16,7 @@ and only chunks that contain something unusual are decoded and scanned line by l
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_MAX_LINE = 4096
@@ -366,6 +367,53 @@ def parse_line(line: str) -> Command:
         # /pass (a client that sends its password unasked) is answered, never relayed.
         return Invalid("no password is asked for now")
     return Invalid(f"unknown command '/{word}' (try /help)")
+
+
+def has_command(block: bytes) -> bool:
+    """Whether a block of complete lines holds a command line (or an escaped ``//``
+    line, which needs its escape taken off): the common block of chat has neither and
+    is relayed as it is, without looking at each line."""
+    return block.startswith(b"/") or b"\n/" in block
+
+
+# What a room's command handler says after one command line (`split_commands`).
+TAKEN = 0  # handled: go on with the next line
+WAIT = 1  # not handled (its reply would not fit): this line and those after come back
+WAIT_AFTER = 2  # handled, but it waits for something: the lines after it come back
+GONE = 3  # handled, and the sender has left: the rest is dropped
+
+
+def split_commands(
+    block: bytes, chat: Callable[[bytes], None], command: Callable[[bytes], int]
+) -> bytes:
+    """Hand a block of complete lines (each ending in LF) from one client over in
+    order: each run of chat lines to ``chat`` as one block (a leading ``//`` unescaped
+    to ``/``), each command line alone to ``command``, which says how far it got
+    (`TAKEN`, `WAIT`, `WAIT_AFTER`, `GONE`). Returns the lines not handled, as they
+    came, to be handed over again later (empty when all were).
+
+    One rule for both rooms (`chatbox.server.room`, `chatbox.server.cluster_room`):
+    what is a command and where a run of chat ends is the protocol's to say."""
+    run: list[bytes] = []
+    lines = block[:-1].split(b"\n")
+    for index, line in enumerate(lines):
+        if line.startswith(b"/") and not line.startswith(b"//"):
+            if run:
+                chat(b"\n".join(run) + b"\n")
+                run = []
+            outcome = command(line)
+            if outcome == WAIT:
+                return b"\n".join(lines[index:]) + b"\n"
+            if outcome == GONE:
+                return b""
+            if outcome == WAIT_AFTER:
+                rest = lines[index + 1 :]
+                return b"\n".join(rest) + b"\n" if rest else b""
+        else:
+            run.append(line[1:] if line.startswith(b"//") else line)
+    if run:
+        chat(b"\n".join(run) + b"\n")
+    return b""
 
 
 # --- what the server says ----------------------------------------------------------------

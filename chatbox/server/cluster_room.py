@@ -489,29 +489,21 @@ class ClusterRoom:
             return b""
         if member.busy:
             return block
-        if not (block.startswith(b"/") or b"\n/" in block):
+        if not protocol.has_command(block):
             self._queue(b"c", member, member_id, b=block)
             return b""
-        chat: list[bytes] = []
-        lines = block[:-1].split(b"\n")
-        for index, line in enumerate(lines):
-            if line.startswith(b"/") and not line.startswith(b"//"):
-                if chat:
-                    self._queue(b"c", member, member_id, b=b"\n".join(chat) + b"\n")
-                    chat = []
-                if not self._postbox.has_room(member.id):
-                    return b"\n".join(lines[index:]) + b"\n"
-                self._command(member, line)
-                if member.id not in self._members:
-                    return b""
-                if member.busy:
-                    rest = lines[index + 1 :]
-                    return b"\n".join(rest) + b"\n" if rest else b""
-            else:
-                chat.append(line[1:] if line.startswith(b"//") else line)
-        if chat:
-            self._queue(b"c", member, member_id, b=b"\n".join(chat) + b"\n")
-        return b""
+
+        def command(line: bytes) -> int:
+            if not self._postbox.has_room(member.id):
+                return protocol.WAIT
+            self._command(member, line)
+            if member.id not in self._members:
+                return protocol.GONE
+            return protocol.WAIT_AFTER if member.busy else protocol.TAKEN
+
+        return protocol.split_commands(
+            block, lambda run: self._queue(b"c", member, member_id, b=run), command
+        )
 
     def line_too_long(self, member_id: int) -> None:
         if member_id in self._members:

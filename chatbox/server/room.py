@@ -306,26 +306,17 @@ class Room:
         member = self._members.get(member_id)
         if member is None:
             return b""
-        if not (block.startswith(b"/") or b"\n/" in block):
+        if not protocol.has_command(block):
             self._relay(member, block)
             return b""
-        chat: list[bytes] = []
-        lines = block[:-1].split(b"\n")
-        for index, line in enumerate(lines):
-            if line.startswith(b"/") and not line.startswith(b"//"):
-                if chat:
-                    self._relay(member, b"\n".join(chat) + b"\n")
-                    chat = []
-                if not self._postbox.has_room(member.id):
-                    return b"\n".join(lines[index:]) + b"\n"
-                self._command(member, line)
-                if member.id not in self._members:
-                    return b""
-            else:
-                chat.append(line[1:] if line.startswith(b"//") else line)
-        if chat:
-            self._relay(member, b"\n".join(chat) + b"\n")
-        return b""
+
+        def command(line: bytes) -> int:
+            if not self._postbox.has_room(member.id):
+                return protocol.WAIT
+            self._command(member, line)
+            return protocol.TAKEN if member.id in self._members else protocol.GONE
+
+        return protocol.split_commands(block, lambda run: self._relay(member, run), command)
 
     def _relay(self, member: Member, block: bytes) -> None:
         if self._joins or self._leaves:
