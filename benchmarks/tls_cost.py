@@ -26,12 +26,20 @@ import time
 from pathlib import Path
 
 WAIT = 30.0
+HERE = Path(__file__).resolve().parents[1]  # this checkout
 
 
 class Server:
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], tree: str | Path) -> None:
+        # Run from the tree it is to be: `python -m` puts the working directory first on
+        # the path, ahead of PYTHONPATH, so run from a checkout's root a baseline given
+        # on PYTHONPATH alone would be this checkout.
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=tree,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -109,18 +117,19 @@ def main() -> int:
         base = [sys.executable, "-m", "chatbox.server", "0", "--host", "127.0.0.1"]
         base += ["--mode", args.mode, "--flood-lines", "0", "--flood-bytes", "0"]
         here = dict(os.environ)
-        runs: list[tuple[str, list[str], dict[str, str], ssl.SSLContext | None]] = []
+        runs: list[tuple[str, list[str], dict[str, str], ssl.SSLContext | None, str | Path]] = []
         if args.baseline_source:
             old = dict(os.environ, PYTHONPATH=args.baseline_source)
-            runs.append(("plain (baseline source)", base, old, None))
-        runs.append(("plain", base, here, None))
-        runs.append(("tls", [*base, "--tls-cert", str(cert), "--tls-key", str(key)], here, context))
+            runs.append(("plain (baseline source)", base, old, None, args.baseline_source))
+        runs.append(("plain", base, here, None, HERE))
+        tls = [*base, "--tls-cert", str(cert), "--tls-key", str(key)]
+        runs.append(("tls", tls, here, context, HERE))
         results: dict[str, dict[str, float]] = {}
         # Interleaved, so a machine that gets busier during the run hits all alike; the
         # best of the repeats, as the least disturbed.
         for _ in range(args.repeat):
-            for name, argv, env, ctx in runs:
-                server = Server(argv, env)
+            for name, argv, env, ctx, tree in runs:
+                server = Server(argv, env, tree)
                 try:
                     got = measure(server.port, ctx, args.rounds, args.lines)
                 finally:
