@@ -68,8 +68,13 @@ class ServerProcess:
         return "".join(line + "\n" for line in self.daemon.stderr_lines())
 
     def terminate(self, timeout: float = WAIT) -> int:
+        """SIGTERM, then its exit status once it has exited and its output has been read
+        to the end: the lines it wrote last may still be in the pipe when it exits, and
+        a test that reads `stderr` next must see them."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        status = self.proc.wait(timeout)
+        self.daemon.join_drains()
+        return status
 
     def stop(self) -> None:
         """End the server whatever state it is in (its whole group), and reap it."""

@@ -275,6 +275,14 @@ def test_repeated_warnings_are_rate_limited() -> None:
     try:
         joined_peers(srv, 1)
         _connections(srv.port, 300)
+        # One more, read to its end: once it is told, the hub has taken (and logged)
+        # every connection before it; they may still wait in the listen queue otherwise.
+        last = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+        told = b""
+        while chunk := last.recv(4096):
+            told += chunk
+        last.close()
+        assert b"server full" in told, told
         assert srv.terminate() == 0
         logged = srv.stderr().splitlines()
         refusals = [line for line in logged if "server full" in line]
