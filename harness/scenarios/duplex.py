@@ -104,15 +104,18 @@ class Duplex(Scenario):
                 lockstep=LOCKSTEP,
             )
 
+        began = ctx.clock()
         talking += [talker(a, b, 1), talker(b, a, 0)]
-        ctx.finish_streams(list(talking), nudge=True)
+        ctx.finish_streams(list(talking), nudge=True, since=began)
         ctx.record.concurrent_until = ctx.clock()
         for listener, speaker in ((a, b), (b, a)):
             if ctx.expired:
                 break
             self._quiet_phase(ctx, listener, speaker)
         burst = ctx.burst_party("burst", [a, b])
+        began = ctx.clock()
         ctx.burst(burst)
+        ctx.phase("burst", began, "written in one write" if burst.log.sent else "not written")
         ctx.expect("p1", ["burst"])
         ctx.expect("p2", ["burst"])
         ctx.settle(nudge=True)
@@ -132,14 +135,18 @@ class Duplex(Scenario):
                 break
         keys = {tok.key for tok in tokens}
         last, since = listener.count_from(keys), time.monotonic()
+        outcome = "cut by --timeout"
         while not ctx.expired:
             if listener.wait_tokens(keys, min(ctx.deadline, time.monotonic() + 0.1)):
+                outcome = f"all {len(keys)} arrived"
                 break
             count = listener.count_from(keys)
             if count != last:
                 last, since = count, time.monotonic()
             elif time.monotonic() - since >= ctx.options.settle:
+                outcome = f"{count} of {len(keys)} arrived; none for {ctx.options.settle:g}s"
                 break
         ctx.record.quiet_phases.append(
             QuietPhase(listener.name, speaker.name, [t.seq for t in tokens], start, ctx.clock())
         )
+        ctx.phase(f"quiet: {listener.name} listens to {speaker.name}", start, outcome)
