@@ -342,15 +342,26 @@ class Context:
                 wait = min(wait * 1.5, self.options.settle)
                 break
         missing = [p for p in listeners if not p.count_from(hellos)]
+        return self._unheard(
+            f"{speaker.name}'s hello never reached {_names(missing)}",
+            f"{'them' if len(missing) > 1 else 'it'} and {speaker.name}",
+            settled,
+            span,
+        )
+
+    def _unheard(
+        self, missed: str, served: str, settled: tuple[float, float] | None, span: float
+    ) -> tuple[bool, str]:
+        """How a hello sync that gave up ended: ``missed`` says which hellos were not
+        heard, ``served`` whom the relay was seen serving (when it was settled)."""
         if time.monotonic() >= self.deadline:
-            return False, f"cut by --timeout: {_names(missing)} had not heard it"
+            return False, f"cut by --timeout: {missed}"
         if settled is None:
-            return False, f"no progress for {span:g}s: {_names(missing)} never heard it"
+            return False, f"no progress for {span:g}s: {missed}"
         why = (
-            f"{speaker.name}'s hello never reached {_names(missing)}, though the relay "
-            f"served {'them' if len(missing) > 1 else 'it'} and {speaker.name} after it "
-            f"was said: settled {settled[1]:g}s later, not waited out to {span:g}s "
-            "(the checks judge that direction)"
+            f"{missed}, though the relay served {served} after it was said: settled "
+            f"{settled[1]:g}s later, not waited out to {span:g}s (the checks judge that "
+            "direction)"
         )
         self.record.notes.append(why)
         return False, "settled: " + why
@@ -546,18 +557,12 @@ class Context:
             wait = min(wait * 1.5, self.options.settle)
         if not waiting:
             return True, f"{first.name} heard every one"
-        if time.monotonic() >= self.deadline:
-            return False, f"cut by --timeout: {first.name} had not heard {_names(waiting)}"
-        if settled is None:
-            return False, f"no progress for {span:g}s: {first.name} never heard {_names(waiting)}"
-        why = (
-            f"{first.name} never heard {_names(waiting)}'s hello, though the relay served "
-            f"{first.name} and {'them' if len(waiting) > 1 else 'it'} after it was said: "
-            f"settled {settled[1]:g}s later, not waited out to {span:g}s (the checks "
-            "judge that direction)"
+        return self._unheard(
+            f"{first.name} never heard {_names(waiting)}'s hello",
+            f"{first.name} and {'them' if len(waiting) > 1 else 'it'}",
+            settled,
+            span,
         )
-        self.record.notes.append(why)
-        return False, "settled: " + why
 
     def stream(
         self,
