@@ -124,6 +124,7 @@ class Context:
         # were begun after a hello, and how long lines take on the way (`_settled`).
         self.made: dict[tuple[str, int], float] = {}
         self._seq: dict[str, int] = {}
+        self._gone: float | None = None  # when the server was first seen gone (run clock)
         self._count = 0
         self._lock = threading.Lock()
 
@@ -133,6 +134,15 @@ class Context:
     @property
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
+
+    def server_gone(self) -> float | None:
+        """When the harness first saw the server under test exit (run clock), or None
+        while it runs: from then on nothing more can be relayed, so no wait for a line
+        typed later can end otherwise, and no nudge can help. One server only: a
+        cluster's nodes are killed on purpose (failover) and the others relay on."""
+        if self._gone is None and self.target.cluster_info() is None and self.target.died():
+            self._gone = self.clock()
+        return self._gone
 
     # -- parties -------------------------------------------------------------------
 
@@ -698,11 +708,22 @@ class Context:
                 if last >= 0:
                     quiet_since, interval = now, NUDGE_QUIET
                 last = count
+            gone = self.server_gone()
+            if gone is not None:
+                # What was on its way when the server exited gets --settle s from then
+                # (or from the last arrival), no more: nudges cannot be relayed now.
+                if now - max(quiet_since, self.t0 + gone) >= self.options.settle:
+                    gave_up = (
+                        f"gave up waiting: the server had exited, and nothing arrived for "
+                        f"{self.options.settle:g}s"
+                    )
+                    self.record.notes.append(f"{gave_up}: " + "; ".join(self.missing()[:3]))
+                    return f"{gave_up}: {count} deliveries missing"
             elif now - max(quiet_since, nudged) >= self.options.settle:
                 gave_up = f"gave up waiting after {self.options.settle:g}s without progress"
                 self.record.notes.append(f"{gave_up}: " + "; ".join(self.missing()[:3]))
                 return f"{gave_up}: {count} deliveries missing"
-            if nudge and now - max(quiet_since, nudged) >= interval:
+            if nudge and gone is None and now - max(quiet_since, nudged) >= interval:
                 # Each nudge waits twice as long as the last: a relay that serves one
                 # talker at a time needs that talker quiet before it serves the others.
                 nudged, interval = now, interval * 2

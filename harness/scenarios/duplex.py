@@ -129,6 +129,7 @@ class Duplex(Scenario):
         """``listener`` types nothing while ``speaker`` sends QUIET_LINES lines; the phase
         ends when all arrived, or after --settle seconds without one arriving."""
         start = ctx.clock()
+        gone = ctx.server_gone()  # before a line is typed: then none can be relayed
         tokens = [ctx.token(speaker.name) for _ in range(QUIET_LINES)]
         for tok in tokens:
             if not speaker.send(tok, ctx.deadline):
@@ -136,7 +137,9 @@ class Duplex(Scenario):
         keys = {tok.key for tok in tokens}
         last, since = listener.count_from(keys), time.monotonic()
         outcome = "cut by --timeout"
-        while not ctx.expired:
+        if gone is not None:
+            outcome = "not waited for: the server had exited before a line was typed"
+        while not ctx.expired and gone is None:
             if listener.wait_tokens(keys, min(ctx.deadline, time.monotonic() + 0.1)):
                 outcome = f"all {len(keys)} arrived"
                 break
