@@ -247,6 +247,11 @@ class Party:
             self._reader.resume(self.child.child_fd)
         self.log.add_note(self.clock(), "reading again")
 
+    @property
+    def last_output(self) -> float:
+        """When the terminal last showed anything (monotonic; its start before that)."""
+        return self._last_output
+
     def quiet_since(self, t: float) -> bool:
         """Whether the terminal has shown nothing since ``t`` (monotonic)."""
         return self._last_output <= t

@@ -142,6 +142,22 @@ class QuietPhase:
 
 
 @dataclass
+class Phase:
+    """One step of a scenario (a hello sync, a stream, a settle...), from ``start`` to
+    ``end``, and how it ended (``outcome``): where a run's time went, and why each wait
+    ended when it did."""
+
+    name: str
+    start: float
+    end: float
+    outcome: str
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
 class RunRecord:
     """One scenario run, as the checks and reports see it."""
 
@@ -157,6 +173,8 @@ class RunRecord:
     # When the duplex scenario's concurrent phase ended: its proof looks at lines sent
     # before this only (later phases take turns on purpose).
     concurrent_until: float | None = None
+    # The scenario's steps in the order they ended (`Phase`), with how each ended.
+    phases: list[Phase] = field(default_factory=list)
     # party -> why its last line holding a token may arrive cut short (a victim killed
     # mid-stream, a reader the server cut off on purpose): an expectation the checks
     # honour when judging damage on that one line, so the evidence is never edited.
@@ -205,6 +223,7 @@ __all__ = [
     "Expectation",
     "Line",
     "PartyLog",
+    "Phase",
     "QuietPhase",
     "Receipt",
     "RunRecord",

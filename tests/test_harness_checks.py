@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from harness import checks
 from harness.tokens import HELLO, make
 from harness.transcript import Expectation, PartyLog, QuietPhase, RunRecord, Turn
@@ -29,28 +33,36 @@ def test_clean_transcript_passes_every_generic_check() -> None:
         assert results[name] == checks.PASS
 
 
-def test_loss_names_the_first_missing_message_with_both_transcripts() -> None:
-    rec, _, _ = two_party([1, 2, 4])
-    result = checks.check_no_loss(rec)
-    assert result.status == checks.FAIL
-    assert result.offender == "a#3"
-    assert "2 of 5" in result.detail
-    assert any("a transcript" in c for c in result.context)
-    assert any("b transcript" in c for c in result.context)
-
-
-def test_duplicate_names_the_repeated_message() -> None:
-    rec, _, _ = two_party([1, 2, 2, 3, 4, 5])
-    result = checks.check_no_duplicates(rec)
-    assert (result.status, result.offender) == (checks.FAIL, "a#2")
-    assert any("=>" in line for line in result.context)
-
-
-def test_fifo_names_the_message_that_overtook() -> None:
-    rec, _, _ = two_party([1, 3, 2, 4, 5])
-    result = checks.check_fifo(rec)
-    assert (result.status, result.offender) == (checks.FAIL, "a#2")
-    assert "after a#3" in result.detail
+@pytest.mark.parametrize(
+    ("delivered", "check", "offender", "detail", "context"),
+    [
+        # The first missing message, with both transcripts.
+        pytest.param(
+            [1, 2, 4], checks.check_no_loss, "a#3", "2 of 5", ["a transcript", "b transcript"],
+            id="loss",
+        ),
+        # The repeated message, marked in the excerpt.
+        pytest.param(
+            [1, 2, 2, 3, 4, 5], checks.check_no_duplicates, "a#2", "", ["=>"], id="duplicate"
+        ),
+        # The message that was overtaken, and by which.
+        pytest.param([1, 3, 2, 4, 5], checks.check_fifo, "a#2", "after a#3", [], id="fifo"),
+    ],
+)  # fmt: skip
+def test_a_faulty_delivery_fails_its_check_naming_the_first_offender(
+    delivered: list[int],
+    check: Callable[[RunRecord], checks.CheckResult],
+    offender: str,
+    detail: str,
+    context: list[str],
+) -> None:
+    """b receives a's five lines as ``delivered`` (seqs, in that order)."""
+    rec, _, _ = two_party(delivered)
+    result = check(rec)
+    assert (result.status, result.offender) == (checks.FAIL, offender)
+    assert detail in result.detail
+    for piece in context:
+        assert any(piece in line for line in result.context), result.context
 
 
 def test_fifo_does_not_judge_a_nudge_numbered_before_lines_typed_ahead_of_it() -> None:
@@ -192,6 +204,15 @@ def duplex_record() -> tuple[RunRecord, PartyLog, PartyLog]:
     return rec, a, b
 
 
+def duplex_verdict(
+    typed: dict[str, list[float]], shown: dict[str, list[tuple[float, int]]]
+) -> checks.CheckResult:
+    """The full-duplex check on a talk between a and b (see `talk`)."""
+    rec, _, _ = duplex_record()
+    talk(rec, typed, shown)
+    return checks.check_duplex(rec)
+
+
 def talk(
     rec: RunRecord, typed: dict[str, list[float]], shown: dict[str, list[tuple[float, int]]]
 ) -> None:
@@ -210,12 +231,10 @@ def talk(
 def test_full_duplex_is_a_line_carried_between_two_of_the_peers_quickly() -> None:
     """a shows b#2, then begins a#4 (after a#3 was typed), which b shows before it begins
     b#6, which a shows: the server read a#4 between b#2 and b#6. And the other way."""
-    rec, _, _ = duplex_record()
     times = [0.1 * k for k in range(1, 7)]
     typed = {"a": times, "b": times}
     shown = {p: [(t + 0.05, seq) for seq, t in enumerate(times, 1)] for p in typed}
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.PASS, checks.FULL_DUPLEX)
     assert "a displayed b#2, then typed a#4, which b displayed before typing b#6" in (result.detail)
     assert "b's lines in between were read at most 0.250s apart" in result.detail
@@ -227,12 +246,10 @@ def test_full_duplex_is_not_proven_by_lines_that_waited_in_a_buffer() -> None:
     party displayed a peer line before some of its own reached the peer - but all its
     lines had been typed before that display: nothing shows both directions at once.
     And a#1 was left unread for 1.8 s while b#2, begun after it, went through."""
-    rec, _, _ = duplex_record()
     typed = {"a": [0.10, 0.11, 0.12, 0.13], "b": [0.10, 0.11, 2.60, 2.61]}
     shown = {"a": [(0.20, 1), (0.21, 2), (4.2, 3), (4.3, 4)]}
     shown["b"] = [(2.0, 1), (2.1, 2), (2.2, 3), (2.3, 4)]
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "a's lines were never carried between two of b's" in result.detail
 
@@ -242,11 +259,9 @@ def test_a_talk_too_short_for_either_proof_is_unknown_not_half_duplex() -> None:
     displayed a line of the other (a fast loopback: a window of lines goes into a pty
     at once). Nothing was carried between two of the other's lines, but nothing was held
     either: no evidence either way, so the verdict is unknown, never FAIL."""
-    rec, _, _ = duplex_record()
     typed = {p: [0.100 + 0.001 * k for k in range(5)] for p in ("a", "b")}
     shown = {p: [(0.106 + 0.001 * k, k + 1) for k in range(5)] for p in typed}
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.NOT_APPLICABLE, "unknown")
     assert "a's lines were never seen carried between two of b's" in result.detail
     assert "the talk ended before either proof" in result.detail
@@ -257,13 +272,11 @@ def test_a_line_left_unread_while_the_peer_is_heard_is_half_duplex() -> None:
     to b only at 3.5, after b stopped; meanwhile a displayed b's lines, begun after it,
     within 0.05 s. The talk never gave a chain, but a's line was left unread while b
     was heard: half duplex, with the evidence."""
-    rec, _, _ = duplex_record()
     times = [0.1 * k for k in range(1, 31)]
     typed = {"a": [0.1, 0.2, 0.3], "b": times}
     shown = {"a": [(t + 0.05, seq) for seq, t in enumerate(times, 1)]}
     shown["b"] = [(3.5, 1), (3.5, 2), (3.5, 3)]
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "a's lines were never carried between two of b's, and one was left unread" in (
         result.detail
@@ -278,12 +291,10 @@ def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
     (starved); a's lines go through; b talks again. The lines do interleave (a#4 begun
     after a showed b#2, shown to b before b began b#4), but slower than a server taking
     turns at pauses can also do it."""
-    rec, _, _ = duplex_record()
     typed = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.1, 0.2, 0.3, 0.4, 0.5, 3.0, 3.1]}
     shown = {"a": [(0.1 * seq + 0.05, seq) for seq in range(1, 6)] + [(3.4, 6), (3.4, 7)]}
     shown["b"] = [(1.8, seq) for seq in (1, 2, 3, 4)]
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "a's lines were carried between b's only in turns" in result.detail
     assert "b#2, then typed a#4, which b displayed before typing b#7" in result.detail
@@ -294,12 +305,10 @@ def test_full_duplex_is_not_proven_by_turns_taken_at_a_pause() -> None:
 def test_full_duplex_is_unknown_where_every_line_is_slow_on_the_way() -> None:
     """Each line takes 1.5 s to be shown (a slow link, a loaded machine): the lines do
     interleave, but a pause that long is what any line's trip may hide here."""
-    rec, _, _ = duplex_record()
     times = [0.1 * k for k in range(1, 61)]
     typed = {"a": times, "b": times}
     shown = {p: [(t + 1.5, seq) for seq, t in enumerate(times, 1)] for p in typed}
-    talk(rec, typed, shown)
-    result = checks.check_duplex(rec)
+    result = duplex_verdict(typed, shown)
     assert (result.status, result.observed) == (checks.NOT_APPLICABLE, "unknown")
     assert "a's lines took too long on the way to tell" in result.detail
 

@@ -68,6 +68,14 @@ def test_a_server_that_aborts_mid_run_fails_server_survived_with_its_whole_stder
     assert run["server"]["stderr_lines"] == DIES_LINES
     whole = (artifacts / "duplex-run1" / "server.stderr").read_text().splitlines()
     assert len(whole) == DIES_LINES and whole[0] == DIES_FIRST and whole[-1] == DIES_LAST
+    # Once it was gone nothing waited for what it could no longer relay: no nudge got
+    # its own --settle, and the quiet phases, typed after its death, were not waited out.
+    outcomes = [(p["name"], p["outcome"]) for p in run["phases"]]
+    settles = [o for name, o in outcomes if name == "settle"]
+    assert settles and all(o.startswith("gave up waiting: the server had exited") for o in settles)
+    quiet = [o for name, o in outcomes if name.startswith("quiet: ")]
+    assert len(quiet) == 2, outcomes
+    assert all(o == "not waited for: the server had exited before a line was typed" for o in quiet)
 
 
 @pytest.fixture

@@ -91,6 +91,16 @@ class RunResult:
                 for name, log in rec.parties.items()
             },
             "notes": rec.notes,
+            "phases": [
+                {
+                    "name": ph.name,
+                    "start": round(ph.start, 4),
+                    "end": round(ph.end, 4),
+                    "duration": round(ph.duration, 4),
+                    "outcome": ph.outcome,
+                }
+                for ph in rec.phases
+            ],
             "impair_log": (
                 None
                 if rec.impair_log is None

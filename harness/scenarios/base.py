@@ -26,9 +26,14 @@ from harness.party import Party, make_room
 from harness.processes import child_env
 from harness.target import SetupError, Target, expand, python_for
 from harness.tokens import HELLO, MESSAGE, Token, make, random_payload
-from harness.transcript import COUNTED, Expectation, PartyLog, RunRecord
+from harness.transcript import COUNTED, Expectation, PartyLog, Phase, RunRecord
 
 SYNC_BUDGET = 5  # x --settle: how long getting everyone into the room may take
+# Once every party a hello is still awaited by is provably up and served by the relay
+# (`Context._settled`), start-up is no longer a reason to wait: the hello is then
+# awaited as any line is, --settle s, or this many times the slowest trip a line took
+# on the way meanwhile, if longer (a loaded machine, a slow path).
+SYNC_TRIPS = 5
 SYNC_ROUND = 0.3  # first wait for a hello before sending another (late joiners miss some)
 CLOSERS = 64  # parties started, synced or closed at once (threads that mostly wait)
 WINDOW = 32  # lines a talker may have in flight before it waits for them to arrive
@@ -115,7 +120,11 @@ class Context:
         self.parties: dict[str, Party] = {}
         self.node_of: dict[str, int] = {}  # party -> the cluster node it connects to (0)
         self.known_crcs: dict[str, tuple[str, int]] = {}
+        # When each token was made (run clock), just before it was typed: which lines
+        # were begun after a hello, and how long lines take on the way (`_settled`).
+        self.made: dict[tuple[str, int], float] = {}
         self._seq: dict[str, int] = {}
+        self._gone: float | None = None  # when the server was first seen gone (run clock)
         self._count = 0
         self._lock = threading.Lock()
 
@@ -125,6 +134,15 @@ class Context:
     @property
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
+
+    def server_gone(self) -> float | None:
+        """When the harness first saw the server under test exit (run clock), or None
+        while it runs: from then on nothing more can be relayed, so no wait for a line
+        typed later can end otherwise, and no nudge can help. One server only: a
+        cluster's nodes are killed on purpose (failover) and the others relay on."""
+        if self._gone is None and self.target.cluster_info() is None and self.target.died():
+            self._gone = self.clock()
+        return self._gone
 
     # -- parties -------------------------------------------------------------------
 
@@ -255,7 +273,12 @@ class Context:
                 payload = random_payload(self.rng)
         tok = make(sender, seq, payload, kind)
         self.known_crcs[tok.crc] = tok.key
+        self.made[tok.key] = self.clock()
         return tok
+
+    def phase(self, name: str, start: float, outcome: str) -> None:
+        """Record a step of the scenario that began at ``start`` (run clock) and ends now."""
+        self.record.phases.append(Phase(name, start, self.clock(), outcome))
 
     # -- moves ---------------------------------------------------------------------
 
@@ -264,23 +287,36 @@ class Context:
 
         ``speaker`` says hello until every listener has heard one of its hellos (one is
         proof enough: a listener in the room stays there). A listener that joined late
-        misses earlier hellos, which is why hellos are never counted as loss.
+        misses earlier hellos, which is why hellos are never counted as loss. How it
+        ended is a phase of the record (and a note when it was settled on evidence).
         """
+        start = self.clock()
+        ok, outcome = self._sync(speaker, listeners)
+        self.phase(f"hello: {speaker.name} to {_names(listeners)}", start, outcome)
+        return ok
+
+    def _sync(self, speaker: Party, listeners: list[Party]) -> tuple[bool, str]:
         # A server that never relays (or one direction only) must not eat the whole run:
         # give up after SYNC_BUDGET without progress and let the checks say what is wrong.
         # Progress is one more listener hearing a hello: hundreds of clients take tens of
         # seconds to start on a busy machine, and a fixed budget would fail them all.
+        # Once those still waiting are provably up and served, the wait is shorter
+        # (`_settled`): start-up, the reason for the budget, is over.
         span = SYNC_BUDGET * self.options.settle
         budget = min(self.deadline, time.monotonic() + span)
         hellos: set[tuple[str, int]] = set()
         heard = 0
         wait = SYNC_ROUND
+        since = progress_at = -1.0  # run clock: the first hello made, the last progress
+        settled: tuple[float, float] | None = None
         while time.monotonic() < budget:
             hello = self.token(speaker.name, "hello", HELLO)
             hellos.add(hello.key)
+            if since < 0:
+                since = progress_at = self.made[hello.key]
             sent_at = time.monotonic()
             if not speaker.send(hello, self.deadline):
-                return False
+                return False, f"{speaker.name} stopped taking input"
             # Wait while listeners still come to hear a hello; say it again as soon as a
             # step brings nobody new (those left missed it: they joined after it was
             # said) or a listener comes up after it was said. Hellos do not cancel each
@@ -291,9 +327,9 @@ class Context:
             while time.monotonic() < budget:
                 step_end = min(budget, time.monotonic() + wait)
                 if all(p.wait_heard_any(hellos, step_end) for p in listeners):
-                    return True
+                    return True, "every listener heard it"
                 if not speaker.alive:
-                    return False
+                    return False, f"{speaker.name} exited"
                 now_heard = sum(1 for p in listeners if p.count_from(hellos))
                 progress = now_heard > heard
                 heard = now_heard
@@ -302,15 +338,118 @@ class Context:
                     # The room is still forming: no backing off, and no nudges (each is
                     # N lines, and the listeners not up yet would all look quiet).
                     budget = min(self.deadline, time.monotonic() + span)
+                    progress_at, settled = self.clock(), None
                     wait = SYNC_ROUND
                     if late:
                         break
                     continue
+                waiting = [p for p in listeners if not p.count_from(hellos)]
+                settled = self._settled([(speaker, p, since) for p in waiting], progress_at)
+                if settled is not None:
+                    budget = min(budget, self.t0 + settled[0])
                 if wait > SYNC_ROUND:
                     self._nudge_quiet(listeners, hellos, sent_at)
                 wait = min(wait * 1.5, self.options.settle)
                 break
-        return False
+        missing = [p for p in listeners if not p.count_from(hellos)]
+        return self._unheard(
+            f"{speaker.name}'s hello never reached {_names(missing)}",
+            f"{'them' if len(missing) > 1 else 'it'} and {speaker.name}",
+            settled,
+            span,
+        )
+
+    def _unheard(
+        self, missed: str, served: str, settled: tuple[float, float] | None, span: float
+    ) -> tuple[bool, str]:
+        """How a hello sync that gave up ended: ``missed`` says which hellos were not
+        heard, ``served`` whom the relay was seen serving (when it was settled)."""
+        if time.monotonic() >= self.deadline:
+            return False, f"cut by --timeout: {missed}"
+        if settled is None:
+            return False, f"no progress for {span:g}s: {missed}"
+        why = (
+            f"{missed}, though the relay served {served} after it was said: settled "
+            f"{settled[1]:g}s later, not waited out to {span:g}s (the checks judge that "
+            "direction)"
+        )
+        self.record.notes.append(why)
+        return False, "settled: " + why
+
+    def _settled(
+        self, pairs: list[tuple[Party, Party, float]], after: float
+    ) -> tuple[float, float] | None:
+        """(when, grace): when waiting may end although, in each pair (speaker,
+        listener, since), the listener has heard none of the speaker's hellos, the
+        first made at ``since`` (run clock); None while any pair lacks the evidence.
+
+        The sync's budget, SYNC_BUDGET x --settle without progress, is for clients
+        still starting up: a room of hundreds on a busy machine. Neither end of a pair
+        is starting up once the speaker has shown a line relayed from another party
+        (its client is connected and in the room) and the relay was seen serving the
+        listener after ``since`` (`_served`). The hello is then awaited as any line
+        is: --settle s - or SYNC_TRIPS times the slowest trip (shown minus made) of
+        the lines they showed since ``since``, if longer, so a loaded machine or a slow
+        path gets its time - from that evidence and from ``after`` (the last progress).
+        A direction merely slower than that is not misjudged: the sync only proves
+        membership, which that evidence proves too, and the direction's counted lines
+        are judged by the checks as before, however late they arrive."""
+        latest, trip = after, 0.0
+        served: dict[tuple[int, float], tuple[float, float] | None] = {}
+        for speaker, listener, since in pairs:
+            relayed = speaker.log.received
+            if not relayed:
+                return None
+            key = (id(listener), since)
+            if key not in served:
+                served[key] = self._served(listener, since)
+            found = served[key]
+            if found is None:
+                return None
+            latest = max(latest, relayed[0].t, found[0])
+            trip = max(trip, found[1], self._slowest(speaker, since))
+        grace = max(self.options.settle, SYNC_TRIPS * trip)
+        return latest + grace, grace
+
+    def _trips(self, party: Party, since: float) -> list[tuple[float, float, Token]]:
+        """(shown, made, token) for each line ``party`` showed since ``since``, newest
+        first (only the lines shown since are looked at: the log only grows)."""
+        out = []
+        received = party.log.received
+        i = len(received) - 1
+        while i >= 0 and received[i].t >= since:
+            r = received[i]
+            made = self.made.get(r.token.key)
+            if made is not None:
+                out.append((r.t, made, r.token))
+            i -= 1
+        return out
+
+    def _slowest(self, party: Party, since: float) -> float:
+        return max((shown - made for shown, made, _ in self._trips(party, since)), default=0.0)
+
+    def _served(self, party: Party, since: float) -> tuple[float, float] | None:
+        """(when, slowest trip): the first time the relay was seen serving ``party``
+        after ``since``: it showed a line another party began after then, or a line it
+        began after then was shown to another party; None if neither happened."""
+        trips = self._trips(party, since)
+        first = [shown for shown, made, _ in trips if made > since]
+        slowest = max((shown - made for shown, made, _ in trips), default=0.0)
+        sent = party.log.sent
+        mine: set[tuple[str, int]] = set()
+        i = len(sent) - 1
+        while i >= 0 and sent[i].t >= since:
+            if self.made.get(sent[i].token.key, since) > since:
+                mine.add(sent[i].token.key)
+            i -= 1
+        for other in [] if not mine else self.parties.values():
+            if other is not party and other.count_from(mine):
+                shown = [(t, t - made) for t, made, tok in self._trips(other, since)
+                         if tok.key in mine]  # fmt: skip
+                first.extend(t for t, _ in shown)
+                slowest = max([slowest, *(trip for _, trip in shown)])
+                break
+        return (min(first), slowest) if first else None
 
     def _nudge_quiet(
         self, listeners: list[Party], hellos: set[tuple[str, int]], since: float
@@ -368,21 +507,33 @@ class Context:
         anything for ``--settle`` s, waiting longer each round. ``first`` is nudged then
         too. Each hello and each nudge goes to the whole room: one more from each of
         hundreds of parties is N x N lines the clients must show."""
+        start = self.clock()
+        ok, outcome = self._each_to(first, rest)
+        self.phase(f"hello: {_names(rest)} to {first.name}", start, outcome)
+        return ok
+
+    def _each_to(self, first: Party, rest: list[Party]) -> tuple[bool, str]:
         span = SYNC_BUDGET * self.options.settle
         budget = min(self.deadline, time.monotonic() + span)
         hellos: dict[str, set[tuple[str, int]]] = {p.name: set() for p in rest}
         waiting = list(rest)
         wait = SYNC_ROUND
         resend = True
+        since = progress_at = -1.0  # run clock: the first hellos made, the last progress
+        settled: tuple[float, float] | None = None
         while waiting and time.monotonic() < budget:
             if resend:
                 latest: set[tuple[str, int]] = set()
                 for p in waiting:
                     hello = self.token(p.name, "hello", HELLO)
                     if not p.send(hello, self.deadline):
-                        return False
+                        return False, f"{p.name} stopped taking input"
                     hellos[p.name].add(hello.key)
                     latest.add(hello.key)
+                if since < 0:
+                    # Once all of the first round were made: lines begun after this
+                    # were begun after each of them (`_settled`).
+                    since = progress_at = self.clock()
             round_start = time.monotonic()
             first.wait_tokens(latest, min(budget, round_start + wait))
             # Any hello of a party's that arrived proves it is in the room.
@@ -397,16 +548,31 @@ class Context:
             # were still being shown (with a thousand processes runnable, one waits
             # seconds for the CPU); resending at each such pause made it 900,000.
             progress = len(still) < len(waiting)
-            since = time.monotonic() - self.options.settle
-            busy = not all(p.quiet_since(since) for p in (first, *rest))
+            quiet_from = time.monotonic() - self.options.settle
+            busy = not all(p.quiet_since(quiet_from) for p in (first, *rest))
             resend = not progress and not busy
             if progress:
                 budget = min(self.deadline, time.monotonic() + span)
-            elif resend and first.alive:
+                progress_at, settled = self.clock(), None
+            else:
+                # Settled on evidence counted from when ``first`` last showed anything
+                # too: never while it still shows lines the hellos may be behind.
+                shown = max(progress_at, first.last_output - self.t0)
+                settled = self._settled([(p, first, since) for p in still], shown)
+                if settled is not None:
+                    budget = min(budget, self.t0 + settled[0])
+            if resend and first.alive:
                 first.send(self.token(first.name, "nudge", HELLO), self.deadline)
             waiting = still
             wait = min(wait * 1.5, self.options.settle)
-        return not waiting
+        if not waiting:
+            return True, f"{first.name} heard every one"
+        return self._unheard(
+            f"{first.name} never heard {_names(waiting)}'s hello",
+            f"{first.name} and {'them' if len(waiting) > 1 else 'it'}",
+            settled,
+            span,
+        )
 
     def stream(
         self,
@@ -517,6 +683,10 @@ class Context:
         Error handling: passing the run's deadline marks the record timed out, with what
         was still awaited, so the "bounded time" check fails instead of the run hanging.
         """
+        start = self.clock()
+        self.phase("settle", start, self._settle(nudge))
+
+    def _settle(self, nudge: bool) -> str:
         # What is awaited does not change once all sending is done: built once, and each
         # look keeps only what is still missing, so it costs what is left, not what was
         # expected (500 receivers of 500 senders: half a million keys at every look).
@@ -528,23 +698,32 @@ class Context:
             awaited = [(r, self.parties[r].not_received(keys)) for r, keys in awaited]
             count = sum(len(keys) for _, keys in awaited)
             if not count:
-                return
+                return "everything arrived"
             now = time.monotonic()
             if now >= self.deadline:
                 self.record.timed_out = True
                 self.record.stalled = self.missing()
-                return
+                return f"cut by --timeout: {count} deliveries missing"
             if count != last:
                 if last >= 0:
                     quiet_since, interval = now, NUDGE_QUIET
                 last = count
+            gone = self.server_gone()
+            if gone is not None:
+                # What was on its way when the server exited gets --settle s from then
+                # (or from the last arrival), no more: nudges cannot be relayed now.
+                if now - max(quiet_since, self.t0 + gone) >= self.options.settle:
+                    gave_up = (
+                        f"gave up waiting: the server had exited, and nothing arrived for "
+                        f"{self.options.settle:g}s"
+                    )
+                    self.record.notes.append(f"{gave_up}: " + "; ".join(self.missing()[:3]))
+                    return f"{gave_up}: {count} deliveries missing"
             elif now - max(quiet_since, nudged) >= self.options.settle:
-                self.record.notes.append(
-                    f"gave up waiting after {self.options.settle:g}s without progress: "
-                    + "; ".join(self.missing()[:3])
-                )
-                return
-            if nudge and now - max(quiet_since, nudged) >= interval:
+                gave_up = f"gave up waiting after {self.options.settle:g}s without progress"
+                self.record.notes.append(f"{gave_up}: " + "; ".join(self.missing()[:3]))
+                return f"{gave_up}: {count} deliveries missing"
+            if nudge and gone is None and now - max(quiet_since, nudged) >= interval:
                 # Each nudge waits twice as long as the last: a relay that serves one
                 # talker at a time needs that talker quiet before it serves the others.
                 nudged, interval = now, interval * 2
@@ -572,8 +751,10 @@ class Context:
 
     def burst_party(self, name: str, receivers: list[Party]) -> Party:
         """A byte-exact party that joins the room to write a burst (`burst`)."""
+        start = self.clock()
         party = self.raw_party(name)
-        party.wait_text("connected", self.deadline)
+        connected = party.wait_text("connected", self.deadline)
+        self.phase(f"start: {name}", start, "connected" if connected else "never connected")
         if not self.sync(party, receivers):
             self.record.notes.append(f"{name}'s hello never reached everyone")
         return party
@@ -595,8 +776,16 @@ class Context:
         else:
             self.record.notes.append(f"{party.name} could not write its burst")
 
-    def finish_streams(self, threads: list[threading.Thread], nudge: bool = False) -> None:
-        if not self.join(threads):
+    def finish_streams(
+        self, threads: list[threading.Thread], nudge: bool = False, *, since: float | None = None
+    ) -> None:
+        """Wait for the stream threads, then `settle`; ``since`` (run clock): when the
+        streams began, to record them as a phase."""
+        done = self.join(threads)
+        if since is not None:
+            outcome = "every talker done" if done else "cut by --timeout"
+            self.phase(f"streams: {', '.join(t.name for t in threads)}", since, outcome)
+        if not done:
             self.record.timed_out = True
             self.record.stalled = [f"{t.name} still sending" for t in threads if t.is_alive()]
         self.settle(nudge)
@@ -605,6 +794,13 @@ class Context:
         """Record an expectation only this project's server promises (n/a otherwise)."""
         if self.record.specific is not None:
             self.record.specific[name] = (ok, detail)
+
+
+def _names(parties: Sequence[Party]) -> str:
+    """Parties for a record's phase or note: by name when few."""
+    if len(parties) <= 3:
+        return ", ".join(p.name for p in parties) or "nobody"
+    return f"{len(parties)} parties"
 
 
 class Scenario(abc.ABC):

@@ -104,15 +104,18 @@ class Duplex(Scenario):
                 lockstep=LOCKSTEP,
             )
 
+        began = ctx.clock()
         talking += [talker(a, b, 1), talker(b, a, 0)]
-        ctx.finish_streams(list(talking), nudge=True)
+        ctx.finish_streams(list(talking), nudge=True, since=began)
         ctx.record.concurrent_until = ctx.clock()
         for listener, speaker in ((a, b), (b, a)):
             if ctx.expired:
                 break
             self._quiet_phase(ctx, listener, speaker)
         burst = ctx.burst_party("burst", [a, b])
+        began = ctx.clock()
         ctx.burst(burst)
+        ctx.phase("burst", began, "written in one write" if burst.log.sent else "not written")
         ctx.expect("p1", ["burst"])
         ctx.expect("p2", ["burst"])
         ctx.settle(nudge=True)
@@ -126,20 +129,27 @@ class Duplex(Scenario):
         """``listener`` types nothing while ``speaker`` sends QUIET_LINES lines; the phase
         ends when all arrived, or after --settle seconds without one arriving."""
         start = ctx.clock()
+        gone = ctx.server_gone()  # before a line is typed: then none can be relayed
         tokens = [ctx.token(speaker.name) for _ in range(QUIET_LINES)]
         for tok in tokens:
             if not speaker.send(tok, ctx.deadline):
                 break
         keys = {tok.key for tok in tokens}
         last, since = listener.count_from(keys), time.monotonic()
-        while not ctx.expired:
+        outcome = "cut by --timeout"
+        if gone is not None:
+            outcome = "not waited for: the server had exited before a line was typed"
+        while not ctx.expired and gone is None:
             if listener.wait_tokens(keys, min(ctx.deadline, time.monotonic() + 0.1)):
+                outcome = f"all {len(keys)} arrived"
                 break
             count = listener.count_from(keys)
             if count != last:
                 last, since = count, time.monotonic()
             elif time.monotonic() - since >= ctx.options.settle:
+                outcome = f"{count} of {len(keys)} arrived; none for {ctx.options.settle:g}s"
                 break
         ctx.record.quiet_phases.append(
             QuietPhase(listener.name, speaker.name, [t.seq for t in tokens], start, ctx.clock())
         )
+        ctx.phase(f"quiet: {listener.name} listens to {speaker.name}", start, outcome)

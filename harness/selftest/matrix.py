@@ -95,6 +95,14 @@ FAULTS: list[Fault] = [
     _f("split", "duplex", "no loss", "payload intact"),
     _f("truncate", "duplex", "no loss", "payload intact"),
     _f("crossorder", "broadcast", "same order at every receiver"),
+    # Slow one way, not lossy: whichever way the room sync ended, nothing is lost.
+    _f(
+        "slowway",
+        "duplex",
+        "full duplex",
+        why="a line held 3 s one way while the other way flows is what the full-duplex "
+        "rule calls half duplex; nothing is lost",
+    ),
     _f("dropclose", "broadcast", "no loss"),
     _f("nulswallow", "bad-input", "no loss"),
     # Correct, but a name first: passes with --join (without it the cause names --join).

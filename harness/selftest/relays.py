@@ -31,6 +31,7 @@ MODES: dict[str, str] = {
     "chunkprefix": "puts the name before each recv() chunk (256 bytes), not each line",
     "trickle": "delivers everything, one line per 0.1 s: never finishes in time",
     "crossorder": "delays some sender/receiver pairs: receivers disagree on the order",
+    "slowway": "carries the second client's lines 3 s late: one direction slow, none lost",
     "echo": "also sends one line in N back to its sender",
     "merge": "one line in N loses its newline and runs into the next",
     "wrongname": "attributes one line in N to another client's name",
@@ -52,6 +53,10 @@ TALKER_QUIET = 1.5  # halfduplex: seconds of silence before another client may t
 TRICKLE = 0.1  # trickle: seconds between two relayed lines
 REORDER_FLUSH = 0.2  # reorder/merge: a held line goes out after this long without a partner
 CROSS_DELAY = 0.05  # crossorder: the delay for every other sender/receiver pair
+# slowway: the second client's lines reach the others this late. Longer than the room
+# sync waits for a hello once both ends are seen served (--settle, 2 s), shorter than
+# a settle that nudges (about 4 s): nothing may be judged lost.
+SLOW_WAY = 3.0
 LAZY = 0.4  # dropclose: lines wait this long for a batch; a close discards the batch
 PROBEDIE_LATE = 0.5  # probedie: listens this long before it says so (loads something first)
 DIES_LINES = 60  # dies: its stderr report, longer than any tail a report might keep
@@ -113,6 +118,9 @@ class Relay:
                 continue
             if self.mode == "crossorder" and (client.number + sender.number) % 2 == 0:
                 self.delayed.append((time.monotonic() + CROSS_DELAY, client, data))
+                continue
+            if self.mode == "slowway" and sender.number == 2:
+                self.delayed.append((time.monotonic() + SLOW_WAY, client, data))
                 continue
             self.send_to(client, data)
 
