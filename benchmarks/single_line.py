@@ -62,7 +62,11 @@ class FineServer(RunningServer):
 
 def chat_server(name: str, tree: str | None, mode: str) -> ServerSpec:
     python = shlex.quote(sys.executable)
-    env = f"env PYTHONPATH={shlex.quote(tree)} " if tree else ""
+    # Run from the tree itself: `python -m` puts the working directory first on the
+    # path, ahead of PYTHONPATH, so run from another checkout's root it would import
+    # that checkout instead, and a comparison of two trees would measure one twice.
+    folder = shlex.quote(tree or str(_HERE.parent))
+    env = f"env -C {folder} PYTHONPATH={folder} "
     return ServerSpec(
         name,
         f"{env}{python} -m chatbox.server {{port}} --host {{host}} --max-clients 6000 "
