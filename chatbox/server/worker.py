@@ -65,9 +65,10 @@ DISCARD_READS = 4
 # never stall the room. 0 where the system lacks it: there no worker blocks.
 DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 # Where a worker waits in a blocking `recv`, with its timeouts as the kernel's receive
-# timeout: Linux, whose `shutdown` of the connection (the hub's end of a client) ends a
-# `recv` waiting on it in another process or thread.
+# timeout: TCP on Linux, whose `shutdown` of the connection (the hub's end of a client)
+# ends a `recv` waiting on it in another process or thread.
 BLOCKING_RECV = bool(DONTWAIT) and sys.platform.startswith("linux")
+_TCP = (socket.AF_INET, socket.AF_INET6)  # the connections whose shutdown was checked so
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def serve_connection(
             # It sent its password: it is heard (and a line begun after has its clock).
             clock.heard(time.monotonic(), False, decoder.holding)
             upward += heard_note()
-        if BLOCKING_RECV:
+        if BLOCKING_RECV and client.family in _TCP:
             blocking = _BlockingRecv(client)
         while True:
             now = time.monotonic()
