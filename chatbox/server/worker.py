@@ -286,7 +286,7 @@ def serve_connection(
                 try:
                     data = client.recv(RECV_SIZE, flags)
                 except BlockingIOError:
-                    continue  # (a blocking recv: its time is up, the clock decides)
+                    continue  # a blocking recv's time is up (or poll woke for nothing)
                 except OSError:
                     data, reset = b"", True
                 else:
@@ -322,7 +322,8 @@ def serve_connection(
                 if handover is not None:
                     handover.sent += sent
     except OSError as exc:
-        # Only the channel can get here: the hub went away (server ending abruptly).
+        # Only the channel can get here (or making the client's wait blocking, on a
+        # connection already gone): the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)
     finally:
         release_client(client, channel)
