@@ -186,6 +186,24 @@ def _admitted(srv_port: int) -> bool:
         peer.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_client_that_quits_and_leaves_its_connection_open_gives_its_slot_back(
+    mode: str,
+) -> None:
+    """It says /quit and then neither sends nor closes (nc left running): the server
+    ends the connection, and its worker - waiting to read it - ends too and gives the
+    only slot back. A worker that slept on in its read held the slot until the idle
+    timeout (here an hour)."""
+    args = ("--max-clients", "1", "--idle-timeout", "3600")
+    with running_server("0", "--host", "127.0.0.1", "--mode", mode, *args) as srv:
+        (quitter,) = joined_peers(srv, 1)
+        quitter.send(b"/quit\n")
+        quitter.read_to_eof()  # the server's end of the stream: our side stays open
+        wait_until(lambda: _admitted(srv.port), "the quitter's slot to be given back")
+        quitter.close()
+        assert "Traceback" not in srv.stderr()
+
+
 # A queue far under --sendq (never "too slow"), far over what the kernel's buffers hold.
 STUCK = ("--sendq", "67108864", "--flood-bytes", "0", "--flood-lines", "0")
 BULK = b"".join(b"%d %s\n" % (i, b"." * 1000) for i in range(8000))

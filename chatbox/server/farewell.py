@@ -33,6 +33,7 @@ import ssl
 import time
 
 from chatbox.server.tls import TLS_HANDSHAKE_RECORD
+from chatbox.server.worker import DONTWAIT
 from chatbox.tls_stream import TlsStream
 
 # How long a peer gets to read the last words and close: a person's client does so at
@@ -90,7 +91,7 @@ class Farewells:
         if not handshake:
             with contextlib.suppress(OSError):
                 if last_words:
-                    sock.send(last_words)
+                    sock.send(last_words, DONTWAIT)
                 sock.shutdown(socket.SHUT_WR)
         if full:
             sock.close()
@@ -125,7 +126,7 @@ class Farewells:
             return
         for _ in range(DRAIN_READS):
             try:
-                if not sock.recv(DRAIN_SIZE):
+                if not sock.recv(DRAIN_SIZE, DONTWAIT):
                     break
             except BlockingIOError:
                 return
@@ -143,7 +144,7 @@ class Farewells:
             # It speaks plain text (a person with nc): tell it in plain text.
             del self._handshaking[sock]
             with contextlib.suppress(OSError):
-                sock.send(last_words)
+                sock.send(last_words, DONTWAIT)
                 sock.shutdown(socket.SHUT_WR)
             return
         if stream.eof:

@@ -78,6 +78,7 @@ from chatbox.server.launcher import Launcher, Pending
 from chatbox.server.link import Link, State
 from chatbox.server.room import STORM_HOLD, Room
 from chatbox.server.synfilter import SynFilter
+from chatbox.server.worker import DONTWAIT
 
 if TYPE_CHECKING:
     from chatbox.server.cluster import Cluster
@@ -491,7 +492,8 @@ class Hub:
                 os.close(fd)
                 continue
             client = socket.socket(family, kind, proto, fileno=fd)
-            # Never blocks the hub, and a worker only reads after poll says so.
+            # Never blocks the hub. (A plain worker makes the connection blocking later,
+            # to wait in recv: every write here passes DONTWAIT, whatever the flag.)
             client.setblocking(False)
             if isinstance(ticket, Refusal):
                 self._refuse(client, address, ticket)
@@ -731,12 +733,16 @@ class Hub:
             link.want_write = False
             self._waiting.pop(link.id, None)
             self._watch(link)
-        with contextlib.suppress(OSError):
-            link.client.shutdown(socket.SHUT_RDWR)
-        # Only the hub's direction: the worker must be the one to close its end, so the
-        # hub closes the client socket (shared with a worker thread) only after it.
+        # Only the hub's direction of the channel: the worker must be the one to close
+        # its end, so the hub closes the client socket (shared with a worker thread)
+        # only after it. The channel first: a plain worker waiting in a blocking recv
+        # is woken by the connection's shutdown, below, and finds the channel shut.
         with contextlib.suppress(OSError):
             link.channel.shutdown(socket.SHUT_WR)
+        # Both directions of the connection: the end of the reading one is what ends
+        # that wait (the recv returns b"").
+        with contextlib.suppress(OSError):
+            link.client.shutdown(socket.SHUT_RDWR)
 
     def _forget(self, link: Link) -> None:
         """Drop every trace of a client whose worker has ended (once: -> GONE)."""
@@ -938,7 +944,7 @@ class Hub:
         # Best effort: its socket buffer is usually full by now. The leading LF ends
         # whatever partial line the buffer ends with.
         with contextlib.suppress(OSError):
-            link.client.send(b"\n" + protocol.TOO_SLOW)
+            link.client.send(b"\n" + protocol.TOO_SLOW, DONTWAIT)
         self._close_link(link)
         self._not_over(link)
         self._flush()

@@ -40,6 +40,7 @@ from chatbox.server.admission import Ticket
 from chatbox.server.channel import ChannelEvent, ChannelReader
 from chatbox.server.flood import FloodBucket
 from chatbox.server.handover import Handover
+from chatbox.server.worker import DONTWAIT
 
 
 def _iov_max() -> int:
@@ -94,17 +95,18 @@ class SendQ:
         self.size = 0
 
     def send(self, sock: socket.socket) -> int:
-        """One non-blocking send of as much as ``sock`` takes; returns the bytes sent
+        """One non-blocking send of as much as ``sock`` takes (`DONTWAIT`: whatever the
+        socket's own flag, which a plain worker clears); returns the bytes sent
         (which leave the queue). Raises what the socket raises (BlockingIOError...)."""
         blocks = self._blocks
         if len(blocks) == 1:
             first = blocks[0]
-            sent = sock.send(memoryview(first)[self._offset :] if self._offset else first)
+            sent = sock.send(memoryview(first)[self._offset :] if self._offset else first, DONTWAIT)
         else:
             buffers: list[bytes | memoryview] = list(itertools.islice(blocks, IOV_MAX))
             if self._offset:
                 buffers[0] = memoryview(buffers[0])[self._offset :]
-            sent = sock.sendmsg(buffers)
+            sent = sock.sendmsg(buffers, (), DONTWAIT)
         if sent == self.size:  # the common case: the socket took it all
             blocks.clear()
             self._offset = self.size = 0

@@ -8,7 +8,8 @@ function serves in both concurrency modes.
 
 In thread mode a block of lines may go straight into the hub instead, on the worker's
 own thread, when the hub is idle (`chatbox.server.handover`); the channel carries
-everything else. When the hub shuts its end of the channel down, the worker's job is over.
+everything else. When the hub shuts the client's connection and its end of the channel
+down, the worker's job is over.
 
 A connection behind the password gate (`chatbox.server.gate`) is first told
 `* password required` and its first line judged here, before anything reaches the
@@ -21,8 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import select
 import socket
+import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,6 +55,20 @@ RECV_SIZE = 65536
 # At the end, at most this many reads of what the client sent unread (a bound: a client
 # that keeps sending is not waited for).
 DISCARD_READS = 4
+
+# Every write to a client socket passes this flag, the hub's above all (its queues,
+# `chatbox.server.link.SendQ`, its notices, its farewells), so that none ever waits,
+# whatever the socket's own flag says: a plain worker makes its connection blocking and
+# waits in `recv` (`_BlockingRecv`), and that flag lives on the connection's file
+# description, which the hub shares (the very socket object in thread mode, the same
+# description passed to the worker's process in fork mode). A stopped reader must
+# never stall the room. 0 where the system lacks it: there no worker blocks.
+DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+# Where a worker waits in a blocking `recv`, with its timeouts as the kernel's receive
+# timeout: TCP on Linux, whose `shutdown` of the connection (the hub's end of a client)
+# ends a `recv` waiting on it in another process or thread.
+BLOCKING_RECV = bool(DONTWAIT) and sys.platform.startswith("linux")
+_TCP = (socket.AF_INET, socket.AF_INET6)  # the connections whose shutdown was checked so
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,61 @@ class _Waiter:
         )
 
 
+class _BlockingRecv:
+    """A plain worker's client, read with a blocking `recv` (`BLOCKING_RECV`): one system
+    call a line where `poll` then `recv` took two, and in thread mode the interpreter
+    lock is free while it waits.
+
+    The client's timeouts become the kernel's receive timeout (``SO_RCVTIMEO``: a `recv`
+    that waited that long fails with EAGAIN, BlockingIOError). The option is set again
+    only when a wait must end sooner than the one set: one that ends early only makes
+    the worker look at its clock and wait again. Each line restarts the idle clock, so
+    the option is set a little shorter than asked (`_kernel_wait`): the next line's wait,
+    a few microseconds longer, then fits without another system call.
+    """
+
+    __slots__ = ("_client", "_set")
+
+    def __init__(self, client: socket.socket) -> None:
+        self._client = client
+        self._set = math.inf  # the kernel's receive timeout (none)
+        # Only the description's flag: the socket object keeps its own (non-blocking)
+        # timeout, so Python calls recv at once, without a poll of its own first.
+        os.set_blocking(client.fileno(), True)
+
+    def expect(self, timeout: float | None) -> None:
+        """The next `recv` must return within ``timeout`` seconds (None: no limit)."""
+        if timeout is None or timeout >= self._set:
+            return
+        wait = _kernel_wait(timeout)
+        seconds = int(wait)
+        micros = int((wait - seconds) * 1e6)
+        if not seconds:
+            # Rounded up (the wait ends no sooner than asked), never to 0: no limit at all.
+            micros = min(max(math.ceil(wait * 1e6), 1), 999_999)
+        self._client.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", seconds, micros)
+        )
+        self._set = seconds + micros / 1e6
+
+
+def _kernel_wait(timeout: float) -> float:
+    """What to give the kernel for a wait of at most ``timeout`` seconds: a little less
+    (up to a second, an eighth), so that a wait asked for next, a little longer, still
+    fits; under a second, the timeout itself."""
+    if timeout < 1.0:
+        return timeout
+    return timeout - min(timeout / 8, 1.0)
+
+
+def _hub_done(channel: socket.socket) -> bool:
+    """Whether the hub has shut this worker's channel down (its end of the client)."""
+    try:
+        return channel.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
 def serve_connection(
     client: socket.socket,
     channel: socket.socket,
@@ -128,10 +202,14 @@ def serve_connection(
     With a ``handover`` (thread mode), a block of lines goes straight into the hub when
     it can take it (`chatbox.server.handover`), and up the channel otherwise.
 
-    Both sockets are non-blocking and waited on together. Lines for the hub that do not
-    fit in the channel wait here, and meanwhile the client is not read (TCP holds it
-    back): that is how a hub that pauses its input slows the senders down. While it
-    does, the client's timeouts do not run: the wait is the server's, not the client's.
+    In the common case (nothing waiting for the hub, the client not paused as a
+    trickle) the worker waits in a blocking `recv` on its client, its timeouts given to
+    the kernel (`_BlockingRecv`, Linux): the hub ends a client by shutting its
+    connection down, which ends that wait too. Otherwise both sockets are waited on
+    together with `poll`. Lines for the hub that do not fit in the channel wait here,
+    and meanwhile the client is not read (TCP holds it back): that is how a hub that
+    pauses its input slows the senders down. While it does, the client's timeouts do
+    not run: the wait is the server's, not the client's.
 
     A client silent for ``config.timeouts.idle``, or with a line begun and not finished
     within ``config.timeouts.line``, is reported to the hub, which tells it and the room
@@ -157,6 +235,7 @@ def serve_connection(
     client.setblocking(False)
     decoder = protocol.LineDecoder(config.max_line)
     waiter = _Waiter(client, channel)
+    blocking: _BlockingRecv | None = None
     upward = bytearray()  # for the hub, waiting for room in the channel
     reading = True  # the client may still send
     try:
@@ -172,6 +251,8 @@ def serve_connection(
             # It sent its password: it is heard (and a line begun after has its clock).
             clock.heard(time.monotonic(), False, decoder.holding)
             upward += heard_note()
+        if BLOCKING_RECV and client.family in _TCP:
+            blocking = _BlockingRecv(client)
         while True:
             now = time.monotonic()
             timeout = None
@@ -187,22 +268,31 @@ def serve_connection(
             if pause:
                 timeout = pause if timeout is None else min(timeout, pause)
             client_wanted = reading and not upward and not pause
-            channel_in, channel_out, client_in = waiter.wait(client_wanted, bool(upward), timeout)
-            if channel_in:
-                try:
-                    if channel.recv(1) == b"":
-                        return  # the hub is done with this client
-                except BlockingIOError:
-                    pass
+            if client_wanted and blocking is not None:
+                # The common case: wait in recv itself (one system call, and in thread
+                # mode the interpreter lock is free meanwhile). The hub's end of this
+                # client shuts the connection down, which ends the wait (below).
+                blocking.expect(timeout)
+                client_in = True
+                flags = 0
+            else:
+                channel_in, channel_out, client_in = waiter.wait(
+                    client_wanted, bool(upward), timeout
+                )
+                if channel_in and _hub_done(channel):
+                    return  # the hub is done with this client
+                flags = DONTWAIT
             if client_in and client_wanted:
                 try:
-                    data = client.recv(RECV_SIZE)
+                    data = client.recv(RECV_SIZE, flags)
                 except BlockingIOError:
-                    continue
+                    continue  # a blocking recv's time is up (or poll woke for nothing)
                 except OSError:
                     data, reset = b"", True
                 else:
                     reset = False
+                if not data and blocking is not None and _hub_done(channel):
+                    return  # the hub shut the connection down: it is done with this client
                 if not data:
                     reading = False
                     if not clock.expired:
@@ -232,7 +322,8 @@ def serve_connection(
                 if handover is not None:
                     handover.sent += sent
     except OSError as exc:
-        # Only the channel can get here: the hub went away (server ending abruptly).
+        # Only the channel can get here (or making the client's wait blocking, on a
+        # connection already gone): the hub went away (server ending abruptly).
         log.debug("worker channel failed: %s", exc)
     finally:
         release_client(client, channel)
