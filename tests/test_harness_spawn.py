@@ -16,11 +16,13 @@ import pytest
 from harness import spawn
 
 # Says whether it leads its session and its terminal's foreground, then waits for a
-# Ctrl-C and says it got one.
+# Ctrl-C and says it got one. The first line is said inside the try: the test types the
+# Ctrl-C as soon as it sees that line, maybe before the probe is in its sleep.
 PROBE = (
     "import os, sys, time\n"
-    "print('session', os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpid(), flush=True)\n"
     "try:\n"
+    "    me = os.getpid()\n"
+    "    print('session', os.getsid(0) == me, os.tcgetpgrp(0) == me, flush=True)\n"
     "    time.sleep(60)\n"
     "except KeyboardInterrupt:\n"
     "    print('interrupted', flush=True)\n"
