@@ -79,6 +79,15 @@ def test_client_command_that_cannot_connect_is_a_setup_error(tmp_path: Path) -> 
     assert "exited before joining" in out.stderr
 
 
+def test_client_that_closes_its_terminal_and_lingers_is_a_setup_error(tmp_path: Path) -> None:
+    # Its terminal closes a second before it exits: the harness must wait for the exit,
+    # not take it for a client still in the room and FAIL the server.
+    client = "sh -c 'exec </dev/null >/dev/null 2>&1; sleep 1'"
+    out = run_harness(str(tmp_path), "--client-cmd", client, "--messages", "5")
+    assert out.code == 2, out.stdout + out.stderr
+    assert "exited before joining" in out.stderr
+
+
 def test_bad_conversation_script_is_a_usage_error(tmp_path: Path) -> None:
     script = tmp_path / "monologue.txt"
     script.write_text("alice: hello?\nalice: anyone?\n")

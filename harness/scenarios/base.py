@@ -35,6 +35,7 @@ SYNC_BUDGET = 5  # x --settle: how long getting everyone into the room may take
 # on the way meanwhile, if longer (a loaded machine, a slow path).
 SYNC_TRIPS = 5
 SYNC_ROUND = 0.3  # first wait for a hello before sending another (late joiners miss some)
+EXITING_S = 3.0  # how long a client whose terminal closed is given to be reported exited
 CLOSERS = 64  # parties started, synced or closed at once (threads that mostly wait)
 WINDOW = 32  # lines a talker may have in flight before it waits for them to arrive
 CAP_FACTOR = 10  # a talker proving full duplex sends at most this many times --messages
@@ -496,6 +497,12 @@ class Context:
         if self.sync(first, rest) and self._sync_each_to(first, rest):
             return True
         for p in parties:
+            if p.eof and p.alive:
+                # Its terminal closed, so it is exiting: its terminal closes as its files
+                # do, a moment before the system reports the exit. Asked in between, a
+                # client that never got in was taken for one still running, and the run
+                # went on to FAIL the server instead of naming the client.
+                p.wait_exit(min(self.deadline, time.monotonic() + EXITING_S))
             if not p.alive:
                 tail = " | ".join(line.text for line in p.log.snapshot()[-4:])
                 raise SetupError(f"client {p.name} exited before joining the room: {tail}")
