@@ -858,7 +858,7 @@ def _quiet_proof(record: RunRecord, phase: QuietPhase) -> tuple[bool | None, str
             return (
                 False,
                 f"{what}; {len(late)} more only after it typed again, the first after "
-                f"{silence:.2f}s of silence (this path's pace allows {patience:.2f}s)",
+                f"{silence:.3f}s of silence (this path's pace allows {patience:.3f}s)",
                 late[0].index,
             )
         if during:

@@ -404,11 +404,11 @@ def test_lines_shown_only_after_typing_again_fail_the_quiet_phase_on_a_slow_path
     result = checks.check_duplex(quiet_record(0.1, during, late, end=22.2))
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
     assert "displayed 1 of b's 20 lines; 19 more only after it typed again" in result.detail
-    assert "the first after 2.40s of silence (this path's pace allows 2.00s)" in result.detail
+    assert "the first after 2.400s of silence (this path's pace allows 2.000s)" in result.detail
     late = [28.2 + 0.001 * k for k in range(19)]  # 8.1 s after: past even a slow path's
     result = checks.check_duplex(quiet_record(3.0, during, late, end=28.1))
     assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
-    assert "this path's pace allows 8.00s" in result.detail
+    assert "this path's pace allows 8.000s" in result.detail
 
 
 def test_turn_taken_before_the_cue_arrived_fails() -> None:
