@@ -802,10 +802,46 @@ def _concurrent_proof(record: RunRecord, party: str, peer: str) -> tuple[bool | 
     )
 
 
+# How long a quiet phase waits for the speaker's next line, and the pause before a late
+# line that makes it evidence of half duplex: QUIET_PATIENCE times the longest pause
+# between two consecutive arrivals of the speaker's lines at the listener in the
+# concurrent phase, never under --settle and never over QUIET_PATIENCE x --settle. A
+# full-duplex path that is merely slow (a throttled, sliced proxy on a loaded machine:
+# 1 s pauses in the streams and a 2.8 s one in a quiet phase seen at load 17) has shown
+# its pace while both talked, and gets that much more time before its silence counts;
+# a client that reads only after it sent kept displaying while it typed in the streams
+# (its own lines paced the reads), so its quiet phase still ends after --settle of
+# silence, and its late lines come only after typing again, past that silence.
+QUIET_PATIENCE = 4
+
+
+def path_pause(record: RunRecord, listener: str, speaker: str) -> float:
+    """The longest pause between two consecutive arrivals of ``speaker``'s lines at
+    ``listener`` in the concurrent phase (0 when there is none): this path's pace."""
+    until = record.concurrent_until
+    if until is None:
+        return 0.0
+    times = [
+        r.t
+        for r in record.party(listener).received
+        if r.token.sender == speaker and r.token.kind in COUNTED and r.t <= until
+    ]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def quiet_patience(record: RunRecord, listener: str, speaker: str) -> float:
+    """How long ``listener``'s quiet phase waits with no line of ``speaker``'s arriving
+    (see QUIET_PATIENCE)."""
+    pace = QUIET_PATIENCE * path_pause(record, listener, speaker)
+    return max(record.settle, min(pace, QUIET_PATIENCE * record.settle))
+
+
 def _quiet_proof(record: RunRecord, phase: QuietPhase) -> tuple[bool | None, str, int]:
     """(b) the listener, typing nothing, displayed the speaker's lines during the phase:
     a client that reads only after it sent shows at most one read's worth, the rest
-    only once it types again (those late lines are not lost, they are late)."""
+    only once it types again (those late lines are not lost, they are late). A late
+    line counts only after a silence of the phase's patience (`quiet_patience`): one
+    that came sooner came at this path's pace, typing or not."""
     log = record.party(phase.listener)
     wanted = set(phase.seqs)
     got = [r for r in log.received if r.token.sender == phase.speaker and r.token.seq in wanted]
@@ -815,10 +851,26 @@ def _quiet_proof(record: RunRecord, phase: QuietPhase) -> tuple[bool | None, str
         f"{phase.listener}, typing nothing for {phase.end - phase.start:.2f}s, displayed "
         f"{len(during)} of {phase.speaker}'s {len(wanted)} lines"
     )
+    patience = quiet_patience(record, phase.listener, phase.speaker)
     if late:
-        return False, f"{what}; {len(late)} more only after it typed again", late[0].index
+        silence = late[0].t - (during[-1].t if during else phase.start)
+        if silence >= patience:
+            return (
+                False,
+                f"{what}; {len(late)} more only after it typed again, the first after "
+                f"{silence:.3f}s of silence (this path's pace allows {patience:.3f}s)",
+                late[0].index,
+            )
+        if during:
+            return (
+                True,
+                f"{what}; {len(late)} more after the phase, but at this path's pace (the "
+                f"first after {silence:.2f}s, under {patience:.2f}s)",
+                late[0].index,
+            )
     if not during:
-        return None, f"{what} (none arrived at all: no material)", len(log.lines) - 1
+        none = "all came after the phase, at this path's pace" if late else "none arrived at all"
+        return None, f"{what} ({none}: no material)", len(log.lines) - 1
     return True, what, during[-1].index
 
 

@@ -299,6 +299,7 @@ def run_once(
     record = RunRecord(
         scenario.name,
         timeout=options.timeout,
+        settle=options.settle,
         seed=options.seed,
         server_command=args.server_cmd,
         specific={} if options.ours else None,

@@ -76,7 +76,7 @@ class Run:
         self.impair = impair
         self.server_options = list(server_options)
         self.readiness = readiness
-        self.record = record or RunRecord(name, timeout=options.timeout)
+        self.record = record or RunRecord(name, timeout=options.timeout, settle=options.settle)
         self.network: Network | None = None
         self.target: Target | None = None
         self.ctx: Context | None = None

@@ -184,6 +184,7 @@ class RunRecord:
     order_group: list[str] | None = None
     duration: float = 0.0
     timeout: float = 0.0
+    settle: float = 2.0  # the run's --settle: the floor of a quiet phase's patience
     timed_out: bool = False
     stalled: list[str] = field(default_factory=list)  # what was still waited for at the end
     leftovers: list[str] = field(default_factory=list)  # processes still alive after cleanup

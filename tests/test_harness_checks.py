@@ -356,6 +356,61 @@ def test_lines_shown_only_after_typing_again_fail_the_quiet_phase() -> None:
     assert "displayed 1 of b's 2 lines; 1 more only after it typed again" in result.detail
 
 
+def quiet_record(pace: float, during: list[float], late: list[float], end: float) -> RunRecord:
+    """a and b stream 10 lines each at once, b's lines reaching a ``pace`` s apart (that
+    path's pace); then a types nothing while b sends 20 lines from t=20: a displays them
+    at ``during`` (in the phase, which ends at ``end``), then at ``late``."""
+    rec, a, b = duplex_record()
+    times = [pace * k for k in range(1, 11)]
+    talk(
+        rec,
+        {"a": times, "b": times},
+        {p: [(t + 0.05, s) for s, t in enumerate(times, 1)] for p in "ab"},
+    )
+    rec.concurrent_until = times[-1] + 0.1
+    seqs = list(range(11, 31))
+    for seq in seqs:
+        b.add_sent(20.0, make("b", seq, "y"))
+    rec.quiet_phases = [QuietPhase("a", "b", seqs, 20.0, end)]
+    for t, seq in zip([*during, *late], seqs, strict=True):
+        a.add_received(t, make("b", seq, "y").encode())
+    return rec
+
+
+def test_a_quiet_phase_on_a_slow_path_is_judged_at_that_paths_pace() -> None:
+    """The shape of a full-duplex server seen through a throttled, sliced proxy at load
+    17: b's lines reached a about 1 s apart while both talked; in a's quiet phase 11
+    arrived, then none for 2.8 s (more than --settle), then the rest, as slowly. That is
+    the path's pace, not a client waiting to type: no half duplex."""
+    during = [20.1 + 0.1 * k for k in range(11)]  # the last at 21.1
+    late = [23.9 + 0.5 * k for k in range(9)]  # 2.8 s of silence, then as slow as before
+    result = checks.check_duplex(quiet_record(1.0, during, late, end=23.1))
+    assert result.status != checks.FAIL, result.detail
+    assert "quiet FAILED" not in result.detail
+    assert "9 more after the phase, but at this path's pace (the first after 2.80s" in (
+        result.detail
+    )
+    assert checks.quiet_patience(quiet_record(1.0, during, late, 23.1), "a", "b") == pytest.approx(
+        4
+    )
+
+
+def test_lines_shown_only_after_typing_again_fail_the_quiet_phase_on_a_slow_path_too() -> None:
+    """A client that displays only after it typed shows its late lines after the whole
+    patience: on a fast path --settle, on a slow one QUIET_PATIENCE times its pace (at
+    most QUIET_PATIENCE x --settle, so no path excuses a silence of 8 s or more)."""
+    during = [20.1]  # one read's worth
+    late = [22.5 + 0.001 * k for k in range(19)]  # all at once, once it typed again
+    result = checks.check_duplex(quiet_record(0.1, during, late, end=22.2))
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "displayed 1 of b's 20 lines; 19 more only after it typed again" in result.detail
+    assert "the first after 2.400s of silence (this path's pace allows 2.000s)" in result.detail
+    late = [28.2 + 0.001 * k for k in range(19)]  # 8.1 s after: past even a slow path's
+    result = checks.check_duplex(quiet_record(3.0, during, late, end=28.1))
+    assert (result.status, result.observed) == (checks.FAIL, checks.HALF_DUPLEX)
+    assert "this path's pace allows 8.000s" in result.detail
+
+
 def test_turn_taken_before_the_cue_arrived_fails() -> None:
     rec = RunRecord("synthetic")
     a, b = PartyLog("a"), PartyLog("b")

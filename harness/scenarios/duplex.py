@@ -16,7 +16,9 @@ observed, with the evidence:
 - two *quiet* phases: one party types nothing while the other sends QUIET_LINES lines. A
   full-duplex client displays them at once; a client that reads only after it sent
   shows at most one read's worth, the rest once it types again (late, not lost: the
-  final settle nudges it with hellos, which are never counted);
+  final settle nudges it with hellos, which are never counted). A phase waits
+  --settle s with no line arriving, or longer on a path the concurrent phase showed to
+  be slow (``harness.checks.quiet_patience``);
 - a *burst*: a byte-exact party hands the server ~16 KB of lines in one write.
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 
-from harness.checks import DUPLEX_SPAN, interleaving
+from harness.checks import DUPLEX_SPAN, interleaving, quiet_patience
 from harness.party import Party
 from harness.scenarios.base import Context, Scenario
 from harness.transcript import QuietPhase
@@ -127,7 +129,10 @@ class Duplex(Scenario):
     @staticmethod
     def _quiet_phase(ctx: Context, listener: Party, speaker: Party) -> None:
         """``listener`` types nothing while ``speaker`` sends QUIET_LINES lines; the phase
-        ends when all arrived, or after --settle seconds without one arriving."""
+        ends when all arrived, or after its patience without one arriving: --settle, or
+        more on a path the concurrent phase showed to be slow (``quiet_patience``; the
+        check forgives a late line that came within it, so the two agree)."""
+        patience = quiet_patience(ctx.record, listener.name, speaker.name)
         start = ctx.clock()
         gone = ctx.server_gone()  # before a line is typed: then none can be relayed
         tokens = [ctx.token(speaker.name) for _ in range(QUIET_LINES)]
@@ -146,8 +151,8 @@ class Duplex(Scenario):
             count = listener.count_from(keys)
             if count != last:
                 last, since = count, time.monotonic()
-            elif time.monotonic() - since >= ctx.options.settle:
-                outcome = f"{count} of {len(keys)} arrived; none for {ctx.options.settle:g}s"
+            elif time.monotonic() - since >= patience:
+                outcome = f"{count} of {len(keys)} arrived; none for {patience:.2f}s"
                 break
         ctx.record.quiet_phases.append(
             QuietPhase(listener.name, speaker.name, [t.seq for t in tokens], start, ctx.clock())
