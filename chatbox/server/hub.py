@@ -235,6 +235,7 @@ class Hub:
         self._silent: dict[int, tuple[float, Link]] = {}
         self._evicted: set[int] = set()
         self._stopping = False
+        self._stop_signal: int | None = None  # the signal that stopped it (said by the loop)
         # When the room's run of notices, held during a storm, is due (monotonic).
         self._run_due: float | None = None
         self._reap_at = 0.0  # when the launcher's reports are read next (monotonic)
@@ -270,6 +271,8 @@ class Hub:
         try:
             while not self._stopping:
                 self._turn(self._next_deadline())
+            if self._stop_signal is not None:
+                log.info("got %s", signal.Signals(self._stop_signal).name)
             self._shutdown()
         finally:
             self._restore_signals(previous)
@@ -448,8 +451,12 @@ class Hub:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        # Nothing here may take a lock: the handler runs on the main thread between any
+        # two bytecodes, maybe while that thread holds the log queue's lock (a log line
+        # from here then waited for it forever: the server never exited). The loop says
+        # which signal it was, once it has stopped.
         if signum in STOP_SIGNALS and not self._stopping:
-            log.info("got %s", signal.Signals(signum).name)
+            self._stop_signal = signum
             self._stopping = True
 
     def wake(self) -> None:
